@@ -1,0 +1,1 @@
+"""The HTTP API: app factory, blueprints, schemas and error handlers."""

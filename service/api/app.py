@@ -1,0 +1,28 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+from flask import Flask
+from sqlalchemy.engine import Engine
+
+from service.api import errors, health, webhooks
+from service.api.container import Container
+from service.domain.errors import ConfigurationError
+from service.settings import Settings
+from service.store.db import create_engine
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
+    """Build the app from settings (the environment by default); no work happens at import time."""
+    settings = settings or Settings.from_env()
+    if not settings.webhook_secrets:
+        raise ConfigurationError(
+            "PLANBRIDGE_WEBHOOK_SECRET is not set: webhooks could not be verified", setting="PLANBRIDGE_WEBHOOK_SECRET"
+        )
+    app = Flask("planbridge")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["planbridge"] = Container(settings=settings, engine=engine or create_engine(settings.database_url))
+    errors.init_app(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(webhooks.bp)
+    return app

@@ -1,0 +1,61 @@
+"""Error handlers: every error leaves as application/problem+json with a machine-readable type."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, json
+from werkzeug.exceptions import HTTPException
+
+from service.domain.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PlanbridgeError,
+    RuleViolation,
+)
+from service.problems import PROBLEM_JSON, problem
+from service.signing import SignatureInvalid
+
+log = logging.getLogger(__name__)
+
+_STATUS: list[tuple[type[PlanbridgeError], int, str]] = [
+    (InvalidInput, 400, "Invalid input"),
+    (SignatureInvalid, 401, "Signature invalid"),
+    (NotFound, 404, "Not found"),
+    (Conflict, 409, "Conflict"),
+    (RuleViolation, 422, "Rule violation"),
+    (ConfigurationError, 503, "Service misconfigured"),
+]
+
+
+def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """Return a problem+json response for a problem body."""
+    return Response(json.dumps(body), status=body["status"], mimetype=PROBLEM_JSON, headers=headers)
+
+
+def _planbridge_error(error: PlanbridgeError) -> Response:
+    status, title = next(((s, t) for kind, s, t in _STATUS if isinstance(error, kind)), (500, "Internal error"))
+    extra = {"errors": error.errors} if isinstance(error, InvalidInput) else {}
+    headers = {"WWW-Authenticate": 'Signature realm="webhooks"'} if status == 401 else None
+    return problem_response(problem(error.code, title, status, error.detail, **extra), headers)
+
+
+def _http_error(error: HTTPException) -> Response:
+    status = error.code or 500
+    code = (error.name or "error").lower().replace(" ", "-")
+    return problem_response(problem(code, error.name, status, error.description or error.name))
+
+
+def _unexpected(error: Exception) -> Response:
+    log.exception("unhandled %s", type(error).__name__)
+    return problem_response(problem("internal-error", "Internal error", 500, "the service failed; the error is logged"))
+
+
+def init_app(app: Flask) -> None:
+    """Register the handlers on the app."""
+    app.register_error_handler(PlanbridgeError, _planbridge_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,70 @@
+"""POST /webhooks/team: signed team events in, 202 once the change is durable."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from flask import Blueprint, Response, request
+from marshmallow import ValidationError
+
+from service.api.container import container
+from service.api.errors import problem_response
+from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
+from service.domain.errors import InvalidInput
+from service.services.events import Envelope, handle_event
+from service.signing import verify
+
+bp = Blueprint("webhooks", __name__)
+
+
+def _parse(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise InvalidInput("the body is not valid JSON", {"body": str(exc)[:200]}) from None
+    if not isinstance(body, dict):
+        raise InvalidInput("the body must be a JSON object", {"body": "not an object"})
+    return body
+
+
+def _command(body: dict[str, Any]) -> tuple[str, Any]:
+    try:
+        envelope = EventSchema().load(body)
+    except ValidationError as exc:
+        raise InvalidInput("the event envelope is invalid", exc.normalized_messages()) from None
+    schema = EVENT_DATA_SCHEMAS.get(envelope["type"])
+    if schema is None:
+        raise InvalidInput(
+            f"unknown event type {envelope['type']!r}", {"type": [f"must be one of {sorted(EVENT_DATA_SCHEMAS)}"]}
+        )
+    try:
+        return envelope["type"], schema().load(envelope["data"])
+    except ValidationError as exc:
+        raise InvalidInput(f"{envelope['type']} data is invalid", {"data": exc.normalized_messages()}) from None
+
+
+@bp.post("/webhooks/team")
+def team_event() -> Response:
+    """Verify, validate and apply one team event."""
+    if request.mimetype != "application/json":
+        return problem_response(
+            {
+                "type": "urn:planbridge:problem:unsupported-media-type",
+                "title": "Unsupported Media Type",
+                "status": 415,
+                "detail": "send the event as application/json",
+            }
+        )
+    c = container()
+    raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
+    webhook_id = verify(c.settings.webhook_secrets, raw, request.headers)
+    body = _parse(raw)
+    event_type, command = _command(body)
+    envelope = Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body)
+    outcome = handle_event(c.uow(), envelope, event_type, command, c.clock)
+    headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
+    if outcome.status >= 400:
+        return problem_response(outcome.body, headers)
+    return Response(json.dumps(outcome.body), status=outcome.status, mimetype="application/json", headers=headers)

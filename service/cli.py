@@ -1,0 +1,148 @@
+"""The `planbridge` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+import requests
+
+from service.domain.errors import PlanbridgeError
+from service.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except PlanbridgeError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+def _logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """planbridge: shared care plans between team systems and FHIR R4 servers."""
+
+
+@main.group()
+def db() -> None:
+    """Database migrations."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True, help="Migrate up to this revision.")
+def db_upgrade(revision: str) -> None:
+    """Apply database migrations (creates the SQLite file under ./var/ by default)."""
+    from service.store.db import create_engine, current_revision, upgrade
+
+    engine = create_engine(_settings().database_url)
+    upgrade(engine, revision)
+    click.echo(f"database at revision {current_revision(engine)}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's migration revision and the newest one."""
+    from service.store.db import create_engine, current_revision, head_revision
+
+    engine = create_engine(_settings().database_url)
+    click.echo(json.dumps({"current": current_revision(engine), "head": head_revision()}))
+
+
+@main.command()
+@click.option("--host", default=lambda: os.environ.get("PLANBRIDGE_HOST", "127.0.0.1"), show_default="127.0.0.1")
+@click.option("--port", type=int, default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")), show_default="8000")
+@click.option("--workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="2")
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the API under gunicorn."""
+    from service.gunicorn_app import run
+
+    settings = _settings()
+    _logging(settings)
+    try:
+        run(host, port, workers)
+    except PlanbridgeError as exc:
+        raise click.ClickException(exc.detail) from None
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="Process what is due, then exit.")
+def worker(once: bool) -> None:
+    """Push outbox entries to the FHIR server (FHIR_BASE_URL)."""
+    from service.api.container import utcnow
+    from service.fhir.client import FhirClient
+    from service.store.db import create_engine
+    from service.store.uow import UnitOfWork
+    from service.sync.worker import OutboxWorker
+
+    settings = _settings()
+    _logging(settings)
+    if not settings.fhir_base_url:
+        raise click.ClickException("FHIR_BASE_URL is not set")
+    engine = create_engine(settings.database_url)
+    runner = OutboxWorker(
+        UnitOfWork(engine), FhirClient(settings.fhir_base_url, settings.fhir_timeout), settings, utcnow
+    )
+    if once:
+        click.echo(json.dumps({"processed": runner.run_until_idle()}))
+        return
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    runner.run_forever(stop)
+
+
+@main.group()
+def webhook() -> None:
+    """Sign and send team events (for trying the API and for integration testers)."""
+
+
+@webhook.command("secret")
+def webhook_secret() -> None:
+    """Print a new whsec_ secret."""
+    from service.signing import new_secret
+
+    click.echo(new_secret())
+
+
+@webhook.command("send")
+@click.argument("event_file", type=click.File("rb"))
+@click.option("--url", default="http://127.0.0.1:8000/webhooks/team", show_default=True)
+@click.option("--id", "msg_id", default=None, help="webhook-id to send (default: a new one).")
+def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None) -> None:
+    """Sign EVENT_FILE with PLANBRIDGE_WEBHOOK_SECRET and POST it; print the answer."""
+    from service.signing import sign_headers
+
+    settings = _settings()
+    if not settings.webhook_secrets:
+        raise click.ClickException("PLANBRIDGE_WEBHOOK_SECRET is not set")
+    body = event_file.read()
+    headers = sign_headers(settings.webhook_secrets[0], body, msg_id)
+    try:
+        response = requests.post(url, data=body, headers={**headers, "Content-Type": "application/json"}, timeout=30)
+    except requests.RequestException as exc:
+        raise click.ClickException(f"could not reach {url}: {type(exc).__name__}") from None
+    click.echo(f"{response.status_code} {response.text}")
+    sys.exit(0 if response.ok else 1)
+
+
+@main.command()
+@click.option("--port", type=int, default=8000, show_default=True)
+def dev(port: int) -> None:
+    """Run everything locally: migrate, start a local FHIR server if none is set, a worker and the API."""
+    from service.devrun import run_dev
+
+    run_dev(Path.cwd(), port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The FHIR server client: one session, one request function, one exception tree."""

@@ -1,0 +1,140 @@
+"""Apply a team event to its shared plan: idempotent by webhook id, durable before it is acknowledged."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+
+from service.domain.errors import Conflict, PlanbridgeError, RuleViolation
+from service.domain.model import Goal, Patient, Plan
+from service.problems import problem
+from service.store.tables import InboundEventRow
+from service.store.uow import StaleVersion, UnitOfWork
+
+log = logging.getLogger(__name__)
+MAX_TRIES = 5
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """What arrived: the webhook id (idempotency key), a digest of the raw body and the parsed body."""
+
+    webhook_id: str
+    body_sha256: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ProposeGoal:
+    """goal.proposed: someone on the team (or the patient) puts a goal forward."""
+
+    plan_id: str
+    patient: Patient
+    goal: Goal
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The answer to an event; replayed unchanged when the same event arrives again."""
+
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+
+
+class ReusedWebhookId(Conflict):
+    """The same webhook id arrived with a different body."""
+
+    code = "webhook-id-reused"
+
+
+def _apply(uow: UnitOfWork, command: ProposeGoal, now: datetime) -> Plan:
+    plan = uow.plans.get(command.plan_id)
+    if plan is None:
+        plan = Plan(id=command.plan_id, patient=command.patient)
+    elif plan.patient.mrn != command.patient.mrn:
+        raise Conflict(f"plan {plan.id} belongs to another patient", plan_id=plan.id)
+    plan.propose_goal(command.goal, now)
+    uow.plans.save(plan)
+    uow.outbox.add(plan.id, "push_goal", command.goal.id, None, now)
+    return plan
+
+
+def _record(
+    uow: UnitOfWork, envelope: Envelope, event_type: str, plan_id: str, now: datetime, outcome: Outcome
+) -> None:
+    uow.events.add(
+        InboundEventRow(
+            webhook_id=envelope.webhook_id,
+            event_type=event_type,
+            plan_id=plan_id,
+            body_sha256=envelope.body_sha256,
+            body=envelope.body,
+            received_at=now,
+            response_status=outcome.status,
+            response_body=outcome.body,
+        )
+    )
+
+
+def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
+    seen = uow.events.get(envelope.webhook_id)
+    if seen is None:
+        return None
+    if seen.body_sha256 != envelope.body_sha256:
+        raise ReusedWebhookId(
+            f"webhook-id {envelope.webhook_id} was already used for a different body", webhook_id=envelope.webhook_id
+        )
+    return Outcome(seen.response_status, seen.response_body, replayed=True)
+
+
+def handle_event(
+    uow: UnitOfWork, envelope: Envelope, event_type: str, command: ProposeGoal, clock: Callable[[], datetime]
+) -> Outcome:
+    """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
+    for _ in range(MAX_TRIES):
+        with uow:
+            try:
+                replay = _replay(uow, envelope)
+                if replay is not None:
+                    return replay
+                now = clock()
+                try:
+                    plan = _apply(uow, command, now)
+                    outcome = Outcome(
+                        202,
+                        {
+                            "status": "accepted",
+                            "event_id": envelope.webhook_id,
+                            "type": event_type,
+                            "plan_id": plan.id,
+                            "plan_version": plan.version,
+                        },
+                    )
+                except (RuleViolation, Conflict) as refusal:
+                    if isinstance(refusal, StaleVersion):
+                        raise
+                    uow.rollback()
+                    outcome = _refusal(refusal, envelope, event_type)
+                _record(uow, envelope, event_type, command.plan_id, now, outcome)
+                uow.commit()
+            except (IntegrityError, StaleVersion):
+                # Another request committed the same webhook id or changed the plan first: read again.
+                uow.rollback()
+                continue
+        log.info("event %s type=%s plan=%s status=%s", envelope.webhook_id, event_type, command.plan_id, outcome.status)
+        return outcome
+    raise Conflict("the plan is changing too fast to apply this event; retry", plan_id=command.plan_id)
+
+
+def _refusal(error: PlanbridgeError, envelope: Envelope, event_type: str) -> Outcome:
+    status = 422 if isinstance(error, RuleViolation) else 409
+    return Outcome(
+        status,
+        problem(error.code, "Event refused", status, error.detail, event_id=envelope.webhook_id, event_type=event_type),
+    )

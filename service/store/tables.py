@@ -1,0 +1,103 @@
+"""The database tables. A plan is stored whole as its JSON document, versioned for optimistic locking."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(sa.types.TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Store the instant in UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        """Give back an aware datetime."""
+        if value is None:
+            return None
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention so migrations name constraints predictably."""
+
+    metadata = sa.MetaData(
+        naming_convention={
+            "ix": "ix_%(column_0_label)s",
+            "uq": "uq_%(table_name)s_%(column_0_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class PlanRow(Base):
+    """One shared plan, its JSON document and its version."""
+
+    __tablename__ = "plans"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    patient_mrn: Mapped[str] = mapped_column(sa.String(128), index=True)
+    version: Mapped[int] = mapped_column(sa.Integer)
+    document: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class InboundEventRow(Base):
+    """A team event as received: its webhook id is the idempotency key, its answer is replayed."""
+
+    __tablename__ = "inbound_events"
+
+    webhook_id: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    body_sha256: Mapped[str] = mapped_column(sa.String(64))
+    body: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    response_status: Mapped[int] = mapped_column(sa.Integer)
+    response_body: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
+class OutboxRow(Base):
+    """Work for the FHIR push worker, written in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    subject_id: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    event_id: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class FhirLinkRow(Base):
+    """Where one internal thing lives on the FHIR server: resource id and last version seen."""
+
+    __tablename__ = "fhir_links"
+
+    plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    local_key: Mapped[str] = mapped_column(sa.String(160), primary_key=True)
+    resource_type: Mapped[str] = mapped_column(sa.String(64))
+    fhir_id: Mapped[str] = mapped_column(sa.String(64))
+    version_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    synced_at: Mapped[datetime] = mapped_column(UTCDateTime())

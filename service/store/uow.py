@@ -1,0 +1,209 @@
+"""The unit of work: one database transaction, with the repositories that act inside it."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.domain import codec
+from service.domain.errors import Conflict, NotFound
+from service.domain.model import Plan
+from service.store.tables import FhirLinkRow, InboundEventRow, OutboxRow, PlanRow
+
+
+class StaleVersion(Conflict):
+    """Someone else saved the plan between our read and our write; the use case retries."""
+
+    code = "stale-version"
+
+
+class PlanRepository:
+    """Plans stored as versioned JSON documents."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+        self._loaded: dict[str, int] = {}
+
+    def get(self, plan_id: str) -> Plan | None:
+        """Return the plan, remembering the version read for the optimistic check on save."""
+        row = self._session.get(PlanRow, plan_id)
+        if row is None:
+            return None
+        plan = codec.from_dict(Plan, row.document)
+        self._loaded[plan_id] = row.version
+        return plan
+
+    def save(self, plan: Plan) -> None:
+        """Insert a new plan or update one read earlier, refusing if it changed in between."""
+        document = codec.to_dict(plan)
+        assert plan.created_at is not None and plan.updated_at is not None, "touch() the plan first"
+        if plan.id not in self._loaded:
+            self._session.add(
+                PlanRow(
+                    id=plan.id,
+                    patient_mrn=plan.patient.mrn,
+                    version=plan.version,
+                    document=document,
+                    created_at=plan.created_at,
+                    updated_at=plan.updated_at,
+                )
+            )
+            self._session.flush()
+        else:
+            result = self._session.execute(
+                sa.update(PlanRow)
+                .where(PlanRow.id == plan.id, PlanRow.version == self._loaded[plan.id])
+                .values(version=plan.version, document=document, updated_at=plan.updated_at)
+            )
+            if result.rowcount != 1:  # type: ignore[attr-defined]
+                raise StaleVersion(f"plan {plan.id} changed while this change was applied", plan_id=plan.id)
+        self._loaded[plan.id] = plan.version
+
+
+class InboundEventRepository:
+    """Received team events, keyed by webhook id."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, webhook_id: str) -> InboundEventRow | None:
+        """Return the recorded event with this webhook id, or None."""
+        return self._session.get(InboundEventRow, webhook_id)
+
+    def add(self, row: InboundEventRow) -> None:
+        """Record an event; a duplicate webhook id fails at flush."""
+        self._session.add(row)
+        self._session.flush()
+
+
+class OutboxRepository:
+    """Pending pushes to the FHIR server."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, plan_id: str, kind: str, subject_id: str | None, event_id: str | None, now: datetime) -> None:
+        """Queue work, due now."""
+        self._session.add(
+            OutboxRow(
+                plan_id=plan_id,
+                kind=kind,
+                subject_id=subject_id,
+                event_id=event_id,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+    def get(self, entry_id: int) -> OutboxRow:
+        """Return an entry by id."""
+        row = self._session.get(OutboxRow, entry_id)
+        if row is None:
+            raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
+        return row
+
+    def claim_next(self, now: datetime) -> OutboxRow | None:
+        """Lock and return the oldest due pending entry that no other worker holds."""
+        query = (
+            sa.select(OutboxRow)
+            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+            .order_by(OutboxRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        return self._session.scalars(query).first()
+
+    def mark_done(self, row: OutboxRow, now: datetime) -> None:
+        """Record a successful push."""
+        row.status, row.attempts, row.last_error, row.updated_at = "done", row.attempts + 1, None, now
+
+    def mark_failed(self, row: OutboxRow, error: str, now: datetime, max_attempts: int, delay: timedelta) -> None:
+        """Record a failed push: retry later, or park it as dead after the last attempt."""
+        row.attempts += 1
+        row.last_error = error[:2000]
+        row.updated_at = now
+        if row.attempts >= max_attempts:
+            row.status = "dead"
+        else:
+            row.next_attempt_at = now + delay
+
+    def list(self, plan_id: str | None = None, status: str | None = None) -> list[OutboxRow]:
+        """Return entries, oldest first, optionally filtered."""
+        query = sa.select(OutboxRow).order_by(OutboxRow.id)
+        if plan_id is not None:
+            query = query.where(OutboxRow.plan_id == plan_id)
+        if status is not None:
+            query = query.where(OutboxRow.status == status)
+        return list(self._session.scalars(query))
+
+
+class FhirLinkRepository:
+    """Which FHIR resource holds which internal thing, and the version last written."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def get(self, plan_id: str, local_key: str) -> FhirLinkRow | None:
+        """Return the link, or None when never synced."""
+        return self._session.get(FhirLinkRow, (plan_id, local_key))
+
+    def record(
+        self, plan_id: str, local_key: str, resource_type: str, fhir_id: str, version_id: str | None, now: datetime
+    ) -> None:
+        """Insert or update a link."""
+        row = self.get(plan_id, local_key)
+        if row is None:
+            row = FhirLinkRow(plan_id=plan_id, local_key=local_key)
+            self._session.add(row)
+        row.resource_type, row.fhir_id, row.version_id, row.synced_at = resource_type, fhir_id, version_id, now
+
+    def for_plan(self, plan_id: str) -> list[FhirLinkRow]:
+        """Return every link of a plan."""
+        return list(self._session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id == plan_id)))
+
+
+class UnitOfWork:
+    """`with uow:` opens a transaction; `uow.commit()` makes it durable; leaving without commit rolls back."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._factory = sessionmaker(bind=engine, expire_on_commit=False)
+        self.session: Session | None = None
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self._factory()
+        self.plans = PlanRepository(self.session)
+        self.events = InboundEventRepository(self.session)
+        self.outbox = OutboxRepository(self.session)
+        self.links = FhirLinkRepository(self.session)
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self.session is not None
+        self.session.rollback()
+        self.session.close()
+        self.session = None
+
+    def commit(self) -> None:
+        """Commit the transaction."""
+        assert self.session is not None
+        self.session.commit()
+
+    def rollback(self) -> None:
+        """Throw away what this transaction did."""
+        assert self.session is not None
+        self.session.rollback()
+
+
+def row_dict(row: Any, *names: str) -> dict[str, Any]:
+    """Return the named attributes of a row as a dict (for API answers and CLI output)."""
+    return {name: getattr(row, name) for name in names}

@@ -1,0 +1,1 @@
+"""Keeping plans and their FHIR copies in step: pushes and the outbox worker."""

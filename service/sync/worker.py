@@ -1,0 +1,99 @@
+"""The outbox worker: takes due entries, pushes them, and retries failures with backoff.
+
+An entry is claimed by moving its due time one lease ahead in a short transaction, so no database
+lock is held while talking to the FHIR server; a worker killed mid-push leaves the entry to come
+due again, and the push is a conditional update on our identifier, so repeating it is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from service.domain.errors import PlanbridgeError
+from service.fhir.client import FhirClient
+from service.settings import Settings
+from service.store.uow import UnitOfWork
+from service.sync.push import push_goal
+
+log = logging.getLogger(__name__)
+LEASE = timedelta(minutes=2)
+
+
+def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
+    """Return the delay before retry number `attempt`: exponential, capped, with full jitter."""
+    return timedelta(seconds=random.uniform(base**attempt / 2, min(cap, base**attempt)))
+
+
+class OutboxWorker:
+    """Drains the outbox into one FHIR server."""
+
+    def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
+
+    def _claim(self) -> tuple[int, str, str, str | None] | None:
+        with self.uow:
+            now = self.clock()
+            row = self.uow.outbox.claim_next(now)
+            if row is None:
+                return None
+            row.next_attempt_at = now + LEASE
+            claimed = (row.id, row.plan_id, row.kind, row.subject_id)
+            self.uow.commit()
+            return claimed
+
+    def process_one(self) -> bool:
+        """Push one due entry; return False when none was due."""
+        claimed = self._claim()
+        if claimed is None:
+            return False
+        entry_id, plan_id, kind, subject_id = claimed
+        error: str | None = None
+        with self.uow:
+            try:
+                if kind != "push_goal" or subject_id is None:
+                    raise PlanbridgeError(f"unknown outbox entry kind {kind}")
+                push_goal(self.uow, self.client, self.settings, plan_id, subject_id, self.clock())
+                self.uow.commit()
+            except Exception as exc:  # any failure is recorded on the entry and retried, never lost
+                self.uow.rollback()
+                error = f"{type(exc).__name__}: {exc}"
+                if not isinstance(exc, PlanbridgeError):
+                    log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
+        with self.uow:
+            row = self.uow.outbox.get(entry_id)
+            now = self.clock()
+            if error is None:
+                self.uow.outbox.mark_done(row, now)
+            else:
+                self.uow.outbox.mark_failed(
+                    row, error, now, self.settings.outbox_max_attempts, backoff(row.attempts + 1)
+                )
+                log.warning(
+                    "outbox %s plan %s attempt %s failed: %s", entry_id, plan_id, row.attempts, error.split(":")[0]
+                )
+            self.uow.commit()
+        return True
+
+    def run_until_idle(self, limit: int = 10_000) -> int:
+        """Process due entries until none is left; return how many were processed."""
+        count = 0
+        while count < limit and self.process_one():
+            count += 1
+        return count
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Poll the outbox until `stop` is set."""
+        log.info("outbox worker started")
+        while not stop.is_set():
+            try:
+                busy = self.run_until_idle(limit=100)
+            except Exception:  # a database hiccup must not kill the worker; it retries next poll
+                log.exception("outbox worker pass failed")
+                busy = 0
+            if not busy:
+                stop.wait(self.settings.worker_poll_seconds)
+        log.info("outbox worker stopped")

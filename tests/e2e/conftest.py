@@ -1,0 +1,3 @@
+"""Fixtures for e2e tests."""
+
+from tests.db_fixtures import database, engine  # noqa: F401

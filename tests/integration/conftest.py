@@ -1,0 +1,3 @@
+"""Fixtures for integration tests."""
+
+from tests.db_fixtures import database, engine  # noqa: F401

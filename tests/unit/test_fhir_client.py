@@ -1,0 +1,96 @@
+"""The client's own edge cases, against HAPI-shaped answers served by `responses`."""
+
+import pytest
+import requests
+import responses
+
+from service.fhir import errors
+from service.fhir.client import FhirClient
+
+BASE = "http://fhir.test/baseR4"
+
+
+def outcome(diagnostics: str) -> dict:
+    return {"resourceType": "OperationOutcome",
+            "issue": [{"severity": "error", "code": "processing", "diagnostics": diagnostics}]}
+
+
+@pytest.fixture
+def client():
+    c = FhirClient(BASE, timeout=2)
+    with responses.RequestsMock() as mock:
+        c.mock = mock
+        yield c
+
+
+@pytest.mark.parametrize(("status", "kind"), [
+    (409, errors.FhirVersionConflict), (412, errors.FhirVersionConflict),
+    (400, errors.FhirValidationFailed), (422, errors.FhirValidationFailed),
+    (401, errors.FhirAuthError), (403, errors.FhirAuthError),
+    (404, errors.FhirNotFound), (410, errors.FhirNotFound), (500, errors.FhirServerError),
+])
+def test_each_status_raises_its_error_with_the_outcome(client, status, kind):
+    body = outcome("HAPI-0989: Trying to update Goal/1/_history/1 but this is not the current version")
+    client.mock.add(responses.PUT, f"{BASE}/Goal/1", json=body, status=status)
+    with pytest.raises(kind) as err:
+        client.request("PUT", "Goal/1", json={"resourceType": "Goal"})
+    assert err.value.status == status
+    assert err.value.outcome == body
+    assert "HAPI-0989" in err.value.detail
+
+
+def test_a_non_fhir_error_body_still_maps(client):
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", body="<html>bad gateway</html>", status=500)
+    with pytest.raises(errors.FhirServerError) as err:
+        client.read("Goal", "1")
+    assert err.value.outcome is None
+
+
+def test_search_follows_next_links_exactly_and_stops_on_an_empty_last_page(client):
+    page2 = f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2&_bundletype=searchset"
+    page3 = f"{BASE}?_getpages=abc&_getpagesoffset=4&_count=2&_bundletype=searchset"
+    client.mock.add(responses.GET, f"{BASE}/Goal", json={
+        "resourceType": "Bundle", "type": "searchset",
+        "link": [{"relation": "next", "url": page2}],
+        "entry": [{"resource": {"id": "1"}, "search": {"mode": "match"}}, {"resource": {"id": "2"}}]})
+    client.mock.add(responses.GET, page2, json={
+        "resourceType": "Bundle", "link": [{"relation": "next", "url": page3}],
+        "entry": [{"resource": {"id": "3"}}, {"resource": {"id": "p"}, "search": {"mode": "include"}}]})
+    client.mock.add(responses.GET, page3, json={"resourceType": "Bundle", "link": []})
+    assert [r["id"] for r in client.search("Goal", {"_count": "2"})] == ["1", "2", "3"]
+    assert client.mock.calls[1].request.url == page2
+
+
+def test_find_one_refuses_several_matches(client):
+    client.mock.add(responses.GET, f"{BASE}/Patient", json={
+        "resourceType": "Bundle", "entry": [{"resource": {"id": "1"}}, {"resource": {"id": "2"}}]})
+    with pytest.raises(errors.FhirAmbiguous):
+        client.find_one("Patient", {"identifier": "s|v"})
+
+
+def test_safe_requests_are_retried_on_503(client):
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", status=503, headers={"Retry-After": "0"})
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", json={"resourceType": "Goal", "id": "1"})
+    assert client.read("Goal", "1")["id"] == "1"
+    assert len(client.mock.calls) == 2
+
+
+def test_a_plain_post_is_not_retried(client):
+    client.mock.add(responses.POST, f"{BASE}/Patient", status=503, json=outcome("busy"))
+    with pytest.raises(errors.FhirServerError):
+        client.create_if_none_exist({"resourceType": "Patient"}, "identifier=s|v")
+    assert len(client.mock.calls) == 1
+
+
+def test_conditional_update_sends_the_identifier_as_the_condition(client):
+    client.mock.add(responses.PUT, f"{BASE}/Goal", json={"resourceType": "Goal", "id": "7", "meta": {"versionId": "1"}})
+    client.update_by_identifier({"resourceType": "Goal"}, "https://pb/id/goal", "plan-1/g 1")
+    sent = client.mock.calls[0].request
+    assert sent.url == f"{BASE}/Goal?identifier=https%3A%2F%2Fpb%2Fid%2Fgoal%7Cplan-1%2Fg%201"
+    assert sent.headers["Content-Type"].startswith("application/fhir+json")
+
+
+def test_connection_errors_become_transport_errors(client):
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", body=requests.ConnectionError("refused"))
+    with pytest.raises(errors.FhirTransportError):
+        client.read("Goal", "1")
