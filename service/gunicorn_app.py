@@ -17,7 +17,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load_config(self) -> None:
         for key, value in self.options.items():
-            self.cfg.set(key, value)
+            if key in self.cfg.settings:  # newer gunicorn releases add settings; older ones lack them
+                self.cfg.set(key, value)
 
     def load(self) -> Any:
         return create_app()
@@ -36,6 +37,9 @@ def run(host: str, port: int, workers: int) -> None:
             "accesslog": "-",
             "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
             "timeout": 60,
-            "graceful_timeout": 20,
+            "graceful_timeout": 10,
+            # A control socket shared per user would collide between instances (tests, dev, a second
+            # service on one host); planbridge does not use it.
+            "control_socket_disable": True,
         }
     ).run()

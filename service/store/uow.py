@@ -189,7 +189,8 @@ class UnitOfWork:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         assert self.session is not None
-        self.session.rollback()
+        # close() rolls back whatever was not committed and detaches rows without expiring them,
+        # so values read inside the block stay readable after it.
         self.session.close()
         self.session = None
 

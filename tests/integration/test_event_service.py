@@ -30,8 +30,13 @@ def test_an_event_changes_the_plan_records_itself_and_queues_a_push_in_one_go(en
     event = goal_event(plan_id="plan-a")
     outcome = apply(engine, event)
     assert outcome.status == 202 and not outcome.replayed
-    assert outcome.body == {"status": "accepted", "event_id": "msg_1", "type": "goal.proposed",
-                            "plan_id": "plan-a", "plan_version": 1}
+    assert outcome.body == {
+        "status": "accepted",
+        "event_id": "msg_1",
+        "type": "goal.proposed",
+        "plan_id": "plan-a",
+        "plan_version": 1,
+    }
     with UnitOfWork(engine) as uow:
         plan = uow.plans.get("plan-a")
         assert plan.goals[0].description == event["data"]["goal"]["description"]

@@ -54,8 +54,13 @@ def test_plan_json_round_trips_every_field():
             proposed_by=Proposer(kind="practitioner", identifier=Identifier("urn:npi", "123"), display="Dr A"),
             start_date=date(2026, 11, 22),
             targets=[
-                Target(measure=Coding("http://loinc.org", "41950-7", "Steps"), value=Decimal("4000.5"),
-                       comparator=">=", unit="/d", due_date=date(2027, 1, 31)),
+                Target(
+                    measure=Coding("http://loinc.org", "41950-7", "Steps"),
+                    value=Decimal("4000.5"),
+                    comparator=">=",
+                    unit="/d",
+                    due_date=date(2027, 1, 31),
+                ),
                 Target(measure=Coding(display="Feeling"), text="calmer"),
             ],
         ),

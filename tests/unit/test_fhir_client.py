@@ -11,8 +11,10 @@ BASE = "http://fhir.test/baseR4"
 
 
 def outcome(diagnostics: str) -> dict:
-    return {"resourceType": "OperationOutcome",
-            "issue": [{"severity": "error", "code": "processing", "diagnostics": diagnostics}]}
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "processing", "diagnostics": diagnostics}],
+    }
 
 
 @pytest.fixture
@@ -23,12 +25,20 @@ def client():
         yield c
 
 
-@pytest.mark.parametrize(("status", "kind"), [
-    (409, errors.FhirVersionConflict), (412, errors.FhirVersionConflict),
-    (400, errors.FhirValidationFailed), (422, errors.FhirValidationFailed),
-    (401, errors.FhirAuthError), (403, errors.FhirAuthError),
-    (404, errors.FhirNotFound), (410, errors.FhirNotFound), (500, errors.FhirServerError),
-])
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (409, errors.FhirVersionConflict),
+        (412, errors.FhirVersionConflict),
+        (400, errors.FhirValidationFailed),
+        (422, errors.FhirValidationFailed),
+        (401, errors.FhirAuthError),
+        (403, errors.FhirAuthError),
+        (404, errors.FhirNotFound),
+        (410, errors.FhirNotFound),
+        (500, errors.FhirServerError),
+    ],
+)
 def test_each_status_raises_its_error_with_the_outcome(client, status, kind):
     body = outcome("HAPI-0989: Trying to update Goal/1/_history/1 but this is not the current version")
     client.mock.add(responses.PUT, f"{BASE}/Goal/1", json=body, status=status)
@@ -49,21 +59,36 @@ def test_a_non_fhir_error_body_still_maps(client):
 def test_search_follows_next_links_exactly_and_stops_on_an_empty_last_page(client):
     page2 = f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2&_bundletype=searchset"
     page3 = f"{BASE}?_getpages=abc&_getpagesoffset=4&_count=2&_bundletype=searchset"
-    client.mock.add(responses.GET, f"{BASE}/Goal", json={
-        "resourceType": "Bundle", "type": "searchset",
-        "link": [{"relation": "next", "url": page2}],
-        "entry": [{"resource": {"id": "1"}, "search": {"mode": "match"}}, {"resource": {"id": "2"}}]})
-    client.mock.add(responses.GET, page2, json={
-        "resourceType": "Bundle", "link": [{"relation": "next", "url": page3}],
-        "entry": [{"resource": {"id": "3"}}, {"resource": {"id": "p"}, "search": {"mode": "include"}}]})
+    client.mock.add(
+        responses.GET,
+        f"{BASE}/Goal",
+        json={
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "link": [{"relation": "next", "url": page2}],
+            "entry": [{"resource": {"id": "1"}, "search": {"mode": "match"}}, {"resource": {"id": "2"}}],
+        },
+    )
+    client.mock.add(
+        responses.GET,
+        page2,
+        json={
+            "resourceType": "Bundle",
+            "link": [{"relation": "next", "url": page3}],
+            "entry": [{"resource": {"id": "3"}}, {"resource": {"id": "p"}, "search": {"mode": "include"}}],
+        },
+    )
     client.mock.add(responses.GET, page3, json={"resourceType": "Bundle", "link": []})
     assert [r["id"] for r in client.search("Goal", {"_count": "2"})] == ["1", "2", "3"]
     assert client.mock.calls[1].request.url == page2
 
 
 def test_find_one_refuses_several_matches(client):
-    client.mock.add(responses.GET, f"{BASE}/Patient", json={
-        "resourceType": "Bundle", "entry": [{"resource": {"id": "1"}}, {"resource": {"id": "2"}}]})
+    client.mock.add(
+        responses.GET,
+        f"{BASE}/Patient",
+        json={"resourceType": "Bundle", "entry": [{"resource": {"id": "1"}}, {"resource": {"id": "2"}}]},
+    )
     with pytest.raises(errors.FhirAmbiguous):
         client.find_one("Patient", {"identifier": "s|v"})
 

@@ -17,12 +17,18 @@ def rich_goal() -> Goal:
         id="goal-walk",
         description="Walk to the park with my daughter",
         priority="medium-priority",
-        proposed_by=Proposer(kind="practitioner", identifier=Identifier("http://hl7.org/fhir/sid/us-npi", "9"),
-                             display="Dietitian"),
+        proposed_by=Proposer(
+            kind="practitioner", identifier=Identifier("http://hl7.org/fhir/sid/us-npi", "9"), display="Dietitian"
+        ),
         start_date=date(2026, 11, 22),
         targets=[
-            Target(measure=Coding("http://loinc.org", "41950-7", "Steps"), value=Decimal("4000"), comparator=">=",
-                   unit="/d", due_date=date(2027, 1, 31)),
+            Target(
+                measure=Coding("http://loinc.org", "41950-7", "Steps"),
+                value=Decimal("4000"),
+                comparator=">=",
+                unit="/d",
+                due_date=date(2027, 1, 31),
+            ),
             Target(measure=Coding(display="How I feel"), text="able to go out", due_date=date(2027, 3, 1)),
         ],
     )
@@ -35,9 +41,16 @@ def test_goal_maps_to_valid_fhir_with_our_identifier():
     assert resource["lifecycleStatus"] == "proposed"
     assert resource["subject"] == SUBJECT
     assert resource["priority"]["coding"][0] == {
-        "system": "http://terminology.hl7.org/CodeSystem/goal-priority", "code": "medium-priority"}
+        "system": "http://terminology.hl7.org/CodeSystem/goal-priority",
+        "code": "medium-priority",
+    }
     assert resource["target"][0]["detailQuantity"] == {
-        "value": 4000, "comparator": ">=", "unit": "/d", "system": "http://unitsofmeasure.org", "code": "/d"}
+        "value": 4000,
+        "comparator": ">=",
+        "unit": "/d",
+        "system": "http://unitsofmeasure.org",
+        "code": "/d",
+    }
     assert resource["target"][1]["detailString"] == "able to go out"
     assert resource["expressedBy"]["type"] == "Practitioner"
 
@@ -80,8 +93,15 @@ def test_an_unmapped_expressed_by_type_is_refused_not_defaulted():
 
 def test_validation_names_the_bad_element():
     with pytest.raises(MappingError) as err:
-        validate({"resourceType": "Goal", "lifecycleStatus": "proposed", "description": {"text": "x"},
-                  "subject": {"reference": "Patient/1"}, "target": [{"dueDate": "not-a-date"}]})
+        validate(
+            {
+                "resourceType": "Goal",
+                "lifecycleStatus": "proposed",
+                "description": {"text": "x"},
+                "subject": {"reference": "Patient/1"},
+                "target": [{"dueDate": "not-a-date"}],
+            }
+        )
     assert any(path.startswith("Goal.target") for path in err.value.data["errors"])
     with pytest.raises(MappingError, match="unknown resource type"):
         validate({"resourceType": "Banana"})

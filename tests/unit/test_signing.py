@@ -17,15 +17,18 @@ def test_any_active_secret_verifies_so_keys_can_rotate():
     assert verify([new, old], BODY, sign_headers(old, BODY, "msg_2")) == "msg_2"
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda h, b: (h, b + b" "),
-    lambda h, b: ({**h, "webhook-id": "other"}, b),
-    lambda h, b: ({k: v for k, v in h.items() if k != "webhook-signature"}, b),
-    lambda h, b: ({**h, "webhook-signature": "v1,not-base64!!"}, b),
-    lambda h, b: ({**h, "webhook-signature": "garbage"}, b),
-    lambda h, b: ({**h, "webhook-timestamp": "soon"}, b),
-    lambda h, b: (h, b"\xff\xfe"),
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda h, b: (h, b + b" "),
+        lambda h, b: ({**h, "webhook-id": "other"}, b),
+        lambda h, b: ({k: v for k, v in h.items() if k != "webhook-signature"}, b),
+        lambda h, b: ({**h, "webhook-signature": "v1,not-base64!!"}, b),
+        lambda h, b: ({**h, "webhook-signature": "garbage"}, b),
+        lambda h, b: ({**h, "webhook-timestamp": "soon"}, b),
+        lambda h, b: (h, b"\xff\xfe"),
+    ],
+)
 def test_tampering_is_refused(tamper):
     secret = new_secret()
     headers, body = tamper(sign_headers(secret, BODY, "msg_3"), BODY)

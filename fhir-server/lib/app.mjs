@@ -1,0 +1,235 @@
+// HTTP front end: turns node:http requests into FhirRouter calls and adds HAPI's observable
+// behaviour (base path, headers, paging, status codes, OperationOutcomes, transaction responses).
+import { STATUS_CODES } from 'node:http';
+import { OperationOutcomeError, badRequest, getStatus, isResourceType, normalizeOperationOutcome } from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import { capabilityStatement } from './capability.mjs';
+import { SearchPager } from './paging.mjs';
+import { HapiLikeRepository } from './repo.mjs';
+import { validate } from './schema.mjs';
+
+export const BASE_PATH = '/baseR4';
+const MAX_BODY_BYTES = 64 * 1024 * 1024;
+const JSON_TYPES = new Set(['', 'application/fhir+json', 'application/json', 'application/json-patch+json']);
+const FORM_TYPE = 'application/x-www-form-urlencoded';
+const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+
+const oo = (status, code, diagnostics, severity = 'error') => {
+  const err = new OperationOutcomeError({
+    resourceType: 'OperationOutcome',
+    issue: [{ severity, code, details: { text: diagnostics }, diagnostics }],
+  });
+  err.httpStatus = status;
+  return err;
+};
+
+/** Outcome for the wire: no Medplum outcome id, and every issue carries `diagnostics` like HAPI's. */
+function wireOutcome(outcome) {
+  const { id: _id, ...rest } = outcome;
+  rest.issue = (outcome.issue ?? []).map((i) => i.diagnostics ? i : {
+    ...i,
+    diagnostics: [i.details?.text, i.expression?.length ? `(at ${i.expression.join(', ')})` : '']
+      .filter(Boolean).join(' '),
+  });
+  return rest;
+}
+
+function queryRecord(searchParams) {
+  const query = Object.create(null);
+  for (const [k, v] of searchParams) query[k] = k in query ? [query[k]].flat().concat(v) : v;
+  return query;
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    req.on('data', (chunk) => {
+      size += chunk.length;
+      if (size <= MAX_BODY_BYTES) chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (size > MAX_BODY_BYTES) reject(oo(413, 'too-costly', `Request body exceeds ${MAX_BODY_BYTES} bytes`));
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    });
+    req.on('error', reject);
+  });
+}
+
+export function createApp({ pageSize = 20, log = () => {} } = {}) {
+  const repo = new HapiLikeRepository({ validate });
+  const router = new FhirRouter();
+  const pager = new SearchPager(repo, { defaultPageSize: pageSize });
+  const startedAt = new Date().toISOString();
+  let chain = Promise.resolve();
+  const serialized = (fn) => {
+    const run = chain.then(fn, fn);
+    chain = run.catch(() => {});
+    return run;
+  };
+
+  async function parseRequest(req, url) {
+    if (!WRITE_METHODS.has(req.method)) return undefined;
+    const text = await readBody(req);
+    const type = (req.headers['content-type'] ?? '').split(';')[0].trim().toLowerCase();
+    if (type === FORM_TYPE && url.pathname.endsWith('/_search')) return queryRecord(new URLSearchParams(text));
+    if (!JSON_TYPES.has(type)) throw oo(415, 'not-supported', `HAPI-1895: Unsupported content type "${type}"; use application/fhir+json`);
+    let body;
+    try {
+      body = JSON.parse(text);
+    } catch (err) {
+      throw oo(400, 'structure', `HAPI-0450: Failed to parse request body as JSON resource. Error was: ${err.message}`);
+    }
+    if (body === null || typeof body !== 'object' || (Array.isArray(body) && req.method !== 'PATCH')) {
+      throw oo(400, 'structure', 'HAPI-0450: Failed to parse request body as JSON resource: not a JSON object');
+    }
+    return body;
+  }
+
+  async function dispatch(req, url, body, base) {
+    const rest = url.pathname.slice(BASE_PATH.length).replace(/^\/+|\/+$/g, '');
+    const segments = rest ? rest.split('/') : [];
+    const query = queryRecord(url.searchParams);
+    const selfUrl = `${base}${rest ? '/' + rest : ''}${url.search}`;
+    const [first] = segments;
+    const method = req.method === 'HEAD' ? 'GET' : req.method; // node sends no body for HEAD
+
+    if (first === 'metadata' && segments.length === 1 && method === 'GET') {
+      return { status: 200, resource: capabilityStatement(base, startedAt) };
+    }
+    if (!first && method === 'GET' && query._getpages) return { status: 200, resource: await pager.page(query, base, selfUrl) };
+    if (first && !isResourceType(first)) {
+      if (first.startsWith('$')) throw oo(400, 'not-supported', `HAPI-0388: Unknown operation "${first}"`);
+      throw oo(404, 'not-found', `HAPI-0302: Unknown resource type '${first}' - Server knows how to handle: see ${base}/metadata`);
+    }
+    if (segments.length === 1 && method === 'GET') {
+      return { status: 200, resource: await pager.search(first, query, base, selfUrl) };
+    }
+    if (segments.length === 2 && segments[1] === '_search' && method === 'POST') {
+      return { status: 200, resource: await pager.search(first, { ...query, ...body }, base, selfUrl) };
+    }
+    if (segments.length === 1 && method === 'POST' && body && !Array.isArray(body)) delete body.id; // HAPI ignores client ids on create
+    const entryMethods = !first && method === 'POST' ? (Array.isArray(body?.entry) ? body.entry : []).map((e) => e?.request?.method) : undefined;
+
+    const fhirRequest = {
+      method, url: rest + url.search, pathname: '', params: {}, query: {}, body,
+      headers: req.headers, config: { transactions: true },
+    };
+    if (entryMethods) {
+      // One journal around the whole bundle: a transaction with any failed entry (even one that
+      // Medplum reports inside a 200 response) is rolled back completely.
+      return repo.withTransaction(async () => {
+        const [outcome, bundle] = await router.handleRequest(fhirRequest, repo);
+        if (getStatus(outcome) >= 400) throw new OperationOutcomeError(outcome);
+        const failed = body.type === 'transaction' &&
+          bundle.entry?.find((e) => Number.parseInt(e?.response?.status, 10) >= 400);
+        if (failed) throw new OperationOutcomeError(failed.response.outcome ?? badRequest('Transaction entry failed'));
+        return { status: 200, resource: bundleResponse(bundle, entryMethods, prefer(req)) };
+      });
+    }
+    if (segments.length === 2 && segments[1] === '_history') {
+      throw oo(400, 'not-supported', 'Type-level _history is not supported by planbridge-fhir');
+    }
+    const [outcome, resource] = await router.handleRequest(fhirRequest, repo);
+    const status = getStatus(outcome);
+    if (status >= 400) throw new OperationOutcomeError(outcome);
+    if (resource?.resourceType === 'Bundle' && resource.type === 'history') {
+      return { status, resource: historyBundle(resource, base, selfUrl, query) };
+    }
+    if (method === 'DELETE') {
+      const text = segments.length === 2 ? `Successfully deleted ${first}/${segments[1]}` : 'Conditional delete completed';
+      return { status: 200, resource: wireOutcome(oo(200, 'informational', text, 'information').outcome) };
+    }
+    const createdByUpdate = method === 'PUT' && resource?.meta?.versionId === '1';
+    return { status: createdByUpdate ? 201 : status, resource, versioned: true, write: method === 'PUT' || method === 'POST' };
+  }
+
+  function bundleResponse(bundle, methods, preference) {
+    (bundle.entry ?? []).forEach((entry, i) => {
+      const response = entry.response ?? {};
+      const code = Number.parseInt(response.status, 10);
+      response.status = `${code} ${STATUS_CODES[code] ?? ''}`.trim();
+      const res = entry.resource;
+      if (code < 300 && res?.id && res.meta?.versionId) {
+        response.location = `${res.resourceType}/${res.id}/_history/${res.meta.versionId}`;
+        response.etag = `W/"${res.meta.versionId}"`;
+        response.lastModified = res.meta.lastUpdated;
+        delete response.outcome;
+      } else if (response.outcome) response.outcome = wireOutcome(response.outcome);
+      if (WRITE_METHODS.has(methods[i]) && preference !== 'representation') delete entry.resource;
+    });
+    return { ...bundle, id: undefined, meta: { lastUpdated: new Date().toISOString() } };
+  }
+
+  function historyBundle(bundle, base, selfUrl, query) {
+    const since = query._since ? Date.parse([query._since].flat().at(-1)) : undefined;
+    let entry = (bundle.entry ?? []).filter((e) => !since || Date.parse(e.resource.meta.lastUpdated) >= since);
+    const total = entry.length;
+    if (query._count) entry = entry.slice(0, Number([query._count].flat().at(-1)) || 0);
+    entry = entry.map(({ resource: r }) => ({
+      fullUrl: `${base}/${r.resourceType}/${r.id}`,
+      resource: r,
+      request: { method: r.meta.versionId === '1' ? 'POST' : 'PUT', url: r.meta.versionId === '1' ? r.resourceType : `${r.resourceType}/${r.id}` },
+      response: { status: r.meta.versionId === '1' ? '201 Created' : '200 OK', etag: `W/"${r.meta.versionId}"`, lastModified: r.meta.lastUpdated },
+    }));
+    return { resourceType: 'Bundle', meta: { lastUpdated: new Date().toISOString() }, type: 'history', total, link: [{ relation: 'self', url: selfUrl }], entry };
+  }
+
+  function prefer(req) {
+    return /return=(minimal|representation|OperationOutcome)/i.exec(req.headers.prefer ?? '')?.[1];
+  }
+
+  function send(res, status, body, headers = {}) {
+    const text = body === undefined ? '' : JSON.stringify(body);
+    res.writeHead(status, {
+      'Content-Type': 'application/fhir+json; charset=utf-8',
+      'Content-Length': Buffer.byteLength(text),
+      ...headers,
+    });
+    res.end(text);
+  }
+
+  async function handle(req, res) {
+    const started = performance.now();
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const base = `http://${req.headers.host ?? 'localhost'}${BASE_PATH}`;
+    let status = 500;
+    try {
+      if (url.pathname !== BASE_PATH && !url.pathname.startsWith(BASE_PATH + '/')) {
+        throw oo(404, 'not-found', `Not a FHIR endpoint; the FHIR base is ${BASE_PATH}`);
+      }
+      if (!['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE'].includes(req.method)) {
+        throw oo(405, 'not-supported', `HTTP method ${req.method} is not supported`);
+      }
+      const body = await parseRequest(req, url);
+      const result = await serialized(() => dispatch(req, url, body, base));
+      status = result.status;
+      const headers = {};
+      const r = result.resource;
+      let payload = r;
+      if (result.versioned && r?.meta?.versionId) {
+        const location = `${base}/${r.resourceType}/${r.id}/_history/${r.meta.versionId}`;
+        headers.ETag = `W/"${r.meta.versionId}"`;
+        headers['Last-Modified'] = new Date(r.meta.lastUpdated).toUTCString();
+        headers['Content-Location'] = location;
+        if (result.write) headers.Location = location;
+        const preference = result.write ? prefer(req) : undefined;
+        if (preference === 'minimal') payload = undefined;
+        else if (preference?.toLowerCase() === 'operationoutcome') {
+          payload = wireOutcome(oo(status, 'informational', `Successfully ${status === 201 ? 'created' : 'updated'} resource "${r.resourceType}/${r.id}/_history/${r.meta.versionId}"`, 'information').outcome);
+        }
+      }
+      send(res, status, payload, headers);
+    } catch (err) {
+      const outcome = normalizeOperationOutcome(err);
+      status = err?.httpStatus ?? getStatus(outcome);
+      if (status >= 500) log(`error: ${err?.stack ?? err}`);
+      if (!res.headersSent) send(res, status, wireOutcome(outcome));
+      else res.destroy();
+    } finally {
+      log(`${req.method} ${url.pathname} ${status} ${(performance.now() - started).toFixed(1)}ms`);
+    }
+  }
+
+  return { handle, repo };
+}

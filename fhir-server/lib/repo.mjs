@@ -1,0 +1,233 @@
+// A MemoryRepository with HAPI's observable habits: numeric ids, versions "1", "2", ..., 409 on a
+// stale If-Match, 410 for deleted resources, validation on every write, all-or-nothing
+// transactions (undo journal) and an identifier index that narrows `identifier=` searches.
+import { MemoryRepository } from '@medplum/fhir-router';
+import { OperationOutcomeError, badRequest, deepClone } from '@medplum/core';
+
+const outcome = (id, code, diagnostics) => ({
+  resourceType: 'OperationOutcome',
+  id,
+  issue: [{ severity: 'error', code, details: { text: diagnostics }, diagnostics }],
+});
+const fail = (id, code, diagnostics) => new OperationOutcomeError(outcome(id, code, diagnostics));
+const notKnown = (type, id) => fail('not-found', 'not-found', `HAPI-2001: Resource ${type}/${id} is not known`);
+
+export class HapiLikeRepository extends MemoryRepository {
+  /** @param {{ validate?: (resource: object) => void }} [options] */
+  constructor(options = {}) {
+    super();
+    this.validateFn = options.validate ?? (() => {});
+    this.nextId = 1;
+    this.versions = new Map(); // "Type/id" -> last version number (deletes count, like HAPI)
+    this.deleted = new Set(); // "Type/id" of deleted resources (read -> 410)
+    this.identifierIndex = new Map(); // type -> Map(lower-cased identifier.value -> Set(id))
+    this.journal = null; // Map("Type/id" -> prior state) while a transaction runs
+  }
+
+  generateId() {
+    return String(this.nextId++);
+  }
+
+  current(type, id) {
+    return this.resources.get(type)?.get(id);
+  }
+
+  // Overrides MemoryRepository's (TS-private) single write path, used by create, update and
+  // conditional create alike.
+  createResourceSync(resource, options, update = false) {
+    const type = resource.resourceType;
+    const id = resource.id ?? this.generateId();
+    const key = `${type}/${id}`;
+    const existing = this.current(type, id);
+    if (!update && existing) throw new OperationOutcomeError(badRequest('Assigned ID is already in use'));
+    const version = (this.versions.get(key) ?? 0) + 1;
+    const { resourceType: _t, id: _id, meta, ...rest } = resource; // HAPI's key order: type, id, meta
+    const candidate = {
+      resourceType: type,
+      id,
+      meta: { ...meta, versionId: String(version), lastUpdated: new Date().toISOString() },
+      ...rest,
+    };
+    this.validateFn(candidate);
+    this.remember(type, id);
+    const wasSeeding = this.seeding;
+    this.seeding = true; // keep our versionId/lastUpdated instead of random UUIDs
+    let result;
+    try {
+      result = super.createResourceSync(candidate, options, update);
+    } finally {
+      this.seeding = wasSeeding;
+    }
+    this.versions.set(key, version);
+    this.deleted.delete(key);
+    this.unindex(existing);
+    this.index(this.current(type, id));
+    return result;
+  }
+
+  async updateResource(resource, options) {
+    if (!resource.id) throw new OperationOutcomeError(badRequest('Missing id'));
+    const { resourceType: type, id } = resource;
+    const existing = this.current(type, id);
+    if (options?.ifMatch !== undefined) {
+      if (!existing) throw notKnown(type, id);
+      this.checkVersion(existing, options.ifMatch, 'update');
+    }
+    if (!existing && !this.versions.has(`${type}/${id}`) && /^\d+$/.test(id)) {
+      throw fail('bad-request', 'processing',
+        `HAPI-0960: Can not create resource with ID[${id}], no resource with this ID exists and clients ` +
+        'may only assign IDs which contain at least one non-numeric character');
+    }
+    return this.createResource(resource, undefined, true);
+  }
+
+  checkVersion(existing, ifMatch, action) {
+    if (existing.meta?.versionId !== ifMatch) {
+      const ref = `${existing.resourceType}/${existing.id}/_history/${ifMatch}`;
+      throw fail('conflict', 'conflict', `HAPI-0989: Trying to ${action} ${ref} but this is not the current version`);
+    }
+  }
+
+  async readResource(type, id) {
+    const resource = this.current(type, id);
+    if (resource) return deepClone(resource);
+    if (this.deleted.has(`${type}/${id}`)) {
+      const v = this.versions.get(`${type}/${id}`);
+      throw fail('gone', 'deleted', `HAPI-2244: Resource ${type}/${id}/_history/${v} has been deleted`);
+    }
+    throw notKnown(type, id);
+  }
+
+  async readHistory(type, id) {
+    const versions = this.history.get(type)?.get(id);
+    if (!versions?.length) throw notKnown(type, id);
+    const entry = [...versions]
+      .sort((a, b) => Number(b.meta.versionId) - Number(a.meta.versionId))
+      .map((r) => ({ resource: deepClone(r) }));
+    return { resourceType: 'Bundle', type: 'history', total: entry.length, entry };
+  }
+
+  async readVersion(type, id, versionId) {
+    const version = this.history.get(type)?.get(id)?.find((v) => v.meta?.versionId === versionId);
+    if (!version) {
+      if (!this.history.get(type)?.has(id)) throw notKnown(type, id);
+      throw fail('not-found', 'not-found', `HAPI-0979: Version "${versionId}" is not valid for resource ${type}/${id}`);
+    }
+    return deepClone(version);
+  }
+
+  async deleteResource(type, id, options) {
+    const key = `${type}/${id}`;
+    const existing = this.current(type, id);
+    if (!existing) {
+      if (this.deleted.has(key)) return; // deleting twice is fine on HAPI
+      throw notKnown(type, id);
+    }
+    if (options?.ifMatch !== undefined) this.checkVersion(existing, options.ifMatch, 'delete');
+    this.remember(type, id);
+    this.resources.get(type).delete(id);
+    this.unindex(existing);
+    this.versions.set(key, (this.versions.get(key) ?? 0) + 1);
+    this.deleted.add(key);
+  }
+
+  // Only `identifier=` needs help: candidates come from the index, core still decides the match.
+  searchSync(searchRequest) {
+    const candidates = this.identifierCandidates(searchRequest);
+    if (!candidates) return super.searchSync(searchRequest);
+    const all = this.resources.get(searchRequest.resourceType) ?? new Map();
+    const subset = new Map();
+    for (const id of candidates) if (all.has(id)) subset.set(id, all.get(id));
+    const view = Object.create(this, {
+      resources: { value: { get: (t) => (t === searchRequest.resourceType ? subset : this.resources.get(t)) } },
+    });
+    return super.searchSync.call(view, searchRequest);
+  }
+
+  identifierCandidates(searchRequest) {
+    const filter = searchRequest.filters?.find((f) => f.code === 'identifier' && f.operator === 'eq');
+    if (!filter || typeof filter.value !== 'string' || filter.value.includes('\\')) return undefined;
+    const byValue = this.identifierIndex.get(searchRequest.resourceType) ?? new Map();
+    const ids = new Set();
+    for (const token of filter.value.split(',')) {
+      const value = token.includes('|') ? token.slice(token.indexOf('|') + 1) : token;
+      if (!value) return undefined; // "system|" matches on system only: let core scan
+      for (const id of byValue.get(value.toLowerCase()) ?? []) ids.add(id);
+    }
+    return [...ids].sort((a, b) => Number(a) - Number(b) || a.localeCompare(b));
+  }
+
+  identifierValues(resource) {
+    const ids = resource?.identifier;
+    const list = Array.isArray(ids) ? ids : ids ? [ids] : [];
+    return list.map((i) => i?.value).filter((v) => typeof v === 'string').map((v) => v.toLowerCase());
+  }
+
+  index(resource) {
+    if (!resource) return;
+    let byValue = this.identifierIndex.get(resource.resourceType);
+    if (!byValue) this.identifierIndex.set(resource.resourceType, (byValue = new Map()));
+    for (const value of this.identifierValues(resource)) {
+      if (!byValue.has(value)) byValue.set(value, new Set());
+      byValue.get(value).add(resource.id);
+    }
+  }
+
+  unindex(resource) {
+    const byValue = resource && this.identifierIndex.get(resource.resourceType);
+    for (const value of byValue ? this.identifierValues(resource) : []) {
+      byValue.get(value)?.delete(resource.id);
+      if (byValue.get(value)?.size === 0) byValue.delete(value);
+    }
+  }
+
+  // ---- all-or-nothing: an undo journal of the first prior state of every touched resource ----
+
+  remember(type, id) {
+    const key = `${type}/${id}`;
+    if (!this.journal || this.journal.has(key)) return;
+    this.journal.set(key, {
+      type,
+      id,
+      resource: this.current(type, id),
+      historyLength: this.history.get(type)?.get(id)?.length ?? 0,
+      version: this.versions.get(key),
+      deleted: this.deleted.has(key),
+    });
+  }
+
+  async withTransaction(callback) {
+    if (this.journal) return callback(this); // nested: the outermost transaction owns the journal
+    this.journal = new Map();
+    try {
+      const result = await callback(this);
+      this.journal = null;
+      return result;
+    } catch (err) {
+      this.rollback();
+      throw err;
+    }
+  }
+
+  rollback() {
+    const entries = [...this.journal.entries()].reverse();
+    this.journal = null;
+    for (const [key, prior] of entries) {
+      const { type, id } = prior;
+      this.unindex(this.current(type, id));
+      if (prior.resource) {
+        this.resources.get(type).set(id, prior.resource);
+        this.index(prior.resource);
+      } else {
+        this.resources.get(type)?.delete(id);
+      }
+      const history = this.history.get(type);
+      if (prior.historyLength === 0) history?.delete(id);
+      else if (history?.get(id)) history.get(id).length = prior.historyLength;
+      if (prior.version === undefined) this.versions.delete(key);
+      else this.versions.set(key, prior.version);
+      if (prior.deleted) this.deleted.add(key);
+      else this.deleted.delete(key);
+    }
+  }
+}

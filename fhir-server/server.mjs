@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// planbridge local FHIR R4 server: node:http in front of Medplum's FhirRouter + MemoryRepository.
+// Usage: node server.mjs [--host 127.0.0.1] [--port 8090] [--page-size 20] [--quiet] [--exit-on-stdin-close]
+import http from 'node:http';
+import { parseArgs } from 'node:util';
+
+const USAGE = 'usage: node server.mjs [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
+  '[--quiet] [--exit-on-stdin-close]';
+
+function options() {
+  try {
+    const { values } = parseArgs({
+      options: {
+        host: { type: 'string', default: '127.0.0.1' },
+        port: { type: 'string', default: '8090' },
+        'page-size': { type: 'string', default: '20' },
+        quiet: { type: 'boolean', default: false },
+        'exit-on-stdin-close': { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+    if (values.help) {
+      process.stdout.write(USAGE + '\n');
+      process.exit(0);
+    }
+    const port = Number(values.port);
+    const pageSize = Number(values['page-size']);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`invalid --port ${values.port}`);
+    if (!Number.isInteger(pageSize) || pageSize < 1) throw new Error(`invalid --page-size ${values['page-size']}`);
+    return { ...values, port, pageSize };
+  } catch (err) {
+    process.stderr.write(`${err.message}\n${USAGE}\n`);
+    process.exit(2);
+  }
+}
+
+const opts = options();
+const log = opts.quiet ? () => {} : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+
+// @medplum/core touches a global WebSocket when it is imported; Node 20 has none. Nothing here uses it.
+globalThis.WebSocket ??= class WebSocket {
+  constructor() {
+    throw new Error('WebSocket is not available in planbridge-fhir');
+  }
+};
+const { loadDefinitions, loadTerminology } = await import('./lib/schema.mjs');
+const { createApp, BASE_PATH } = await import('./lib/app.mjs');
+
+loadDefinitions();
+const app = createApp({ pageSize: opts.pageSize, log });
+const server = http.createServer((req, res) => {
+  app.handle(req, res).catch((err) => {
+    log(`error: ${err?.stack ?? err}`);
+    res.destroy();
+  });
+});
+server.keepAliveTimeout = 65_000;
+
+let stopping = false;
+function shutdown(reason) {
+  if (stopping) return;
+  stopping = true;
+  log(`stopping (${reason})`);
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+  setTimeout(() => process.exit(0), 2000).unref();
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
+process.on('uncaughtException', (err) => log(`uncaught: ${err?.stack ?? err}`));
+process.on('unhandledRejection', (err) => log(`unhandled rejection: ${err?.stack ?? err}`));
+if (opts['exit-on-stdin-close']) {
+  process.stdin.on('end', () => shutdown('stdin closed'));
+  process.stdin.on('error', () => shutdown('stdin error'));
+  process.stdin.resume();
+}
+
+server.on('error', (err) => {
+  process.stderr.write(`cannot listen on ${opts.host}:${opts.port}: ${err.message}\n`);
+  process.exit(1);
+});
+server.listen(opts.port, opts.host, () => {
+  const { port } = server.address();
+  const host = opts.host.includes(':') ? `[${opts.host}]` : opts.host;
+  process.stdout.write(`planbridge-fhir listening on http://${host}:${port}${BASE_PATH}\n`);
+  setImmediate(loadTerminology); // warm the value sets used for required-binding checks
+});
