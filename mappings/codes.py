@@ -1,26 +1,57 @@
-"""Code systems, value sets and identifier systems used on the FHIR side."""
+"""Code systems, extension URLs, identifier systems and the team-role table."""
 
 from __future__ import annotations
 
-GOAL_PRIORITY_SYSTEM = "http://terminology.hl7.org/CodeSystem/goal-priority"
-UCUM = "http://unitsofmeasure.org"
-
-# https://hl7.org/fhir/R4/valueset-goal-status.html (required binding)
-GOAL_LIFECYCLE = frozenset(
-    {"proposed", "planned", "accepted", "active", "on-hold", "completed", "cancelled", "entered-in-error", "rejected"}
+from service.domain.errors import MappingError
+from service.domain.terminology import (  # noqa: F401  (re-exported for the mappings)
+    GOAL_ACHIEVEMENT_SYSTEM,
+    GOAL_PRIORITY_SYSTEM,
+    PLANBRIDGE_ROLE_SYSTEM,
+    ROLES,
+    SNOMED,
+    UCUM,
 )
-GOAL_PRIORITY = frozenset({"high-priority", "medium-priority", "low-priority"})
+from service.domain.types import Concept
 
-# Which FHIR resource type an internal proposer kind is.
-PROPOSER_RESOURCE = {"patient": "Patient", "practitioner": "Practitioner", "related-person": "RelatedPerson"}
-RESOURCE_PROPOSER = {v: k for k, v in PROPOSER_RESOURCE.items()}
+GOAL_RELATIONSHIP_TYPE_SYSTEM = "http://hl7.org/fhir/goal-relationship-type"
+OBSERVATION_CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
+
+# HL7 extensions (https://hl7.org/fhir/R4/extensibility-registry.html)
+GOAL_ACCEPTANCE = "http://hl7.org/fhir/StructureDefinition/goal-acceptance"
+GOAL_RELATIONSHIP = "http://hl7.org/fhir/StructureDefinition/goal-relationship"
+PERTAINS_TO_GOAL = "http://hl7.org/fhir/StructureDefinition/resource-pertainsToGoal"
+ACTIVITY_TITLE = "http://hl7.org/fhir/StructureDefinition/careplan-activity-title"
+
+# planbridge's own extensions, for what no HL7 extension carries (documented in docs/mapping.md)
+PLANBRIDGE_EXT = "http://planbridge.org/fhir/StructureDefinition"
+EXT_WHAT_MATTERS = f"{PLANBRIDGE_EXT}/what-matters"
+EXT_GOAL_SETTING = f"{PLANBRIDGE_EXT}/goal-setting"
+EXT_REVIEW = f"{PLANBRIDGE_EXT}/plan-review"
+EXT_BARRIER = f"{PLANBRIDGE_EXT}/goal-barrier"
+
+# Which FHIR resource type holds a member of each kind.
+MEMBER_RESOURCE = {"patient": "Patient", "practitioner": "Practitioner", "related-person": "RelatedPerson"}
+RESOURCE_MEMBER = {v: k for k, v in MEMBER_RESOURCE.items()}
+
+
+def role_concept(role: str) -> Concept:
+    """Return the concept for a role shorthand; an unknown shorthand is an error, never a guess."""
+    try:
+        return Concept(codings=[ROLES[role]])
+    except KeyError:
+        raise MappingError(f"unknown team role {role!r}", errors={"role": sorted(ROLES)}) from None
 
 
 def identifier_system(base: str, kind: str) -> str:
-    """Return our identifier system for a kind of thing ("goal", "plan"), under the configured base URL."""
+    """Return our identifier system for a kind of thing ("goal", "plan", "careteam"...)."""
     return f"{base.rstrip('/')}/{kind}"
 
 
+def scoped_value(plan_id: str, *ids: str) -> str:
+    """Return the identifier value of something inside a plan: its ids are unique within the plan only."""
+    return "/".join((plan_id, *ids))
+
+
 def goal_identifier_value(plan_id: str, goal_id: str) -> str:
-    """Return the identifier value of a goal: goal ids are unique within their plan only."""
-    return f"{plan_id}/{goal_id}"
+    """Return the identifier value of a goal."""
+    return scoped_value(plan_id, goal_id)

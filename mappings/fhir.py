@@ -11,7 +11,9 @@ from typing import Any
 from fhir.resources.R4B import get_fhir_model_class
 from pydantic import ValidationError
 
+from mappings.validate import check_resource
 from service.domain.errors import MappingError
+from service.domain.rules import Issue
 
 
 def validate(resource: dict[str, Any]) -> None:
@@ -31,3 +33,26 @@ def validate(resource: dict[str, Any]) -> None:
             for err in exc.errors()
         }
         raise MappingError(f"{resource_type} is not valid FHIR R4", errors=errors) from None
+
+
+def issues_of(resource: dict[str, Any]) -> list[Issue]:
+    """Return every problem of a resource: structure (fhir.resources), then bindings and invariants."""
+    try:
+        validate(resource)
+    except MappingError as exc:
+        errors = exc.data.get("errors") or {"": exc.detail}
+        return [Issue(str(path), str(msg), code="structure") for path, msg in dict(errors).items()]
+    return check_resource(resource)
+
+
+def validate_bundle(bundle: dict[str, Any]) -> None:
+    """Validate a Bundle and every resource in it; raise MappingError naming each problem."""
+    found: dict[str, str] = {}
+    for i, entry in enumerate(bundle.get("entry", [])):
+        resource = entry.get("resource")
+        if isinstance(resource, dict):
+            for issue in issues_of(resource):
+                if issue.severity == "error":
+                    found[f"Bundle.entry[{i}].resource/{issue.path}"] = issue.message
+    if found:
+        raise MappingError(f"{len(found)} problem(s) in the Bundle", errors=found)

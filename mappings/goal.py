@@ -1,140 +1,268 @@
-"""Goal <-> FHIR R4 Goal (https://hl7.org/fhir/R4/goal.html)."""
+"""Goal <-> FHIR R4 Goal (https://hl7.org/fhir/R4/goal.html), with goal-acceptance per member and
+goal-relationship for revisions; check-ins are Observations named in Goal.outcomeReference."""
 
 from __future__ import annotations
 
-from datetime import date
-from decimal import Decimal
-from typing import Any
+from dataclasses import dataclass, field
 
 from mappings import codes
+from mappings import datatypes as dt
+from mappings.checkin import checkin_from_fhir
+from mappings.datatypes import Json
+from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
+from mappings.refs import Refs, Resolver
 from service.domain.errors import MappingError
-from service.domain.model import Coding, Goal, Identifier, Proposer, Target
+from service.domain.model import Agreement, Goal, Target
+from service.domain.rules import check_target
+
+GOAL_KEYS = {
+    "resourceType",
+    "id",
+    "meta",
+    "identifier",
+    "lifecycleStatus",
+    "achievementStatus",
+    "category",
+    "priority",
+    "description",
+    "subject",
+    "startDate",
+    "target",
+    "statusDate",
+    "statusReason",
+    "expressedBy",
+    "addresses",
+    "note",
+    "outcomeReference",
+}
+GOAL_EXTENSIONS = {codes.GOAL_ACCEPTANCE, codes.GOAL_RELATIONSHIP, codes.EXT_BARRIER}
+TARGET_KEYS = {
+    "measure",
+    "detailQuantity",
+    "detailRange",
+    "detailRatio",
+    "detailCodeableConcept",
+    "detailString",
+    "detailBoolean",
+    "detailInteger",
+    "dueDate",
+    "dueDuration",
+}
 
 
-def _number(value: Decimal) -> int | float:
-    return int(value) if value == value.to_integral_value() else float(value)
-
-
-def _coding_to_fhir(coding: Coding) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    entry = {k: v for k, v in (("system", coding.system), ("code", coding.code), ("display", coding.display)) if v}
-    if coding.code:
-        out["coding"] = [entry]
-    if coding.display:
-        out["text"] = coding.display
-    return out
-
-
-def _coding_from_fhir(concept: dict[str, Any]) -> Coding:
-    first = (concept.get("coding") or [{}])[0]
-    return Coding(
-        system=first.get("system"), code=first.get("code"), display=concept.get("text") or first.get("display")
+def target_to_fhir(target: Target, path: str) -> Json:
+    """Return a Goal.target element; gol-1 and one-detail-only are checked first."""
+    problems = check_target(target, path)
+    if problems:
+        raise MappingError(problems[0].message, errors={p.path: p.message for p in problems})
+    built = dt.prune(
+        {
+            "measure": dt.concept_to_fhir(target.measure) if target.measure else None,
+            "detailQuantity": dt.quantity_to_fhir(target.quantity) if target.quantity else None,
+            "detailRange": dt.range_to_fhir(target.range) if target.range else None,
+            "detailRatio": dt.ratio_to_fhir(target.ratio) if target.ratio else None,
+            "detailCodeableConcept": dt.concept_to_fhir(target.concept) if target.concept else None,
+            "detailString": target.text,
+            "detailBoolean": target.boolean,
+            "detailInteger": target.integer,
+            "dueDate": target.due_date,
+            "dueDuration": dt.quantity_to_fhir(target.due_duration) if target.due_duration else None,
+        }
     )
+    return dt.merge(built, target.fhir_extra)
 
 
-def _target_to_fhir(target: Target) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if target.measure is not None:
-        out["measure"] = _coding_to_fhir(target.measure)
-    if target.value is not None:
-        quantity: dict[str, Any] = {"value": _number(target.value)}
-        if target.comparator:
-            quantity["comparator"] = target.comparator
-        if target.unit:
-            quantity.update(unit=target.unit, system=codes.UCUM, code=target.unit)
-        out["detailQuantity"] = quantity
-    elif target.text is not None:
-        out["detailString"] = target.text
-    if ("detailQuantity" in out or "detailString" in out) and "measure" not in out:
-        raise MappingError("gol-1: a target with a value needs a measure", errors={"Goal.target.measure": "required"})
-    if target.due_date is not None:
-        out["dueDate"] = target.due_date.isoformat()
-    return out
-
-
-def _target_from_fhir(target: dict[str, Any]) -> Target:
-    quantity = target.get("detailQuantity") or {}
+def target_from_fhir(data: Json) -> Target:
+    """Return a target from any Goal.target element, whatever its detail[x] and due[x]."""
     return Target(
-        measure=_coding_from_fhir(target["measure"]) if "measure" in target else None,
-        value=Decimal(str(quantity["value"])) if "value" in quantity else None,
-        comparator=quantity.get("comparator"),
-        unit=quantity.get("code") or quantity.get("unit"),
-        text=target.get("detailString"),
-        due_date=date.fromisoformat(target["dueDate"]) if "dueDate" in target else None,
+        measure=dt.concept_from_fhir(data["measure"]) if "measure" in data else None,
+        quantity=dt.quantity_from_fhir(data["detailQuantity"]) if "detailQuantity" in data else None,
+        range=dt.range_from_fhir(data["detailRange"]) if "detailRange" in data else None,
+        ratio=dt.ratio_from_fhir(data["detailRatio"]) if "detailRatio" in data else None,
+        concept=dt.concept_from_fhir(data["detailCodeableConcept"]) if "detailCodeableConcept" in data else None,
+        text=data.get("detailString"),
+        boolean=data.get("detailBoolean"),
+        integer=data.get("detailInteger"),
+        due_date=data.get("dueDate"),
+        due_duration=dt.quantity_from_fhir(data["dueDuration"]) if "dueDuration" in data else None,
+        fhir_extra=dt.residual(data, TARGET_KEYS, set()),
     )
 
 
-def _proposer_to_fhir(proposer: Proposer, subject: dict[str, Any]) -> dict[str, Any]:
-    if proposer.kind == "patient":
-        return dict(subject)
-    ref: dict[str, Any] = {"type": codes.PROPOSER_RESOURCE[proposer.kind]}
-    if proposer.identifier is not None:
-        ref["identifier"] = {"system": proposer.identifier.system, "value": proposer.identifier.value}
-    if proposer.display:
-        ref["display"] = proposer.display
-    return ref
+def _acceptance(agreement: Agreement, refs: Refs, path: str) -> Json:
+    parts = [{"url": "individual", "valueReference": refs.member(agreement.member_id, f"{path}.member_id")}]
+    if agreement.status:
+        parts.append({"url": "status", "valueCode": agreement.status})
+    if agreement.priority:
+        parts.append({"url": "priority", "valueCodeableConcept": dt.concept_to_fhir(agreement.priority)})
+    return {"url": codes.GOAL_ACCEPTANCE, "extension": parts}
 
 
-def _proposer_from_fhir(ref: dict[str, Any]) -> Proposer:
-    resource_type = ref.get("type") or str(ref.get("reference", "")).split("/")[0]
-    if resource_type not in codes.RESOURCE_PROPOSER:
-        raise MappingError(
-            f"Goal.expressedBy of type {resource_type!r} is not mapped", errors={"Goal.expressedBy": resource_type}
-        )
-    kind = codes.RESOURCE_PROPOSER[resource_type]
-    if kind == "patient":
-        return Proposer(kind="patient")
-    ident = ref.get("identifier")
-    return Proposer(
-        kind=kind,
-        identifier=Identifier(ident["system"], ident["value"]) if ident else None,
-        display=ref.get("display"),
-    )
+def _extensions(goal: Goal, refs: Refs, path: str, replaced_by: list[str]) -> list[Json]:
+    out = [_acceptance(a, refs, f"{path}.agreements[{i}]") for i, a in enumerate(goal.agreements)]
+    # "replacement: this goal has been replaced by the target goal", so the link sits on the old goal.
+    out += [
+        {
+            "url": codes.GOAL_RELATIONSHIP,
+            "extension": [
+                {
+                    "url": "type",
+                    "valueCodeableConcept": {
+                        "coding": [{"system": codes.GOAL_RELATIONSHIP_TYPE_SYSTEM, "code": "replacement"}]
+                    },
+                },
+                {"url": "target", "valueReference": refs.goal(new_id, f"{path}.replaced_by")},
+            ],
+        }
+        for new_id in replaced_by
+    ]
+    out += [{"url": codes.EXT_BARRIER, "valueString": b} for b in goal.barriers]
+    return out
 
 
-def goal_to_fhir(goal: Goal, plan_id: str, subject: dict[str, Any], identifier_base: str) -> dict[str, Any]:
-    """Return the FHIR Goal for a plan's goal; `subject` is the Reference to the patient."""
-    resource: dict[str, Any] = {
-        "resourceType": "Goal",
-        "identifier": [
-            {
-                "system": codes.identifier_system(identifier_base, "goal"),
-                "value": codes.goal_identifier_value(plan_id, goal.id),
-            }
-        ],
-        "lifecycleStatus": goal.lifecycle_status,
-        "description": {"text": goal.description},
-        "subject": dict(subject),
+def goal_to_fhir(
+    goal: Goal, plan_id: str, refs: Refs, path: str = "goal", replaced_by: list[str] | None = None
+) -> Json:
+    """Return the FHIR Goal for one of a plan's goals; `replaced_by` names the goals that revise it."""
+    ours = {
+        "system": codes.identifier_system(refs.identifier_base, "goal"),
+        "value": codes.goal_identifier_value(plan_id, goal.id),
     }
-    if goal.priority:
-        resource["priority"] = {"coding": [{"system": codes.GOAL_PRIORITY_SYSTEM, "code": goal.priority}]}
-    if goal.start_date:
-        resource["startDate"] = goal.start_date.isoformat()
-    if goal.targets:
-        resource["target"] = [_target_to_fhir(t) for t in goal.targets]
-    if goal.proposed_by is not None:
-        resource["expressedBy"] = _proposer_to_fhir(goal.proposed_by, subject)
-    return resource
+    built = dt.prune(
+        {
+            "resourceType": "Goal",
+            "extension": _extensions(goal, refs, path, replaced_by or []),
+            "identifier": [*(dt.identifier_to_fhir(i) for i in goal.identifiers), ours],
+            "lifecycleStatus": goal.lifecycle_status,
+            "achievementStatus": dt.concept_to_fhir(goal.achievement) if goal.achievement else None,
+            "category": [dt.concept_to_fhir(c) for c in goal.categories],
+            "priority": dt.concept_to_fhir(goal.priority) if goal.priority else None,
+            "description": dt.concept_to_fhir(goal.description),
+            "subject": refs.subject(),
+            "startDate": goal.start_date,
+            "target": [target_to_fhir(t, f"{path}.targets[{i}]") for i, t in enumerate(goal.targets)],
+            "statusDate": goal.status_date,
+            "statusReason": goal.status_reason,
+            "expressedBy": refs.member(goal.proposed_by, f"{path}.proposed_by") if goal.proposed_by else None,
+            "addresses": [dt.ref_to_fhir(r) for r in goal.addresses],
+            "note": [note_to_fhir(n, refs, f"{path}.notes[{i}]") for i, n in enumerate(goal.notes)],
+            "outcomeReference": [{"reference": refs.check_ins[f"{goal.id}/{c.id}"]} for c in goal.check_ins],
+        }
+    )
+    return dt.merge(built, goal.fhir_extra)
 
 
-def goal_from_fhir(resource: dict[str, Any], identifier_base: str) -> tuple[str, Goal]:
-    """Return (plan id, goal) from a FHIR Goal that carries our identifier."""
-    system = codes.identifier_system(identifier_base, "goal")
-    ours = [i for i in resource.get("identifier", []) if i.get("system") == system]
-    if len(ours) != 1 or "/" not in ours[0].get("value", ""):
-        raise MappingError("Goal has no planbridge identifier", errors={"Goal.identifier": system})
-    plan_id, goal_id = ours[0]["value"].rsplit("/", 1)
-    priority = None
-    for coding in (resource.get("priority") or {}).get("coding", []):
-        if coding.get("system") == codes.GOAL_PRIORITY_SYSTEM:
-            priority = coding.get("code")
+def _goal_id(resource: Json, plan_id: str | None, base: str, fallback: str | None = None) -> tuple[str | None, str]:
+    system = codes.identifier_system(base, "goal")
+    ours = [i for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")]
+    if ours:
+        found_plan, goal_id = ours[0]["value"].rsplit("/", 1)
+        return found_plan, goal_id
+    if resource.get("id"):
+        return plan_id, f"goal-{resource['id']}"
+    if fallback:
+        return plan_id, fallback
+    raise MappingError("a Goal needs planbridge's identifier or a server id", errors={"Goal.identifier": system})
+
+
+@dataclass
+class GoalRead:
+    """A Goal read from FHIR: the plan its identifier names (if any), the goal, and its replacements."""
+
+    plan_id: str | None
+    goal: Goal
+    replaced_by: list[str] = field(default_factory=list)
+
+
+def goal_from_fhir(
+    resource: Json, resolver: Resolver, base: str, plan_id: str | None = None, fallback_id: str | None = None
+) -> GoalRead:
+    """Read any R4 Goal; what the model does not hold is kept in `fhir_extra` to write back."""
+    if resource.get("resourceType") != "Goal":
+        raise MappingError("not a Goal", errors={"resourceType": resource.get("resourceType")})
+    found_plan, goal_id = _goal_id(resource, plan_id, base, fallback_id)
+    ours_system = codes.identifier_system(base, "goal")
     goal = Goal(
         id=goal_id,
-        description=(resource.get("description") or {}).get("text", ""),
-        lifecycle_status=resource["lifecycleStatus"],
-        priority=priority,
-        proposed_by=_proposer_from_fhir(resource["expressedBy"]) if "expressedBy" in resource else None,
-        start_date=date.fromisoformat(resource["startDate"]) if "startDate" in resource else None,
-        targets=[_target_from_fhir(t) for t in resource.get("target", [])],
+        description=dt.concept_from_fhir(resource.get("description", {})),
+        lifecycle_status=resource.get("lifecycleStatus", ""),
+        categories=[dt.concept_from_fhir(c) for c in resource.get("category", [])],
+        priority=dt.concept_from_fhir(resource["priority"]) if "priority" in resource else None,
+        achievement=dt.concept_from_fhir(resource["achievementStatus"]) if "achievementStatus" in resource else None,
+        status_date=resource.get("statusDate"),
+        status_reason=resource.get("statusReason"),
+        proposed_by=resolver.member_for(resource["expressedBy"])
+        if _person(resource, "expressedBy", resolver)
+        else None,
+        start_date=resource.get("startDate"),
+        targets=[target_from_fhir(t) for t in resource.get("target", [])],
+        addresses=[dt.ref_from_fhir(r) for r in resource.get("addresses", [])],
+        notes=[note_from_fhir(n, resolver) for n in resource.get("note", []) if note_is_modelled(n, resolver)],
+        identifiers=[
+            dt.identifier_from_fhir(i) for i in resource.get("identifier", []) if i.get("system") != ours_system
+        ],
     )
-    return plan_id, goal
+    extra = dt.residual(resource, GOAL_KEYS, GOAL_EXTENSIONS)
+    if "expressedBy" in resource and goal.proposed_by is None:
+        extra["expressedBy"] = resource["expressedBy"]  # a PractitionerRole, say: kept as it came
+    other_notes = [n for n in resource.get("note", []) if not note_is_modelled(n, resolver)]
+    if other_notes:
+        extra["note"] = other_notes
+    read = GoalRead(found_plan, goal)
+    _read_extensions(read, resource, resolver, extra, base)
+    _read_outcomes(goal, resource, resolver, extra, base)
+    goal.fhir_extra = extra
+    return read
+
+
+def _person(resource: Json, key: str, resolver: Resolver) -> bool:
+    return key in resource and resolver.is_person(resource[key])
+
+
+def _read_extensions(read: GoalRead, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
+    goal = read.goal
+    kept = extra.setdefault("extension", [])
+    for ext in resource.get("extension", []):
+        url = ext.get("url")
+        if url == codes.GOAL_ACCEPTANCE and dt.sub_extension(ext, "individual"):
+            status = dt.sub_extension(ext, "status")
+            priority = dt.sub_extension(ext, "priority")
+            goal.agreements.append(
+                Agreement(
+                    member_id=resolver.member_for(dt.sub_extension(ext, "individual")["valueReference"]),
+                    status=status.get("valueCode") if status else None,
+                    priority=dt.concept_from_fhir(priority["valueCodeableConcept"]) if priority else None,
+                )
+            )
+        elif url == codes.GOAL_RELATIONSHIP and _replacement(ext, resolver, base) is not None:
+            read.replaced_by.append(_replacement(ext, resolver, base))
+        elif url == codes.EXT_BARRIER and "valueString" in ext:
+            goal.barriers.append(ext["valueString"])
+        elif url in GOAL_EXTENSIONS:
+            kept.append(ext)  # a shape we do not read: keep it as it came
+    if not kept:
+        del extra["extension"]
+
+
+def _replacement(ext: Json, resolver: Resolver, base: str) -> str | None:
+    kind = dt.sub_extension(ext, "type") or {}
+    codes_ = [c.get("code") for c in kind.get("valueCodeableConcept", {}).get("coding", [])]
+    target = (dt.sub_extension(ext, "target") or {}).get("valueReference", {})
+    if "replacement" not in codes_ or set(ext) - {"url", "extension"} or len(ext.get("extension", [])) != 2:
+        return None
+    resource = resolver.lookup(target.get("reference"))
+    if resource is None or set(target) != {"reference"}:
+        return None
+    return _goal_id(resource, None, base)[1]
+
+
+def _read_outcomes(goal: Goal, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
+    other = []
+    for ref in resource.get("outcomeReference", []):
+        observation = resolver.lookup(ref.get("reference"))
+        if observation is not None and set(ref) == {"reference"} and observation.get("resourceType") == "Observation":
+            goal.check_ins.append(checkin_from_fhir(observation, resolver, base))
+        else:
+            other.append(ref)
+    if other:
+        extra["outcomeReference"] = other

@@ -6,18 +6,10 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from service.domain.model import (
-    COMPARATORS,
-    GOAL_PRIORITIES,
-    PROPOSER_KINDS,
-    Coding,
-    Goal,
-    Identifier,
-    Patient,
-    Proposer,
-    Target,
-)
-from service.services.events import ProposeGoal
+from service.domain.model import COMPARATORS, GOAL_PRIORITIES, MEMBER_KINDS, Goal, Patient, Target
+from service.domain.terminology import GOAL_PRIORITY_SYSTEM, ROLES, UCUM
+from service.domain.types import Coding, Concept, Identifier, Quantity
+from service.services.events import ProposeGoal, ProposerSpec
 
 ID = validate.Regexp(r"^[A-Za-z0-9\-.]{1,64}$", error="must be 1-64 letters, digits, '-' or '.'")
 TEXT = validate.Length(min=1, max=2000)
@@ -57,9 +49,11 @@ class PatientSchema(Schema):
 
 
 class ProposerSchema(Schema):
-    kind = fields.String(required=True, validate=validate.OneOf(PROPOSER_KINDS))
+    kind = fields.String(required=True, validate=validate.OneOf(MEMBER_KINDS))
+    member_id = fields.String(validate=ID)
     identifier = fields.Nested(IdentifierSchema)
     display = fields.String(validate=validate.Length(min=1, max=200))
+    role = fields.String(validate=validate.OneOf(sorted(ROLES)))
 
     @validates_schema
     def identified(self, data: dict[str, Any], **_: Any) -> None:
@@ -67,8 +61,8 @@ class ProposerSchema(Schema):
             raise ValidationError("a practitioner or related person needs an identifier or a display", "identifier")
 
     @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> Proposer:
-        return Proposer(**data)
+    def make(self, data: dict[str, Any], **_: Any) -> ProposerSpec:
+        return ProposerSpec(**data)
 
 
 class TargetSchema(Schema):
@@ -90,7 +84,20 @@ class TargetSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Target:
-        return Target(**data)
+        measure: Coding | None = data.get("measure")
+        quantity = None
+        if "value" in data:
+            unit = data.get("unit")
+            quantity = Quantity(data["value"], data.get("comparator"), unit, UCUM if unit else None, unit)
+        concept = None
+        if measure is not None:
+            concept = Concept(codings=[measure]) if measure.code else Concept(text=measure.display)
+        return Target(
+            measure=concept,
+            quantity=quantity,
+            text=data.get("text"),
+            due_date=data["due_date"].isoformat() if "due_date" in data else None,
+        )
 
 
 class ProposedGoalSchema(Schema):
@@ -102,8 +109,16 @@ class ProposedGoalSchema(Schema):
     targets = fields.List(fields.Nested(TargetSchema), validate=validate.Length(max=20))
 
     @post_load
-    def make(self, data: dict[str, Any], **_: Any) -> Goal:
-        return Goal(**data)
+    def make(self, data: dict[str, Any], **_: Any) -> tuple[Goal, ProposerSpec]:
+        priority = data.get("priority")
+        goal = Goal(
+            id=data["id"],
+            description=Concept(text=data["description"]),
+            priority=Concept(codings=[Coding(GOAL_PRIORITY_SYSTEM, priority)]) if priority else None,
+            start_date=data["start_date"].isoformat() if "start_date" in data else None,
+            targets=data.get("targets", []),
+        )
+        return goal, data["proposed_by"]
 
 
 class GoalProposedDataSchema(Schema):
@@ -113,7 +128,8 @@ class GoalProposedDataSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> ProposeGoal:
-        return ProposeGoal(**data)
+        goal, proposer = data["goal"]
+        return ProposeGoal(plan_id=data["plan_id"], patient=data["patient"], goal=goal, proposer=proposer)
 
 
 class EventSchema(Schema):

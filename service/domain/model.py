@@ -1,16 +1,17 @@
-"""The shared care plan: a patient, their goals and who proposed them.
+"""The shared care plan: a patient, their team, the goals they agree on, and the steps toward them.
 
-Codes are the FHIR R4 codes of the matching value sets, so a status means the same in the plan
-JSON as on the FHIR server (https://hl7.org/fhir/R4/goal.html#terminology).
+Codes are FHIR R4's where FHIR has a value set (https://hl7.org/fhir/R4/goal.html#terminology,
+https://hl7.org/fhir/R4/careplan.html#terminology), so a status means the same here as on the
+server. `fhir_extra` fields hold what an EHR sent that the model does not name, so it can be
+written back unchanged; planbridge never reads them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from decimal import Decimal
+from typing import Any
 
-from service.domain.errors import Conflict, RuleViolation
+from service.domain.types import Concept, Identifier, Note, Quantity, Range, Ratio, Ref
 
 GOAL_LIFECYCLE_STATUSES = (
     "proposed",
@@ -23,99 +24,213 @@ GOAL_LIFECYCLE_STATUSES = (
     "entered-in-error",
     "rejected",
 )
+GOAL_ACHIEVEMENT_STATUSES = (
+    "in-progress",
+    "improving",
+    "worsening",
+    "no-change",
+    "achieved",
+    "sustaining",
+    "not-achieved",
+    "no-progress",
+    "not-attainable",
+)
 GOAL_PRIORITIES = ("high-priority", "medium-priority", "low-priority")
-PLAN_STATUSES = ("draft", "active", "on-hold", "completed", "revoked")
-PROPOSER_KINDS = ("patient", "practitioner", "related-person")
+PLAN_STATUSES = ("draft", "active", "on-hold", "completed", "revoked", "entered-in-error", "unknown")
+PLAN_INTENTS = ("proposal", "plan", "order", "option")
+STEP_STATUSES = (
+    "not-started",
+    "scheduled",
+    "in-progress",
+    "on-hold",
+    "completed",
+    "cancelled",
+    "stopped",
+    "unknown",
+    "entered-in-error",
+)
+AGREEMENT_STATUSES = ("agree", "disagree", "pending")
+MEMBER_KINDS = ("patient", "practitioner", "related-person")
+GOAL_SETTING = ("open", "declined")
 COMPARATORS = ("<", "<=", ">=", ">")
-
-
-@dataclass(frozen=True)
-class Identifier:
-    """A business identifier: a namespace URI and a value within it."""
-
-    system: str
-    value: str
-
-
-@dataclass(frozen=True)
-class Coding:
-    """A code from a code system, with the text a person would read."""
-
-    system: str | None = None
-    code: str | None = None
-    display: str | None = None
+CLOSED_GOAL_STATUSES = ("completed", "cancelled", "entered-in-error", "rejected")
 
 
 @dataclass
 class Patient:
-    """The person the plan belongs to, known to the hospital by their MRN."""
+    """The person the plan belongs to: known to the hospital by their MRN."""
 
     mrn: str
     display_name: str | None = None
+    id: str | None = None
 
 
 @dataclass
-class Proposer:
-    """Who put a goal forward: the patient, a practitioner or a related person."""
+class Member:
+    """Someone on the team (or referred to by it): a practitioner, the patient or a related person.
 
+    `fhir_reference` is set when the person already exists on the FHIR server under that reference;
+    `in_team` is False for people a goal names who are not on the CareTeam.
+    """
+
+    id: str
     kind: str
+    role: Concept | None = None
+    name: str | None = None
     identifier: Identifier | None = None
-    display: str | None = None
+    fhir_reference: str | None = None
+    in_team: bool = True
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Agreement:
+    """One member's agreement with a goal (FHIR goal-acceptance) and their own priority for it."""
+
+    member_id: str
+    status: str | None = None
+    priority: Concept | None = None
 
 
 @dataclass
 class Target:
-    """A measurable target: a measure, a value or text, and when it is due."""
+    """A measurable target: a measure, one kind of detail, and when it is due (date or duration)."""
 
-    measure: Coding | None = None
-    value: Decimal | None = None
-    comparator: str | None = None
-    unit: str | None = None
+    measure: Concept | None = None
+    quantity: Quantity | None = None
+    range: Range | None = None
+    ratio: Ratio | None = None
+    concept: Concept | None = None
     text: str | None = None
-    due_date: date | None = None
+    boolean: bool | None = None
+    integer: int | None = None
+    due_date: str | None = None
+    due_duration: Quantity | None = None
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
+
+    def details(self) -> list[str]:
+        """Return the names of the detail fields that are set (FHIR allows at most one)."""
+        names = ("quantity", "range", "ratio", "concept", "text", "boolean", "integer")
+        return [n for n in names if getattr(self, n) is not None]
+
+
+@dataclass
+class CheckIn:
+    """A progress check-in on a goal: a measurement or rating at a time, with a note and who recorded it."""
+
+    id: str
+    at: str
+    measure: Concept
+    quantity: Quantity | None = None
+    rating: Concept | None = None
+    integer: int | None = None
+    text: str | None = None
+    note: str | None = None
+    recorded_by: str | None = None
+    status: str = "final"
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Goal:
-    """A goal in the patient's own words, with its status and targets."""
+    """A goal in the patient's own words, who proposed it, who agrees, its targets and progress."""
 
     id: str
-    description: str
+    description: Concept
     lifecycle_status: str = "proposed"
-    priority: str | None = None
-    proposed_by: Proposer | None = None
-    start_date: date | None = None
+    categories: list[Concept] = field(default_factory=list)
+    priority: Concept | None = None
+    achievement: Concept | None = None
+    status_date: str | None = None
+    status_reason: str | None = None
+    proposed_by: str | None = None
+    start_date: str | None = None
     targets: list[Target] = field(default_factory=list)
+    addresses: list[Ref] = field(default_factory=list)
+    barriers: list[str] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    agreements: list[Agreement] = field(default_factory=list)
+    check_ins: list[CheckIn] = field(default_factory=list)
+    replaces: str | None = None
+    identifiers: list[Identifier] = field(default_factory=list)
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
+
+    def agreement(self, member_id: str) -> Agreement | None:
+        """Return this member's agreement, or None when they have not given one."""
+        return next((a for a in self.agreements if a.member_id == member_id), None)
+
+
+@dataclass
+class Step:
+    """A small action toward one or more goals, with an owner from the team."""
+
+    id: str
+    title: str | None = None
+    status: str = "not-started"
+    description: str | None = None
+    code: Concept | None = None
+    goal_ids: list[str] = field(default_factory=list)
+    owner: str | None = None
+    start_date: str | None = None
+    due_date: str | None = None
+    schedule: str | None = None
+    progress: list[Note] = field(default_factory=list)
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
+    detail_extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Plan:
-    """A shared plan: one patient, the goals agreed with them, and a version bumped per change."""
+    """A shared plan: the patient, their team, goals and steps, and how the plan is reviewed.
+
+    `goal_setting` is "declined" while the patient prefers not to set goals for now: a recorded
+    choice, not an empty plan. `version` and `updated_at` are planbridge's own bookkeeping.
+    """
 
     id: str
     patient: Patient
     status: str = "draft"
+    intent: str = "plan"
+    title: str | None = None
+    period_start: str | None = None
+    period_end: str | None = None
+    what_matters: str | None = None
+    goal_setting: str = "open"
+    goal_setting_note: str | None = None
+    goal_setting_date: str | None = None
+    review_every: Quantity | None = None
+    next_review: str | None = None
+    author: str | None = None
+    contributors: list[str] = field(default_factory=list)
+    categories: list[Concept] = field(default_factory=list)
+    team: list[Member] = field(default_factory=list)
     goals: list[Goal] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+    identifiers: list[Identifier] = field(default_factory=list)
+    created_at: str | None = None
+    updated_at: str | None = None
     version: int = 0
-    created_at: datetime | None = None
-    updated_at: datetime | None = None
+    careplan_extra: dict[str, Any] = field(default_factory=dict)
+    careteam_extra: dict[str, Any] = field(default_factory=dict)
 
     def goal(self, goal_id: str) -> Goal | None:
         """Return the goal with this id, or None."""
         return next((g for g in self.goals if g.id == goal_id), None)
 
-    def propose_goal(self, goal: Goal, at: datetime) -> None:
-        """Add a newly proposed goal; a goal id may be used once per plan."""
-        if self.status in ("completed", "revoked"):
-            raise RuleViolation(f"plan {self.id} is {self.status}: no new goals can be proposed", plan_id=self.id)
-        if self.goal(goal.id) is not None:
-            raise Conflict(f"goal {goal.id} already exists in plan {self.id}", goal_id=goal.id)
-        if goal.lifecycle_status != "proposed":
-            raise RuleViolation("a goal enters a plan as proposed", goal_id=goal.id)
-        self.goals.append(goal)
-        self.touch(at)
+    def member(self, member_id: str) -> Member | None:
+        """Return the member with this id, or None."""
+        return next((m for m in self.team if m.id == member_id), None)
 
-    def touch(self, at: datetime) -> None:
+    def step(self, step_id: str) -> Step | None:
+        """Return the step with this id, or None."""
+        return next((s for s in self.steps if s.id == step_id), None)
+
+    def patient_member(self) -> Member | None:
+        """Return the team member who is the patient, if the patient is on the team."""
+        return next((m for m in self.team if m.kind == "patient"), None)
+
+    def touch(self, at: str) -> None:
         """Record that the plan changed: bump the version and the update time."""
         self.version += 1
         self.updated_at = at

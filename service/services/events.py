@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from service.domain.changes import find_or_join, propose_goal
 from service.domain.errors import Conflict, PlanbridgeError, RuleViolation
 from service.domain.model import Goal, Patient, Plan
+from service.domain.terminology import ROLES
+from service.domain.types import Identifier
 from service.problems import problem
 from service.store.tables import InboundEventRow
 from service.store.uow import StaleVersion, UnitOfWork
@@ -30,12 +33,24 @@ class Envelope:
 
 
 @dataclass(frozen=True)
+class ProposerSpec:
+    """Who proposes: a team member by id, or a person by kind and identifier (joining the team if new)."""
+
+    kind: str
+    member_id: str | None = None
+    identifier: Identifier | None = None
+    display: str | None = None
+    role: str | None = None
+
+
+@dataclass(frozen=True)
 class ProposeGoal:
     """goal.proposed: someone on the team (or the patient) puts a goal forward."""
 
     plan_id: str
     patient: Patient
     goal: Goal
+    proposer: ProposerSpec
 
 
 @dataclass(frozen=True)
@@ -59,9 +74,13 @@ def _apply(uow: UnitOfWork, command: ProposeGoal, now: datetime) -> Plan:
         plan = Plan(id=command.plan_id, patient=command.patient)
     elif plan.patient.mrn != command.patient.mrn:
         raise Conflict(f"plan {plan.id} belongs to another patient", plan_id=plan.id)
-    plan.propose_goal(command.goal, now)
+    who = command.proposer
+    role = ROLES.get(who.role or ("patient" if who.kind == "patient" else ""))
+    member = find_or_join(plan, who.kind, who.identifier, who.display, who.member_id, role)
+    goal = replace(command.goal, proposed_by=member.id)
+    propose_goal(plan, goal, now.isoformat())
     uow.plans.save(plan)
-    uow.outbox.add(plan.id, "push_goal", command.goal.id, None, now)
+    uow.outbox.add(plan.id, "push_plan", None, None, now)
     return plan
 
 

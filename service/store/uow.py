@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -20,6 +20,17 @@ class StaleVersion(Conflict):
     """Someone else saved the plan between our read and our write; the use case retries."""
 
     code = "stale-version"
+
+
+def _instant(value: str | None) -> datetime | None:
+    """Parse an ISO instant for the index columns; a partial or zone-less one is read as UTC."""
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class PlanRepository:
@@ -41,7 +52,9 @@ class PlanRepository:
     def save(self, plan: Plan) -> None:
         """Insert a new plan or update one read earlier, refusing if it changed in between."""
         document = codec.to_dict(plan)
-        assert plan.created_at is not None and plan.updated_at is not None, "touch() the plan first"
+        assert plan.updated_at is not None, "touch() the plan first"
+        updated_at = _instant(plan.updated_at) or datetime.now(UTC)
+        created_at = _instant(plan.created_at) or updated_at
         if plan.id not in self._loaded:
             self._session.add(
                 PlanRow(
@@ -49,8 +62,8 @@ class PlanRepository:
                     patient_mrn=plan.patient.mrn,
                     version=plan.version,
                     document=document,
-                    created_at=plan.created_at,
-                    updated_at=plan.updated_at,
+                    created_at=created_at,
+                    updated_at=updated_at,
                 )
             )
             self._session.flush()
@@ -58,7 +71,7 @@ class PlanRepository:
             result = self._session.execute(
                 sa.update(PlanRow)
                 .where(PlanRow.id == plan.id, PlanRow.version == self._loaded[plan.id])
-                .values(version=plan.version, document=document, updated_at=plan.updated_at)
+                .values(version=plan.version, document=document, updated_at=updated_at)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
                 raise StaleVersion(f"plan {plan.id} changed while this change was applied", plan_id=plan.id)

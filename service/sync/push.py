@@ -1,13 +1,18 @@
-"""Push a plan's goal to the FHIR server: find (or create) the Patient, then a conditional update."""
+"""Push a plan to the FHIR server as one transaction: CareTeam, Goals, check-ins and CarePlan.
+
+The Patient is found by MRN once and remembered; it is created (conditionally) only where the
+configuration allows. Every entry is conditional on planbridge's identifiers, so a repeated push
+updates the same resources and never duplicates them.
+"""
 
 from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Any
 
-from mappings import codes
-from mappings.fhir import validate
-from mappings.goal import goal_to_fhir
+from mappings.bundle import plan_to_bundle
+from mappings.fhir import validate_bundle
 from service.domain.errors import NotFound
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
@@ -23,47 +28,56 @@ class PatientNotOnServer(NotFound):
     code = "patient-not-found"
 
 
-def patient_reference(uow: UnitOfWork, client: FhirClient, settings: Settings, plan: Plan, now: datetime) -> str:
-    """Return `Patient/<id>` for the plan's patient, looking it up by MRN once and remembering it."""
+def patient_reference(uow: UnitOfWork, client: FhirClient, settings: Settings, plan: Plan) -> str | None:
+    """Return `Patient/<id>` for the plan's patient, or None when the push should create it."""
     link = uow.links.get(plan.id, "patient")
     if link is not None:
         return f"Patient/{link.fhir_id}"
-    condition = f"{settings.mrn_system}|{plan.patient.mrn}"
-    found = client.find_one("Patient", {"identifier": condition})
-    if found is None:
-        if not settings.create_patients:
-            raise PatientNotOnServer(
-                f"no Patient with an MRN of system {settings.mrn_system} for plan {plan.id}; "
-                "PLANBRIDGE_CREATE_PATIENTS is off",
-                plan_id=plan.id,
-            )
-        patient = {
-            "resourceType": "Patient",
-            "identifier": [{"system": settings.mrn_system, "value": plan.patient.mrn}],
-        }
-        found = client.create_if_none_exist(patient, f"identifier={condition}")
-        log.info("plan %s: created Patient/%s", plan.id, found["id"])
-    uow.links.record(plan.id, "patient", "Patient", found["id"], found.get("meta", {}).get("versionId"), now)
-    return f"Patient/{found['id']}"
-
-
-def push_goal(
-    uow: UnitOfWork, client: FhirClient, settings: Settings, plan_id: str, goal_id: str, now: datetime
-) -> str:
-    """Write the goal's current state as a FHIR Goal; return its `Goal/<id>/_history/<version>`."""
-    plan = uow.plans.get(plan_id)
-    goal = plan.goal(goal_id) if plan else None
-    if plan is None or goal is None:
-        raise NotFound(f"goal {goal_id} of plan {plan_id} does not exist", plan_id=plan_id)
-    subject = {"reference": patient_reference(uow, client, settings, plan, now)}
-    resource = goal_to_fhir(goal, plan.id, subject, settings.identifier_base)
-    validate(resource)
-    stored = client.update_by_identifier(
-        resource,
-        codes.identifier_system(settings.identifier_base, "goal"),
-        codes.goal_identifier_value(plan.id, goal.id),
+    found = client.find_one("Patient", {"identifier": f"{settings.mrn_system}|{plan.patient.mrn}"})
+    if found is not None:
+        return f"Patient/{found['id']}"
+    if settings.create_patients:
+        return None
+    raise PatientNotOnServer(
+        f"no Patient with an MRN of system {settings.mrn_system} for plan {plan.id}; PLANBRIDGE_CREATE_PATIENTS is off",
+        plan_id=plan.id,
     )
-    version = stored.get("meta", {}).get("versionId")
-    uow.links.record(plan.id, f"goal:{goal.id}", "Goal", stored["id"], version, now)
-    log.info("plan %s goal %s -> Goal/%s version %s", plan.id, goal.id, stored["id"], version)
-    return f"Goal/{stored['id']}/_history/{version}"
+
+
+def _local_key(resource: dict[str, Any], plan: Plan) -> str:
+    """Return the key under which a pushed resource is remembered in fhir_links."""
+    kind = resource["resourceType"]
+    value = resource.get("identifier", [{}])[-1].get("value", "")
+    if kind == "Patient":
+        return "patient"
+    if kind in ("Practitioner", "RelatedPerson"):
+        return f"person:{value}"
+    local = value.split("/", 1)[1] if "/" in value else value
+    return {"CareTeam": "careteam", "CarePlan": "careplan"}.get(kind, f"{kind.lower()}:{local}")
+
+
+def _location(location: str) -> tuple[str, str, str | None] | None:
+    """Return (type, id, version) from a Location, relative or absolute, with or without _history."""
+    parts = location.rstrip("/").split("/")
+    if "_history" in parts:
+        i = parts.index("_history")
+        return (parts[i - 2], parts[i - 1], parts[i + 1]) if i >= 2 and i + 1 < len(parts) else None
+    return (parts[-2], parts[-1], None) if len(parts) >= 2 else None
+
+
+def push_plan(uow: UnitOfWork, client: FhirClient, settings: Settings, plan_id: str, now: datetime) -> int:
+    """Send the plan's current state in one transaction; return how many resources it wrote."""
+    plan = uow.plans.get(plan_id)
+    if plan is None:
+        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+    bundle = plan_to_bundle(
+        plan, settings.identifier_base, settings.mrn_system, patient_reference(uow, client, settings, plan)
+    )
+    validate_bundle(bundle)
+    answer = client.request("POST", "", json=bundle).json()
+    for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
+        parsed = _location(result.get("response", {}).get("location", ""))
+        if parsed is not None:
+            uow.links.record(plan.id, _local_key(entry["resource"], plan), *parsed, now)
+    log.info("plan %s pushed: %d resources in one transaction", plan.id, len(bundle["entry"]))
+    return len(bundle["entry"])

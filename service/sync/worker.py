@@ -17,7 +17,7 @@ from service.domain.errors import PlanbridgeError
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.push import push_goal
+from service.sync.push import push_plan
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)
@@ -50,13 +50,13 @@ class OutboxWorker:
         claimed = self._claim()
         if claimed is None:
             return False
-        entry_id, plan_id, kind, subject_id = claimed
+        entry_id, plan_id, kind, _subject = claimed
         error: str | None = None
         with self.uow:
             try:
-                if kind != "push_goal" or subject_id is None:
+                if kind not in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
                     raise PlanbridgeError(f"unknown outbox entry kind {kind}")
-                push_goal(self.uow, self.client, self.settings, plan_id, subject_id, self.clock())
+                push_plan(self.uow, self.client, self.settings, plan_id, self.clock())
                 self.uow.commit()
             except Exception as exc:  # any failure is recorded on the entry and retried, never lost
                 self.uow.rollback()

@@ -39,8 +39,10 @@ def test_an_event_changes_the_plan_records_itself_and_queues_a_push_in_one_go(en
     }
     with UnitOfWork(engine) as uow:
         plan = uow.plans.get("plan-a")
-        assert plan.goals[0].description == event["data"]["goal"]["description"]
-        assert [(r.kind, r.subject_id, r.status) for r in uow.outbox.list()] == [("push_goal", "goal-walk", "pending")]
+        assert plan.goals[0].description.text == event["data"]["goal"]["description"]
+        assert plan.goals[0].proposed_by == "patient"
+        assert [(m.id, m.kind) for m in plan.team] == [("patient", "patient")]
+        assert [(r.kind, r.status) for r in uow.outbox.list()] == [("push_plan", "pending")]
     assert count(engine, InboundEventRow.__table__) == 1
 
 

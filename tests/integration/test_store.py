@@ -3,16 +3,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from service.domain.changes import propose_goal
 from service.domain.model import Goal, Patient, Plan
+from service.domain.types import Concept
 from service.store.db import current_revision, head_revision
 from service.store.uow import StaleVersion, UnitOfWork
 
 AT = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+ISO = AT.isoformat()
 
 
 def saved_plan(engine) -> Plan:
     plan = Plan(id="plan-1", patient=Patient(mrn="MRN-1"))
-    plan.propose_goal(Goal(id="g1", description="Cook a meal with a friend"), AT)
+    propose_goal(plan, Goal(id="g1", description=Concept(text="Cook a meal with a friend")), ISO)
     with UnitOfWork(engine) as uow:
         uow.plans.save(plan)
         uow.commit()
@@ -33,7 +36,7 @@ def test_a_plan_is_stored_whole_and_read_back(engine):
 
 def test_uncommitted_work_is_rolled_back(engine):
     with UnitOfWork(engine) as uow:
-        uow.plans.save(Plan(id="p2", patient=Patient(mrn="M"), created_at=AT, updated_at=AT))
+        uow.plans.save(Plan(id="p2", patient=Patient(mrn="M"), created_at=ISO, updated_at=ISO))
     with UnitOfWork(engine) as uow:
         assert uow.plans.get("p2") is None
 
@@ -43,14 +46,14 @@ def test_a_concurrent_change_is_detected_not_overwritten(engine):
     first, second = UnitOfWork(engine), UnitOfWork(engine)
     with first:
         plan_a = first.plans.get("plan-1")
-        plan_a.propose_goal(Goal(id="g2", description="a"), AT)
+        propose_goal(plan_a, Goal(id="g2", description=Concept(text="a")), ISO)
         first.plans.save(plan_a)
         first.commit()
     with second:
         # second read before first committed in real life; simulate by remembering the old version
         plan_b = second.plans.get("plan-1")
         second.plans._loaded["plan-1"] = 1
-        plan_b.propose_goal(Goal(id="g3", description="b"), AT)
+        propose_goal(plan_b, Goal(id="g3", description=Concept(text="b")), ISO)
         with pytest.raises(StaleVersion):
             second.plans.save(plan_b)
     with UnitOfWork(engine) as uow:

@@ -1,0 +1,83 @@
+"""The plan's team <-> FHIR R4 CareTeam (https://hl7.org/fhir/R4/careteam.html), and the
+Practitioner / RelatedPerson resources a transaction creates for members the server lacks."""
+
+from __future__ import annotations
+
+from mappings import codes
+from mappings import datatypes as dt
+from mappings.datatypes import Json
+from mappings.refs import Refs, Resolver, member_identifier
+from service.domain.model import Member, Plan
+
+CARETEAM_KEYS = {"resourceType", "id", "meta", "identifier", "subject", "participant"}
+PARTICIPANT_KEYS = {"id", "role", "member"}
+
+
+def careteam_to_fhir(plan: Plan, refs: Refs) -> Json:
+    """Return the CareTeam: one participant per member, its element id the member id."""
+    participants = [
+        dt.merge(
+            dt.prune(
+                {
+                    "id": m.id,
+                    "role": [dt.concept_to_fhir(m.role)] if m.role else [],
+                    "member": refs.member(m.id, f"team[{i}]"),
+                }
+            ),
+            m.fhir_extra,
+        )
+        for i, m in enumerate(plan.team)
+        if m.in_team
+    ]
+    built = dt.prune(
+        {
+            "resourceType": "CareTeam",
+            "identifier": [{"system": codes.identifier_system(refs.identifier_base, "careteam"), "value": plan.id}],
+            "subject": refs.subject(),
+            "participant": participants,
+        }
+    )
+    return dt.merge(built, plan.careteam_extra)
+
+
+def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[list[Member], Json]:
+    """Return the team members (registered with the resolver) and the CareTeam's unmodelled rest."""
+    members = []
+    extra = dt.residual(resource, CARETEAM_KEYS, set())
+    ours = codes.identifier_system(base, "careteam")
+    others = [i for i in resource.get("identifier", []) if i.get("system") != ours]
+    if others:
+        extra["identifier"] = others
+    kept_participants = []
+    for participant in resource.get("participant", []):
+        if "member" not in participant:
+            kept_participants.append(participant)
+            continue
+        member_id = resolver.member_for(participant["member"], in_team=True, member_id=participant.get("id"))
+        member = resolver.members[member_id]
+        roles = participant.get("role", [])
+        member.role = dt.concept_from_fhir(roles[0]) if roles else None
+        member.fhir_extra = dt.residual(participant, PARTICIPANT_KEYS, set())
+        if len(roles) > 1:
+            member.fhir_extra["role"] = roles[1:]
+        members.append(member)
+    if kept_participants:
+        extra["participant"] = kept_participants
+    return members, extra
+
+
+def person_resource(plan: Plan, member: Member, refs: Refs) -> Json:
+    """Return the Practitioner or RelatedPerson to create (if absent) for a member."""
+    system, value = member_identifier(plan.id, member, refs.identifier_base)
+    resource = dt.prune(
+        {
+            "resourceType": codes.MEMBER_RESOURCE[member.kind],
+            "identifier": [{"system": system, "value": value}],
+            "name": [{"text": member.name}] if member.name else [],
+        }
+    )
+    if member.kind == "related-person":
+        resource["patient"] = {"reference": refs.patient}
+        if member.role:
+            resource["relationship"] = [dt.concept_to_fhir(member.role)]
+    return resource

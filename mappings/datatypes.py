@@ -1,0 +1,175 @@
+"""FHIR R4 datatypes <-> the plan's value types (https://hl7.org/fhir/R4/datatypes.html)."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from service.domain.types import Coding, Concept, Identifier, Quantity, Range, Ratio, Ref
+
+Json = dict[str, Any]
+
+
+def prune(obj: Json) -> Json:
+    """Drop keys whose value is None or empty, as FHIR JSON never carries them."""
+    return {k: v for k, v in obj.items() if v is not None and v != [] and v != {}}
+
+
+def number(value: Decimal) -> int | float:
+    """Return a JSON number for a decimal."""
+    return int(value) if value == value.to_integral_value() and "E" not in str(value) else float(value)
+
+
+def decimal(value: Any) -> Decimal:
+    """Return a decimal from a JSON number without binary noise."""
+    return value if isinstance(value, Decimal) else Decimal(str(value))
+
+
+def identifier_to_fhir(ident: Identifier) -> Json:
+    return {"system": ident.system, "value": ident.value}
+
+
+def identifier_from_fhir(data: Json) -> Identifier:
+    return Identifier(system=data.get("system", ""), value=data.get("value", ""))
+
+
+def coding_to_fhir(c: Coding) -> Json:
+    return prune(
+        {
+            "system": c.system,
+            "version": c.version,
+            "code": c.code,
+            "display": c.display,
+            "userSelected": c.user_selected,
+        }
+    )
+
+
+def coding_from_fhir(data: Json) -> Coding:
+    return Coding(
+        system=data.get("system"),
+        code=data.get("code"),
+        display=data.get("display"),
+        version=data.get("version"),
+        user_selected=data.get("userSelected"),
+    )
+
+
+def concept_to_fhir(c: Concept) -> Json:
+    return prune({"coding": [coding_to_fhir(x) for x in c.codings], "text": c.text})
+
+
+def concept_from_fhir(data: Json) -> Concept:
+    return Concept(codings=[coding_from_fhir(x) for x in data.get("coding", [])], text=data.get("text"))
+
+
+def quantity_to_fhir(q: Quantity) -> Json:
+    return prune(
+        {
+            "value": number(q.value) if q.value is not None else None,
+            "comparator": q.comparator,
+            "unit": q.unit,
+            "system": q.system,
+            "code": q.code,
+        }
+    )
+
+
+def quantity_from_fhir(data: Json) -> Quantity:
+    return Quantity(
+        value=decimal(data["value"]) if "value" in data else None,
+        comparator=data.get("comparator"),
+        unit=data.get("unit"),
+        system=data.get("system"),
+        code=data.get("code"),
+    )
+
+
+def range_to_fhir(r: Range) -> Json:
+    return prune(
+        {"low": quantity_to_fhir(r.low) if r.low else None, "high": quantity_to_fhir(r.high) if r.high else None}
+    )
+
+
+def range_from_fhir(data: Json) -> Range:
+    return Range(
+        low=quantity_from_fhir(data["low"]) if "low" in data else None,
+        high=quantity_from_fhir(data["high"]) if "high" in data else None,
+    )
+
+
+def ratio_to_fhir(r: Ratio) -> Json:
+    return prune(
+        {
+            "numerator": quantity_to_fhir(r.numerator) if r.numerator else None,
+            "denominator": quantity_to_fhir(r.denominator) if r.denominator else None,
+        }
+    )
+
+
+def ratio_from_fhir(data: Json) -> Ratio:
+    return Ratio(
+        numerator=quantity_from_fhir(data["numerator"]) if "numerator" in data else None,
+        denominator=quantity_from_fhir(data["denominator"]) if "denominator" in data else None,
+    )
+
+
+def ref_to_fhir(r: Ref) -> Json:
+    return prune(
+        {
+            "reference": r.reference,
+            "type": r.type,
+            "identifier": identifier_to_fhir(r.identifier) if r.identifier else None,
+            "display": r.display,
+        }
+    )
+
+
+def ref_from_fhir(data: Json) -> Ref:
+    ident = data.get("identifier")
+    return Ref(
+        reference=data.get("reference"),
+        type=data.get("type"),
+        display=data.get("display"),
+        identifier=identifier_from_fhir(ident) if ident else None,
+    )
+
+
+def extensions(resource: Json, url: str) -> list[Json]:
+    """Return the extensions of an element with this URL."""
+    return [e for e in resource.get("extension", []) if e.get("url") == url]
+
+
+def sub_extension(ext: Json, url: str) -> Json | None:
+    """Return the sub-extension with this URL inside a complex extension."""
+    return next((e for e in ext.get("extension", []) if e.get("url") == url), None)
+
+
+def split_extensions(element: Json, modelled: set[str]) -> tuple[list[Json], list[Json]]:
+    """Split an element's extensions into those the model reads and the rest (kept as they are)."""
+    ours, rest = [], []
+    for ext in element.get("extension", []):
+        (ours if ext.get("url") in modelled else rest).append(ext)
+    return ours, rest
+
+
+def residual(element: Json, modelled: set[str], modelled_extensions: set[str]) -> Json:
+    """Return what the model does not hold: unmodelled keys and extensions, kept to write back."""
+    rest = {k: v for k, v in element.items() if k not in modelled and k != "extension"}
+    _, other_ext = split_extensions(element, modelled_extensions)
+    if other_ext:
+        rest["extension"] = other_ext
+    return rest
+
+
+def merge(built: Json, extra: Json) -> Json:
+    """Merge kept extras into a freshly built element: kept list items go after the modelled ones."""
+    out = dict(built)
+    for key, value in extra.items():
+        if key.startswith("_planbridge"):
+            continue
+        if key in out and isinstance(out[key], list) and isinstance(value, list):
+            out[key] = [*out[key], *value]
+        elif key not in out:
+            out[key] = value
+    return out

@@ -1,0 +1,152 @@
+"""References between the resources of one plan: built for output, resolved on input."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from mappings import codes
+from mappings.datatypes import Json, identifier_from_fhir, prune
+from service.domain.errors import MappingError
+from service.domain.model import Member, Plan
+
+
+def urn_for(system: str, value: str) -> str:
+    """Return a stable urn:uuid for an identifier, so the same plan always gives the same Bundle."""
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{system}|{value}')}"
+
+
+@dataclass
+class Refs:
+    """How each part of a plan is referenced from the resources being built."""
+
+    identifier_base: str
+    patient: str
+    patient_display: str | None = None
+    careteam: str | None = None
+    careplan: str | None = None
+    members: dict[str, str] = field(default_factory=dict)
+    member_displays: dict[str, str] = field(default_factory=dict)
+    goals: dict[str, str] = field(default_factory=dict)
+    check_ins: dict[str, str] = field(default_factory=dict)
+
+    def subject(self) -> Json:
+        """Return the Reference to the patient."""
+        return prune({"reference": self.patient, "display": self.patient_display})
+
+    def member(self, member_id: str, path: str) -> Json:
+        """Return the Reference to a team member; an unknown member is a mapping error naming `path`."""
+        if member_id not in self.members:
+            raise MappingError(f"{path} names {member_id!r}, who is not in the team", errors={path: member_id})
+        return prune({"reference": self.members[member_id], "display": self.member_displays.get(member_id)})
+
+    def goal(self, goal_id: str, path: str) -> Json:
+        """Return the Reference to one of the plan's goals."""
+        if goal_id not in self.goals:
+            raise MappingError(f"{path} names unknown goal {goal_id!r}", errors={path: goal_id})
+        return {"reference": self.goals[goal_id]}
+
+
+def member_identifier(plan_id: str, member: Member, base: str) -> tuple[str, str]:
+    """Return (system, value) identifying a member's resource: theirs if they have one, else ours."""
+    if member.identifier is not None:
+        return member.identifier.system, member.identifier.value
+    return codes.identifier_system(base, "member"), codes.scoped_value(plan_id, member.id)
+
+
+def refs_for_bundle(plan: Plan, base: str, patient_ref: str) -> Refs:
+    """Return references for a transaction Bundle: urn:uuids for what the Bundle carries."""
+    refs = Refs(identifier_base=base, patient=patient_ref, patient_display=plan.patient.display_name)
+    refs.careteam = urn_for(codes.identifier_system(base, "careteam"), plan.id)
+    refs.careplan = urn_for(codes.identifier_system(base, "plan"), plan.id)
+    for m in plan.team:
+        if m.kind == "patient":
+            refs.members[m.id] = patient_ref
+        elif m.fhir_reference:
+            refs.members[m.id] = m.fhir_reference
+        else:
+            refs.members[m.id] = urn_for(*member_identifier(plan.id, m, base))
+        if m.name:
+            refs.member_displays[m.id] = m.name
+    goal_system = codes.identifier_system(base, "goal")
+    checkin_system = codes.identifier_system(base, "checkin")
+    for g in plan.goals:
+        refs.goals[g.id] = urn_for(goal_system, codes.goal_identifier_value(plan.id, g.id))
+        for c in g.check_ins:
+            refs.check_ins[f"{g.id}/{c.id}"] = urn_for(checkin_system, codes.scoped_value(plan.id, g.id, c.id))
+    return refs
+
+
+class Resolver:
+    """Turns references found in FHIR resources back into plan members and goals."""
+
+    def __init__(self, resources: dict[str, Json], patient_ref: str | None, identifier_base: str) -> None:
+        self.resources = resources  # keyed by every way they can be referenced ("Goal/1", fullUrl)
+        self.patient_ref = patient_ref
+        self.member_system = codes.identifier_system(identifier_base, "member")
+        self.members: dict[str, Member] = {}
+        self.member_ids: dict[str, str] = {}
+
+    def lookup(self, reference: str | None) -> Json | None:
+        """Return the resource a reference points at, if the input carried it."""
+        return self.resources.get(reference or "")
+
+    def member_for(self, ref: Json, in_team: bool = False, member_id: str | None = None) -> str:
+        """Return the member id for a reference to a person, registering the person on first sight."""
+        reference = ref.get("reference")
+        key = reference or repr(sorted((k, str(v)) for k, v in ref.items()))
+        if key in self.member_ids:
+            member = self.members[self.member_ids[key]]
+            member.in_team = member.in_team or in_team
+            return member.id
+        member = self._new_member(ref, in_team)
+        if member_id is not None and member_id not in self.members:
+            member.id = member_id
+        self.member_ids[key] = member.id
+        self.members[member.id] = member
+        return member.id
+
+    def is_person(self, ref: Json) -> bool:
+        """Tell whether a reference points at a Patient, Practitioner or RelatedPerson (a possible member)."""
+        reference = ref.get("reference")
+        if reference is not None and reference == self.patient_ref:
+            return True
+        resource = self.lookup(reference)
+        rtype = (resource or {}).get("resourceType") or ref.get("type") or (reference or "").split("/")[0]
+        return rtype in codes.RESOURCE_MEMBER
+
+    def _new_member(self, ref: Json, in_team: bool) -> Member:
+        reference = ref.get("reference")
+        if reference is not None and reference == self.patient_ref:
+            return Member(id="patient", kind="patient", in_team=in_team, name=ref.get("display"))
+        resource = self.lookup(reference)
+        rtype = (resource or {}).get("resourceType") or ref.get("type") or (reference or "").split("/")[0]
+        if rtype not in codes.RESOURCE_MEMBER:
+            raise MappingError(
+                f"a reference to {rtype or 'an unknown type'} cannot name a person", errors={"reference": reference}
+            )
+        idents = (resource or {}).get("identifier") or ([ref["identifier"]] if "identifier" in ref else [])
+        identifier = identifier_from_fhir(idents[0]) if idents else None
+        member_id = self._member_id(rtype, reference, identifier)
+        if identifier is not None and identifier.system == self.member_system:
+            identifier = None  # ours, derived from the member id: not part of the plan
+        literal = reference if reference and not reference.startswith("urn:") else None
+        return Member(
+            id=member_id,
+            kind=codes.RESOURCE_MEMBER[rtype],
+            name=ref.get("display"),
+            identifier=identifier,
+            fhir_reference=literal,
+            in_team=in_team,
+        )
+
+    def _member_id(self, rtype: str, reference: str | None, identifier: Any) -> str:
+        if identifier is not None and identifier.system == self.member_system and "/" in identifier.value:
+            return identifier.value.rsplit("/", 1)[1]
+        base = f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1][:40]}"
+        candidate, n = base, 1
+        while candidate in self.members:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
