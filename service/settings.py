@@ -30,6 +30,40 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
     return value
 
 
+AUTH_KINDS = ("none", "bearer", "basic", "smart")
+
+
+def _auth(env: Mapping[str, str]) -> dict[str, str | None]:
+    """Read the FHIR server's authentication settings, refusing incomplete ones by name."""
+    kind = env.get("FHIR_AUTH", "none").strip().lower() or "none"
+    if kind not in AUTH_KINDS:
+        raise ConfigurationError(f"FHIR_AUTH must be one of {', '.join(AUTH_KINDS)}, got {kind!r}", setting="FHIR_AUTH")
+    values = {
+        "fhir_auth": kind,
+        "fhir_bearer_token": env.get("FHIR_BEARER_TOKEN") or None,
+        "fhir_basic_user": env.get("FHIR_BASIC_USER") or None,
+        "fhir_basic_password": env.get("FHIR_BASIC_PASSWORD") or None,
+        "smart_client_id": env.get("SMART_CLIENT_ID") or None,
+        "smart_private_key_file": env.get("SMART_PRIVATE_KEY_FILE") or None,
+        "smart_key_id": env.get("SMART_KEY_ID") or None,
+        "smart_algorithm": (env.get("SMART_ALGORITHM") or "RS384").upper(),
+        "smart_token_url": env.get("SMART_TOKEN_URL") or None,
+    }
+    if env.get("SMART_SCOPE"):
+        values["smart_scope"] = env["SMART_SCOPE"]
+    required = {
+        "bearer": ["FHIR_BEARER_TOKEN"],
+        "basic": ["FHIR_BASIC_USER", "FHIR_BASIC_PASSWORD"],
+        "smart": ["SMART_CLIENT_ID", "SMART_PRIVATE_KEY_FILE", "SMART_KEY_ID"],
+    }.get(kind, [])
+    for name in required:
+        if not env.get(name):
+            raise ConfigurationError(f"FHIR_AUTH={kind} needs {name}", setting=name)
+    if kind == "smart" and values["smart_algorithm"] not in ("RS384", "ES384"):
+        raise ConfigurationError("SMART_ALGORITHM must be RS384 or ES384", setting="SMART_ALGORITHM")
+    return values
+
+
 @dataclass(frozen=True)
 class Settings:
     """The service's configuration; build it with `Settings.from_env()`."""
@@ -45,6 +79,16 @@ class Settings:
     outbox_max_attempts: int = 8
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
+    fhir_auth: str = "none"
+    fhir_bearer_token: str | None = None
+    fhir_basic_user: str | None = None
+    fhir_basic_password: str | None = None
+    smart_client_id: str | None = None
+    smart_private_key_file: str | None = None
+    smart_key_id: str | None = None
+    smart_algorithm: str = "RS384"
+    smart_scope: str = "system/Patient.read system/Goal.* system/CarePlan.* system/CareTeam.* system/Observation.*"
+    smart_token_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,4 +121,5 @@ class Settings:
                 _number("PLANBRIDGE_WORKER_POLL_SECONDS", env.get("PLANBRIDGE_WORKER_POLL_SECONDS", "1"), float, 0.05)
             ),
             log_level=env.get("PLANBRIDGE_LOG_LEVEL", "INFO").upper(),
+            **_auth(env),
         )

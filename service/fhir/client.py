@@ -1,18 +1,29 @@
-"""A FHIR R4 REST client (https://hl7.org/fhir/R4/http.html) with one request function."""
+"""A FHIR R4 REST client (https://hl7.org/fhir/R4/http.html): one session, one request function.
+
+Timeouts, headers, authentication, retries and the status -> exception mapping live in
+`FhirClient.request` and nowhere else.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
+import time
+from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
+from requests.auth import AuthBase
 
 from service.fhir import errors
+from service.fhir.auth import SmartBackendAuth
 
 log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
 _STATUS_ERRORS: dict[int, type[errors.FhirError]] = {
     400: errors.FhirValidationFailed,
@@ -35,26 +46,51 @@ def _diagnostics(outcome: dict[str, Any] | None) -> str:
     )
 
 
+def retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Return the wait a Retry-After header asks for (seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError):
+        return None
+
+
 class FhirClient:
     """Talks to one FHIR server over one keep-alive session."""
 
-    def __init__(self, base_url: str, timeout: float = 30.0, session: requests.Session | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 30.0,
+        session: requests.Session | None = None,
+        auth: AuthBase | None = None,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        max_wait: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.session = session or requests.Session()
-        # Only idempotent methods are retried; a conditional PUT is idempotent, a plain POST is not.
-        retry = Retry(
-            total=3,
-            backoff_factor=0.5,
-            backoff_jitter=0.25,
-            status_forcelist=(429, 502, 503, 504),
-            allowed_methods=frozenset({"GET", "HEAD", "PUT", "DELETE"}),
-            respect_retry_after_header=True,
-            raise_on_status=False,
-        )
-        self.session.mount("http://", HTTPAdapter(max_retries=retry))
-        self.session.mount("https://", HTTPAdapter(max_retries=retry))
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "planbridge"})
+        self.session.auth = auth
+        self.max_retries, self.backoff_base, self.max_wait, self.sleep = max_retries, backoff_base, max_wait, sleep
+        self.requests_sent = 0
+
+    def _url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}" if path.strip("/") else self.base_url
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_wait)
+        return min(self.max_wait, random.uniform(0, self.backoff_base * 2**attempt))
 
     def request(
         self,
@@ -64,19 +100,45 @@ class FhirClient:
         json: Any = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
+        idempotent: bool | None = None,
     ) -> requests.Response:
-        """Send one request; return the response for 2xx, raise the matching FhirError otherwise."""
-        url = path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+        """Send one request and return the 2xx response, or raise the matching FhirError.
+
+        Requests that are safe to repeat (GET, PUT, DELETE, a conditional create, or a caller's
+        `idempotent=True` such as an all-conditional transaction) are retried on 429/502/503/504 and on
+        connection errors, waiting as `Retry-After` says or with exponential backoff and full jitter.
+        A 401 with SMART auth renews the token once.
+        """
         send_headers = dict(headers or {})
         if json is not None:
             send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
-        try:
-            response = self.session.request(
-                method, url, json=json, params=params, headers=send_headers, timeout=self.timeout
-            )
-        except requests.RequestException as exc:
-            raise errors.FhirTransportError(f"{method} {path}: {type(exc).__name__}") from exc
-        log.debug("fhir %s %s -> %s", method, path.split("?")[0], response.status_code)
+        safe = idempotent if idempotent is not None else method in SAFE_METHODS or "If-None-Exist" in send_headers
+        refreshed = False
+        for attempt in range(self.max_retries + 1):
+            try:
+                self.requests_sent += 1
+                response = self.session.request(
+                    method, self._url(path), json=json, params=params, headers=send_headers, timeout=self.timeout
+                )
+            except requests.RequestException as exc:
+                if safe and attempt < self.max_retries:
+                    self.sleep(self._backoff(attempt, None))
+                    continue
+                raise errors.FhirTransportError(f"{method} {path.split('?')[0]}: {type(exc).__name__}") from exc
+            log.debug("fhir %s %s -> %s", method, path.split("?")[0], response.status_code)
+            if response.status_code == 401 and isinstance(self.session.auth, SmartBackendAuth) and not refreshed:
+                self.session.auth.invalidate()
+                refreshed = True
+                continue
+            if response.status_code in RETRY_STATUSES and safe and attempt < self.max_retries:
+                self.sleep(
+                    self._backoff(attempt, retry_after_seconds(response.headers.get("Retry-After"), time.time()))
+                )
+                continue
+            return self._check(method, path, response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _check(self, method: str, path: str, response: requests.Response) -> requests.Response:
         if response.ok:
             return response
         outcome = None
@@ -92,12 +154,18 @@ class FhirClient:
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """Return every match, following `next` links exactly as the server gives them."""
+        return [
+            e["resource"]
+            for e in self.search_entries(resource_type, params)
+            if e.get("search", {}).get("mode", "match") == "match"
+        ]
+
+    def search_entries(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Return every entry (matches and `_include`d resources) of a search, page after page."""
         found: list[dict[str, Any]] = []
         bundle = self.request("GET", resource_type, params=params).json()
         while True:
-            found.extend(
-                e["resource"] for e in bundle.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"
-            )
+            found.extend(e for e in bundle.get("entry", []) if "resource" in e)
             next_url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
             if not next_url:
                 return found
@@ -122,14 +190,23 @@ class FhirClient:
 
     def update_by_identifier(self, resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
         """Conditional update on an identifier: the one match is updated, none means create."""
+        condition = quote(f"{system}|{value}", safe="")
         response = self.request(
             "PUT",
-            f"{resource['resourceType']}?identifier={requests.utils.quote(f'{system}|{value}', safe='')}",
+            f"{resource['resourceType']}?identifier={condition}",
             json=resource,
             headers={"Prefer": "return=representation"},
         )
         return response.json()
 
+    def transaction(self, bundle: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
+        """POST a transaction Bundle; pass idempotent=True only when every entry is conditional."""
+        return self.request("POST", "", json=bundle, idempotent=idempotent).json()
+
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """Read the current version of a resource."""
         return self.request("GET", f"{resource_type}/{resource_id}").json()
+
+    def capabilities(self) -> dict[str, Any]:
+        """Return the server's CapabilityStatement."""
+        return self.request("GET", "metadata").json()

@@ -74,7 +74,7 @@ def push_plan(uow: UnitOfWork, client: FhirClient, settings: Settings, plan_id: 
         plan, settings.identifier_base, settings.mrn_system, patient_reference(uow, client, settings, plan)
     )
     validate_bundle(bundle)
-    answer = client.request("POST", "", json=bundle).json()
+    answer = client.transaction(bundle, idempotent=True)  # every entry is conditional
     for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
         parsed = _location(result.get("response", {}).get("location", ""))
         if parsed is not None:

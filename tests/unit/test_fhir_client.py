@@ -19,7 +19,9 @@ def outcome(diagnostics: str) -> dict:
 
 @pytest.fixture
 def client():
-    c = FhirClient(BASE, timeout=2)
+    waits: list[float] = []
+    c = FhirClient(BASE, timeout=2, sleep=waits.append)
+    c.waits = waits
     with responses.RequestsMock() as mock:
         c.mock = mock
         yield c
@@ -103,8 +105,67 @@ def test_safe_requests_are_retried_on_503(client):
 def test_a_plain_post_is_not_retried(client):
     client.mock.add(responses.POST, f"{BASE}/Patient", status=503, json=outcome("busy"))
     with pytest.raises(errors.FhirServerError):
-        client.create_if_none_exist({"resourceType": "Patient"}, "identifier=s|v")
+        client.request("POST", "Patient", json={"resourceType": "Patient"})
     assert len(client.mock.calls) == 1
+    client.mock.add(responses.POST, f"{BASE}", status=502)
+    with pytest.raises(errors.FhirServerError):
+        client.transaction({"resourceType": "Bundle"}, idempotent=False)
+    assert len(client.mock.calls) == 2
+
+
+def test_a_conditional_create_and_an_all_conditional_transaction_are_retried(client):
+    client.mock.add(responses.POST, f"{BASE}/Patient", status=503)
+    client.mock.add(responses.POST, f"{BASE}/Patient", json={"resourceType": "Patient", "id": "1"})
+    assert client.create_if_none_exist({"resourceType": "Patient"}, "identifier=s|v")["id"] == "1"
+    client.mock.add(responses.POST, f"{BASE}", status=504)
+    client.mock.add(responses.POST, f"{BASE}", json={"resourceType": "Bundle", "type": "transaction-response"})
+    assert client.transaction({"resourceType": "Bundle"}, idempotent=True)["type"] == "transaction-response"
+    assert len(client.mock.calls) == 4
+
+
+def test_retry_after_is_honoured_in_seconds_and_as_a_date(client):
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", status=429, headers={"Retry-After": "7"})
+    client.mock.add(
+        responses.GET, f"{BASE}/Goal/1", status=503, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
+    )
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", json={"resourceType": "Goal", "id": "1"})
+    client.read("Goal", "1")
+    assert client.waits == [7.0, 0.0]  # a date in the past means: now
+
+
+def test_backoff_grows_is_jittered_and_capped_then_gives_up(client):
+    for _ in range(client.max_retries + 1):
+        client.mock.add(responses.GET, f"{BASE}/Goal/1", status=502)
+    with pytest.raises(errors.FhirServerError) as err:
+        client.read("Goal", "1")
+    assert err.value.status == 502
+    assert len(client.waits) == client.max_retries
+    for attempt, wait in enumerate(client.waits):
+        assert 0 <= wait <= min(client.max_wait, client.backoff_base * 2**attempt)
+
+
+def test_timeouts_are_retried_for_safe_requests_only(client):
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", body=requests.Timeout("slow"))
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", json={"resourceType": "Goal", "id": "1"})
+    assert client.read("Goal", "1")["id"] == "1"
+    client.mock.add(responses.POST, f"{BASE}/Goal", body=requests.Timeout("slow"))
+    with pytest.raises(errors.FhirTransportError):
+        client.request("POST", "Goal", json={"resourceType": "Goal"})
+
+
+def test_an_outcome_with_several_issues_keeps_them_all(client):
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "error", "code": "required", "diagnostics": "Goal.subject: minimum required = 1"},
+            {"severity": "error", "code": "code-invalid", "diagnostics": "Goal.lifecycleStatus: banana"},
+        ],
+    }
+    client.mock.add(responses.POST, f"{BASE}/Goal", json=body, status=422)
+    with pytest.raises(errors.FhirValidationFailed) as err:
+        client.request("POST", "Goal", json={})
+    assert "Goal.subject" in err.value.detail and "banana" in err.value.detail
+    assert len(err.value.outcome["issue"]) == 2
 
 
 def test_conditional_update_sends_the_identifier_as_the_condition(client):

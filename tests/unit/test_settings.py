@@ -48,3 +48,55 @@ def test_malformed_settings_are_refused_by_name(name, value):
     with pytest.raises(ConfigurationError) as err:
         Settings.from_env({name: value})
     assert err.value.data["setting"] == name
+
+
+def test_auth_settings_are_read_and_incomplete_ones_refused_by_name():
+    s = Settings.from_env(
+        {
+            "FHIR_AUTH": "smart",
+            "SMART_CLIENT_ID": "pb",
+            "SMART_PRIVATE_KEY_FILE": "/k.pem",
+            "SMART_KEY_ID": "k1",
+            "SMART_ALGORITHM": "es384",
+            "SMART_SCOPE": "system/Goal.read",
+        }
+    )
+    assert (s.fhir_auth, s.smart_algorithm, s.smart_scope) == ("smart", "ES384", "system/Goal.read")
+    for env, missing in [
+        ({"FHIR_AUTH": "bearer"}, "FHIR_BEARER_TOKEN"),
+        ({"FHIR_AUTH": "basic", "FHIR_BASIC_USER": "u"}, "FHIR_BASIC_PASSWORD"),
+        ({"FHIR_AUTH": "smart", "SMART_CLIENT_ID": "pb"}, "SMART_PRIVATE_KEY_FILE"),
+        ({"FHIR_AUTH": "kerberos"}, "FHIR_AUTH"),
+    ]:
+        with pytest.raises(ConfigurationError) as err:
+            Settings.from_env(env)
+        assert err.value.data["setting"] == missing
+
+
+def test_the_client_carries_the_configured_credentials():
+    import responses
+
+    from service.fhir.factory import client_from_settings
+
+    for env, expected in [
+        ({"FHIR_AUTH": "bearer", "FHIR_BEARER_TOKEN": "t0k"}, "Bearer t0k"),
+        ({"FHIR_AUTH": "basic", "FHIR_BASIC_USER": "u", "FHIR_BASIC_PASSWORD": "p"}, "Basic dTpw"),
+        ({}, None),
+    ]:
+        client = client_from_settings(Settings.from_env({"FHIR_BASE_URL": "http://fhir.test/r4", **env}))
+        with responses.RequestsMock() as mock:
+            mock.add(responses.GET, "http://fhir.test/r4/Goal/1", json={"resourceType": "Goal"})
+            client.read("Goal", "1")
+            assert mock.calls[0].request.headers.get("Authorization") == expected
+    with pytest.raises(ConfigurationError, match="SMART_PRIVATE_KEY_FILE"):
+        client_from_settings(
+            Settings.from_env(
+                {
+                    "FHIR_BASE_URL": "http://x",
+                    "FHIR_AUTH": "smart",
+                    "SMART_CLIENT_ID": "a",
+                    "SMART_KEY_ID": "k",
+                    "SMART_PRIVATE_KEY_FILE": "/nonexistent",
+                }
+            )
+        )

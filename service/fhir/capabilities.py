@@ -1,0 +1,64 @@
+"""Check a server's CapabilityStatement for what planbridge relies on, and name what it lacks
+(https://hl7.org/fhir/R4/capabilitystatement.html)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# What planbridge does with each resource type: pushes are conditional updates inside a transaction,
+# people are conditionally created, pulls search by identifier and _lastUpdated.
+NEEDS: dict[str, tuple[set[str], bool, bool]] = {
+    # type: (interactions, conditional update, conditional create)
+    "CarePlan": ({"read", "search-type", "update"}, True, False),
+    "Goal": ({"read", "search-type", "update"}, True, False),
+    "CareTeam": ({"read", "search-type", "update"}, True, False),
+    "Observation": ({"read", "update"}, True, False),
+    "Patient": ({"read", "search-type"}, False, False),
+    "Practitioner": ({"read", "create"}, False, True),
+    "RelatedPerson": ({"read", "create"}, False, True),
+}
+SEARCH_PARAMS = {"CarePlan": {"identifier", "patient"}, "Goal": {"identifier"}, "Patient": {"identifier"}}
+
+
+def missing_capabilities(statement: dict[str, Any], create_patients: bool = False) -> list[str]:
+    """Return one sentence per missing capability; an empty list means the server has all we use."""
+    missing = []
+    if not str(statement.get("fhirVersion", "")).startswith("4.0"):
+        missing.append(f"FHIR version is {statement.get('fhirVersion')!r}, planbridge speaks R4 (4.0.x)")
+    formats = statement.get("format", [])
+    if formats and not any("json" in f for f in formats):
+        missing.append("the server does not speak JSON")
+    servers = [r for r in statement.get("rest", []) if r.get("mode") == "server"]
+    if not servers:
+        return [*missing, "the CapabilityStatement has no rest.mode=server section"]
+    rest = servers[0]
+    if "transaction" not in {i.get("code") for i in rest.get("interaction", [])}:
+        missing.append("no transaction interaction: plans cannot be pushed in one all-or-nothing request")
+    resources = {r.get("type"): r for r in rest.get("resource", [])}
+    needs = dict(NEEDS)
+    if create_patients:
+        needs["Patient"] = ({"read", "search-type", "create"}, False, True)
+    for rtype, (interactions, cond_update, cond_create) in needs.items():
+        missing += _resource_gaps(rtype, resources.get(rtype), interactions, cond_update, cond_create)
+    return missing
+
+
+def _resource_gaps(
+    rtype: str, resource: dict[str, Any] | None, interactions: set[str], cond_update: bool, cond_create: bool
+) -> list[str]:
+    if resource is None:
+        return [f"{rtype} is not supported"]
+    gaps = []
+    have = {i.get("code") for i in resource.get("interaction", [])}
+    lacking = sorted(interactions - have)
+    if lacking:
+        gaps.append(f"{rtype} lacks the interaction(s) {', '.join(lacking)}")
+    if cond_update and not resource.get("conditionalUpdate"):
+        gaps.append(f"{rtype} has no conditional update: repeated pushes could duplicate it")
+    if cond_create and not resource.get("conditionalCreate"):
+        gaps.append(f"{rtype} has no conditional create (If-None-Exist)")
+    params = {p.get("name") for p in resource.get("searchParam", [])}
+    lacking_params = sorted(SEARCH_PARAMS.get(rtype, set()) - params) if params else []
+    if lacking_params:
+        gaps.append(f"{rtype} cannot be searched by {', '.join(lacking_params)}")
+    return gaps
