@@ -1,8 +1,8 @@
 // HTTP front end: turns node:http requests into FhirRouter calls and adds HAPI's observable
 // behaviour (base path, headers, paging, status codes, OperationOutcomes, transaction responses).
 import { STATUS_CODES } from 'node:http';
-import { OperationOutcomeError, badRequest, getStatus, isResourceType, normalizeOperationOutcome } from '@medplum/core';
-import { FhirRouter } from '@medplum/fhir-router';
+import { OperationOutcomeError, allOk, badRequest, getStatus, isResourceType, normalizeOperationOutcome } from '@medplum/core';
+import { BatchProcessor, FhirRouter } from '@medplum/fhir-router';
 import { capabilityStatement } from './capability.mjs';
 import { SearchPager } from './paging.mjs';
 import { HapiLikeRepository } from './repo.mjs';
@@ -13,6 +13,18 @@ const MAX_BODY_BYTES = 64 * 1024 * 1024;
 const JSON_TYPES = new Set(['', 'application/fhir+json', 'application/json', 'application/json-patch+json']);
 const FORM_TYPE = 'application/x-www-form-urlencoded';
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+
+/**
+ * Medplum caps transactions that need strict isolation (any conditional entry) at 8 entries and at
+ * 50 updates, limits meant for its PostgreSQL backend. This server handles one request at a time, so
+ * every transaction is already isolated; HAPI has no such caps, and a plan Bundle is usually larger.
+ */
+class SerializedBatchProcessor extends BatchProcessor {
+  async preprocessBundle() {
+    const info = await super.preprocessBundle();
+    return { ...info, requiresStrongTransaction: false, updates: 0 };
+  }
+}
 
 const oo = (status, code, diagnostics, severity = 'error') => {
   const err = new OperationOutcomeError({
@@ -119,7 +131,9 @@ export function createApp({ pageSize = 20, log = () => {} } = {}) {
       // One journal around the whole bundle: a transaction with any failed entry (even one that
       // Medplum reports inside a 200 response) is rolled back completely.
       return repo.withTransaction(async () => {
-        const [outcome, bundle] = await router.handleRequest(fhirRequest, repo);
+        const [outcome, bundle] = ['transaction', 'batch'].includes(body?.type)
+          ? [allOk, await new SerializedBatchProcessor(router, repo, body, fhirRequest).run()]
+          : await router.handleRequest(fhirRequest, repo);
         if (getStatus(outcome) >= 400) throw new OperationOutcomeError(outcome);
         const failed = body.type === 'transaction' &&
           bundle.entry?.find((e) => Number.parseInt(e?.response?.status, 10) >= 400);

@@ -220,6 +220,38 @@ def test_transaction_conditional_entries_do_not_duplicate(http, fhir_base_url):
     assert stored["subject"]["reference"] == f"Patient/{patients['entry'][0]['resource']['id']}"
 
 
+def test_large_conditional_transactions_are_accepted_and_stay_all_or_nothing(http, fhir_base_url):
+    """Medplum alone caps conditional transactions at 8 entries and 50 updates; HAPI does not."""
+    patient_value = unique()
+    patient_urn = f"urn:uuid:{uuid.uuid4()}"
+    values = [unique() for _ in range(60)]
+    entries = [
+        {
+            "fullUrl": patient_urn,
+            "resource": patient(patient_value),
+            "request": {"method": "POST", "url": "Patient", "ifNoneExist": f"identifier={SYSTEM}|{patient_value}"},
+        }
+    ]
+    entries += [
+        {"resource": goal(patient_urn, v), "request": {"method": "PUT", "url": f"Goal?identifier={SYSTEM}|{v}"}}
+        for v in values
+    ]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    answer = http.post(fhir_base_url, json=bundle)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["entry"]) == 61
+    assert search(http, fhir_base_url, "Goal", identifier=f"{SYSTEM}|{values[-1]}")["total"] == 1
+
+    fresh = [unique() for _ in range(20)]
+    bad = [
+        {"resource": goal(patient_urn, v), "request": {"method": "PUT", "url": f"Goal?identifier={SYSTEM}|{v}"}}
+        for v in fresh
+    ]
+    bad[-1]["resource"]["lifecycleStatus"] = "banana"
+    assert_outcome(http.post(fhir_base_url, json={**bundle, "entry": [entries[0], *bad]}), 400, 422)
+    assert search(http, fhir_base_url, "Goal", identifier=f"{SYSTEM}|{fresh[0]}")["total"] == 0
+
+
 def test_transaction_with_an_invalid_entry_keeps_nothing(http, fhir_base_url):
     patient_value, goal_value = unique(), unique()
     patient_urn = f"urn:uuid:{uuid.uuid4()}"
