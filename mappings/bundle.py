@@ -17,7 +17,7 @@ from mappings.careteam import careteam_from_fhir, careteam_to_fhir, person_resou
 from mappings.checkin import checkin_to_fhir
 from mappings.datatypes import Json
 from mappings.goal import goal_from_fhir, goal_to_fhir
-from mappings.notes import note_from_fhir
+from mappings.notes import note_from_fhir, note_is_modelled
 from mappings.refs import Refs, Resolver, member_identifier, refs_for_bundle, urn_for
 from service.domain.errors import MappingError
 from service.domain.model import Patient, Plan
@@ -93,9 +93,10 @@ def plan_to_bundle(plan: Plan, identifier_base: str, mrn_system: str, patient_re
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def _index(bundle: Json) -> dict[str, Json]:
+def index_entries(entries: list[Json]) -> dict[str, Json]:
+    """Return the resources of Bundle entries keyed by every way a reference can name them."""
     index: dict[str, Json] = {}
-    for entry in bundle.get("entry", []):
+    for entry in entries:
         resource = entry.get("resource")
         if not isinstance(resource, dict) or "resourceType" not in resource:
             continue
@@ -128,7 +129,7 @@ def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
         raise MappingError(
             f"a plan Bundle holds exactly one CarePlan, not {len(careplans)}", errors={"Bundle.entry": "CarePlan"}
         )
-    return careplan_from_fhir(careplans[0], _index(bundle), identifier_base, mrn_system)
+    return careplan_from_fhir(careplans[0], index_entries(bundle.get("entry", [])), identifier_base, mrn_system)
 
 
 def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_system: str) -> Plan:
@@ -146,7 +147,7 @@ def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_sy
     plan.identifiers = [dt.identifier_from_fhir(i) for i in others]
     _read_team(plan, resource, resolver, extra, base)
     goal_ids = _read_goals(plan, resource, resolver, extra, base)
-    _read_fields(plan, resource, resolver)
+    _read_fields(plan, resource, resolver, extra)
     _read_activities(plan, resource, resolver, extra, goal_ids)
     plan.team = list(resolver.members.values())
     plan.careplan_extra = extra
@@ -184,7 +185,7 @@ def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, bas
     return goal_ids
 
 
-def _read_fields(plan: Plan, resource: Json, resolver: Resolver) -> None:
+def _read_fields(plan: Plan, resource: Json, resolver: Resolver, extra: Json) -> None:
     plan.status = resource.get("status", "")
     plan.intent = resource.get("intent", "")
     plan.title = resource.get("title")
@@ -192,9 +193,18 @@ def _read_fields(plan: Plan, resource: Json, resolver: Resolver) -> None:
     plan.period_start = resource.get("period", {}).get("start")
     plan.period_end = resource.get("period", {}).get("end")
     plan.created_at = resource.get("created")
-    plan.author = resolver.member_for(resource["author"]) if "author" in resource else None
-    plan.contributors = [resolver.member_for(c) for c in resource.get("contributor", [])]
-    plan.notes = [note_from_fhir(n, resolver) for n in resource.get("note", [])]
+    if "author" in resource and resolver.is_person(resource["author"]):
+        plan.author = resolver.member_for(resource["author"])
+    elif "author" in resource:
+        extra["author"] = resource["author"]  # a PractitionerRole, Organization, CareTeam...: kept as it came
+    contributors = resource.get("contributor", [])
+    plan.contributors = [resolver.member_for(c) for c in contributors if resolver.is_person(c)]
+    if any(not resolver.is_person(c) for c in contributors):
+        extra["contributor"] = [c for c in contributors if not resolver.is_person(c)]
+    notes = resource.get("note", [])
+    plan.notes = [note_from_fhir(n, resolver) for n in notes if note_is_modelled(n, resolver)]
+    if any(not note_is_modelled(n, resolver) for n in notes):
+        extra["note"] = [n for n in notes if not note_is_modelled(n, resolver)]  # e.g. by an Organization
     read_plan_extensions(plan, resource)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from mappings import codes
 from mappings import datatypes as dt
 from mappings.datatypes import Json
-from mappings.notes import note_from_fhir, note_to_fhir
+from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
 from mappings.refs import Refs, Resolver
 from service.domain.model import Plan, Step
 
@@ -98,12 +98,17 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
         extra["_planbridge_synthetic_id"] = True
     detail_extra = dt.residual(detail, DETAIL_KEYS, set())
     performers = detail.get("performer", [])
+    if performers and not resolver.is_person(performers[0]):
+        detail_extra["performer"], performers = performers, []  # a CareTeam, Organization...: kept as it came
     if len(performers) > 1:
         detail_extra["performer"] = performers[1:]
     known_goals = [g for g in detail.get("goal", []) if g.get("reference") in goal_ids and set(g) == {"reference"}]
     unknown_goals = [g for g in detail.get("goal", []) if g not in known_goals]
     if unknown_goals:
         detail_extra["goal"] = unknown_goals
+    progress = activity.get("progress", [])
+    if any(not note_is_modelled(n, resolver) for n in progress):
+        extra["progress"] = [n for n in progress if not note_is_modelled(n, resolver)]  # e.g. by an Organization
     period = detail.get("scheduledPeriod", {})
     if set(period) - {"start", "end"}:
         detail_extra["scheduledPeriod"], period = period, {}
@@ -118,7 +123,7 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
         start_date=period.get("start"),
         due_date=period.get("end"),
         schedule=detail.get("scheduledString"),
-        progress=[note_from_fhir(n, resolver) for n in activity.get("progress", [])],
+        progress=[note_from_fhir(n, resolver) for n in progress if note_is_modelled(n, resolver)],
         fhir_extra=extra,
         detail_extra=detail_extra,
     )

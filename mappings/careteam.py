@@ -19,7 +19,7 @@ def careteam_to_fhir(plan: Plan, refs: Refs) -> Json:
         dt.merge(
             dt.prune(
                 {
-                    "id": m.id,
+                    "id": None if m.fhir_extra.get("_planbridge_synthetic_id") else m.id,
                     "role": [dt.concept_to_fhir(m.role)] if m.role else [],
                     "member": refs.member(m.id, f"team[{i}]"),
                 }
@@ -50,14 +50,16 @@ def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[l
         extra["identifier"] = others
     kept_participants = []
     for participant in resource.get("participant", []):
-        if "member" not in participant:
-            kept_participants.append(participant)
+        if "member" not in participant or not resolver.is_person(participant["member"]):
+            kept_participants.append(participant)  # no member, or an Organization / CareTeam: kept as it came
             continue
         member_id = resolver.member_for(participant["member"], in_team=True, member_id=participant.get("id"))
         member = resolver.members[member_id]
         roles = participant.get("role", [])
         member.role = dt.concept_from_fhir(roles[0]) if roles else None
         member.fhir_extra = dt.residual(participant, PARTICIPANT_KEYS, set())
+        if "id" not in participant:
+            member.fhir_extra["_planbridge_synthetic_id"] = True  # the EHR gave the participant no element id
         if len(roles) > 1:
             member.fhir_extra["role"] = roles[1:]
         members.append(member)

@@ -42,7 +42,7 @@ def checkin_to_fhir(check_in: CheckIn, goal_id: str, plan_id: str, refs: Refs, p
             "status": check_in.status,
             "code": dt.concept_to_fhir(check_in.measure),
             "subject": refs.subject(),
-            "effectiveDateTime": check_in.at,
+            "effectiveDateTime": check_in.at or None,  # "" when the Observation had effectivePeriod (kept)
             "valueQuantity": dt.quantity_to_fhir(check_in.quantity) if check_in.quantity else None,
             "valueCodeableConcept": dt.concept_to_fhir(check_in.rating) if check_in.rating else None,
             "valueInteger": check_in.integer,
@@ -61,9 +61,12 @@ def checkin_from_fhir(resource: Json, resolver: Resolver, base: str) -> CheckIn:
         i["value"] for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")
     ]
     extra = dt.residual(resource, OBSERVATION_KEYS, {codes.PERTAINS_TO_GOAL})
-    if not ours and resource.get("identifier"):
-        extra["identifier"] = resource["identifier"]
+    others = [i for i in resource.get("identifier", []) if not (i.get("system") == system and i.get("value") in ours)]
+    if others:
+        extra["identifier"] = others  # the EHR's own identifiers, kept beside ours
     performers = resource.get("performer", [])
+    if performers and not resolver.is_person(performers[0]):
+        extra["performer"], performers = performers, []  # a PractitionerRole, CareTeam...: kept as it came
     if len(performers) > 1:
         extra["performer"] = performers[1:]
     notes = resource.get("note", [])

@@ -131,7 +131,9 @@ class Resolver:
         member_id = self._member_id(rtype, reference, identifier)
         if identifier is not None and identifier.system == self.member_system:
             identifier = None  # ours, derived from the member id: not part of the plan
-        literal = reference if reference and not reference.startswith("urn:") else None
+        # A person known by an identifier is found again by it (conditional create); only someone
+        # with no identifier is pinned to the literal reference the server gave.
+        literal = reference if reference and not reference.startswith("urn:") and not idents else None
         return Member(
             id=member_id,
             kind=codes.RESOURCE_MEMBER[rtype],

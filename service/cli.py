@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -133,6 +134,92 @@ def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None)
         raise click.ClickException(f"could not reach {url}: {type(exc).__name__}") from None
     click.echo(f"{response.status_code} {response.text}")
     sys.exit(0 if response.ok else 1)
+
+
+def _read_input(name: str) -> bytes:
+    """Return the bytes of FILE, or of stdin for "-"; an unreadable file stops the command."""
+    try:
+        return sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
+    except OSError as exc:
+        raise click.ClickException(f"cannot read {name}: {exc.strerror or exc}") from None
+
+
+def _report(issues: list, headline: str | None = None) -> None:
+    from service.convert import describe
+
+    if headline:
+        click.echo(f"planbridge: {headline}", err=True)
+    for issue in issues:
+        click.echo(describe(issue), err=True)
+
+
+def _convert(step: Callable[[object, Settings], tuple[dict, list]], name: str) -> None:
+    from service.convert import ConversionRefused, dumps, parse_json
+
+    settings, raw = _settings(), _read_input(name)
+    try:
+        result, warnings = step(parse_json(raw), settings)
+    except ConversionRefused as refused:
+        _report(refused.issues, f"{refused.detail} ({name})")
+        sys.exit(1)
+    except Exception as exc:  # a mapping bug must still end in a message, never a traceback
+        raise click.ClickException(f"could not convert {name}: {type(exc).__name__}: {exc}") from None
+    _report(warnings)
+    click.echo(dumps(result))
+
+
+@main.group()
+def convert() -> None:
+    """Convert between the plan JSON format and FHIR R4 transaction Bundles (FILE or - for stdin)."""
+
+
+@convert.command("to-fhir")
+@click.argument("plan_file", metavar="PLAN.json")
+def convert_to_fhir(plan_file: str) -> None:
+    """Print the transaction Bundle for a plan (checked against the plan's rules first)."""
+    from service.convert import to_fhir
+
+    _convert(to_fhir, plan_file)
+
+
+@convert.command("from-fhir")
+@click.argument("bundle_file", metavar="BUNDLE.json")
+def convert_from_fhir(bundle_file: str) -> None:
+    """Print the plan JSON held by a Bundle around one CarePlan."""
+    from service.convert import from_fhir
+
+    _convert(from_fhir, bundle_file)
+
+
+@main.command()
+@click.argument("file", metavar="FILE")
+def validate(file: str) -> None:
+    """Check a plan JSON, a FHIR resource or a FHIR Bundle; print an OperationOutcome (exit 1 on errors)."""
+    from service.convert import ConversionRefused, dumps, operation_outcome, parse_json
+    from service.convert import validate as validate_document
+    from service.domain.rules import Issue, errors
+
+    settings, raw = _settings(), _read_input(file)
+    try:
+        issues = validate_document(parse_json(raw), settings)
+    except ConversionRefused as refused:
+        issues = refused.issues
+    except Exception as exc:  # a mapping bug must still end in an answer, never a traceback
+        issues = [Issue("", f"planbridge could not check this input: {type(exc).__name__}: {exc}", code="exception")]
+    click.echo(dumps(operation_outcome(issues)))
+    found = errors(issues)
+    if found:
+        _report(found, f"{file}: {len(found)} error(s)")
+        sys.exit(1)
+
+
+@main.command()
+def schema() -> None:
+    """Print the JSON Schema (Draft 2020-12) of the plan format."""
+    from service.convert import dumps
+    from service.planschema import plan_schema
+
+    click.echo(dumps(plan_schema()))
 
 
 @main.command()

@@ -98,7 +98,7 @@ class FhirClient:
         path: str,
         *,
         json: Any = None,
-        params: dict[str, str] | None = None,
+        params: dict[str, str] | list[tuple[str, str]] | None = None,
         headers: dict[str, str] | None = None,
         idempotent: bool | None = None,
     ) -> requests.Response:
@@ -160,7 +160,9 @@ class FhirClient:
             if e.get("search", {}).get("mode", "match") == "match"
         ]
 
-    def search_entries(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    def search_entries(
+        self, resource_type: str, params: dict[str, str] | list[tuple[str, str]]
+    ) -> list[dict[str, Any]]:
         """Return every entry (matches and `_include`d resources) of a search, page after page."""
         found: list[dict[str, Any]] = []
         bundle = self.request("GET", resource_type, params=params).json()

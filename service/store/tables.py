@@ -101,3 +101,44 @@ class FhirLinkRow(Base):
     fhir_id: Mapped[str] = mapped_column(sa.String(64))
     version_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class SyncStateRow(Base):
+    """Where a plan stands with the FHIR server: the last synced snapshot (the merge base) and status."""
+
+    __tablename__ = "sync_state"
+
+    plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    base_document: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    pushed_hash: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    last_pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_pulled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    last_outcome: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+
+
+class ConflictRow(Base):
+    """A field both sides changed since the last sync: base, ours and theirs, until someone resolves it."""
+
+    __tablename__ = "sync_conflicts"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    path: Mapped[str] = mapped_column(sa.String(512))
+    base: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    ours: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    theirs: Mapped[Any] = mapped_column(sa.JSON, nullable=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    resolution: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class SyncCursorRow(Base):
+    """A named position in the FHIR server's history, e.g. the instant of the last successful pull."""
+
+    __tablename__ = "sync_cursors"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(64))

@@ -13,7 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.domain import codec
 from service.domain.errors import Conflict, NotFound
 from service.domain.model import Plan
-from service.store.tables import FhirLinkRow, InboundEventRow, OutboxRow, PlanRow
+from service.store.tables import (
+    ConflictRow,
+    FhirLinkRow,
+    InboundEventRow,
+    OutboxRow,
+    PlanRow,
+    SyncCursorRow,
+    SyncStateRow,
+)
 
 
 class StaleVersion(Conflict):
@@ -48,6 +56,10 @@ class PlanRepository:
         plan = codec.from_dict(Plan, row.document)
         self._loaded[plan_id] = row.version
         return plan
+
+    def ids(self) -> list[str]:
+        """Return every plan id, sorted."""
+        return list(self._session.scalars(sa.select(PlanRow.id).order_by(PlanRow.id)))
 
     def save(self, plan: Plan) -> None:
         """Insert a new plan or update one read earlier, refusing if it changed in between."""
@@ -183,10 +195,71 @@ class FhirLinkRepository:
         return list(self._session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id == plan_id)))
 
 
+class SyncRepository:
+    """Each plan's sync state, its open conflicts, and named cursors."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def state(self, plan_id: str) -> SyncStateRow:
+        """Return the plan's sync state, creating a `pending` one on first use."""
+        row = self._session.get(SyncStateRow, plan_id)
+        if row is None:
+            row = SyncStateRow(plan_id=plan_id, status="pending")
+            self._session.add(row)
+        return row
+
+    def states(self, status: str | None = None) -> list[SyncStateRow]:
+        """Return every plan's sync state, optionally only those with `status`."""
+        query = sa.select(SyncStateRow).order_by(SyncStateRow.plan_id)
+        if status is not None:
+            query = query.where(SyncStateRow.status == status)
+        return list(self._session.scalars(query))
+
+    def add_conflict(self, plan_id: str, path: str, base: Any, ours: Any, theirs: Any, now: datetime) -> ConflictRow:
+        """Record an open conflict."""
+        row = ConflictRow(
+            plan_id=plan_id, path=path, base=base, ours=ours, theirs=theirs, status="open", created_at=now
+        )
+        self._session.add(row)
+        self._session.flush()
+        return row
+
+    def conflicts(self, plan_id: str | None = None, status: str | None = "open") -> list[ConflictRow]:
+        """Return conflicts, oldest first."""
+        query = sa.select(ConflictRow).order_by(ConflictRow.id)
+        if plan_id is not None:
+            query = query.where(ConflictRow.plan_id == plan_id)
+        if status is not None:
+            query = query.where(ConflictRow.status == status)
+        return list(self._session.scalars(query))
+
+    def conflict(self, conflict_id: int) -> ConflictRow:
+        """Return one conflict by id."""
+        row = self._session.get(ConflictRow, conflict_id)
+        if row is None:
+            raise NotFound(f"conflict {conflict_id} does not exist", conflict_id=conflict_id)
+        return row
+
+    def cursor(self, name: str) -> str | None:
+        """Return a cursor's value, or None."""
+        row = self._session.get(SyncCursorRow, name)
+        return row.value if row else None
+
+    def set_cursor(self, name: str, value: str) -> None:
+        """Move a cursor."""
+        row = self._session.get(SyncCursorRow, name)
+        if row is None:
+            self._session.add(SyncCursorRow(name=name, value=value))
+        else:
+            row.value = value
+
+
 class UnitOfWork:
     """`with uow:` opens a transaction; `uow.commit()` makes it durable; leaving without commit rolls back."""
 
     def __init__(self, engine: Engine) -> None:
+        self.engine = engine
         self._factory = sessionmaker(bind=engine, expire_on_commit=False)
         self.session: Session | None = None
 
@@ -196,6 +269,7 @@ class UnitOfWork:
         self.events = InboundEventRepository(self.session)
         self.outbox = OutboxRepository(self.session)
         self.links = FhirLinkRepository(self.session)
+        self.sync = SyncRepository(self.session)
         return self
 
     def __exit__(
@@ -211,6 +285,11 @@ class UnitOfWork:
         """Commit the transaction."""
         assert self.session is not None
         self.session.commit()
+
+    def flush(self) -> None:
+        """Send pending changes to the database inside the transaction."""
+        assert self.session is not None
+        self.session.flush()
 
     def rollback(self) -> None:
         """Throw away what this transaction did."""

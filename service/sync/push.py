@@ -1,23 +1,33 @@
-"""Push a plan to the FHIR server as one transaction: CareTeam, Goals, check-ins and CarePlan.
+"""Push a plan to the FHIR server as one transaction, or not at all when nothing changed.
 
-The Patient is found by MRN once and remembered; it is created (conditionally) only where the
-configuration allows. Every entry is conditional on planbridge's identifiers, so a repeated push
-updates the same resources and never duplicates them.
+The Bundle is built from the plan (mappings.bundle). A plan whose Bundle hashes to what was last
+pushed costs zero requests. Resources the server already holds are written with `PUT Type/id` and
+`If-Match` on the version last seen, so a change made in the EHR since is never overwritten: the
+server refuses (409/412), the plan is pulled and merged, and pushed again only if that was clean.
+Reading and recording happen in short database transactions; none is held while the server works.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from mappings import codes
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import validate_bundle
+from service.domain import codec
 from service.domain.errors import NotFound
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
+from service.fhir.errors import FhirVersionConflict
 from service.settings import Settings
 from service.store.uow import UnitOfWork
+from service.sync.merge import strip_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -28,35 +38,43 @@ class PatientNotOnServer(NotFound):
     code = "patient-not-found"
 
 
-def patient_reference(uow: UnitOfWork, client: FhirClient, settings: Settings, plan: Plan) -> str | None:
-    """Return `Patient/<id>` for the plan's patient, or None when the push should create it."""
-    link = uow.links.get(plan.id, "patient")
-    if link is not None:
-        return f"Patient/{link.fhir_id}"
-    found = client.find_one("Patient", {"identifier": f"{settings.mrn_system}|{plan.patient.mrn}"})
-    if found is not None:
-        return f"Patient/{found['id']}"
-    if settings.create_patients:
-        return None
-    raise PatientNotOnServer(
-        f"no Patient with an MRN of system {settings.mrn_system} for plan {plan.id}; PLANBRIDGE_CREATE_PATIENTS is off",
-        plan_id=plan.id,
-    )
+@dataclass(frozen=True)
+class PushResult:
+    """What a push did: the state it left the plan in and how many HTTP requests it cost."""
+
+    plan_id: str
+    status: str
+    requests: int
+    resources: int = 0
 
 
-def _local_key(resource: dict[str, Any], plan: Plan) -> str:
-    """Return the key under which a pushed resource is remembered in fhir_links."""
+def bundle_digest(bundle: dict[str, Any]) -> str:
+    """Return a stable digest of a Bundle, to tell whether a plan changed since its last push."""
+    return hashlib.sha256(json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def local_key(resource: dict[str, Any], identifier_base: str) -> str:
+    """Return the key under which a plan's resource is remembered in fhir_links.
+
+    Goals and check-ins are keyed by their id inside the plan: from planbridge's identifier when the
+    resource has it, else from the server id, as the mapping names goals the EHR authored.
+    """
     kind = resource["resourceType"]
-    value = resource.get("identifier", [{}])[-1].get("value", "")
     if kind == "Patient":
         return "patient"
+    if kind in ("CareTeam", "CarePlan"):
+        return kind.lower()
+    systems = {"Goal": "goal", "Observation": "checkin", "Practitioner": "member", "RelatedPerson": "member"}
+    ours = codes.identifier_system(identifier_base, systems.get(kind, kind.lower()))
+    value = next((i.get("value", "") for i in resource.get("identifier", []) if i.get("system") == ours), None)
     if kind in ("Practitioner", "RelatedPerson"):
-        return f"person:{value}"
-    local = value.split("/", 1)[1] if "/" in value else value
-    return {"CareTeam": "careteam", "CarePlan": "careplan"}.get(kind, f"{kind.lower()}:{local}")
+        return f"person:{value or (resource.get('identifier') or [{}])[0].get('value', '')}"
+    if value is None:
+        return f"{kind.lower()}:{'goal' if kind == 'Goal' else 'obs'}-{resource.get('id', '')}"
+    return f"{kind.lower()}:{value.split('/', 1)[1] if '/' in value else value}"
 
 
-def _location(location: str) -> tuple[str, str, str | None] | None:
+def parse_location(location: str) -> tuple[str, str, str | None] | None:
     """Return (type, id, version) from a Location, relative or absolute, with or without _history."""
     parts = location.rstrip("/").split("/")
     if "_history" in parts:
@@ -65,19 +83,119 @@ def _location(location: str) -> tuple[str, str, str | None] | None:
     return (parts[-2], parts[-1], None) if len(parts) >= 2 else None
 
 
-def push_plan(uow: UnitOfWork, client: FhirClient, settings: Settings, plan_id: str, now: datetime) -> int:
-    """Send the plan's current state in one transaction; return how many resources it wrote."""
-    plan = uow.plans.get(plan_id)
-    if plan is None:
-        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
-    bundle = plan_to_bundle(
-        plan, settings.identifier_base, settings.mrn_system, patient_reference(uow, client, settings, plan)
+def _patient_reference(uow: UnitOfWork, client: FhirClient, settings: Settings, plan: Plan) -> tuple[str | None, int]:
+    """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it)."""
+    link = uow.links.get(plan.id, "patient")
+    if link is not None:
+        return f"Patient/{link.fhir_id}", 0
+    found = client.find_one("Patient", {"identifier": f"{settings.mrn_system}|{plan.patient.mrn}"})
+    if found is not None:
+        return f"Patient/{found['id']}", 1
+    if settings.create_patients:
+        return None, 1
+    raise PatientNotOnServer(
+        f"no Patient with an MRN of system {settings.mrn_system} for plan {plan.id}; PLANBRIDGE_CREATE_PATIENTS is off",
+        plan_id=plan.id,
     )
-    validate_bundle(bundle)
-    answer = client.transaction(bundle, idempotent=True)  # every entry is conditional
-    for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
-        parsed = _location(result.get("response", {}).get("location", ""))
-        if parsed is not None:
-            uow.links.record(plan.id, _local_key(entry["resource"], plan), *parsed, now)
-    log.info("plan %s pushed: %d resources in one transaction", plan.id, len(bundle["entry"]))
-    return len(bundle["entry"])
+
+
+def _pin_versions(bundle: dict[str, Any], versions: dict[str, tuple[str, str, str | None]], base: str) -> None:
+    """Turn conditional updates of resources the server already holds into `PUT Type/id` + If-Match."""
+    for entry in bundle["entry"]:
+        request, resource = entry["request"], entry["resource"]
+        known = versions.get(local_key(resource, base))
+        if request["method"] == "PUT" and known is not None and known[2] is not None:
+            rtype, fhir_id, version = known
+            request["url"] = f"{rtype}/{fhir_id}"
+            request["ifMatch"] = f'W/"{version}"'
+            resource["id"] = fhir_id
+
+
+@dataclass
+class _Snapshot:
+    plan: Plan
+    bundle: dict[str, Any]
+    digest: str
+    requests: int
+    patient_ref: str | None
+
+
+class Pusher:
+    """Pushes plans; `on_conflict(plan_id)` pulls and merges, returning True when the merge was clean."""
+
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        client: FhirClient,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        on_conflict: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
+        self.on_conflict = on_conflict
+
+    def _snapshot(self, plan_id: str) -> _Snapshot | PushResult:
+        with self.uow:
+            plan = self.uow.plans.get(plan_id)
+            if plan is None:
+                raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+            state = self.uow.sync.state(plan_id)
+            if state.status == "conflicted":
+                return PushResult(plan_id, "conflicted", 0)
+            patient_ref, spent = _patient_reference(self.uow, self.client, self.settings, plan)
+            bundle = plan_to_bundle(plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+            digest = bundle_digest(bundle)
+            if state.pushed_hash == digest and state.status == "in_sync":
+                return PushResult(plan_id, "in_sync", spent)
+            validate_bundle(bundle)
+            links = {
+                link.local_key: (link.resource_type, link.fhir_id, link.version_id)
+                for link in self.uow.links.for_plan(plan_id)
+            }
+            _pin_versions(bundle, links, self.settings.identifier_base)
+            return _Snapshot(plan, bundle, digest, spent, patient_ref)
+
+    def push(self, plan_id: str, retry_after_merge: bool = True) -> PushResult:
+        """Bring the server up to date with the plan; one transaction when it changed, none when not."""
+        snapshot = self._snapshot(plan_id)
+        if isinstance(snapshot, PushResult):
+            return snapshot
+        try:
+            answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
+        except FhirVersionConflict:
+            log.info("plan %s: the server changed since the last sync; pulling to merge", plan_id)
+            clean = self.on_conflict(plan_id) if self.on_conflict else False
+            if clean and retry_after_merge:
+                again = self.push(plan_id, retry_after_merge=False)
+                return PushResult(plan_id, again.status, snapshot.requests + 1 + again.requests, again.resources)
+            return PushResult(plan_id, "conflicted" if not clean else "pending", snapshot.requests + 1)
+        self._record(snapshot, answer)
+        count = len(snapshot.bundle["entry"])
+        log.info("plan %s pushed: %d resources in one transaction", plan_id, count)
+        return PushResult(plan_id, "in_sync", snapshot.requests + 1, count)
+
+    def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> None:
+        now = self.clock()
+        with self.uow:
+            for entry, result in zip(snapshot.bundle["entry"], answer.get("entry", []), strict=False):
+                parsed = parse_location(result.get("response", {}).get("location", ""))
+                if parsed is not None:
+                    self.uow.links.record(
+                        snapshot.plan.id, local_key(entry["resource"], self.settings.identifier_base), *parsed, now
+                    )
+            if snapshot.patient_ref and self.uow.links.get(snapshot.plan.id, "patient") is None:
+                rtype, fhir_id = snapshot.patient_ref.split("/")
+                self.uow.links.record(snapshot.plan.id, "patient", rtype, fhir_id, None, now)
+            state = self.uow.sync.state(snapshot.plan.id)
+            current = self.uow.plans.get(snapshot.plan.id)
+            state.base_document = strip_bookkeeping(codec.to_dict(snapshot.plan))
+            # Remember the Bundle the next push would build for this same plan: by now the Patient
+            # is known by its server id, so that Bundle names it literally.
+            patient = self.uow.links.get(snapshot.plan.id, "patient")
+            patient_ref = f"Patient/{patient.fhir_id}" if patient else snapshot.patient_ref
+            state.pushed_hash = bundle_digest(
+                plan_to_bundle(snapshot.plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+            )
+            state.status = "in_sync" if current and current.version == snapshot.plan.version else "pending"
+            state.last_pushed_at, state.last_error = now, None
+            self.uow.commit()

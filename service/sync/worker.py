@@ -17,7 +17,7 @@ from service.domain.errors import PlanbridgeError
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.push import push_plan
+from service.sync.engine import SyncEngine
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(minutes=2)
@@ -33,6 +33,7 @@ class OutboxWorker:
 
     def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
+        self.engine = SyncEngine(UnitOfWork(uow.engine), client, settings, clock)
 
     def _claim(self) -> tuple[int, str, str, str | None] | None:
         with self.uow:
@@ -52,23 +53,24 @@ class OutboxWorker:
             return False
         entry_id, plan_id, kind, _subject = claimed
         error: str | None = None
-        with self.uow:
-            try:
-                if kind not in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
-                    raise PlanbridgeError(f"unknown outbox entry kind {kind}")
-                push_plan(self.uow, self.client, self.settings, plan_id, self.clock())
-                self.uow.commit()
-            except Exception as exc:  # any failure is recorded on the entry and retried, never lost
-                self.uow.rollback()
-                error = f"{type(exc).__name__}: {exc}"
-                if not isinstance(exc, PlanbridgeError):
-                    log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
+        try:
+            if kind not in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
+                raise PlanbridgeError(f"unknown outbox entry kind {kind}")
+            self.engine.push(plan_id)
+        except Exception as exc:  # any failure is recorded on the entry and retried, never lost
+            error = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, PlanbridgeError):
+                log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
         with self.uow:
             row = self.uow.outbox.get(entry_id)
             now = self.clock()
             if error is None:
                 self.uow.outbox.mark_done(row, now)
             else:
+                state = self.uow.sync.state(plan_id)
+                state.last_error = error[:2000]
+                if state.status != "conflicted":
+                    state.status = "failed"
                 self.uow.outbox.mark_failed(
                     row, error, now, self.settings.outbox_max_attempts, backoff(row.attempts + 1)
                 )

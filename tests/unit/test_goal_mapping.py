@@ -13,8 +13,7 @@ BASE = "https://planbridge.example.org/id"
 
 
 def refs() -> Refs:
-    return Refs(BASE, "Patient/42", members={"patient": "Patient/42", "diet": "Practitioner/7"},
-                goals={"g": "Goal/1"})  # fmt: skip
+    return Refs(BASE, "Patient/42", members={"patient": "Patient/42", "diet": "Practitioner/7"}, goals={"g": "Goal/1"})
 
 
 def resolver(resources=None) -> Resolver:
@@ -67,9 +66,13 @@ def test_a_target_with_two_details_or_no_measure_is_refused():
 
 
 def test_a_minimal_ehr_goal_is_accepted_and_written_back_unchanged():
-    ehr = {"resourceType": "Goal", "id": "77", "lifecycleStatus": "active",
-           "description": {"coding": [{"system": "http://snomed.info/sct", "code": "289169006"}]},
-           "subject": {"reference": "Patient/42"}}  # fmt: skip
+    ehr = {
+        "resourceType": "Goal",
+        "id": "77",
+        "lifecycleStatus": "active",
+        "description": {"coding": [{"system": "http://snomed.info/sct", "code": "289169006"}]},
+        "subject": {"reference": "Patient/42"},
+    }
     read = goal_from_fhir(ehr, resolver(), BASE)
     assert read.goal.id == "goal-77" and read.plan_id is None
     back = goal_to_fhir(read.goal, "p", refs())
@@ -79,15 +82,19 @@ def test_a_minimal_ehr_goal_is_accepted_and_written_back_unchanged():
 
 def test_unknown_extensions_codes_and_elements_are_kept():
     ehr = {
-        "resourceType": "Goal", "lifecycleStatus": "on-hold", "id": "5",
+        "resourceType": "Goal",
+        "lifecycleStatus": "on-hold",
+        "id": "5",
         "extension": [{"url": "http://ehr.example/ext/flag", "valueBoolean": True}],
         "identifier": [{"system": "http://ehr.example/goal", "value": "G-5"}],
         "achievementStatus": {"coding": [{"system": "http://ehr.example/ach", "code": "weird"}]},
-        "description": {"text": "x"}, "subject": {"reference": "Patient/42"},
-        "statusReason": "flu", "outcomeCode": [{"text": "kept as is"}],
+        "description": {"text": "x"},
+        "subject": {"reference": "Patient/42"},
+        "statusReason": "flu",
+        "outcomeCode": [{"text": "kept as is"}],
         "outcomeReference": [{"reference": "Observation/404"}],
         "note": [{"text": "n", "authorString": "Dr Who", "time": "2026-01-01"}],
-    }  # fmt: skip
+    }
     read = goal_from_fhir(ehr, resolver(), BASE)
     back = goal_to_fhir(read.goal, "p", refs())
     back["identifier"] = back["identifier"][:-1]
@@ -95,9 +102,15 @@ def test_unknown_extensions_codes_and_elements_are_kept():
 
 
 def test_references_to_what_is_not_a_person_are_kept_not_guessed():
-    ehr = {"resourceType": "Goal", "id": "9", "lifecycleStatus": "active", "description": {"text": "x"},
-           "subject": {"reference": "Patient/42"}, "expressedBy": {"reference": "PractitionerRole/7"},
-           "note": [{"text": "n", "authorReference": {"reference": "Organization/1"}}]}  # fmt: skip
+    ehr = {
+        "resourceType": "Goal",
+        "id": "9",
+        "lifecycleStatus": "active",
+        "description": {"text": "x"},
+        "subject": {"reference": "Patient/42"},
+        "expressedBy": {"reference": "PractitionerRole/7"},
+        "note": [{"text": "n", "authorReference": {"reference": "Organization/1"}}],
+    }
     read = goal_from_fhir(ehr, resolver(), BASE)
     assert read.goal.proposed_by is None and read.goal.notes == []
     back = goal_to_fhir(read.goal, "p", refs())
@@ -114,8 +127,13 @@ def test_a_member_not_in_the_team_is_a_mapping_error_with_its_path():
 
 
 def test_structure_and_binding_problems_name_the_element():
-    bad = {"resourceType": "Goal", "lifecycleStatus": "banana", "description": {"text": "x"},
-           "subject": {"reference": "Patient/1"}, "target": [{"detailString": "y"}]}  # fmt: skip
+    bad = {
+        "resourceType": "Goal",
+        "lifecycleStatus": "banana",
+        "description": {"text": "x"},
+        "subject": {"reference": "Patient/1"},
+        "target": [{"detailString": "y"}],
+    }
     paths = {i.path for i in issues_of(bad)}
     assert {"Goal.lifecycleStatus", "Goal.target[0]"} <= paths
     structural = issues_of({**bad, "lifecycleStatus": "active", "target": [{"dueDate": "not-a-date"}]})

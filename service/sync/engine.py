@@ -1,0 +1,131 @@
+"""The sync engine: push, pull and conflict resolution behind one object the worker, CLI and API share."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from service.domain import codec
+from service.domain.errors import Conflict, RuleViolation
+from service.domain.model import Plan
+from service.domain.rules import check_plan, errors
+from service.fhir.client import FhirClient
+from service.settings import Settings
+from service.store.uow import UnitOfWork
+from service.sync.merge import set_path
+from service.sync.pull import Puller, PullResult
+from service.sync.push import Pusher, PushResult
+
+CHOICES = ("ours", "theirs", "value")
+
+
+@dataclass(frozen=True)
+class SyncStatus:
+    """A plan's sync state for operators: status, last error, FHIR ids and versions, open conflicts."""
+
+    plan_id: str
+    status: str
+    last_pushed_at: str | None
+    last_pulled_at: str | None
+    last_error: str | None
+    resources: list[dict[str, Any]]
+    conflicts: list[dict[str, Any]]
+
+
+def conflict_dict(row: Any) -> dict[str, Any]:
+    """Return a conflict as plain data."""
+    return {
+        "id": row.id,
+        "plan_id": row.plan_id,
+        "path": row.path,
+        "base": row.base,
+        "ours": row.ours,
+        "theirs": row.theirs,
+        "status": row.status,
+        "resolution": row.resolution,
+        "created_at": row.created_at.isoformat(),
+        "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+    }
+
+
+class SyncEngine:
+    """Keeps shared plans and their FHIR copies in step."""
+
+    def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.uow, self.clock = uow, clock
+        self.puller = Puller(uow, client, settings, clock)
+        self.pusher = Pusher(uow, client, settings, clock, on_conflict=self._merge_after_conflict)
+
+    def _merge_after_conflict(self, plan_id: str) -> bool:
+        outcome = self.puller.pull_plans([plan_id]).outcomes.get(plan_id)
+        return outcome in ("merged", "updated", "unchanged")
+
+    def push(self, plan_id: str) -> PushResult:
+        """Push one plan (zero requests when unchanged)."""
+        return self.pusher.push(plan_id)
+
+    def push_all(self) -> list[PushResult]:
+        """Push every plan that is not conflicted."""
+        with self.uow:
+            plan_ids = self.uow.plans.ids()
+        return [self.push(plan_id) for plan_id in plan_ids]
+
+    def pull_plans(self, plan_ids: list[str]) -> PullResult:
+        """Pull named plans."""
+        return self.puller.pull_plans(plan_ids)
+
+    def pull_patient(self, mrn: str) -> PullResult:
+        """Pull a patient's plans."""
+        return self.puller.pull_patient(mrn)
+
+    def pull_changed(self, since: str | None = None) -> PullResult:
+        """Pull what changed since the last pull (or `since`)."""
+        return self.puller.pull_changed(since)
+
+    def status(self, plan_id: str) -> SyncStatus:
+        """Return a plan's sync status."""
+        with self.uow:
+            state = self.uow.sync.state(plan_id)
+            links = self.uow.links.for_plan(plan_id)
+            return SyncStatus(
+                plan_id=plan_id,
+                status=state.status,
+                last_pushed_at=state.last_pushed_at.isoformat() if state.last_pushed_at else None,
+                last_pulled_at=state.last_pulled_at.isoformat() if state.last_pulled_at else None,
+                last_error=state.last_error,
+                resources=[
+                    {"key": x.local_key, "type": x.resource_type, "id": x.fhir_id, "version": x.version_id}
+                    for x in links
+                ],
+                conflicts=[conflict_dict(c) for c in self.uow.sync.conflicts(plan_id)],
+            )
+
+    def resolve(self, conflict_id: int, choice: str, value: Any = None) -> dict[str, Any]:
+        """Resolve a conflict by taking ours, theirs, or a given value; the plan is pushed when none is left."""
+        if choice not in CHOICES:
+            raise RuleViolation(f"choose one of {', '.join(CHOICES)}", choice=choice)
+        now = self.clock()
+        with self.uow:
+            conflict = self.uow.sync.conflict(conflict_id)
+            if conflict.status != "open":
+                raise Conflict(f"conflict {conflict_id} is already {conflict.status}", conflict_id=conflict_id)
+            plan = self.uow.plans.get(conflict.plan_id)
+            assert plan is not None
+            chosen = {"ours": conflict.ours, "theirs": conflict.theirs, "value": value}[choice]
+            document = codec.to_dict(plan)
+            set_path(document, conflict.path, chosen)
+            resolved = codec.from_dict(Plan, document)
+            problems = errors(check_plan(resolved))
+            if problems:
+                raise RuleViolation(f"that value breaks a rule: {problems[0].path}: {problems[0].message}")
+            resolved.touch(now.isoformat())
+            self.uow.plans.save(resolved)
+            conflict.status, conflict.resolution, conflict.resolved_at = "resolved", choice, now
+            self.uow.flush()
+            if not self.uow.sync.conflicts(conflict.plan_id):
+                self.uow.sync.state(conflict.plan_id).status = "pending"
+                self.uow.outbox.add(conflict.plan_id, "push_plan", None, None, now)
+            self.uow.commit()
+            return conflict_dict(conflict)

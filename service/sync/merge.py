@@ -1,0 +1,140 @@
+"""Three-way merge of plan documents: what we changed and what the EHR changed since the last sync.
+
+Documents are the plan JSON (service.domain.codec). Objects merge key by key; lists of objects with
+an identity (team members, goals, steps, check-ins by `id`; agreements by `member_id`) merge item by
+item; any other value is a leaf. A leaf both sides changed differently is a conflict: the merged
+document keeps our value there until someone resolves it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+BOOKKEEPING = frozenset({"version", "updated_at"})
+IDENTITY_KEYS = ("id", "member_id")
+MISSING: Any = object()
+
+
+@dataclass(frozen=True)
+class FieldConflict:
+    """One path both sides changed: the value at the last sync, ours and theirs (None when absent)."""
+
+    path: str
+    base: Any
+    ours: Any
+    theirs: Any
+
+
+def _identity(items: Any) -> str | None:
+    """Return the key that identifies the items of a list, or None when it is a plain value."""
+    if not isinstance(items, list) or not items or not all(isinstance(i, dict) for i in items):
+        return None
+    return next((k for k in IDENTITY_KEYS if all(k in i for i in items)), None)
+
+
+def _keyed(items: Any, key: str) -> dict[Any, Any]:
+    return {i[key]: i for i in items} if isinstance(items, list) else {}
+
+
+def _plain(value: Any) -> Any:
+    return None if value is MISSING else value
+
+
+class _Merger:
+    def __init__(self) -> None:
+        self.conflicts: list[FieldConflict] = []
+
+    def value(self, path: str, base: Any, ours: Any, theirs: Any) -> Any:
+        if ours == theirs:
+            return ours
+        if ours == base:
+            return theirs
+        if theirs == base:
+            return ours
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            return self.object(path, base if isinstance(base, dict) else {}, ours, theirs)
+        key = _identity(ours) or _identity(theirs) or _identity(base)
+        if key is not None and all(isinstance(v, list) or v is MISSING for v in (base, ours, theirs)):
+            return self.items(path, key, base, ours, theirs)
+        self.conflicts.append(FieldConflict(path, _plain(base), _plain(ours), _plain(theirs)))
+        return ours
+
+    def object(self, path: str, base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k in [*ours, *(k for k in theirs if k not in ours)]:
+            merged = self.value(
+                f"{path}.{k}" if path else k, base.get(k, MISSING), ours.get(k, MISSING), theirs.get(k, MISSING)
+            )
+            if merged is not MISSING:
+                out[k] = merged
+        return out
+
+    def items(self, path: str, key: str, base: Any, ours: Any, theirs: Any) -> list[Any]:
+        b, o, t = _keyed(base, key), _keyed(ours, key), _keyed(theirs, key)
+        order = [*o, *(k for k in t if k not in o)]
+        out = []
+        for k in order:
+            merged = self.value(f"{path}[{key}={k}]", b.get(k, MISSING), o.get(k, MISSING), t.get(k, MISSING))
+            if merged is not MISSING:
+                out.append(merged)
+        return out
+
+
+def strip_bookkeeping(document: dict[str, Any]) -> dict[str, Any]:
+    """Return the document without planbridge's own version counters."""
+    return {k: v for k, v in document.items() if k not in BOOKKEEPING}
+
+
+def three_way_merge(
+    base: dict[str, Any], ours: dict[str, Any], theirs: dict[str, Any]
+) -> tuple[dict[str, Any], list[FieldConflict]]:
+    """Merge `ours` and `theirs` against their common `base`; return the result and any conflicts."""
+    merger = _Merger()
+    merged = merger.object("", strip_bookkeeping(base), strip_bookkeeping(ours), strip_bookkeeping(theirs))
+    return merged, merger.conflicts
+
+
+def set_path(document: dict[str, Any], path: str, value: Any) -> None:
+    """Set the value at a conflict path (as three_way_merge names them) inside a plan document."""
+    target: Any = document
+    parts = _split(path)
+    for part in parts[:-1]:
+        target = _step(target, part, create=True)
+    last = parts[-1]
+    if isinstance(last, tuple):
+        key, ident = last
+        items = [i for i in target if i.get(key) != ident]
+        if value is not None:
+            items.append(value)
+        target[:] = items
+    elif value is None:
+        target.pop(last, None)
+    else:
+        target[last] = value
+
+
+def _split(path: str) -> list[Any]:
+    parts: list[Any] = []
+    for chunk in path.split("."):
+        name, _, rest = chunk.partition("[")
+        if name:
+            parts.append(name)
+        while rest:
+            selector, _, rest = rest.partition("]")
+            key, _, ident = selector.partition("=")
+            parts.append((key, ident))
+            rest = rest[1:] if rest.startswith("[") else rest
+    return parts
+
+
+def _step(target: Any, part: Any, create: bool) -> Any:
+    if isinstance(part, tuple):
+        key, ident = part
+        found = next((i for i in target if str(i.get(key)) == ident), None)
+        if found is None:
+            raise KeyError(f"no item with {key}={ident}")
+        return found
+    if part not in target and create:
+        target[part] = {}
+    return target[part]

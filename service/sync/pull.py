@@ -1,0 +1,247 @@
+"""Pull plans from the FHIR server and merge them into the shared plans.
+
+A pull reads CarePlans by planbridge's identifier with their Goals, CareTeam, Patient and team
+members in one search (`_include`, `_include:iterate`), and the check-in Observations the Goals
+name in one more. Incremental pulls first ask which plans changed since the last successful pull
+(`_lastUpdated`), so ten changed plans among thousands cost a handful of requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from mappings import codes
+from mappings.bundle import careplan_from_fhir, index_entries, plan_to_bundle
+from service.domain import codec
+from service.domain.errors import PlanbridgeError
+from service.domain.model import Plan
+from service.fhir.client import FhirClient
+from service.settings import Settings
+from service.store.uow import UnitOfWork
+from service.sync.merge import strip_bookkeeping, three_way_merge
+from service.sync.push import bundle_digest, local_key
+
+log = logging.getLogger(__name__)
+CHUNK = 50
+CURSOR = "pull"
+
+
+@dataclass
+class PullResult:
+    """What a pull did, plan by plan: unchanged, updated, merged (push pending), conflicted or new."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    requests: int = 0
+
+
+def _chunks(items: list[str], size: int = CHUNK) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class Puller:
+    """Reads plans from the server and merges them three ways against the last synced snapshot."""
+
+    def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
+        self.base = settings.identifier_base
+        self.page_size = 200
+
+    def _system(self, kind: str) -> str:
+        return codes.identifier_system(self.base, kind)
+
+    def fetch(self, params: list[tuple[str, str]], result: PullResult) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Search CarePlans with everything a plan needs; return (CarePlan, index of resources)."""
+        before = self.client.requests_sent
+        includes = [
+            ("_include", "CarePlan:goal"),
+            ("_include", "CarePlan:care-team"),
+            ("_include", "CarePlan:subject"),
+            ("_include:iterate", "CareTeam:participant"),
+            ("_count", "200"),
+        ]
+        entries = self.client.search_entries("CarePlan", [*params, *includes])
+        index = index_entries(entries)
+        wanted = sorted(
+            {
+                ref["reference"].split("/")[1]
+                for e in entries
+                if e["resource"].get("resourceType") == "Goal"
+                for ref in e["resource"].get("outcomeReference", [])
+                if ref.get("reference", "").startswith("Observation/") and ref["reference"] not in index
+            }
+        )
+        for chunk in _chunks(wanted):
+            index.update(index_entries(self.client.search_entries("Observation", {"_id": ",".join(chunk)})))
+        result.requests += self.client.requests_sent - before
+        plans = [
+            e["resource"]
+            for e in entries
+            if e["resource"].get("resourceType") == "CarePlan" and e.get("search", {}).get("mode", "match") == "match"
+        ]
+        return [(careplan, index) for careplan in plans]
+
+    def pull_plans(self, plan_ids: list[str]) -> PullResult:
+        """Pull the named plans and merge each into its shared plan."""
+        result = PullResult()
+        for chunk in _chunks(sorted(set(plan_ids))):
+            condition = ",".join(f"{self._system('plan')}|{plan_id}" for plan_id in chunk)
+            for careplan, index in self.fetch([("identifier", condition)], result):
+                self.merge(careplan, index, result)
+        for plan_id in plan_ids:
+            result.outcomes.setdefault(plan_id, "not-on-server")
+        return result
+
+    def pull_patient(self, mrn: str) -> PullResult:
+        """Pull every CarePlan of the patient with this MRN (plans the EHR authored included)."""
+        result = PullResult()
+        patient = self.client.find_one("Patient", {"identifier": f"{self.settings.mrn_system}|{mrn}"})
+        result.requests += 1
+        if patient is not None:
+            for careplan, index in self.fetch([("subject", f"Patient/{patient['id']}")], result):
+                self.merge(careplan, index, result)
+        return result
+
+    def changed_plan_ids(self, since: str, result: PullResult) -> tuple[set[str], str]:
+        """Return the plans whose CarePlan, CareTeam, Goals or check-ins someone else changed after `since`,
+        and the newest `lastUpdated` seen (the next cursor, in the server's own clock).
+
+        A resource whose version is the one planbridge last wrote or read is not a change to pull.
+        """
+        plan_ids: set[str] = set()
+        newest = since
+        for kind, rtype in (
+            ("plan", "CarePlan"),
+            ("careteam", "CareTeam"),
+            ("goal", "Goal"),
+            ("checkin", "Observation"),
+        ):
+            system = self._system(kind)
+            params = {"identifier": f"{system}|", "_lastUpdated": f"gt{since}", "_count": str(self.page_size)}
+            before = self.client.requests_sent
+            found = self.client.search(rtype, params)
+            result.requests += self.client.requests_sent - before
+            with self.uow:
+                for resource in found:
+                    newest = max(newest, resource.get("meta", {}).get("lastUpdated", since))
+                    value = next(
+                        (i.get("value", "") for i in resource.get("identifier", []) if i.get("system") == system), ""
+                    )
+                    plan_id = value.split("/", 1)[0]
+                    link = self.uow.links.get(plan_id, local_key(resource, self.base))
+                    if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
+                        plan_ids.add(plan_id)
+        return plan_ids, newest
+
+    def pull_changed(self, since: str | None = None) -> PullResult:
+        """Pull what others changed since `since` (default: the last successful pull) and move the cursor."""
+        with self.uow:
+            since = since or self.uow.sync.cursor(CURSOR) or "1970-01-01T00:00:00Z"
+        result = PullResult()
+        changed, newest = self.changed_plan_ids(since, result)
+        if changed:
+            pulled = self.pull_plans(sorted(changed))
+            result.outcomes.update(pulled.outcomes)
+            result.requests += pulled.requests
+        with self.uow:
+            self.uow.sync.set_cursor(CURSOR, newest)
+            self.uow.commit()
+        return result
+
+    def merge(self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult) -> None:
+        """Merge one pulled CarePlan (and what it references) into its shared plan.
+
+        What the server sends is untrusted: a CarePlan that does not map is reported for its plan
+        and left alone; the other plans of the pull go on.
+        """
+        try:
+            theirs = careplan_from_fhir(careplan, index, self.base, self.settings.mrn_system)
+        except PlanbridgeError as exc:
+            plan_id = self._plan_id(careplan)
+            result.outcomes[plan_id] = "invalid"
+            log.warning("plan %s: pulled CarePlan/%s does not map: %s", plan_id, careplan.get("id"), exc.code)
+            with self.uow:
+                if self.uow.plans.get(plan_id) is not None:
+                    self.uow.sync.state(plan_id).last_error = f"pulled CarePlan does not map: {exc.detail}"[:2000]
+                    self.uow.commit()
+            return
+        theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
+        now = self.clock()
+        with self.uow:
+            ours = self.uow.plans.get(theirs.id)
+            state = self.uow.sync.state(theirs.id)
+            self._record_versions(theirs.id, careplan, index, now)
+            if ours is None:
+                theirs.touch(now.isoformat())
+                self.uow.plans.save(theirs)
+                outcome = "new"
+                merged_doc = theirs_doc
+            else:
+                outcome, merged_doc = self._merge_into(ours, state, theirs_doc, now)
+            state.base_document = theirs_doc
+            state.last_pulled_at = now
+            if outcome in ("new", "updated", "unchanged"):
+                state.status = "in_sync"
+                plan = codec.from_dict(Plan, merged_doc)
+                patient = self.uow.links.get(theirs.id, "patient")
+                state.pushed_hash = bundle_digest(
+                    plan_to_bundle(
+                        plan, self.base, self.settings.mrn_system, f"Patient/{patient.fhir_id}" if patient else None
+                    )
+                )
+            self.uow.commit()
+        result.outcomes[theirs.id] = outcome
+        log.info("plan %s pulled: %s", theirs.id, outcome)
+
+    def _plan_id(self, careplan: dict[str, Any]) -> str:
+        ours = [i.get("value") for i in careplan.get("identifier", []) if i.get("system") == self._system("plan")]
+        return ours[0] if ours and ours[0] else f"careplan-{careplan.get('id', 'new')}"
+
+    def _merge_into(
+        self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime
+    ) -> tuple[str, dict[str, Any]]:
+        ours_doc = strip_bookkeeping(codec.to_dict(ours))
+        base_doc = state.base_document if state.base_document is not None else ours_doc
+        merged_doc, conflicts = three_way_merge(base_doc, ours_doc, theirs_doc)
+        open_paths = {c.path for c in self.uow.sync.conflicts(ours.id)}
+        for conflict in conflicts:
+            if conflict.path not in open_paths:
+                self.uow.sync.add_conflict(ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now)
+        if merged_doc != ours_doc:
+            merged = codec.from_dict(Plan, {**merged_doc, "version": ours.version, "updated_at": ours.updated_at})
+            merged.touch(now.isoformat())
+            self.uow.plans.save(merged)
+        if conflicts:
+            state.status = "conflicted"
+            return "conflicted", merged_doc
+        if merged_doc != theirs_doc:
+            state.status = "pending"
+            self.uow.outbox.add(ours.id, "push_plan", None, None, now)
+            return "merged", merged_doc
+        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc
+
+    def _record_versions(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any], now: datetime) -> None:
+        seen: dict[str, dict[str, Any]] = {}
+        for resource in index.values():
+            if resource.get("resourceType") in ("Goal", "CareTeam", "Observation", "Patient") and "id" in resource:
+                seen[f"{resource['resourceType']}/{resource['id']}"] = resource
+        seen[f"CarePlan/{careplan.get('id')}"] = careplan
+        subject = careplan.get("subject", {}).get("reference", "")
+        for ref, resource in seen.items():
+            if resource.get("resourceType") == "Patient" and ref != subject:
+                continue
+            version = resource.get("meta", {}).get("versionId")
+            rtype, fhir_id = ref.split("/")
+            key = "patient" if rtype == "Patient" else local_key(resource, self.base)
+            if rtype != "Patient" and not self._belongs(resource, plan_id):
+                continue
+            self.uow.links.record(plan_id, key, rtype, fhir_id, version, now)
+
+    def _belongs(self, resource: dict[str, Any], plan_id: str) -> bool:
+        systems = {self._system(k) for k in ("plan", "careteam", "goal", "checkin")}
+        ours = [i.get("value", "") for i in resource.get("identifier", []) if i.get("system") in systems]
+        return not ours or any(v == plan_id or v.startswith(f"{plan_id}/") for v in ours)
