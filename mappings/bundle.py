@@ -90,7 +90,24 @@ def plan_to_bundle(plan: Plan, identifier_base: str, mrn_system: str, patient_re
             system, value = member_identifier(plan.id, member, identifier_base)
             entries.append(_create(refs.members[member.id], person_resource(plan, member, refs), system, value))
     entries += [_put(url, resource, system, value) for url, resource, system, value in plan_resources(plan, refs)]
+    moved = _moved(plan, refs)
+    if moved:
+        for entry in entries:
+            dt.retarget(entry["resource"], moved)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def _moved(plan: Plan, refs: Refs) -> dict[str, str]:
+    """Map the EHR references of resources this Bundle re-emits to their new fullUrls."""
+    moved: dict[str, str] = {}
+    sources = [(plan.careplan_extra, refs.careplan), (plan.careteam_extra, refs.careteam)]
+    for goal in plan.goals:
+        sources.append((goal.fhir_extra, refs.goals[goal.id]))
+        sources += [(c.fhir_extra, refs.check_ins[f"{goal.id}/{c.id}"]) for c in goal.check_ins]
+    for extra, new in sources:
+        if extra.get(dt.SOURCE) and new:
+            moved[extra[dt.SOURCE]] = new
+    return moved
 
 
 def index_entries(entries: list[Json]) -> dict[str, Json]:
@@ -150,6 +167,7 @@ def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_sy
     _read_fields(plan, resource, resolver, extra)
     _read_activities(plan, resource, resolver, extra, goal_ids)
     plan.team = list(resolver.members.values())
+    dt.remember_source(extra, resource, bool(plan_ids))
     plan.careplan_extra = extra
     return plan
 

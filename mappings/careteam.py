@@ -65,6 +65,7 @@ def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[l
         members.append(member)
     if kept_participants:
         extra["participant"] = kept_participants
+    dt.remember_source(extra, resource, len(others) != len(resource.get("identifier", [])))
     return members, extra
 
 

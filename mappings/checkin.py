@@ -72,6 +72,7 @@ def checkin_from_fhir(resource: Json, resolver: Resolver, base: str) -> CheckIn:
     notes = resource.get("note", [])
     if len(notes) > 1 or (notes and set(notes[0]) != {"text"}):
         extra["note"], notes = notes, []
+    dt.remember_source(extra, resource, bool(ours))
     return CheckIn(
         id=ours[0].rsplit("/", 1)[1] if ours else f"obs-{resource.get('id', 'x')}",
         at=resource.get("effectiveDateTime", ""),

@@ -162,6 +162,33 @@ def residual(element: Json, modelled: set[str], modelled_extensions: set[str]) -
     return rest
 
 
+SOURCE = "_planbridge_source"
+
+
+def remember_source(extra: Json, resource: Json, ours_present: bool) -> None:
+    """Note the reference an EHR resource had, when planbridge will re-emit it under a new one.
+
+    Only resources without planbridge's identifier need it: the Bundle creates them afresh, and
+    references the model keeps as they came must follow them (see `retarget`).
+    """
+    if not ours_present and resource.get("id"):
+        extra[SOURCE] = f"{resource['resourceType']}/{resource['id']}"
+
+
+def retarget(element: Any, moved: dict[str, str]) -> Any:
+    """Rewrite every `reference` naming a moved resource to its new reference, in place; return the element."""
+    if isinstance(element, dict):
+        for key, value in element.items():
+            if key == "reference" and isinstance(value, str) and value in moved:
+                element[key] = moved[value]
+            else:
+                retarget(value, moved)
+    elif isinstance(element, list):
+        for item in element:
+            retarget(item, moved)
+    return element
+
+
 def merge(built: Json, extra: Json) -> Json:
     """Merge kept extras into a freshly built element: kept list items go after the modelled ones."""
     out = dict(built)

@@ -211,6 +211,7 @@ def goal_from_fhir(
     read = GoalRead(found_plan, goal)
     _read_extensions(read, resource, resolver, extra, base)
     _read_outcomes(goal, resource, resolver, extra, base)
+    dt.remember_source(extra, resource, any(i.get("system") == ours_system for i in resource.get("identifier", [])))
     goal.fhir_extra = extra
     return read
 

@@ -7,11 +7,15 @@ and the invariants gol-1, cpl-3 and ctm-1.
 
 from __future__ import annotations
 
+import re
+
 from mappings import codes
 from mappings.datatypes import Json
 from service.domain import model
 from service.domain.rules import Issue
 
+# [base/]Type/id[/_history/vid] (https://hl7.org/fhir/R4/references.html#literal)
+_LITERAL = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[A-Za-z0-9\-.]{1,64}(?:/_history/[A-Za-z0-9\-.]{1,64})?$")
 CAREPLAN_ACTIVITY_KINDS = (
     "Appointment",
     "CommunicationRequest",
@@ -30,7 +34,7 @@ def _code(value: object, allowed: tuple[str, ...], path: str) -> list[Issue]:
     return [Issue(path, f"{value!r} is not in the required value set ({', '.join(allowed)})", code="code-invalid")]
 
 
-def _goal(resource: Json) -> list[Issue]:
+def _goal(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = _code(resource.get("lifecycleStatus"), model.GOAL_LIFECYCLE_STATUSES, "Goal.lifecycleStatus")
     for i, target in enumerate(resource.get("target", [])):
         if any(k.startswith("detail") for k in target) and "measure" not in target:
@@ -52,7 +56,7 @@ def _goal(resource: Json) -> list[Issue]:
     return issues
 
 
-def _careplan(resource: Json) -> list[Issue]:
+def _careplan(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = _code(resource.get("status"), model.PLAN_STATUSES, "CarePlan.status")
     issues += _code(resource.get("intent"), model.PLAN_INTENTS, "CarePlan.intent")
     for i, activity in enumerate(resource.get("activity", [])):
@@ -65,12 +69,20 @@ def _careplan(resource: Json) -> list[Issue]:
     return issues
 
 
-def _careteam(resource: Json) -> list[Issue]:
+def _member_type(member: Json, types: dict[str, str]) -> str | None:
+    """Return the resource type a Reference points at: its `type`, the Bundle entry it names, or its literal form."""
+    reference = str(member.get("reference", ""))
+    if member.get("type") or reference in types:
+        return member.get("type") or types[reference]
+    literal = _LITERAL.search(reference)
+    return literal.group(1) if literal else None  # a urn:uuid or contained resource not in the Bundle: unknown
+
+
+def _careteam(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = []
     for i, participant in enumerate(resource.get("participant", [])):
-        member = participant.get("member", {})
-        kind = member.get("type") or str(member.get("reference", "")).split("/")[0]
-        if "onBehalfOf" in participant and kind != "Practitioner":
+        kind = _member_type(participant.get("member", {}), types)
+        if "onBehalfOf" in participant and kind not in ("Practitioner", None):
             issues.append(
                 Issue(
                     f"CareTeam.participant[{i}].onBehalfOf",
@@ -81,8 +93,11 @@ def _careteam(resource: Json) -> list[Issue]:
     return issues
 
 
-def check_resource(resource: Json) -> list[Issue]:
-    """Return binding and invariant problems of one resource (an empty list when it is clean)."""
+def check_resource(resource: Json, types: dict[str, str] | None = None) -> list[Issue]:
+    """Return binding and invariant problems of one resource (an empty list when it is clean).
+
+    `types` maps the fullUrls of a Bundle's entries to their resource types, to resolve references.
+    """
     checks = {"Goal": _goal, "CarePlan": _careplan, "CareTeam": _careteam}
     check = checks.get(resource.get("resourceType", ""))
-    return check(resource) if check else []
+    return check(resource, types or {}) if check else []

@@ -80,19 +80,19 @@ def serve(host: str, port: int, workers: int) -> None:
 def worker(once: bool) -> None:
     """Push outbox entries to the FHIR server (FHIR_BASE_URL)."""
     from service.api.container import utcnow
-    from service.fhir.client import FhirClient
+    from service.fhir.factory import client_from_settings
     from service.store.db import create_engine
     from service.store.uow import UnitOfWork
     from service.sync.worker import OutboxWorker
 
     settings = _settings()
     _logging(settings)
-    if not settings.fhir_base_url:
-        raise click.ClickException("FHIR_BASE_URL is not set")
+    try:
+        client = client_from_settings(settings)
+    except PlanbridgeError as exc:
+        raise click.ClickException(exc.detail) from None
     engine = create_engine(settings.database_url)
-    runner = OutboxWorker(
-        UnitOfWork(engine), FhirClient(settings.fhir_base_url, settings.fhir_timeout), settings, utcnow
-    )
+    runner = OutboxWorker(UnitOfWork(engine), client, settings, utcnow)
     if once:
         click.echo(json.dumps({"processed": runner.run_until_idle()}))
         return
@@ -230,6 +230,15 @@ def dev(port: int) -> None:
 
     run_dev(Path.cwd(), port)
 
+
+def _add_operations() -> None:
+    from service.cli_sync import conflicts, fhir, sync
+
+    for group in (sync, conflicts, fhir):
+        main.add_command(group)
+
+
+_add_operations()
 
 if __name__ == "__main__":
     main()

@@ -252,18 +252,7 @@ def test_ehr_bundle_is_written_back_without_loss(path):
     )
 
 
-CTM1_URN = pytest.mark.xfail(
-    strict=True,
-    reason="mappings/validate.py checks ctm-1 on the reference string: a Practitioner referenced by urn:uuid "
-    "(created conditionally by identifier) is taken for a non-Practitioner",
-)
-
-
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, marks=CTM1_URN) if p.stem == "ehr-mcc-careplan" else p for p in EHR_FILES],
-    ids=ids(EHR_FILES),
-)
+@pytest.mark.parametrize("path", EHR_FILES, ids=ids(EHR_FILES))
 def test_ehr_bundle_written_back_is_valid(path):
     plan = bundle_to_plan(load(path), BASE, MRN_SYSTEM)
     validate_bundle(plan_to_bundle(plan, BASE, MRN_SYSTEM))
@@ -295,19 +284,10 @@ def test_ehr_specifics_are_read_into_the_model():
     assert got[2].rating.codings[0].code == "better" and got[3].integer == 6 and got[4].text.startswith("Walked")
 
 
-STALE = pytest.mark.xfail(
-    strict=True,
-    reason="references kept in fhir_extra (activity.outcomeReference, detail.performer, Observation.performer) "
-    "are not rewritten to the re-emitted CareTeam / Observation",
-)
-
-
-@pytest.mark.parametrize(
-    "path", [pytest.param(p, marks=STALE) if p.stem != "ehr-minimal-goal" else p for p in EHR_FILES], ids=ids(EHR_FILES)
-)
+@pytest.mark.parametrize("path", EHR_FILES, ids=ids(EHR_FILES))
 def test_kept_references_follow_the_resources_planbridge_re_emits(path):
     """A reference kept in fhir_extra to a CareTeam, Goal or Observation the Bundle re-emits under a
-    new reference (a conditional PUT by planbridge's identifier) still names the EHR's old resource."""
+    new reference (a conditional PUT by planbridge's identifier) follows it to its new fullUrl."""
     original = load(path)
     plan = bundle_to_plan(copy.deepcopy(original), BASE, MRN_SYSTEM)
     (careplan,) = [e["resource"] for e in original["entry"] if e["resource"]["resourceType"] == "CarePlan"]

@@ -1,0 +1,143 @@
+"""`planbridge sync`, `planbridge conflicts` and `planbridge fhir`: operating the FHIR sync by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import click
+
+from service.domain.errors import PlanbridgeError
+from service.settings import Settings
+
+
+def _engine() -> Any:
+    from service.api.container import utcnow
+    from service.fhir.factory import client_from_settings
+    from service.store.db import create_engine
+    from service.store.uow import UnitOfWork
+    from service.sync.engine import SyncEngine
+
+    try:
+        settings = Settings.from_env()
+        client = client_from_settings(settings)
+    except PlanbridgeError as exc:
+        raise click.ClickException(exc.detail) from None
+    return SyncEngine(UnitOfWork(create_engine(settings.database_url)), client, settings, utcnow)
+
+
+def _emit(value: Any) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _run(action: Any) -> Any:
+    try:
+        return action()
+    except PlanbridgeError as exc:
+        raise click.ClickException(f"{exc.code}: {exc.detail}") from None
+
+
+@click.group()
+def sync() -> None:
+    """Push plans to FHIR_BASE_URL, pull what changed there, and show where each plan stands."""
+
+
+@sync.command("push")
+@click.option("--plan", "plan_ids", multiple=True, help="A plan id (repeatable).")
+@click.option("--all", "push_all", is_flag=True, help="Every plan.")
+def sync_push(plan_ids: tuple[str, ...], push_all: bool) -> None:
+    """Push plans: one transaction per changed plan, nothing for an unchanged one."""
+    if bool(plan_ids) == push_all:
+        raise click.UsageError("give --plan ID (one or more) or --all")
+    engine = _engine()
+    results = _run(engine.push_all) if push_all else [_run(lambda p=p: engine.push(p)) for p in plan_ids]
+    _emit([dataclasses.asdict(r) for r in results])
+
+
+@sync.command("pull")
+@click.option("--plan", "plan_ids", multiple=True, help="A plan id (repeatable).")
+@click.option("--patient", "mrn", help="Every CarePlan of the patient with this MRN.")
+@click.option("--since", help="Pull what changed after this instant (default: since the last pull).")
+def sync_pull(plan_ids: tuple[str, ...], mrn: str | None, since: str | None) -> None:
+    """Pull plans and merge them into the shared plans (incremental when no plan or patient is named)."""
+    if plan_ids and mrn:
+        raise click.UsageError("give --plan or --patient, not both")
+    engine = _engine()
+    if plan_ids:
+        result = _run(lambda: engine.pull_plans(list(plan_ids)))
+    elif mrn:
+        result = _run(lambda: engine.pull_patient(mrn))
+    else:
+        result = _run(lambda: engine.pull_changed(since))
+    _emit(result)
+
+
+@sync.command("status")
+@click.option("--plan", "plan_id", help="One plan (default: every plan).")
+def sync_status(plan_id: str | None) -> None:
+    """Show sync state, FHIR ids and versions, last error and open conflicts."""
+    engine = _engine()
+    if plan_id:
+        _emit(_run(lambda: engine.status(plan_id)))
+        return
+    with engine.uow as uow:
+        plan_ids = uow.plans.ids()
+    _emit([dataclasses.asdict(engine.status(p)) for p in plan_ids])
+
+
+@click.group()
+def conflicts() -> None:
+    """List and resolve fields both sides changed."""
+
+
+@conflicts.command("list")
+@click.option("--plan", "plan_id", help="Only this plan's conflicts.")
+@click.option("--all", "show_all", is_flag=True, help="Resolved ones too.")
+def conflicts_list(plan_id: str | None, show_all: bool) -> None:
+    """List open conflicts (base, ours, theirs)."""
+    from service.sync.engine import conflict_dict
+
+    engine = _engine()
+    with engine.uow as uow:
+        rows = uow.sync.conflicts(plan_id, status=None if show_all else "open")
+        _emit([conflict_dict(r) for r in rows])
+
+
+@conflicts.command("resolve")
+@click.argument("conflict_id", type=int)
+@click.option("--take", type=click.Choice(["ours", "theirs"]), help="Keep our value or theirs.")
+@click.option("--value", "value_json", help="Set this JSON value instead.")
+def conflicts_resolve(conflict_id: int, take: str | None, value_json: str | None) -> None:
+    """Resolve a conflict; when a plan has none left it is queued for a push."""
+    if bool(take) == (value_json is not None):
+        raise click.UsageError("give --take ours|theirs or --value JSON")
+    value = None
+    if value_json is not None:
+        try:
+            value = json.loads(value_json)
+        except ValueError:
+            raise click.UsageError("--value must be JSON, e.g. '\"on-hold\"'") from None
+    engine = _engine()
+    _emit(_run(lambda: engine.resolve(conflict_id, take or "value", value)))
+
+
+@click.group()
+def fhir() -> None:
+    """Look at the configured FHIR server."""
+
+
+@fhir.command("check")
+def fhir_check() -> None:
+    """Read the server's CapabilityStatement and name what planbridge needs that it lacks (exit 1 if any)."""
+    from service.fhir.capabilities import missing_capabilities
+
+    engine = _engine()
+    settings = engine.pusher.settings
+    statement = _run(engine.pusher.client.capabilities)
+    missing = missing_capabilities(statement, create_patients=settings.create_patients)
+    _emit({"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion"), "missing": missing})
+    if missing:
+        raise SystemExit(1)

@@ -1,0 +1,89 @@
+"""`planbridge sync`, `conflicts` and `fhir check` as an operator runs them, on a real database and server."""
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from service.domain import codec
+from service.domain.model import Plan
+from service.fhir.client import FhirClient
+from service.store.db import create_engine
+from service.store.uow import UnitOfWork
+from tests.support import FIXTURES
+
+BIN = Path(sys.executable).parent / "planbridge"
+
+
+def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check)
+
+
+@pytest.fixture
+def env(database, fhir_base_url):
+    _, url = database
+    values = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRIDGE_", "FHIR_", "DATABASE_URL"))}
+    values.update(
+        DATABASE_URL=url,
+        FHIR_BASE_URL=fhir_base_url,
+        PLANBRIDGE_CREATE_PATIENTS="true",
+        PLANBRIDGE_IDENTIFIER_BASE=f"https://planbridge.test/{uuid.uuid4().hex[:8]}/id",
+    )
+    return values
+
+
+def add_plan(url: str) -> Plan:
+    plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
+    plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
+    plan.touch("2026-11-22T10:00:00+00:00")
+    with UnitOfWork(create_engine(url)) as uow:
+        uow.plans.save(plan)
+        uow.commit()
+    return plan
+
+
+def test_push_status_conflict_and_resolution_from_the_command_line(env, fhir_base_url):
+    plan = add_plan(env["DATABASE_URL"])
+    (first,) = json.loads(run("sync", "push", "--plan", plan.id, env=env).stdout)
+    assert (first["status"], first["requests"]) == ("in_sync", 2)
+    (again,) = json.loads(run("sync", "push", "--all", env=env).stdout)
+    assert again["requests"] == 0
+    status = json.loads(run("sync", "status", "--plan", plan.id, env=env).stdout)
+    assert status["status"] == "in_sync" and {r["type"] for r in status["resources"]} >= {"CarePlan", "Goal"}
+
+    ehr = FhirClient(fhir_base_url)
+    goal = ehr.find_one("Goal", {"identifier": f"{env['PLANBRIDGE_IDENTIFIER_BASE']}/goal|{plan.id}/goal-walk"})
+    ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "statusReason": "from the EHR"})
+    with UnitOfWork(create_engine(env["DATABASE_URL"])) as uow:
+        ours = uow.plans.get(plan.id)
+        ours.goal("goal-walk").status_reason = "from the team"
+        ours.touch("2026-11-22T11:00:00+00:00")
+        uow.plans.save(ours)
+        uow.commit()
+    (pushed,) = json.loads(run("sync", "push", "--plan", plan.id, env=env).stdout)
+    assert pushed["status"] == "conflicted"
+    (conflict,) = json.loads(run("conflicts", "list", "--plan", plan.id, env=env).stdout)
+    assert (conflict["ours"], conflict["theirs"]) == ("from the team", "from the EHR")
+    refused = run("conflicts", "resolve", str(conflict["id"]), env=env, check=False)
+    assert refused.returncode == 2 and "--take" in refused.stderr
+    resolved = json.loads(run("conflicts", "resolve", str(conflict["id"]), "--take", "ours", env=env).stdout)
+    assert resolved["status"] == "resolved"
+    (final,) = json.loads(run("sync", "push", "--plan", plan.id, env=env).stdout)
+    assert final["status"] == "in_sync"
+    assert ehr.read("Goal", goal["id"])["statusReason"] == "from the team"
+    pulled = json.loads(run("sync", "pull", env=env).stdout)
+    assert plan.id not in pulled["outcomes"]  # our own writes are not pulled back
+
+
+def test_fhir_check_names_nothing_missing_on_the_test_server(env):
+    out = json.loads(run("fhir", "check", env=env).stdout)
+    assert out["missing"] == [] and out["fhirVersion"].startswith("4.0")
+
+
+def test_sync_without_a_fhir_server_setting_is_a_clear_error(env):
+    result = run("sync", "push", "--all", env={**env, "FHIR_BASE_URL": ""}, check=False)
+    assert result.returncode == 1 and "FHIR_BASE_URL is not set" in result.stderr
