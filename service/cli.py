@@ -232,9 +232,9 @@ def dev(port: int) -> None:
 
 
 def _add_operations() -> None:
-    from service.cli_sync import conflicts, fhir, sync
+    from service.cli_sync import conflicts, fhir, outbox, sync
 
-    for group in (sync, conflicts, fhir):
+    for group in (sync, conflicts, outbox, fhir):
         main.add_command(group)
 
 

@@ -141,3 +141,51 @@ def fhir_check() -> None:
     _emit({"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion"), "missing": missing})
     if missing:
         raise SystemExit(1)
+
+
+@click.group()
+def outbox() -> None:
+    """Look at and replay the pushes waiting for the FHIR server."""
+
+
+def _uow() -> Any:
+    from service.store.db import create_engine
+    from service.store.uow import UnitOfWork
+
+    try:
+        settings = Settings.from_env()
+    except PlanbridgeError as exc:
+        raise click.ClickException(exc.detail) from None
+    return UnitOfWork(create_engine(settings.database_url))
+
+
+@outbox.command("list")
+@click.option("--status", type=click.Choice(["pending", "done", "dead"]), help="Only entries in this state.")
+@click.option("--plan", "plan_id", help="Only this plan's entries.")
+def outbox_list(status: str | None, plan_id: str | None) -> None:
+    """List outbox entries, oldest first."""
+    from service.api.plans import outbox_dict
+
+    with _uow() as uow:
+        _emit([outbox_dict(r) for r in uow.outbox.list(plan_id, status)])
+
+
+@outbox.command("replay")
+@click.argument("entry_ids", nargs=-1, type=int)
+@click.option("--all-dead", is_flag=True, help="Every dead entry.")
+def outbox_replay(entry_ids: tuple[int, ...], all_dead: bool) -> None:
+    """Queue dead entries again (due now, attempts reset)."""
+    from service.api.container import utcnow
+    from service.api.plans import outbox_dict
+
+    if bool(entry_ids) == all_dead:
+        raise click.UsageError("give entry ids or --all-dead")
+    with _uow() as uow:
+        rows = uow.outbox.list(status="dead") if all_dead else [_run(lambda i=i: uow.outbox.get(i)) for i in entry_ids]
+        not_dead = [r.id for r in rows if r.status != "dead"]
+        if not_dead:
+            raise click.ClickException(f"only dead entries are replayed; not dead: {not_dead}")
+        for row in rows:
+            uow.outbox.replay(row, utcnow())
+        uow.commit()
+        _emit([outbox_dict(r) for r in rows])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,14 @@ def _secret(var_dir: Path) -> str:
     path = var_dir / "webhook-secret"
     if not path.exists():
         path.write_text(new_secret() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _api_key(var_dir: Path) -> str:
+    path = var_dir / "api-key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24) + "\n")
         path.chmod(0o600)
     return path.read_text().strip()
 
@@ -44,6 +53,8 @@ def run_dev(root: Path, port: int) -> None:
     generated = not os.environ.get("PLANBRIDGE_WEBHOOK_SECRET")
     if generated:
         os.environ["PLANBRIDGE_WEBHOOK_SECRET"] = _secret(var_dir)
+    if not os.environ.get("PLANBRIDGE_API_KEYS"):
+        os.environ["PLANBRIDGE_API_KEYS"] = _api_key(var_dir)
     settings = Settings.from_env()
     upgrade(create_engine(settings.database_url))
     fhir = None
@@ -69,6 +80,9 @@ or with curl (the signature is valid for 5 minutes):
   {_example(port, os.environ["PLANBRIDGE_WEBHOOK_SECRET"])}
 Then see the Goal on the FHIR server:
   curl '{base}/Goal?_count=5'
+and the plan and its sync state through the API (key in var/api-key unless PLANBRIDGE_API_KEYS is set):
+  curl -H "Authorization: Bearer $(cat var/api-key)" http://127.0.0.1:{port}/plans/plan-ed-0001/sync
+API reference: http://127.0.0.1:{port}/docs
 """)
     try:
         from service.gunicorn_app import run

@@ -33,6 +33,16 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
 AUTH_KINDS = ("none", "bearer", "basic", "smart")
 
 
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Read the keys that open the operating API; short keys are refused (they could be guessed)."""
+    keys = tuple(k for k in env.get("PLANBRIDGE_API_KEYS", "").replace(",", " ").split() if k)
+    if any(len(k) < 16 for k in keys):
+        raise ConfigurationError(
+            "PLANBRIDGE_API_KEYS entries must be at least 16 characters", setting="PLANBRIDGE_API_KEYS"
+        )
+    return keys
+
+
 def _auth(env: Mapping[str, str]) -> dict[str, str | None]:
     """Read the FHIR server's authentication settings, refusing incomplete ones by name."""
     kind = env.get("FHIR_AUTH", "none").strip().lower() or "none"
@@ -72,6 +82,7 @@ class Settings:
     fhir_base_url: str | None = None
     fhir_timeout: float = 30.0
     webhook_secrets: tuple[str, ...] = field(default_factory=tuple)
+    api_keys: tuple[str, ...] = field(default_factory=tuple)
     mrn_system: str = "http://hospital.example.org/mrn"
     identifier_base: str = "https://planbridge.example.org/id"
     create_patients: bool = False
@@ -108,6 +119,7 @@ class Settings:
             fhir_base_url=base,
             fhir_timeout=float(_number("FHIR_TIMEOUT", env.get("FHIR_TIMEOUT", "30"), float, 0.1)),
             webhook_secrets=secrets,
+            api_keys=_api_keys(env),
             mrn_system=env.get("PLANBRIDGE_MRN_SYSTEM", cls.mrn_system).strip(),
             identifier_base=env.get("PLANBRIDGE_IDENTIFIER_BASE", cls.identifier_base).strip().rstrip("/"),
             create_patients=_bool("PLANBRIDGE_CREATE_PATIENTS", env.get("PLANBRIDGE_CREATE_PATIENTS", "false")),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy.engine import Engine
 
-from service.api import errors, health, webhooks
+from service.api import errors, health, metrics, openapi, plans, webhooks
 from service.api.container import Container
 from service.domain.errors import ConfigurationError
 from service.settings import Settings
@@ -21,8 +21,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
     app = Flask("planbridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["planbridge"] = Container(settings=settings, engine=engine or create_engine(settings.database_url))
+    engine = engine or create_engine(settings.database_url)
+    app.extensions["planbridge"] = Container(settings=settings, engine=engine)
     errors.init_app(app)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(webhooks.bp)
+    metrics.init_app(app, engine)
+    for blueprint in (health.bp, webhooks.bp, plans.bp, openapi.bp):
+        app.register_blueprint(blueprint)
     return app

@@ -9,8 +9,11 @@ from datetime import UTC, datetime
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from service.fhir.client import FhirClient
+from service.fhir.factory import client_from_settings
 from service.settings import Settings
 from service.store.uow import UnitOfWork
+from service.sync.engine import SyncEngine
 
 
 def utcnow() -> datetime:
@@ -26,9 +29,21 @@ class Container:
     engine: Engine
     clock: Callable[[], datetime] = utcnow
 
+    _fhir: FhirClient | None = None
+
     def uow(self) -> UnitOfWork:
         """Return a new unit of work."""
         return UnitOfWork(self.engine)
+
+    def fhir(self) -> FhirClient:
+        """Return the FHIR client for FHIR_BASE_URL (ConfigurationError when none is set)."""
+        if self._fhir is None:
+            self._fhir = client_from_settings(self.settings)
+        return self._fhir
+
+    def sync_engine(self) -> SyncEngine:
+        """Return a sync engine on this app's database and FHIR server."""
+        return SyncEngine(self.uow(), self.fhir(), self.settings, self.clock)
 
 
 def container() -> Container:

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
+from service.api.auth import Unauthorized
 from service.domain.errors import (
     ConfigurationError,
     Conflict,
@@ -16,6 +17,7 @@ from service.domain.errors import (
     PlanbridgeError,
     RuleViolation,
 )
+from service.fhir.errors import FhirError
 from service.problems import PROBLEM_JSON, problem
 from service.signing import SignatureInvalid
 
@@ -24,10 +26,12 @@ log = logging.getLogger(__name__)
 _STATUS: list[tuple[type[PlanbridgeError], int, str]] = [
     (InvalidInput, 400, "Invalid input"),
     (SignatureInvalid, 401, "Signature invalid"),
+    (Unauthorized, 401, "Unauthorized"),
     (NotFound, 404, "Not found"),
     (Conflict, 409, "Conflict"),
     (RuleViolation, 422, "Rule violation"),
     (ConfigurationError, 503, "Service misconfigured"),
+    (FhirError, 502, "FHIR server error"),
 ]
 
 
@@ -38,8 +42,14 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 def _planbridge_error(error: PlanbridgeError) -> Response:
     status, title = next(((s, t) for kind, s, t in _STATUS if isinstance(error, kind)), (500, "Internal error"))
-    extra = {"errors": error.errors} if isinstance(error, InvalidInput) else {}
-    headers = {"WWW-Authenticate": 'Signature realm="webhooks"'} if status == 401 else None
+    extra: dict[str, Any] = {"errors": error.errors} if isinstance(error, InvalidInput) else {}
+    if isinstance(error, FhirError) and error.outcome:
+        extra["operationOutcome"] = error.outcome
+    headers = None
+    if isinstance(error, SignatureInvalid):
+        headers = {"WWW-Authenticate": 'Signature realm="webhooks"'}
+    elif isinstance(error, Unauthorized):
+        headers = {"WWW-Authenticate": 'Bearer realm="planbridge"'}
     return problem_response(problem(error.code, title, status, error.detail, **extra), headers)
 
 

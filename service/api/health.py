@@ -7,6 +7,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
 from service.api.container import container
+from service.fhir.errors import FhirError
 
 bp = Blueprint("health", __name__)
 
@@ -19,10 +20,20 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    """Answer 200 when the database answers, 503 otherwise."""
+    """Answer 200 when the database and the FHIR server (if one is configured) answer, 503 otherwise."""
+    c = container()
+    checks: dict[str, str] = {}
     try:
-        with container().engine.connect() as conn:
+        with c.engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
     except sa.exc.SQLAlchemyError as exc:
-        return jsonify(status="unavailable", database=type(exc).__name__), 503
-    return jsonify(status="ready", database="ok")
+        checks["database"] = type(exc).__name__
+    if c.settings.fhir_base_url:
+        try:
+            c.fhir().request("GET", "metadata", params={"_summary": "true"})
+            checks["fhir"] = "ok"
+        except FhirError as exc:
+            checks["fhir"] = type(exc).__name__
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify(status="ready" if ready else "unavailable", **checks), 200 if ready else 503

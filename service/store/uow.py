@@ -160,6 +160,10 @@ class OutboxRepository:
         else:
             row.next_attempt_at = now + delay
 
+    def replay(self, row: OutboxRow, now: datetime) -> None:
+        """Queue a dead entry again, due now, with its attempts reset."""
+        row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
+
     def list(self, plan_id: str | None = None, status: str | None = None) -> list[OutboxRow]:
         """Return entries, oldest first, optionally filtered."""
         query = sa.select(OutboxRow).order_by(OutboxRow.id)

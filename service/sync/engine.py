@@ -86,46 +86,60 @@ class SyncEngine:
 
     def status(self, plan_id: str) -> SyncStatus:
         """Return a plan's sync status."""
-        with self.uow:
-            state = self.uow.sync.state(plan_id)
-            links = self.uow.links.for_plan(plan_id)
-            return SyncStatus(
-                plan_id=plan_id,
-                status=state.status,
-                last_pushed_at=state.last_pushed_at.isoformat() if state.last_pushed_at else None,
-                last_pulled_at=state.last_pulled_at.isoformat() if state.last_pulled_at else None,
-                last_error=state.last_error,
-                resources=[
-                    {"key": x.local_key, "type": x.resource_type, "id": x.fhir_id, "version": x.version_id}
-                    for x in links
-                ],
-                conflicts=[conflict_dict(c) for c in self.uow.sync.conflicts(plan_id)],
-            )
+        return sync_status(self.uow, plan_id)
 
     def resolve(self, conflict_id: int, choice: str, value: Any = None) -> dict[str, Any]:
-        """Resolve a conflict by taking ours, theirs, or a given value; the plan is pushed when none is left."""
-        if choice not in CHOICES:
-            raise RuleViolation(f"choose one of {', '.join(CHOICES)}", choice=choice)
-        now = self.clock()
-        with self.uow:
-            conflict = self.uow.sync.conflict(conflict_id)
-            if conflict.status != "open":
-                raise Conflict(f"conflict {conflict_id} is already {conflict.status}", conflict_id=conflict_id)
-            plan = self.uow.plans.get(conflict.plan_id)
-            assert plan is not None
-            chosen = {"ours": conflict.ours, "theirs": conflict.theirs, "value": value}[choice]
-            document = codec.to_dict(plan)
+        """Resolve a conflict (see `resolve_conflict`)."""
+        return resolve_conflict(self.uow, self.clock, conflict_id, choice, value)
+
+
+def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
+    """Return a plan's sync status: state, FHIR ids and versions, last error, open conflicts."""
+    with uow:
+        state = uow.sync.state(plan_id)
+        links = uow.links.for_plan(plan_id)
+        return SyncStatus(
+            plan_id=plan_id,
+            status=state.status,
+            last_pushed_at=state.last_pushed_at.isoformat() if state.last_pushed_at else None,
+            last_pulled_at=state.last_pulled_at.isoformat() if state.last_pulled_at else None,
+            last_error=state.last_error,
+            resources=[
+                {"key": x.local_key, "type": x.resource_type, "id": x.fhir_id, "version": x.version_id} for x in links
+            ],
+            conflicts=[conflict_dict(c) for c in uow.sync.conflicts(plan_id)],
+        )
+
+
+def resolve_conflict(
+    uow: UnitOfWork, clock: Callable[[], datetime], conflict_id: int, choice: str, value: Any = None
+) -> dict[str, Any]:
+    """Resolve a conflict by taking ours, theirs, or a given value; the plan is queued for a push when none is left."""
+    if choice not in CHOICES:
+        raise RuleViolation(f"choose one of {', '.join(CHOICES)}", choice=choice)
+    now = clock()
+    with uow:
+        conflict = uow.sync.conflict(conflict_id)
+        if conflict.status != "open":
+            raise Conflict(f"conflict {conflict_id} is already {conflict.status}", conflict_id=conflict_id)
+        plan = uow.plans.get(conflict.plan_id)
+        assert plan is not None
+        chosen = {"ours": conflict.ours, "theirs": conflict.theirs, "value": value}[choice]
+        document = codec.to_dict(plan)
+        try:
             set_path(document, conflict.path, chosen)
             resolved = codec.from_dict(Plan, document)
-            problems = errors(check_plan(resolved))
-            if problems:
-                raise RuleViolation(f"that value breaks a rule: {problems[0].path}: {problems[0].message}")
-            resolved.touch(now.isoformat())
-            self.uow.plans.save(resolved)
-            conflict.status, conflict.resolution, conflict.resolved_at = "resolved", choice, now
-            self.uow.flush()
-            if not self.uow.sync.conflicts(conflict.plan_id):
-                self.uow.sync.state(conflict.plan_id).status = "pending"
-                self.uow.outbox.add(conflict.plan_id, "push_plan", None, None, now)
-            self.uow.commit()
-            return conflict_dict(conflict)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise RuleViolation(f"that value does not fit {conflict.path}: {type(exc).__name__}") from None
+        problems = errors(check_plan(resolved))
+        if problems:
+            raise RuleViolation(f"that value breaks a rule: {problems[0].path}: {problems[0].message}")
+        resolved.touch(now.isoformat())
+        uow.plans.save(resolved)
+        conflict.status, conflict.resolution, conflict.resolved_at = "resolved", choice, now
+        uow.flush()
+        if not uow.sync.conflicts(conflict.plan_id):
+            uow.sync.state(conflict.plan_id).status = "pending"
+            uow.outbox.add(conflict.plan_id, "push_plan", None, None, now)
+        uow.commit()
+        return conflict_dict(conflict)

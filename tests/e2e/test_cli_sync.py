@@ -87,3 +87,20 @@ def test_fhir_check_names_nothing_missing_on_the_test_server(env):
 def test_sync_without_a_fhir_server_setting_is_a_clear_error(env):
     result = run("sync", "push", "--all", env={**env, "FHIR_BASE_URL": ""}, check=False)
     assert result.returncode == 1 and "FHIR_BASE_URL is not set" in result.stderr
+
+
+def test_outbox_list_and_replay_from_the_command_line(env):
+    with UnitOfWork(create_engine(env["DATABASE_URL"])) as uow:
+        from service.api.container import utcnow
+
+        uow.outbox.add("plan-x", "push_plan", None, None, utcnow())
+        uow.commit()
+        (entry,) = uow.outbox.list()
+        entry.status = "dead"
+        uow.commit()
+    (listed,) = json.loads(run("outbox", "list", "--status", "dead", env=env).stdout)
+    assert listed["plan_id"] == "plan-x"
+    (replayed,) = json.loads(run("outbox", "replay", "--all-dead", env=env).stdout)
+    assert (replayed["status"], replayed["attempts"]) == ("pending", 0)
+    again = run("outbox", "replay", str(replayed["id"]), env=env, check=False)
+    assert again.returncode == 1 and "only dead entries" in again.stderr

@@ -1,0 +1,112 @@
+"""GET /metrics in the Prometheus text format.
+
+Counts that must agree across gunicorn workers are read from the database at scrape time (events by
+type and answer, outbox depth, conflicts, plans by sync state, sync lag); request counts and
+latencies are per worker process, labelled with its pid.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from flask import Blueprint, Flask, Response, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine
+
+from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, SyncStateRow
+
+bp = Blueprint("metrics", __name__)
+
+
+class StoreCollector(Collector):
+    """Reads the durable counts from the database on every scrape."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield one family per durable count."""
+        events = GaugeMetricFamily(
+            "planbridge_events", "Team events received, by type and HTTP answer", labels=["type", "status"]
+        )
+        outbox = GaugeMetricFamily("planbridge_outbox_entries", "Outbox entries by status", labels=["status"])
+        conflicts = GaugeMetricFamily("planbridge_conflicts_open", "Open sync conflicts")
+        plans = GaugeMetricFamily("planbridge_plans", "Plans by sync status", labels=["status"])
+        lag = GaugeMetricFamily("planbridge_outbox_oldest_pending_seconds", "Age of the oldest pending outbox entry")
+        with self.engine.connect() as conn:
+            for event_type, status, n in conn.execute(
+                sa.select(InboundEventRow.event_type, InboundEventRow.response_status, sa.func.count()).group_by(
+                    InboundEventRow.event_type, InboundEventRow.response_status
+                )
+            ):
+                events.add_metric([event_type, str(status)], n)
+            for status, n in conn.execute(sa.select(OutboxRow.status, sa.func.count()).group_by(OutboxRow.status)):
+                outbox.add_metric([status], n)
+            conflicts.add_metric(
+                [],
+                conn.execute(
+                    sa.select(sa.func.count()).select_from(ConflictRow).where(ConflictRow.status == "open")
+                ).scalar_one(),
+            )
+            for status, n in conn.execute(
+                sa.select(SyncStateRow.status, sa.func.count()).group_by(SyncStateRow.status)
+            ):
+                plans.add_metric([status], n)
+            oldest = conn.execute(sa.select(sa.func.min(OutboxRow.created_at)).where(OutboxRow.status == "pending"))
+            first = oldest.scalar_one_or_none()
+        if isinstance(first, str):  # SQLite hands back text for aggregates
+            first = datetime.fromisoformat(first)
+        age = 0.0
+        if first is not None:
+            age = max(0.0, time.time() - (first if first.tzinfo else first.replace(tzinfo=UTC)).timestamp())
+        lag.add_metric([], age)
+        yield from (events, outbox, conflicts, plans, lag)
+
+
+def init_app(app: Flask, engine: Engine) -> None:
+    """Register the registry, per-process request metrics and the /metrics route."""
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(engine))
+    requests_total = Counter(
+        "planbridge_http_requests",
+        "HTTP requests served by this process",
+        ["method", "endpoint", "status", "pid"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "planbridge_http_request_seconds",
+        "HTTP request latency in this process",
+        ["endpoint", "pid"],
+        registry=registry,
+    )
+    pid = str(os.getpid())
+    app.extensions["planbridge.metrics"] = registry
+
+    @app.before_request
+    def _start() -> None:
+        g.planbridge_started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.endpoint or "unmatched"
+        requests_total.labels(request.method, endpoint, str(response.status_code), pid).inc()
+        started = g.get("planbridge_started")
+        if started is not None:
+            latency.labels(endpoint, pid).observe(time.perf_counter() - started)
+        return response
+
+    app.register_blueprint(bp)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    """Serve the metrics."""
+    from flask import current_app
+
+    return Response(generate_latest(current_app.extensions["planbridge.metrics"]), mimetype=CONTENT_TYPE_LATEST)

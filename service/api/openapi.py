@@ -1,0 +1,297 @@
+"""GET /openapi.json (OpenAPI 3.1, built with apispec from the marshmallow schemas that validate input)
+and GET /docs, a plain HTML page of the same document (no scripts, nothing fetched from elsewhere)."""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from apispec import APISpec
+from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Response, current_app
+
+from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
+from service.planschema import plan_schema
+
+bp = Blueprint("openapi", __name__)
+
+PROBLEM = {"$ref": "#/components/schemas/Problem"}
+JSON_BODY = "application/json"
+KEYED = [{"bearer": []}, {"apiKey": []}]
+
+
+def _problem(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/problem+json": {"schema": PROBLEM}}}
+
+
+def _ok(description: str, schema: dict[str, Any] | None = None, media: str = JSON_BODY) -> dict[str, Any]:
+    return {"description": description, **({"content": {media: {"schema": schema}}} if schema else {})}
+
+
+def _plan_components(spec: APISpec) -> None:
+    document = json.loads(json.dumps(plan_schema()).replace("#/$defs/", "#/components/schemas/"))
+    for name, schema in document.pop("$defs", {}).items():
+        spec.components.schema(name, schema)
+    document.pop("$schema", None)
+    spec.components.schema("Plan", document)
+
+
+def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
+    plan_id = {"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    entry_id = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    conflict_id = {"name": "conflict_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    denied = {"401": _problem("no valid API key"), "404": _problem("no such plan / entry")}
+    webhook_headers = [
+        {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
+        for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
+    ]
+    spec.path(
+        "/webhooks/team",
+        operations={
+            "post": {
+                "summary": "A signed team event (Standard Webhooks); 202 once the change is durable",
+                "parameters": webhook_headers,
+                "requestBody": {"required": True, "content": {JSON_BODY: {"schema": {"oneOf": event_refs}}}},
+                "responses": {
+                    "202": _ok("accepted", {"$ref": "#/components/schemas/Accepted"}),
+                    "400": _problem("malformed body"),
+                    "401": _problem("missing or bad signature"),
+                    "404": _problem("unknown plan or goal"),
+                    "409": _problem("conflicts with what is recorded"),
+                    "413": _problem("body too large"),
+                    "415": _problem("not application/json"),
+                    "422": _problem("the plan's state does not allow it"),
+                },
+            }
+        },
+    )
+    spec.path("/healthz", operations={"get": {"summary": "Alive", "responses": {"200": _ok("alive")}}})
+    spec.path(
+        "/readyz",
+        operations={
+            "get": {
+                "summary": "Database and FHIR server reachable",
+                "responses": {"200": _ok("ready"), "503": _ok("not ready")},
+            }
+        },
+    )
+    spec.path(
+        "/metrics",
+        operations={
+            "get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": _ok("metrics", {"type": "string"}, "text/plain")},
+            }
+        },
+    )
+    spec.path(
+        "/plans/{plan_id}",
+        operations={
+            "get": {
+                "summary": "The shared plan",
+                "security": KEYED,
+                "parameters": [plan_id],
+                "responses": {"200": _ok("the plan", {"$ref": "#/components/schemas/Plan"}), **denied},
+            }
+        },
+    )
+    spec.path(
+        "/plans/{plan_id}/fhir",
+        operations={
+            "get": {
+                "summary": "The plan as a FHIR transaction Bundle",
+                "security": KEYED,
+                "parameters": [plan_id],
+                "responses": {"200": _ok("Bundle", {"type": "object"}, "application/fhir+json"), **denied},
+            }
+        },
+    )
+    spec.path(
+        "/plans/{plan_id}/sync",
+        operations={
+            "get": {
+                "summary": "Sync state, FHIR ids and versions, last error, open conflicts",
+                "security": KEYED,
+                "parameters": [plan_id],
+                "responses": {"200": _ok("status", {"type": "object"}), **denied},
+            },
+            "post": {
+                "summary": "Queue a push (202) or pull now (200)",
+                "security": KEYED,
+                "parameters": [plan_id],
+                "requestBody": {"content": {JSON_BODY: {"schema": "SyncRequestSchema"}}},
+                "responses": {
+                    "200": _ok("pulled"),
+                    "202": _ok("push queued"),
+                    **denied,
+                    "502": _problem("the FHIR server failed"),
+                },
+            },
+        },
+    )
+    spec.path(
+        "/conflicts",
+        operations={
+            "get": {
+                "summary": "Conflicts (?status=open|resolved|all, ?plan=)",
+                "security": KEYED,
+                "responses": {
+                    "200": _ok("conflicts", {"type": "array", "items": {"type": "object"}}),
+                    "401": denied["401"],
+                },
+            }
+        },
+    )
+    spec.path(
+        "/conflicts/{conflict_id}/resolve",
+        operations={
+            "post": {
+                "summary": "Take ours, theirs or a value",
+                "security": KEYED,
+                "parameters": [conflict_id],
+                "requestBody": {"required": True, "content": {JSON_BODY: {"schema": "ResolveSchema"}}},
+                "responses": {
+                    "200": _ok("resolved"),
+                    **denied,
+                    "409": _problem("already resolved"),
+                    "422": _problem("the value breaks a rule"),
+                },
+            }
+        },
+    )
+    spec.path(
+        "/outbox",
+        operations={
+            "get": {
+                "summary": "Outbox entries (?status=pending|done|dead, ?plan=)",
+                "security": KEYED,
+                "responses": {
+                    "200": _ok("entries", {"type": "array", "items": {"type": "object"}}),
+                    "401": denied["401"],
+                },
+            }
+        },
+    )
+    spec.path(
+        "/outbox/{entry_id}/replay",
+        operations={
+            "post": {
+                "summary": "Queue a dead entry again",
+                "security": KEYED,
+                "parameters": [entry_id],
+                "responses": {"200": _ok("queued again"), **denied, "422": _problem("not dead")},
+            }
+        },
+    )
+
+
+def _schema_name(schema: Any) -> str:
+    """Name nested marshmallow schemas apart from the plan's own components (Event*)."""
+    cls = schema if isinstance(schema, type) else type(schema)
+    return "Event" + cls.__name__.removesuffix("Schema")
+
+
+def build_spec() -> dict[str, Any]:
+    """Return the OpenAPI document."""
+    from service.api.plans import ResolveSchema, SyncRequestSchema
+
+    try:
+        release = version("planbridge")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
+        release = "0"
+    plugin = MarshmallowPlugin(schema_name_resolver=_schema_name)
+    spec = APISpec(title="planbridge", version=release, openapi_version="3.1.0", plugins=[plugin])
+    spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("apiKey", {"type": "apiKey", "in": "header", "name": "X-API-Key"})
+    spec.components.schema(
+        "Problem",
+        {
+            "type": "object",
+            "required": ["type", "title", "status", "detail"],
+            "properties": {
+                "type": {"type": "string"},
+                "title": {"type": "string"},
+                "status": {"type": "integer"},
+                "detail": {"type": "string"},
+                "errors": {"type": "object"},
+            },
+        },
+    )
+    spec.components.schema(
+        "Accepted",
+        {
+            "type": "object",
+            "properties": {
+                "status": {"const": "accepted"},
+                "event_id": {"type": "string"},
+                "type": {"type": "string"},
+                "plan_id": {"type": "string"},
+                "plan_version": {"type": "integer"},
+            },
+        },
+    )
+    spec.components.schema("SyncRequestSchema", schema=SyncRequestSchema)
+    spec.components.schema("ResolveSchema", schema=ResolveSchema)
+    _plan_components(spec)
+    event_refs = []
+    for event_type, schema in sorted(EVENT_DATA_SCHEMAS.items()):
+        name = "".join(part.capitalize() for part in event_type.replace("_", ".").split(".")) + "Event"
+        spec.components.schema(f"{name}Data", schema=schema)
+        envelope = {
+            "type": "object",
+            "required": ["type", "timestamp", "data"],
+            "additionalProperties": False,
+            "properties": {
+                "type": {"const": event_type},
+                "timestamp": {"type": "string", "format": "date-time"},
+                "data": {"$ref": f"#/components/schemas/{name}Data"},
+            },
+        }
+        spec.components.schema(name, envelope)
+        event_refs.append({"$ref": f"#/components/schemas/{name}"})
+    _paths(spec, event_refs)
+    document = json.loads(json.dumps(spec.to_dict(), default=float))  # Decimal bounds become JSON numbers
+    document["info"]["description"] = "Shared care plans between team systems and FHIR R4 servers. " + (
+        f"Event envelope fields: {', '.join(sorted(EventSchema().fields))}."
+    )
+    return document
+
+
+def spec() -> dict[str, Any]:
+    """Return the OpenAPI document, built once per app."""
+    if "planbridge.openapi" not in current_app.extensions:
+        current_app.extensions["planbridge.openapi"] = build_spec()
+    return current_app.extensions["planbridge.openapi"]
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    """Serve the OpenAPI document."""
+    return Response(json.dumps(spec(), indent=1), mimetype="application/json")
+
+
+@bp.get("/docs")
+def docs() -> Response:
+    """Serve a readable page of the API: operations, security and the event types."""
+    document = spec()
+    rows = []
+    for path, operations in document["paths"].items():
+        for method, op in operations.items():
+            needs = "API key" if op.get("security") else ("signature" if path.startswith("/webhooks") else "none")
+            codes = ", ".join(sorted(op.get("responses", {})))
+            rows.append(
+                f"<tr><td><code>{method.upper()} {html.escape(path)}</code></td>"
+                f"<td>{html.escape(op.get('summary', ''))}</td><td>{needs}</td><td>{codes}</td></tr>"
+            )
+    events = "".join(f"<li><code>{html.escape(t)}</code></li>" for t in sorted(EVENT_DATA_SCHEMAS))
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>planbridge API</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#111}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3rem .5rem;text-align:left}}</style></head>
+<body><main><h1>planbridge API {html.escape(document["info"]["version"])}</h1>
+<p>The machine-readable document is <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>
+<table><thead><tr><th scope="col">Operation</th><th scope="col">What it does</th><th scope="col">Auth</th>
+<th scope="col">Answers</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<h2>Team event types</h2><ul>{events}</ul></main></body></html>"""
+    return Response(page, mimetype="text/html")

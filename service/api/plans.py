@@ -1,0 +1,156 @@
+"""Reading and operating: plans, their FHIR form and sync state, conflicts and the outbox (API key needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, json, request
+from flask.typing import ResponseReturnValue
+from marshmallow import Schema, ValidationError, fields, validate
+
+from mappings.bundle import plan_to_bundle
+from service.api.auth import require_api_key
+from service.api.container import container
+from service.domain import codec
+from service.domain.errors import InvalidInput, NotFound, RuleViolation
+from service.sync.engine import conflict_dict, resolve_conflict, sync_status
+
+bp = Blueprint("plans", __name__)
+
+
+def _json(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
+    return Response(json.dumps(body), status=status, mimetype=content_type)
+
+
+def _load(schema: Schema) -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if body is None and request.get_data():
+        raise InvalidInput("the body is not valid JSON", {"body": "not JSON"})
+    try:
+        return schema.load(body or {})
+    except ValidationError as exc:
+        raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
+
+
+def outbox_dict(row: Any) -> dict[str, Any]:
+    """Return an outbox entry as plain data."""
+    return {
+        "id": row.id,
+        "plan_id": row.plan_id,
+        "kind": row.kind,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": row.next_attempt_at.isoformat(),
+        "last_error": row.last_error,
+        "created_at": row.created_at.isoformat(),
+        "updated_at": row.updated_at.isoformat(),
+    }
+
+
+@bp.get("/plans/<plan_id>")
+@require_api_key
+def get_plan(plan_id: str) -> ResponseReturnValue:
+    """Return the shared plan in the plan JSON format."""
+    with container().uow() as uow:
+        plan = uow.plans.get(plan_id)
+    if plan is None:
+        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+    return _json(codec.to_dict(plan))
+
+
+@bp.get("/plans/<plan_id>/fhir")
+@require_api_key
+def get_plan_fhir(plan_id: str) -> ResponseReturnValue:
+    """Return the plan as the FHIR transaction Bundle planbridge would send."""
+    c = container()
+    with c.uow() as uow:
+        plan = uow.plans.get(plan_id)
+        patient = uow.links.get(plan_id, "patient")
+    if plan is None:
+        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+    ref = f"Patient/{patient.fhir_id}" if patient else None
+    bundle = plan_to_bundle(plan, c.settings.identifier_base, c.settings.mrn_system, ref)
+    return _json(bundle, content_type="application/fhir+json")
+
+
+@bp.get("/plans/<plan_id>/sync")
+@require_api_key
+def get_plan_sync(plan_id: str) -> ResponseReturnValue:
+    """Return where the plan stands with the FHIR server."""
+    c = container()
+    with c.uow() as uow:
+        if uow.plans.get(plan_id) is None:
+            raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+    return _json(sync_status(c.uow(), plan_id).__dict__)
+
+
+class SyncRequestSchema(Schema):
+    direction = fields.String(load_default="push", validate=validate.OneOf(["push", "pull"]))
+
+
+@bp.post("/plans/<plan_id>/sync")
+@require_api_key
+def post_plan_sync(plan_id: str) -> ResponseReturnValue:
+    """Queue a push of the plan (202), or pull it from the FHIR server now (200)."""
+    direction = _load(SyncRequestSchema())["direction"]
+    c = container()
+    with c.uow() as uow:
+        if uow.plans.get(plan_id) is None:
+            raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+        if direction == "push":
+            uow.outbox.add(plan_id, "push_plan", None, None, c.clock())
+            uow.commit()
+            return _json({"plan_id": plan_id, "queued": "push"}, 202)
+    result = c.sync_engine().pull_plans([plan_id])
+    return _json({"plan_id": plan_id, "outcome": result.outcomes.get(plan_id), "requests": result.requests})
+
+
+@bp.get("/conflicts")
+@require_api_key
+def list_conflicts() -> ResponseReturnValue:
+    """List conflicts (open by default; ?status=resolved or ?status=all; ?plan=ID)."""
+    status = request.args.get("status", "open")
+    if status not in ("open", "resolved", "all"):
+        raise InvalidInput("status must be open, resolved or all", {"status": status})
+    with container().uow() as uow:
+        rows = uow.sync.conflicts(request.args.get("plan"), None if status == "all" else status)
+        return _json([conflict_dict(r) for r in rows])
+
+
+class ResolveSchema(Schema):
+    take = fields.String(validate=validate.OneOf(["ours", "theirs"]))
+    value = fields.Raw(allow_none=True)
+
+
+@bp.post("/conflicts/<int:conflict_id>/resolve")
+@require_api_key
+def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
+    """Resolve a conflict with {"take": "ours"|"theirs"} or {"value": ...}; the plan is queued for a push."""
+    body = _load(ResolveSchema())
+    if ("take" in body) == ("value" in body):
+        raise InvalidInput("give either take or value", {"take": "ours|theirs", "value": "any JSON"})
+    c = container()
+    return _json(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
+
+
+@bp.get("/outbox")
+@require_api_key
+def list_outbox() -> ResponseReturnValue:
+    """List outbox entries (?status=pending|done|dead, ?plan=ID), oldest first."""
+    with container().uow() as uow:
+        rows = uow.outbox.list(request.args.get("plan"), request.args.get("status"))
+        return _json([outbox_dict(r) for r in rows])
+
+
+@bp.post("/outbox/<int:entry_id>/replay")
+@require_api_key
+def replay_outbox(entry_id: int) -> ResponseReturnValue:
+    """Put a dead entry back in the queue, due now, with its attempts reset."""
+    c = container()
+    with c.uow() as uow:
+        row = uow.outbox.get(entry_id)
+        if row.status != "dead":
+            raise RuleViolation(f"outbox entry {entry_id} is {row.status}; only dead entries are replayed")
+        uow.outbox.replay(row, c.clock())
+        uow.commit()
+        return _json(outbox_dict(row))
