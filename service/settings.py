@@ -88,6 +88,7 @@ class Settings:
     create_patients: bool = False
     max_body_bytes: int = 256 * 1024
     outbox_max_attempts: int = 8
+    outbox_lease_seconds: float = 120.0
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
     fhir_auth: str = "none"
@@ -128,6 +129,9 @@ class Settings:
             ),
             outbox_max_attempts=int(
                 _number("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", env.get("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", "8"), int, 1)
+            ),
+            outbox_lease_seconds=float(
+                _number("PLANBRIDGE_OUTBOX_LEASE_SECONDS", env.get("PLANBRIDGE_OUTBOX_LEASE_SECONDS", "120"), float, 1)
             ),
             worker_poll_seconds=float(
                 _number("PLANBRIDGE_WORKER_POLL_SECONDS", env.get("PLANBRIDGE_WORKER_POLL_SECONDS", "1"), float, 0.05)

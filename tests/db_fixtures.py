@@ -56,3 +56,12 @@ def database(request, tmp_path):
 def engine(database):
     """A migrated engine, once on SQLite and once on PostgreSQL."""
     return database[0]
+
+
+@pytest.fixture
+def postgres():
+    """Yield (engine, url) of a migrated PostgreSQL schema, for what only PostgreSQL does (SKIP LOCKED)."""
+    engine, drop, url = _postgres_engine()
+    upgrade(engine)
+    yield engine, url
+    drop()

@@ -20,7 +20,6 @@ from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
 
 log = logging.getLogger(__name__)
-LEASE = timedelta(minutes=2)
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
@@ -41,7 +40,7 @@ class OutboxWorker:
             row = self.uow.outbox.claim_next(now)
             if row is None:
                 return None
-            row.next_attempt_at = now + LEASE
+            row.next_attempt_at = now + timedelta(seconds=self.settings.outbox_lease_seconds)
             claimed = (row.id, row.plan_id, row.kind, row.subject_id)
             self.uow.commit()
             return claimed

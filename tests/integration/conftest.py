@@ -1,3 +1,3 @@
 """Fixtures for integration tests."""
 
-from tests.db_fixtures import database, engine  # noqa: F401
+from tests.db_fixtures import database, engine, postgres  # noqa: F401
