@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import signal
 import sys
@@ -26,7 +25,9 @@ def _settings() -> Settings:
 
 
 def _logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from service.logs import configure
+
+    configure(settings.log_level, settings.log_format)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

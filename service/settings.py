@@ -20,6 +20,13 @@ def _bool(name: str, raw: str) -> bool:
     raise ConfigurationError(f"{name} must be true or false, got {raw!r}", setting=name)
 
 
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in allowed:
+        raise ConfigurationError(f"{name} must be one of {', '.join(allowed)}, got {raw!r}", setting=name)
+    return value
+
+
 def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) -> int | float:
     try:
         value = kind(raw)
@@ -91,6 +98,7 @@ class Settings:
     outbox_lease_seconds: float = 120.0
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
+    log_format: str = "json"
     fhir_auth: str = "none"
     fhir_bearer_token: str | None = None
     fhir_basic_user: str | None = None
@@ -137,5 +145,6 @@ class Settings:
                 _number("PLANBRIDGE_WORKER_POLL_SECONDS", env.get("PLANBRIDGE_WORKER_POLL_SECONDS", "1"), float, 0.05)
             ),
             log_level=env.get("PLANBRIDGE_LOG_LEVEL", "INFO").upper(),
+            log_format=_choice("PLANBRIDGE_LOG_FORMAT", env.get("PLANBRIDGE_LOG_FORMAT", "json"), ("json", "text")),
             **_auth(env),
         )

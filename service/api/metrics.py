@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -19,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
+from service import logs
 from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, SyncStateRow
 
 bp = Blueprint("metrics", __name__)
@@ -91,6 +93,9 @@ def init_app(app: Flask, engine: Engine) -> None:
     @app.before_request
     def _start() -> None:
         g.planbridge_started = time.perf_counter()
+        incoming = request.headers.get("X-Request-ID", "")
+        g.planbridge_request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.planbridge_token = logs.request_id.set(g.planbridge_request_id)
 
     @app.after_request
     def _count(response: Response) -> Response:
@@ -99,6 +104,8 @@ def init_app(app: Flask, engine: Engine) -> None:
         started = g.get("planbridge_started")
         if started is not None:
             latency.labels(endpoint, pid).observe(time.perf_counter() - started)
+        if g.get("planbridge_request_id"):
+            response.headers["X-Request-ID"] = g.planbridge_request_id
         return response
 
     app.register_blueprint(bp)

@@ -177,3 +177,9 @@ def test_plan_json_from_the_api_is_the_codec_format(api):
     with UnitOfWork(api.engine) as uow:
         stored = codec.to_dict(uow.plans.get(event["data"]["plan_id"]))
     assert api.get(f"/plans/{event['data']['plan_id']}").json() == json.loads(json.dumps(stored))
+
+
+def test_every_answer_carries_a_request_id(api):
+    assert len(api.get("/healthz", key=None).headers["X-Request-ID"]) == 32
+    echoed = requests.get(f"{api.url}/healthz", headers={"X-Request-ID": "from-the-engine-42"}, timeout=10)
+    assert echoed.headers["X-Request-ID"] == "from-the-engine-42"
