@@ -1,0 +1,187 @@
+"""Signed webhook ingest under gunicorn (verify, validate, apply, commit, 202), loaded by wrk on loopback,
+next to a bare Flask endpoint under the same gunicorn settings measured in the same run.
+
+Run: `.venv/bin/python bench/webhook_load.py [--seconds 10] [--connections 16] [--database postgres]`
+Needs `wrk` (Debian package `wrk`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service.signing import new_secret, sign_headers  # noqa: E402
+
+EVENT = json.loads((ROOT / "fixtures/events/goal-proposed.json").read_text())
+LUA = r"""
+local lines = {}
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do lines[#lines + 1] = line end
+end
+request = function()
+  i = i + 1
+  local id, ts, sig, body = lines[(i - 1) % #lines + 1]:match("([^\t]+)\t([^\t]+)\t([^\t]+)\t(.+)")
+  return wrk.format("POST", "/webhooks/team", {["Content-Type"] = "application/json", ["webhook-id"] = id,
+    ["webhook-timestamp"] = ts, ["webhook-signature"] = sig}, body)
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def requests_file(path: Path, secret: str, count: int) -> None:
+    with path.open("w") as out:
+        for i in range(count):
+            EVENT["data"]["plan_id"] = f"load-{uuid.uuid4().hex[:10]}"
+            EVENT["data"]["patient"]["mrn"] = f"MRN-{i}"
+            body = json.dumps(EVENT, separators=(",", ":"))
+            h = sign_headers(secret, body.encode())
+            out.write(f"{h['webhook-id']}\t{h['webhook-timestamp']}\t{h['webhook-signature']}\t{body}\n")
+
+
+def wait_up(port: int, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return
+        except requests.RequestException:
+            time.sleep(0.1)
+    raise SystemExit("server did not come up")
+
+
+def run_wrk(port: int, script: Path, data: Path, seconds: int, connections: int) -> tuple[float, float, int]:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(data),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rate, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0
+
+
+def serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    wait_up(port, proc)
+    return proc
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    secret = new_secret()
+    bin_dir = Path(sys.executable).parent
+    with tempfile.TemporaryDirectory() as tmp:
+        tmpdir = Path(tmp)
+        script, data = tmpdir / "sign.lua", tmpdir / "requests.tsv"
+        script.write_text(LUA)
+        requests_file(data, secret, 60_000)
+        if args.database == "sqlite":
+            db_url = f"sqlite:///{tmpdir / 'load.db'}"
+        else:
+            schema = f"bench_{uuid.uuid4().hex[:8]}"
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc", f"CREATE SCHEMA {schema}"],
+                check=True,
+            )
+            db_url = f"postgresql+psycopg://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "PLANBRIDGE_WEBHOOK_SECRET": secret,
+            "PLANBRIDGE_LOG_LEVEL": "WARNING",
+            "WEB_CONCURRENCY": str(args.workers),
+        }
+        subprocess.run([str(bin_dir / "planbridge"), "db", "upgrade"], env=env, check=True, capture_output=True)
+        results = {}
+        port = free_port()
+        ours = serve([str(bin_dir / "planbridge"), "serve", "--port", str(port)], env, port)
+        try:
+            results["planbridge"] = run_wrk(port, script, data, args.seconds, args.connections)
+        finally:
+            ours.terminate()
+            ours.wait(timeout=30)
+        port = free_port()
+        bare = serve(
+            [
+                str(bin_dir / "gunicorn"),
+                "-w",
+                str(args.workers),
+                "-k",
+                "gthread",
+                "--threads",
+                "4",
+                "-b",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(ROOT / "bench"),
+                "bare_app:app",
+            ],
+            env,
+            port,
+        )
+        try:
+            results["bare Flask"] = run_wrk(port, script, data, args.seconds, args.connections)
+        finally:
+            bare.terminate()
+            bare.wait(timeout=30)
+        if args.database == "postgres":
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-qc", f"DROP SCHEMA {schema} CASCADE"],
+                check=True,
+            )
+    print(
+        f"signed webhook ingest under gunicorn ({args.workers} gthread workers x 4 threads), wrk -t2 "
+        f"-c{args.connections} -d{args.seconds}s, database {args.database}"
+    )
+    print(f"{'':12} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8}")
+    for name, (rate, p99, bad) in results.items():
+        print(f"{name:12} {rate:11.0f} {p99:8.1f} {bad:8d}")
+    print(f"ratio planbridge / bare Flask: {results['planbridge'][0] / results['bare Flask'][0]:.3f}")
+
+
+if __name__ == "__main__":
+    main()
