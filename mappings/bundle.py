@@ -16,11 +16,11 @@ from mappings.careplan import CAREPLAN_EXTENSIONS, CAREPLAN_KEYS, careplan_to_fh
 from mappings.careteam import careteam_from_fhir, careteam_to_fhir, person_resource
 from mappings.checkin import checkin_to_fhir
 from mappings.datatypes import Json
-from mappings.goal import goal_from_fhir, goal_to_fhir
+from mappings.goal import goal_fits, goal_from_fhir, goal_to_fhir
 from mappings.notes import note_from_fhir, note_is_modelled
 from mappings.refs import Refs, Resolver, member_identifier, refs_for_bundle, urn_for
 from service.domain.errors import MappingError
-from service.domain.model import Patient, Plan
+from service.domain.model import Goal, Patient, Plan
 
 
 def _condition(system: str, value: str) -> str:
@@ -115,7 +115,7 @@ def index_entries(entries: list[Json]) -> dict[str, Json]:
     index: dict[str, Json] = {}
     for entry in entries:
         resource = entry.get("resource")
-        if not isinstance(resource, dict) or "resourceType" not in resource:
+        if dt.resource_type(resource) is None:
             continue
         if entry.get("fullUrl"):
             index[entry["fullUrl"]] = resource
@@ -129,7 +129,7 @@ def index_entries(entries: list[Json]) -> dict[str, Json]:
 def _patient(subject: Json, index: dict[str, Json], mrn_system: str) -> Patient:
     resource = index.get(subject.get("reference", ""))
     idents = (resource or {}).get("identifier", []) or ([subject["identifier"]] if "identifier" in subject else [])
-    mrn = next((i["value"] for i in idents if i.get("system") == mrn_system), None)
+    mrn = next((i.get("value") for i in idents if i.get("system") == mrn_system and i.get("value")), None)
     if mrn is None and idents:
         mrn = idents[0].get("value")
     if not mrn:
@@ -139,14 +139,15 @@ def _patient(subject: Json, index: dict[str, Json], mrn_system: str) -> Patient:
 
 def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
     """Return the plan held by a Bundle (transaction, searchset, collection) around one CarePlan."""
-    careplans = [
-        e["resource"] for e in bundle.get("entry", []) if e.get("resource", {}).get("resourceType") == "CarePlan"
-    ]
+    entries = bundle.get("entry", []) if isinstance(bundle, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise MappingError("not a Bundle with a list of entries", errors={"Bundle.entry": "a list of objects"})
+    careplans = [e["resource"] for e in entries if dt.resource_type(e.get("resource")) == "CarePlan"]
     if len(careplans) != 1:
         raise MappingError(
             f"a plan Bundle holds exactly one CarePlan, not {len(careplans)}", errors={"Bundle.entry": "CarePlan"}
         )
-    return careplan_from_fhir(careplans[0], index_entries(bundle.get("entry", [])), identifier_base, mrn_system)
+    return careplan_from_fhir(careplans[0], index_entries(entries), identifier_base, mrn_system)
 
 
 def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_system: str) -> Plan:
@@ -154,14 +155,14 @@ def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_sy
     subject = resource.get("subject", {})
     resolver = Resolver(index, subject.get("reference"), base)
     ours = codes.identifier_system(base, "plan")
-    plan_ids = [i["value"] for i in resource.get("identifier", []) if i.get("system") == ours]
+    plan_ids = [i for i in resource.get("identifier", []) if i.get("system") == ours and i.get("value")]
     plan = Plan(
-        id=plan_ids[0] if plan_ids else f"careplan-{resource.get('id', 'new')}",
+        id=plan_ids[0]["value"] if plan_ids else f"careplan-{resource.get('id', 'new')}",
         patient=_patient(subject, index, mrn_system),
     )
     extra = dt.residual(resource, CAREPLAN_KEYS, CAREPLAN_EXTENSIONS)
-    others = [i for i in resource.get("identifier", []) if i.get("system") != ours]
-    plan.identifiers = [dt.identifier_from_fhir(i) for i in others]
+    others = [i for i in resource.get("identifier", []) if not (plan_ids and i is plan_ids[0])]
+    plan.identifiers = dt.read_identifiers(others, extra)
     _read_team(plan, resource, resolver, extra, base)
     goal_ids = _read_goals(plan, resource, resolver, extra, base)
     _read_fields(plan, resource, resolver, extra)
@@ -175,7 +176,7 @@ def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_sy
 def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
     teams = resource.get("careTeam", [])
     team = resolver.lookup(teams[0].get("reference")) if teams else None
-    if team is not None and set(teams[0]) == {"reference"}:
+    if team is not None and set(teams[0]) == {"reference"} and team.get("resourceType") == "CareTeam":
         _, plan.careteam_extra = careteam_from_fhir(team, resolver, base)
         teams = teams[1:]
     if teams:
@@ -185,19 +186,25 @@ def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base
 def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base: str) -> dict[str, str]:
     goal_ids: dict[str, str] = {}
     unresolved = []
-    replacements: list[tuple[str, str]] = []
+    replacements: list[tuple[Goal, str, Json]] = []
     for ref in resource.get("goal", []):
         goal = resolver.lookup(ref.get("reference"))
-        if goal is None or set(ref) != {"reference"}:
-            unresolved.append(ref)
+        if goal is None or set(ref) != {"reference"} or not goal_fits(goal) or ref["reference"] in goal_ids:
+            unresolved.append(ref)  # not in the input, not a Goal the plan can hold, or named twice: kept as it came
             continue
         read = goal_from_fhir(goal, resolver, base, plan.id, fallback_id=f"goal-{len(plan.goals) + 1}")
+        if plan.goal(read.goal.id) is not None:
+            unresolved.append(ref)  # a second Goal with the same identifier: kept as it came
+            continue
         plan.goals.append(read.goal)
         goal_ids[ref["reference"]] = read.goal.id
-        replacements += [(new_id, read.goal.id) for new_id in read.replaced_by]
-    for new_id, old_id in replacements:
-        if plan.goal(new_id) is not None:
-            plan.goal(new_id).replaces = old_id  # type: ignore[union-attr]
+        replacements += [(read.goal, new_id, ext) for new_id, ext in read.replaced_by]
+    for old, new_id, ext in replacements:
+        new = plan.goal(new_id)
+        if new is not None and new.replaces is None and new is not old:
+            new.replaces = old.id
+        else:  # replaced by a goal outside the plan, or by one that already replaces another: kept as it came
+            old.fhir_extra.setdefault("extension", []).append(ext)
     if unresolved:
         extra["goal"] = unresolved
     return goal_ids
@@ -223,7 +230,7 @@ def _read_fields(plan: Plan, resource: Json, resolver: Resolver, extra: Json) ->
     plan.notes = [note_from_fhir(n, resolver) for n in notes if note_is_modelled(n, resolver)]
     if any(not note_is_modelled(n, resolver) for n in notes):
         extra["note"] = [n for n in notes if not note_is_modelled(n, resolver)]  # e.g. by an Organization
-    read_plan_extensions(plan, resource)
+    read_plan_extensions(plan, resource, extra)
 
 
 def _read_activities(plan: Plan, resource: Json, resolver: Resolver, extra: Json, goal_ids: dict[str, str]) -> None:

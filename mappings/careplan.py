@@ -30,6 +30,8 @@ CAREPLAN_KEYS = {
     "note",
 }
 CAREPLAN_EXTENSIONS = {codes.EXT_WHAT_MATTERS, codes.EXT_GOAL_SETTING, codes.EXT_REVIEW}
+GOAL_SETTING_PARTS = {"status": "valueCode", "date": "valueDateTime", "note": "valueString"}
+REVIEW_PARTS = {"every": "valueDuration", "next": "valueDate"}
 ACTIVITY_KEYS = {"id", "detail", "progress"}
 DETAIL_KEYS = {"code", "status", "description", "goal", "performer", "scheduledPeriod", "scheduledString"}
 
@@ -93,7 +95,8 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
     """Return a step from an activity with a detail; `goal_ids` maps goal references to goal ids."""
     detail = activity["detail"]
     titles = dt.extensions(activity, codes.ACTIVITY_TITLE)
-    extra = dt.residual(activity, ACTIVITY_KEYS, {codes.ACTIVITY_TITLE} if len(titles) == 1 else set())
+    title = dt.simple_value(titles[0], "valueString") if len(titles) == 1 else None
+    extra = dt.residual(activity, ACTIVITY_KEYS, {codes.ACTIVITY_TITLE} if title is not None else set())
     if "id" not in activity:
         extra["_planbridge_synthetic_id"] = True
     detail_extra = dt.residual(detail, DETAIL_KEYS, set())
@@ -114,7 +117,7 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
         detail_extra["scheduledPeriod"], period = period, {}
     return Step(
         id=activity.get("id") or f"activity-{index + 1}",
-        title=titles[0]["valueString"] if len(titles) == 1 else None,
+        title=title,
         status=detail.get("status", ""),
         description=detail.get("description"),
         code=dt.concept_from_fhir(detail["code"]) if "code" in detail else None,
@@ -155,17 +158,35 @@ def careplan_to_fhir(plan: Plan, refs: Refs) -> Json:
     return dt.merge(built, plan.careplan_extra)
 
 
-def read_plan_extensions(plan: Plan, resource: Json) -> None:
-    """Set the plan fields planbridge's own CarePlan extensions carry."""
+def read_plan_extensions(plan: Plan, resource: Json, extra: Json) -> None:
+    """Set the plan fields planbridge's own CarePlan extensions carry; one the model cannot hold goes to `extra`."""
+    read: set[str] = set()
     for ext in resource.get("extension", []):
         url = ext.get("url")
-        if url == codes.EXT_WHAT_MATTERS:
-            plan.what_matters = ext.get("valueString")
-        elif url == codes.EXT_GOAL_SETTING:
-            plan.goal_setting = (dt.sub_extension(ext, "status") or {}).get("valueCode", "open")
-            plan.goal_setting_date = (dt.sub_extension(ext, "date") or {}).get("valueDateTime")
-            plan.goal_setting_note = (dt.sub_extension(ext, "note") or {}).get("valueString")
-        elif url == codes.EXT_REVIEW:
-            every = dt.sub_extension(ext, "every")
-            plan.review_every = dt.quantity_from_fhir(every["valueDuration"]) if every else None
-            plan.next_review = (dt.sub_extension(ext, "next") or {}).get("valueDate")
+        if url not in CAREPLAN_EXTENSIONS:
+            continue
+        if url in read or not _read_plan_extension(plan, ext):
+            extra.setdefault("extension", []).append(ext)  # a second one, or a shape we do not read: kept as it came
+        else:
+            read.add(url)
+
+
+def _read_plan_extension(plan: Plan, ext: Json) -> bool:
+    """Set the plan fields one of planbridge's extensions carries; False (and nothing set) when it does not fit."""
+    if ext["url"] == codes.EXT_WHAT_MATTERS:
+        plan.what_matters = dt.simple_value(ext, "valueString")
+        return plan.what_matters is not None
+    if ext["url"] == codes.EXT_GOAL_SETTING:
+        parts = dt.extension_parts(ext, GOAL_SETTING_PARTS)
+        if not parts or "status" not in parts or parts == {"status": "open"}:
+            return False  # without a status, or one that writes no extension back
+        plan.goal_setting = parts["status"]
+        plan.goal_setting_date = parts.get("date")
+        plan.goal_setting_note = parts.get("note")
+        return True
+    parts = dt.extension_parts(ext, REVIEW_PARTS)
+    if not parts:
+        return False
+    plan.review_every = dt.quantity_from_fhir(parts["every"]) if "every" in parts else None
+    plan.next_review = parts.get("next")
+    return True

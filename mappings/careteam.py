@@ -53,6 +53,9 @@ def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[l
         if "member" not in participant or not resolver.is_person(participant["member"]):
             kept_participants.append(participant)  # no member, or an Organization / CareTeam: kept as it came
             continue
+        if any(m.id == resolver.known(participant["member"]) for m in members):
+            kept_participants.append(participant)  # a second participation of the same person: kept as it came
+            continue
         member_id = resolver.member_for(participant["member"], in_team=True, member_id=participant.get("id"))
         member = resolver.members[member_id]
         roles = participant.get("role", [])

@@ -54,6 +54,11 @@ def checkin_to_fhir(check_in: CheckIn, goal_id: str, plan_id: str, refs: Refs, p
     return dt.merge(built, check_in.fhir_extra)
 
 
+def checkin_fits(resource: Json) -> bool:
+    """Tell whether a resource can be a check-in: an Observation whose code has text or a coding."""
+    return resource.get("resourceType") == "Observation" and dt.concept_says_something(resource.get("code", {}))
+
+
 def checkin_from_fhir(resource: Json, resolver: Resolver, base: str) -> CheckIn:
     """Return a check-in from an Observation; unmodelled parts are kept."""
     system = codes.identifier_system(base, "checkin")

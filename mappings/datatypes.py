@@ -26,7 +26,20 @@ def decimal(value: Any) -> Decimal:
 
 
 def identifier_to_fhir(ident: Identifier) -> Json:
-    return {"system": ident.system, "value": ident.value}
+    return prune({"system": ident.system or None, "value": ident.value or None})
+
+
+def identifier_fits(data: Json) -> bool:
+    """Tell whether an Identifier is just a system and a value, all the model holds (else it is kept as it came)."""
+    return set(data) == {"system", "value"}
+
+
+def read_identifiers(idents: list[Json], extra: Json) -> list[Identifier]:
+    """Return the identifiers the model holds; the others (with use, period, no value...) go to extra["identifier"]."""
+    kept = [i for i in idents if not identifier_fits(i)]
+    if kept:
+        extra["identifier"] = kept
+    return [identifier_from_fhir(i) for i in idents if identifier_fits(i)]
 
 
 def identifier_from_fhir(data: Json) -> Identifier:
@@ -61,6 +74,11 @@ def concept_to_fhir(c: Concept) -> Json:
 
 def concept_from_fhir(data: Json) -> Concept:
     return Concept(codings=[coding_from_fhir(x) for x in data.get("coding", [])], text=data.get("text"))
+
+
+def concept_says_something(data: Json) -> bool:
+    """Tell whether a CodeableConcept has text or a coding (one with only an id or extensions says nothing)."""
+    return bool(data.get("text") or data.get("coding"))
 
 
 def quantity_to_fhir(q: Quantity) -> Json:
@@ -135,6 +153,18 @@ def ref_from_fhir(data: Json) -> Ref:
     )
 
 
+def resource_type(resource: Any) -> str | None:
+    """Return a resource's resourceType, or None when the value is not a resource object."""
+    rtype = resource.get("resourceType") if isinstance(resource, dict) else None
+    return rtype if isinstance(rtype, str) else None
+
+
+def ref_fits(data: Json) -> bool:
+    """Tell whether a Reference holds only what Ref does (no element id or extension, a plain identifier)."""
+    ident = data.get("identifier")
+    return set(data) <= {"reference", "type", "identifier", "display"} and (ident is None or identifier_fits(ident))
+
+
 def extensions(resource: Json, url: str) -> list[Json]:
     """Return the extensions of an element with this URL."""
     return [e for e in resource.get("extension", []) if e.get("url") == url]
@@ -143,6 +173,29 @@ def extensions(resource: Json, url: str) -> list[Json]:
 def sub_extension(ext: Json, url: str) -> Json | None:
     """Return the sub-extension with this URL inside a complex extension."""
     return next((e for e in ext.get("extension", []) if e.get("url") == url), None)
+
+
+def simple_value(ext: Json, key: str) -> Any:
+    """Return an extension's value if it is exactly `{url, key}` (e.g. valueString), else None."""
+    return ext[key] if set(ext) == {"url", key} else None
+
+
+def extension_parts(ext: Json, shapes: dict[str, str]) -> dict[str, Any] | None:
+    """Return {url: value} for a complex extension whose sub-extensions all have the shapes the model reads.
+
+    `shapes` maps each sub-extension URL to its value[x] key. Anything else (another URL or value
+    type, a URL given twice, an element id, a value on the extension itself) gives None: the
+    extension does not fit the model and is kept as it came.
+    """
+    if set(ext) != {"url", "extension"}:
+        return None
+    parts: dict[str, Any] = {}
+    for sub in ext["extension"]:
+        url = sub.get("url")
+        if url not in shapes or url in parts or set(sub) != {"url", shapes[url]}:
+            return None
+        parts[url] = sub[shapes[url]]
+    return parts
 
 
 def split_extensions(element: Json, modelled: set[str]) -> tuple[list[Json], list[Json]]:

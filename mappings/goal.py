@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from mappings import codes
 from mappings import datatypes as dt
-from mappings.checkin import checkin_from_fhir
+from mappings.checkin import checkin_fits, checkin_from_fhir
 from mappings.datatypes import Json
 from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
 from mappings.refs import Refs, Resolver
@@ -36,6 +36,9 @@ GOAL_KEYS = {
     "outcomeReference",
 }
 GOAL_EXTENSIONS = {codes.GOAL_ACCEPTANCE, codes.GOAL_RELATIONSHIP, codes.EXT_BARRIER}
+ACCEPTANCE_PARTS = {"individual": "valueReference", "status": "valueCode", "priority": "valueCodeableConcept"}
+RELATIONSHIP_PARTS = {"type": "valueCodeableConcept", "target": "valueReference"}
+REPLACEMENT = {"coding": [{"system": codes.GOAL_RELATIONSHIP_TYPE_SYSTEM, "code": "replacement"}]}
 TARGET_KEYS = {
     "measure",
     "detailQuantity",
@@ -152,11 +155,19 @@ def goal_to_fhir(
     return dt.merge(built, goal.fhir_extra)
 
 
+def _ours(resource: Json, base: str) -> Json | None:
+    """Return planbridge's identifier of a Goal ("{plan id}/{goal id}"), if it has one."""
+    system = codes.identifier_system(base, "goal")
+    return next(
+        (i for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")), None
+    )
+
+
 def _goal_id(resource: Json, plan_id: str | None, base: str, fallback: str | None = None) -> tuple[str | None, str]:
     system = codes.identifier_system(base, "goal")
-    ours = [i for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")]
-    if ours:
-        found_plan, goal_id = ours[0]["value"].rsplit("/", 1)
+    ours = _ours(resource, base)
+    if ours is not None:
+        found_plan, goal_id = ours["value"].rsplit("/", 1)
         return found_plan, goal_id
     if resource.get("id"):
         return plan_id, f"goal-{resource['id']}"
@@ -167,11 +178,16 @@ def _goal_id(resource: Json, plan_id: str | None, base: str, fallback: str | Non
 
 @dataclass
 class GoalRead:
-    """A Goal read from FHIR: the plan its identifier names (if any), the goal, and its replacements."""
+    """A Goal read from FHIR: the plan its identifier names (if any), the goal, and the goals replacing it."""
 
     plan_id: str | None
     goal: Goal
-    replaced_by: list[str] = field(default_factory=list)
+    replaced_by: list[tuple[str, Json]] = field(default_factory=list)  # (new goal id, its goal-relationship)
+
+
+def goal_fits(resource: Json) -> bool:
+    """Tell whether a resource can be one of a plan's goals: a Goal whose description has text or a coding."""
+    return resource.get("resourceType") == "Goal" and dt.concept_says_something(resource.get("description", {}))
 
 
 def goal_from_fhir(
@@ -181,7 +197,8 @@ def goal_from_fhir(
     if resource.get("resourceType") != "Goal":
         raise MappingError("not a Goal", errors={"resourceType": resource.get("resourceType")})
     found_plan, goal_id = _goal_id(resource, plan_id, base, fallback_id)
-    ours_system = codes.identifier_system(base, "goal")
+    ours = _ours(resource, base)
+    others = [i for i in resource.get("identifier", []) if i is not ours]
     goal = Goal(
         id=goal_id,
         description=dt.concept_from_fhir(resource.get("description", {})),
@@ -196,13 +213,13 @@ def goal_from_fhir(
         else None,
         start_date=resource.get("startDate"),
         targets=[target_from_fhir(t) for t in resource.get("target", [])],
-        addresses=[dt.ref_from_fhir(r) for r in resource.get("addresses", [])],
+        addresses=[dt.ref_from_fhir(r) for r in resource.get("addresses", []) if dt.ref_fits(r)],
         notes=[note_from_fhir(n, resolver) for n in resource.get("note", []) if note_is_modelled(n, resolver)],
-        identifiers=[
-            dt.identifier_from_fhir(i) for i in resource.get("identifier", []) if i.get("system") != ours_system
-        ],
     )
     extra = dt.residual(resource, GOAL_KEYS, GOAL_EXTENSIONS)
+    goal.identifiers = dt.read_identifiers(others, extra)
+    if any(not dt.ref_fits(r) for r in resource.get("addresses", [])):
+        extra["addresses"] = [r for r in resource.get("addresses", []) if not dt.ref_fits(r)]  # kept as it came
     if "expressedBy" in resource and goal.proposed_by is None:
         extra["expressedBy"] = resource["expressedBy"]  # a PractitionerRole, say: kept as it came
     other_notes = [n for n in resource.get("note", []) if not note_is_modelled(n, resolver)]
@@ -211,7 +228,7 @@ def goal_from_fhir(
     read = GoalRead(found_plan, goal)
     _read_extensions(read, resource, resolver, extra, base)
     _read_outcomes(goal, resource, resolver, extra, base)
-    dt.remember_source(extra, resource, any(i.get("system") == ours_system for i in resource.get("identifier", [])))
+    dt.remember_source(extra, resource, ours is not None)
     goal.fhir_extra = extra
     return read
 
@@ -225,19 +242,13 @@ def _read_extensions(read: GoalRead, resource: Json, resolver: Resolver, extra: 
     kept = extra.setdefault("extension", [])
     for ext in resource.get("extension", []):
         url = ext.get("url")
-        if url == codes.GOAL_ACCEPTANCE and dt.sub_extension(ext, "individual"):
-            status = dt.sub_extension(ext, "status")
-            priority = dt.sub_extension(ext, "priority")
-            goal.agreements.append(
-                Agreement(
-                    member_id=resolver.member_for(dt.sub_extension(ext, "individual")["valueReference"]),
-                    status=status.get("valueCode") if status else None,
-                    priority=dt.concept_from_fhir(priority["valueCodeableConcept"]) if priority else None,
-                )
-            )
-        elif url == codes.GOAL_RELATIONSHIP and _replacement(ext, resolver, base) is not None:
-            read.replaced_by.append(_replacement(ext, resolver, base))
-        elif url == codes.EXT_BARRIER and "valueString" in ext:
+        agreement = _agreement(ext, resolver) if url == codes.GOAL_ACCEPTANCE else None
+        replacement = _replacement(ext, resolver, base) if url == codes.GOAL_RELATIONSHIP else None
+        if agreement is not None:
+            goal.agreements.append(agreement)
+        elif replacement is not None:
+            read.replaced_by.append((replacement, ext))
+        elif url == codes.EXT_BARRIER and dt.simple_value(ext, "valueString") is not None:
             goal.barriers.append(ext["valueString"])
         elif url in GOAL_EXTENSIONS:
             kept.append(ext)  # a shape we do not read: keep it as it came
@@ -245,23 +256,37 @@ def _read_extensions(read: GoalRead, resource: Json, resolver: Resolver, extra: 
         del extra["extension"]
 
 
+def _agreement(ext: Json, resolver: Resolver) -> Agreement | None:
+    """Return the agreement a goal-acceptance records, or None when it does not fit the model."""
+    parts = dt.extension_parts(ext, ACCEPTANCE_PARTS)
+    if parts is None or "individual" not in parts or not resolver.is_person(parts["individual"]):
+        return None  # no individual, or an Organization, CareTeam...
+    return Agreement(
+        member_id=resolver.member_for(parts["individual"]),
+        status=parts.get("status"),
+        priority=dt.concept_from_fhir(parts["priority"]) if "priority" in parts else None,
+    )
+
+
 def _replacement(ext: Json, resolver: Resolver, base: str) -> str | None:
-    kind = dt.sub_extension(ext, "type") or {}
-    codes_ = [c.get("code") for c in kind.get("valueCodeableConcept", {}).get("coding", [])]
-    target = (dt.sub_extension(ext, "target") or {}).get("valueReference", {})
-    if "replacement" not in codes_ or set(ext) - {"url", "extension"} or len(ext.get("extension", [])) != 2:
+    """Return the id of the goal a goal-relationship says replaces this one, or None when it does not fit the model."""
+    parts = dt.extension_parts(ext, RELATIONSHIP_PARTS)
+    if parts is None or parts.get("type") != REPLACEMENT or set(parts.get("target", {})) != {"reference"}:
         return None
-    resource = resolver.lookup(target.get("reference"))
-    if resource is None or set(target) != {"reference"}:
-        return None
-    return _goal_id(resource, None, base)[1]
+    resource = resolver.lookup(parts["target"]["reference"])
+    if resource is None or resource.get("resourceType") != "Goal":
+        return None  # not in the input, or not a Goal
+    try:
+        return _goal_id(resource, None, base)[1]
+    except MappingError:
+        return None  # a Goal with neither our identifier nor an id: the plan cannot name it
 
 
 def _read_outcomes(goal: Goal, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
     other = []
     for ref in resource.get("outcomeReference", []):
         observation = resolver.lookup(ref.get("reference"))
-        if observation is not None and set(ref) == {"reference"} and observation.get("resourceType") == "Observation":
+        if observation is not None and set(ref) == {"reference"} and checkin_fits(observation):
             goal.check_ins.append(checkin_from_fhir(observation, resolver, base))
         else:
             other.append(ref)

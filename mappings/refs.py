@@ -94,8 +94,7 @@ class Resolver:
 
     def member_for(self, ref: Json, in_team: bool = False, member_id: str | None = None) -> str:
         """Return the member id for a reference to a person, registering the person on first sight."""
-        reference = ref.get("reference")
-        key = reference or repr(sorted((k, str(v)) for k, v in ref.items()))
+        key = self._key(ref)
         if key in self.member_ids:
             member = self.members[self.member_ids[key]]
             member.in_team = member.in_team or in_team
@@ -103,9 +102,19 @@ class Resolver:
         member = self._new_member(ref, in_team)
         if member_id is not None and member_id not in self.members:
             member.id = member_id
+        if member.id in self.members:  # two people given the same id (duplicated element ids or identifiers)
+            member.id = self._unused(member.id)
         self.member_ids[key] = member.id
         self.members[member.id] = member
         return member.id
+
+    def known(self, ref: Json) -> str | None:
+        """Return the member id of the person a reference names, if already registered."""
+        return self.member_ids.get(self._key(ref))
+
+    @staticmethod
+    def _key(ref: Json) -> str:
+        return ref.get("reference") or repr(sorted((k, str(v)) for k, v in ref.items()))
 
     def is_person(self, ref: Json) -> bool:
         """Tell whether a reference points at a Patient, Practitioner or RelatedPerson (a possible member)."""
@@ -127,13 +136,14 @@ class Resolver:
                 f"a reference to {rtype or 'an unknown type'} cannot name a person", errors={"reference": reference}
             )
         idents = (resource or {}).get("identifier") or ([ref["identifier"]] if "identifier" in ref else [])
-        identifier = identifier_from_fhir(idents[0]) if idents else None
+        usable = [i for i in idents if i.get("system") and i.get("value")]  # a conditional create needs both
+        identifier = identifier_from_fhir(usable[0]) if usable else None
         member_id = self._member_id(rtype, reference, identifier)
         if identifier is not None and identifier.system == self.member_system:
             identifier = None  # ours, derived from the member id: not part of the plan
         # A person known by an identifier is found again by it (conditional create); only someone
         # with no identifier is pinned to the literal reference the server gave.
-        literal = reference if reference and not reference.startswith("urn:") and not idents else None
+        literal = reference if reference and not reference.startswith("urn:") and not usable else None
         return Member(
             id=member_id,
             kind=codes.RESOURCE_MEMBER[rtype],
@@ -146,7 +156,9 @@ class Resolver:
     def _member_id(self, rtype: str, reference: str | None, identifier: Any) -> str:
         if identifier is not None and identifier.system == self.member_system and "/" in identifier.value:
             return identifier.value.rsplit("/", 1)[1]
-        base = f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1][:40]}"
+        return self._unused(f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1][:40]}")
+
+    def _unused(self, base: str) -> str:
         candidate, n = base, 1
         while candidate in self.members:
             n += 1
