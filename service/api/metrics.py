@@ -108,6 +108,12 @@ def init_app(app: Flask, engine: Engine) -> None:
             response.headers["X-Request-ID"] = g.planbridge_request_id
         return response
 
+    @app.teardown_request
+    def _forget(_exc: BaseException | None) -> None:
+        token = g.pop("planbridge_token", None)
+        if token is not None:
+            logs.request_id.reset(token)  # threads are reused: the next request starts clean
+
     app.register_blueprint(bp)
 
 

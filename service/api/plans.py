@@ -32,6 +32,15 @@ def _load(schema: Schema) -> dict[str, Any]:
         raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
 
 
+MAX_ID = 2**63 - 1  # larger path ids name nothing (and would overflow the database's integers)
+
+
+def _bounded(kind: str, value: int) -> int:
+    if not 0 < value <= MAX_ID:
+        raise NotFound(f"{kind} {value} does not exist")
+    return value
+
+
 def outbox_dict(row: Any) -> dict[str, Any]:
     """Return an outbox entry as plain data."""
     return {
@@ -130,6 +139,7 @@ def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
     if ("take" in body) == ("value" in body):
         raise InvalidInput("give either take or value", {"take": "ours|theirs", "value": "any JSON"})
     c = container()
+    _bounded("conflict", conflict_id)
     return _json(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
 
 
@@ -147,6 +157,7 @@ def list_outbox() -> ResponseReturnValue:
 def replay_outbox(entry_id: int) -> ResponseReturnValue:
     """Put a dead entry back in the queue, due now, with its attempts reset."""
     c = container()
+    _bounded("outbox entry", entry_id)
     with c.uow() as uow:
         row = uow.outbox.get(entry_id)
         if row.status != "dead":

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from service.domain.changes import find_or_join, propose_goal
-from service.domain.errors import Conflict, PlanbridgeError, RuleViolation
-from service.domain.model import Goal, Patient, Plan
-from service.domain.terminology import ROLES
-from service.domain.types import Identifier
+from service.domain.changes import Command, ProposeGoal, ProposerSpec, apply_command
+from service.domain.errors import Conflict, NotFound, PlanbridgeError, RuleViolation
+from service.domain.model import Plan
 from service.problems import problem
 from service.store.tables import InboundEventRow
 from service.store.uow import StaleVersion, UnitOfWork
 
+__all__ = ["Command", "Envelope", "Outcome", "ProposeGoal", "ProposerSpec", "ReusedWebhookId", "handle_event"]
 log = logging.getLogger(__name__)
 MAX_TRIES = 5
+REFUSALS: list[tuple[type[PlanbridgeError], int]] = [(NotFound, 404), (Conflict, 409), (RuleViolation, 422)]
 
 
 @dataclass(frozen=True)
@@ -30,27 +30,6 @@ class Envelope:
     webhook_id: str
     body_sha256: str
     body: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ProposerSpec:
-    """Who proposes: a team member by id, or a person by kind and identifier (joining the team if new)."""
-
-    kind: str
-    member_id: str | None = None
-    identifier: Identifier | None = None
-    display: str | None = None
-    role: str | None = None
-
-
-@dataclass(frozen=True)
-class ProposeGoal:
-    """goal.proposed: someone on the team (or the patient) puts a goal forward."""
-
-    plan_id: str
-    patient: Patient
-    goal: Goal
-    proposer: ProposerSpec
 
 
 @dataclass(frozen=True)
@@ -68,17 +47,8 @@ class ReusedWebhookId(Conflict):
     code = "webhook-id-reused"
 
 
-def _apply(uow: UnitOfWork, command: ProposeGoal, now: datetime) -> Plan:
-    plan = uow.plans.get(command.plan_id)
-    if plan is None:
-        plan = Plan(id=command.plan_id, patient=command.patient)
-    elif plan.patient.mrn != command.patient.mrn:
-        raise Conflict(f"plan {plan.id} belongs to another patient", plan_id=plan.id)
-    who = command.proposer
-    role = ROLES.get(who.role or ("patient" if who.kind == "patient" else ""))
-    member = find_or_join(plan, who.kind, who.identifier, who.display, who.member_id, role)
-    goal = replace(command.goal, proposed_by=member.id)
-    propose_goal(plan, goal, now.isoformat())
+def _apply(uow: UnitOfWork, command: Command, now: datetime) -> Plan:
+    plan = apply_command(command, uow.plans.get(command.plan_id), now.isoformat())
     uow.plans.save(plan)
     uow.outbox.add(plan.id, "push_plan", None, None, now)
     return plan
@@ -113,7 +83,7 @@ def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
 
 
 def handle_event(
-    uow: UnitOfWork, envelope: Envelope, event_type: str, command: ProposeGoal, clock: Callable[[], datetime]
+    uow: UnitOfWork, envelope: Envelope, event_type: str, command: Command, clock: Callable[[], datetime]
 ) -> Outcome:
     """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
     for _ in range(MAX_TRIES):
@@ -135,7 +105,7 @@ def handle_event(
                             "plan_version": plan.version,
                         },
                     )
-                except (RuleViolation, Conflict) as refusal:
+                except (NotFound, RuleViolation, Conflict) as refusal:
                     if isinstance(refusal, StaleVersion):
                         raise
                     uow.rollback()
@@ -152,8 +122,8 @@ def handle_event(
 
 
 def _refusal(error: PlanbridgeError, envelope: Envelope, event_type: str) -> Outcome:
-    status = 422 if isinstance(error, RuleViolation) else 409
-    return Outcome(
-        status,
-        problem(error.code, "Event refused", status, error.detail, event_id=envelope.webhook_id, event_type=event_type),
-    )
+    status = next(s for kind, s in REFUSALS if isinstance(error, kind))
+    extra: dict[str, Any] = {"event_id": envelope.webhook_id, "event_type": event_type}
+    if isinstance(error.data.get("errors"), dict):
+        extra["errors"] = error.data["errors"]
+    return Outcome(status, problem(error.code, "Event refused", status, error.detail, **extra))

@@ -76,7 +76,8 @@ class Puller:
             }
         )
         for chunk in _chunks(wanted):
-            index.update(index_entries(self.client.search_entries("Observation", {"_id": ",".join(chunk)})))
+            params = {"_id": ",".join(chunk), "_count": str(len(chunk))}  # one page, not the server's default 20
+            index.update(index_entries(self.client.search_entries("Observation", params)))
         result.requests += self.client.requests_sent - before
         plans = [
             e["resource"]

@@ -83,11 +83,15 @@ def parse_location(location: str) -> tuple[str, str, str | None] | None:
     return (parts[-2], parts[-1], None) if len(parts) >= 2 else None
 
 
-def _patient_reference(uow: UnitOfWork, client: FhirClient, settings: Settings, plan: Plan) -> tuple[str | None, int]:
-    """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it)."""
-    link = uow.links.get(plan.id, "patient")
-    if link is not None:
-        return f"Patient/{link.fhir_id}", 0
+def _patient_reference(
+    linked_id: str | None, client: FhirClient, settings: Settings, plan: Plan
+) -> tuple[str | None, int]:
+    """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it).
+
+    Call it outside any database transaction: finding the Patient may take a request.
+    """
+    if linked_id is not None:
+        return f"Patient/{linked_id}", 0
     found = client.find_one("Patient", {"identifier": f"{settings.mrn_system}|{plan.patient.mrn}"})
     if found is not None:
         return f"Patient/{found['id']}", 1
@@ -139,10 +143,16 @@ class Pusher:
             plan = self.uow.plans.get(plan_id)
             if plan is None:
                 raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+            if self.uow.sync.state(plan_id).status == "conflicted":
+                return PushResult(plan_id, "conflicted", 0)
+            link = self.uow.links.get(plan_id, "patient")
+            linked_id = link.fhir_id if link is not None else None
+        # No transaction is open while the server is asked (on SQLite one would hold the write lock).
+        patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
+        with self.uow:
             state = self.uow.sync.state(plan_id)
             if state.status == "conflicted":
-                return PushResult(plan_id, "conflicted", 0)
-            patient_ref, spent = _patient_reference(self.uow, self.client, self.settings, plan)
+                return PushResult(plan_id, "conflicted", spent)
             bundle = plan_to_bundle(plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
             digest = bundle_digest(bundle)
             if state.pushed_hash == digest and state.status == "in_sync":

@@ -4,7 +4,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from service.api.schemas import GoalProposedDataSchema
+from service.api.schemas import EVENT_DATA_SCHEMAS, GoalProposedDataSchema
 from service.services.events import Envelope, ReusedWebhookId, handle_event
 from service.store.tables import InboundEventRow, OutboxRow
 from service.store.uow import UnitOfWork
@@ -81,3 +81,19 @@ def test_a_plan_cannot_change_patient(engine):
     assert outcome.status == 409
     with UnitOfWork(engine) as uow:
         assert len(uow.plans.get("plan-e").goals) == 1
+
+
+def test_any_catalogue_command_goes_through_the_same_path_and_an_unknown_plan_is_a_recorded_404(engine):
+    note = {"type": "note.added", "timestamp": "2026-11-22T10:00:00Z"}
+    note["data"] = {"plan_id": "plan-f", "text": "Hello", "author": "patient"}
+    command = EVENT_DATA_SCHEMAS["note.added"]().load(note["data"])
+    missing = handle_event(UnitOfWork(engine), envelope(note, "n1"), "note.added", command, Clock())
+    assert (missing.status, missing.body["type"]) == (404, "urn:planbridge:problem:not-found")
+    apply(engine, goal_event(plan_id="plan-f"), "g1")
+    again = handle_event(UnitOfWork(engine), envelope(note, "n1"), "note.added", command, Clock())
+    assert again.replayed and again.status == 404  # the first answer stands for that webhook id
+    added = handle_event(UnitOfWork(engine), envelope(note, "n2"), "note.added", command, Clock())
+    assert (added.status, added.body["plan_version"]) == (202, 2)
+    with UnitOfWork(engine) as uow:
+        assert [n.text for n in uow.plans.get("plan-f").notes] == ["Hello"]
+        assert [r.kind for r in uow.outbox.list("plan-f")] == ["push_plan", "push_plan"]
