@@ -233,9 +233,9 @@ def dev(port: int) -> None:
 
 
 def _add_operations() -> None:
-    from service.cli_sync import conflicts, fhir, outbox, sync
+    from service.cli_sync import conflicts, fhir, outbox, subscribe, sync
 
-    for group in (sync, conflicts, outbox, fhir):
+    for group in (sync, conflicts, outbox, fhir, subscribe):
         main.add_command(group)
 
 

@@ -189,3 +189,18 @@ def outbox_replay(entry_ids: tuple[int, ...], all_dead: bool) -> None:
             uow.outbox.replay(row, utcnow())
         uow.commit()
         _emit([outbox_dict(r) for r in rows])
+
+
+@click.command()
+@click.option("--status", "show_status", is_flag=True, help="Show the Subscriptions' state instead of writing them.")
+def subscribe(show_status: bool) -> None:
+    """Create or update the FHIR Subscriptions that notify planbridge of changes (rest-hook to our public URL)."""
+    from service.sync import subscriptions
+
+    engine = _engine()
+    client, settings = engine.pusher.client, engine.pusher.settings
+    if show_status:
+        _emit(_run(lambda: subscriptions.status(client)))
+        return
+    held = _run(lambda: subscriptions.subscribe(client, settings))
+    _emit([{"id": s.get("id"), "criteria": s.get("criteria"), "status": s.get("status")} for s in held])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +40,22 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
 
 
 AUTH_KINDS = ("none", "bearer", "basic", "smart")
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
+
+
+def _outbound_allow(env: Mapping[str, str]) -> tuple[str, ...]:
+    """Read the CIDRs and host names that outbound deliveries may reach although they are not public."""
+    entries = tuple(e.lower() for e in env.get("PLANBRIDGE_OUTBOUND_ALLOW", "").replace(",", " ").split() if e)
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not _HOST_NAME.match(entry):
+                raise ConfigurationError(
+                    f"PLANBRIDGE_OUTBOUND_ALLOW entries must be CIDRs or host names, got {entry!r}",
+                    setting="PLANBRIDGE_OUTBOUND_ALLOW",
+                ) from None
+    return entries
 
 
 def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -96,6 +114,9 @@ class Settings:
     max_body_bytes: int = 256 * 1024
     outbox_max_attempts: int = 8
     outbox_lease_seconds: float = 120.0
+    fhir_notify_secret: str | None = None
+    public_url: str = "http://127.0.0.1:8000"
+    resync_seconds: float = 900.0
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
     log_format: str = "json"
@@ -109,6 +130,9 @@ class Settings:
     smart_algorithm: str = "RS384"
     smart_scope: str = "system/Patient.read system/Goal.* system/CarePlan.* system/CareTeam.* system/Observation.*"
     smart_token_url: str | None = None
+    outbound_allow: tuple[str, ...] = field(default_factory=tuple)
+    delivery_timeout: float = 10.0
+    delivery_max_attempts: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -138,6 +162,11 @@ class Settings:
             outbox_max_attempts=int(
                 _number("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", env.get("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", "8"), int, 1)
             ),
+            fhir_notify_secret=env.get("PLANBRIDGE_FHIR_NOTIFY_SECRET") or None,
+            public_url=env.get("PLANBRIDGE_PUBLIC_URL", cls.public_url).strip().rstrip("/"),
+            resync_seconds=float(
+                _number("PLANBRIDGE_RESYNC_SECONDS", env.get("PLANBRIDGE_RESYNC_SECONDS", "900"), float, 0)
+            ),
             outbox_lease_seconds=float(
                 _number("PLANBRIDGE_OUTBOX_LEASE_SECONDS", env.get("PLANBRIDGE_OUTBOX_LEASE_SECONDS", "120"), float, 1)
             ),
@@ -146,5 +175,12 @@ class Settings:
             ),
             log_level=env.get("PLANBRIDGE_LOG_LEVEL", "INFO").upper(),
             log_format=_choice("PLANBRIDGE_LOG_FORMAT", env.get("PLANBRIDGE_LOG_FORMAT", "json"), ("json", "text")),
+            outbound_allow=_outbound_allow(env),
+            delivery_timeout=float(
+                _number("PLANBRIDGE_DELIVERY_TIMEOUT", env.get("PLANBRIDGE_DELIVERY_TIMEOUT", "10"), float, 0.1)
+            ),
+            delivery_max_attempts=int(
+                _number("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", env.get("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", "10"), int, 1)
+            ),
             **_auth(env),
         )

@@ -185,6 +185,126 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
             }
         },
     )
+    subscription_id = {"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    subscription = {"type": "object", "description": "id, url, event_types, status, disabled_reason, description"}
+    subscribe_body = {
+        "type": "object",
+        "required": ["url", "event_types"],
+        "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "event_types": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "description": {"type": ["string", "null"], "maxLength": 512},
+        },
+    }
+    spec.path(
+        "/subscriptions",
+        operations={
+            "get": {
+                "summary": "Subscriptions of team systems to plan changes (?status=active|disabled)",
+                "security": KEYED,
+                "responses": {"200": _ok("subscriptions", {"type": "array", "items": subscription}), **denied},
+            },
+            "post": {
+                "summary": "Subscribe a URL to plan changes; the answer shows its signing secret once",
+                "security": KEYED,
+                "requestBody": {"required": True, "content": {JSON_BODY: {"schema": subscribe_body}}},
+                "responses": {
+                    "201": _ok("subscribed, with its whsec_ secret", subscription),
+                    "400": _problem("invalid body or unknown event type"),
+                    "401": denied["401"],
+                    "422": _problem("the URL is refused (not http(s), or not a public address)"),
+                },
+            },
+        },
+    )
+    spec.path(
+        "/subscriptions/{subscription_id}",
+        operations={
+            "get": {
+                "summary": "One subscription",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "responses": {"200": _ok("the subscription", subscription), **denied},
+            },
+            "delete": {
+                "summary": "Delete a subscription and its delivery log",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "responses": {"204": _ok("deleted"), **denied},
+            },
+        },
+    )
+    for action, summary in (("enable", "Enable again; held deliveries become due"), ("disable", "Disable")):
+        spec.path(
+            f"/subscriptions/{{subscription_id}}/{action}",
+            operations={
+                "post": {
+                    "summary": summary,
+                    "security": KEYED,
+                    "parameters": [subscription_id],
+                    "responses": {"200": _ok("the subscription", subscription), **denied},
+                }
+            },
+        )
+    spec.path(
+        "/subscriptions/{subscription_id}/deliveries",
+        operations={
+            "get": {
+                "summary": "The delivery log: each change, its status and attempts (?status=, ?plan=, ?limit=)",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "responses": {
+                    "200": _ok("deliveries", {"type": "array", "items": {"type": "object"}}),
+                    "400": _problem("bad filter"),
+                    **denied,
+                },
+            }
+        },
+    )
+    spec.path(
+        "/deliveries/{delivery_id}/replay",
+        operations={
+            "post": {
+                "summary": "Queue a dead or failed delivery again",
+                "security": KEYED,
+                "parameters": [delivery_id],
+                "responses": {"200": _ok("queued again"), **denied, "422": _problem("not dead or failed")},
+            }
+        },
+    )
+
+
+def _fhir_notification_paths(spec: APISpec) -> None:
+    outcome = {"description": "OperationOutcome", "content": {"application/fhir+json": {"schema": {"type": "object"}}}}
+    secret = [{"name": "X-Planbridge-Notify-Secret", "in": "header", "required": True, "schema": {"type": "string"}}]
+    answers = {"200": outcome, "400": outcome, "401": outcome}
+    spec.path(
+        "/fhir-notifications",
+        operations={
+            "post": {
+                "summary": "From the FHIR server: an empty rest-hook ping, or a Backport notification Bundle",
+                "parameters": secret,
+                "responses": answers,
+                "requestBody": {"content": {"application/fhir+json": {"schema": {"type": "object"}}}},
+            }
+        },
+    )
+    spec.path(
+        "/fhir-notifications/{resource_type}/{resource_id}",
+        operations={
+            "put": {
+                "summary": "From the FHIR server: a rest-hook notification carrying the changed resource",
+                "parameters": [
+                    *secret,
+                    {"name": "resource_type", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"name": "resource_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                "responses": answers,
+                "requestBody": {"content": {"application/fhir+json": {"schema": {"type": "object"}}}},
+            }
+        },
+    )
 
 
 def _schema_name(schema: Any) -> str:
@@ -252,6 +372,7 @@ def build_spec() -> dict[str, Any]:
         spec.components.schema(name, envelope)
         event_refs.append({"$ref": f"#/components/schemas/{name}"})
     _paths(spec, event_refs)
+    _fhir_notification_paths(spec)
     document = json.loads(json.dumps(spec.to_dict(), default=float))  # Decimal bounds become JSON numbers
     document["info"]["description"] = "Shared care plans between team systems and FHIR R4 servers. " + (
         f"Event envelope fields: {', '.join(sorted(EventSchema().fields))}."

@@ -142,3 +142,51 @@ class SyncCursorRow(Base):
 
     name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     value: Mapped[str] = mapped_column(sa.String(64))
+
+
+class SubscriptionRow(Base):
+    """A team system that wants plan changes POSTed to it, signed with its own secret."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    url: Mapped[str] = mapped_column(sa.String(2048))
+    event_types: Mapped[list[str]] = mapped_column(sa.JSON)
+    secret: Mapped[str] = mapped_column(sa.String(128))
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    disabled_reason: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    description: Mapped[str | None] = mapped_column(sa.String(512), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class DeliveryRow(Base):
+    """One plan change for one subscription: its signed payload, and the log of its delivery attempts."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (sa.UniqueConstraint("subscription_id", "plan_id", "sequence", name="uq_deliveries_order"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    subscription_id: Mapped[int] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    plan_id: Mapped[str] = mapped_column(sa.String(128))
+    sequence: Mapped[int] = mapped_column(sa.Integer)
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    webhook_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    last_status_code: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
+    attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class PlanSequenceRow(Base):
+    """The number of the last change recorded for a plan; each change takes the next one."""
+
+    __tablename__ = "plan_sequences"
+
+    plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(sa.Integer)

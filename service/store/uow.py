@@ -7,18 +7,22 @@ from types import TracebackType
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from service.domain import codec
 from service.domain.errors import Conflict, NotFound
 from service.domain.model import Plan
 from service.store.tables import (
     ConflictRow,
+    DeliveryRow,
     FhirLinkRow,
     InboundEventRow,
     OutboxRow,
     PlanRow,
+    PlanSequenceRow,
+    SubscriptionRow,
     SyncCursorRow,
     SyncStateRow,
 )
@@ -160,6 +164,13 @@ class OutboxRepository:
         else:
             row.next_attempt_at = now + delay
 
+    def pending_exists(self, plan_id: str, kind: str) -> bool:
+        """Tell whether an entry of this kind for this plan is already waiting."""
+        query = sa.select(OutboxRow.id).where(
+            OutboxRow.plan_id == plan_id, OutboxRow.kind == kind, OutboxRow.status == "pending"
+        )
+        return self._session.scalars(query.limit(1)).first() is not None
+
     def replay(self, row: OutboxRow, now: datetime) -> None:
         """Queue a dead entry again, due now, with its attempts reset."""
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
@@ -259,6 +270,179 @@ class SyncRepository:
             row.value = value
 
 
+class SubscriptionRepository:
+    """Team systems subscribed to plan changes."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(
+        self, url: str, event_types: list[str], secret: str, description: str | None, now: datetime
+    ) -> SubscriptionRow:
+        """Register an active subscription and return it with its id."""
+        row = SubscriptionRow(
+            url=url,
+            event_types=event_types,
+            secret=secret,
+            status="active",
+            description=description,
+            created_at=now,
+            updated_at=now,
+        )
+        self._session.add(row)
+        self._session.flush()
+        return row
+
+    def get(self, subscription_id: int) -> SubscriptionRow:
+        """Return a subscription by id."""
+        row = self._session.get(SubscriptionRow, subscription_id)
+        if row is None:
+            raise NotFound(f"subscription {subscription_id} does not exist", subscription_id=subscription_id)
+        return row
+
+    def list(self, status: str | None = None) -> list[SubscriptionRow]:
+        """Return subscriptions, oldest first."""
+        query = sa.select(SubscriptionRow).order_by(SubscriptionRow.id)
+        if status is not None:
+            query = query.where(SubscriptionRow.status == status)
+        return list(self._session.scalars(query))
+
+    def wanting(self, event_type: str) -> list[SubscriptionRow]:
+        """Return the active subscriptions that want this event type (a list naming it, or ["*"])."""
+        return [row for row in self.list("active") if "*" in row.event_types or event_type in row.event_types]
+
+    def set_status(self, row: SubscriptionRow, status: str, reason: str | None, now: datetime) -> None:
+        """Enable or disable a subscription, with the reason it was disabled."""
+        row.status, row.disabled_reason, row.updated_at = status, reason, now
+
+    def delete(self, row: SubscriptionRow) -> None:
+        """Remove a subscription and its delivery log."""
+        self._session.execute(sa.delete(DeliveryRow).where(DeliveryRow.subscription_id == row.id))
+        self._session.delete(row)
+        self._session.flush()
+
+
+DELIVERY_LOG_LENGTH = 50
+OPEN_DELIVERY = ("pending", "failed")
+
+
+class DeliveryRepository:
+    """Plan changes waiting for (or done with) delivery to subscribers, and each plan's change counter."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def next_sequence(self, plan_id: str) -> int:
+        """Take the plan's next change number; the row lock it takes orders concurrent writers of one plan."""
+        dialect = self._session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self._session.execute(insert(PlanSequenceRow).values(plan_id=plan_id, last_sequence=0).on_conflict_do_nothing())
+        return self._session.execute(
+            sa.update(PlanSequenceRow)
+            .where(PlanSequenceRow.plan_id == plan_id)
+            .values(last_sequence=PlanSequenceRow.last_sequence + 1)
+            .returning(PlanSequenceRow.last_sequence)
+            .execution_options(synchronize_session=False)
+        ).scalar_one()
+
+    def add(self, row: DeliveryRow) -> None:
+        """Queue a delivery."""
+        self._session.add(row)
+
+    def get(self, delivery_id: int) -> DeliveryRow:
+        """Return a delivery by id."""
+        row = self._session.get(DeliveryRow, delivery_id)
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} does not exist", delivery_id=delivery_id)
+        return row
+
+    def find(self, delivery_id: int) -> DeliveryRow | None:
+        """Return a delivery by id, or None (its subscription may have been deleted meanwhile)."""
+        return self._session.get(DeliveryRow, delivery_id)
+
+    def claim_next(self, now: datetime) -> DeliveryRow | None:
+        """Lock and return a due open delivery of an active subscription that no earlier open one holds back.
+
+        Deliveries of one plan to one subscription go strictly in sequence order: a change waits while
+        an earlier one is pending or failed (a dead one no longer holds the rest back).
+        """
+        earlier = aliased(DeliveryRow)
+        held_back = (
+            sa.select(earlier.id)
+            .where(
+                earlier.subscription_id == DeliveryRow.subscription_id,
+                earlier.plan_id == DeliveryRow.plan_id,
+                earlier.sequence < DeliveryRow.sequence,
+                earlier.status.in_(OPEN_DELIVERY),
+            )
+            .exists()
+        )
+        query = (
+            sa.select(DeliveryRow)
+            .join(SubscriptionRow, SubscriptionRow.id == DeliveryRow.subscription_id)
+            .where(
+                DeliveryRow.status.in_(OPEN_DELIVERY),
+                DeliveryRow.next_attempt_at <= now,
+                SubscriptionRow.status == "active",
+                ~held_back,
+            )
+            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, of=DeliveryRow)
+        )
+        return self._session.scalars(query).first()
+
+    def record_attempt(
+        self, row: DeliveryRow, now: datetime, status_code: int | None, error: str | None, duration_ms: int
+    ) -> None:
+        """Count an attempt and log it on the row (status code and error only, never a body)."""
+        row.attempts += 1
+        row.last_status_code, row.last_error = status_code, (error[:2000] if error else None)
+        entry = {"at": now.isoformat(), "status_code": status_code, "error": row.last_error, "ms": duration_ms}
+        row.attempt_log = [*(row.attempt_log or []), entry][-DELIVERY_LOG_LENGTH:]
+
+    def mark_delivered(self, row: DeliveryRow, now: datetime) -> None:
+        """Record a 2xx answer."""
+        row.status, row.delivered_at = "delivered", now
+
+    def mark_failed(self, row: DeliveryRow, max_attempts: int, retry_at: datetime) -> None:
+        """Retry at `retry_at`, or park the delivery as dead after the last attempt."""
+        if row.attempts >= max_attempts:
+            row.status = "dead"
+        else:
+            row.status, row.next_attempt_at = "failed", retry_at
+
+    def replay(self, row: DeliveryRow, now: datetime) -> None:
+        """Queue a dead or failed delivery again, due now, with its attempts reset (the log is kept)."""
+        row.status, row.attempts, row.next_attempt_at = "pending", 0, now
+
+    def rearm(self, subscription_id: int, now: datetime) -> None:
+        """Make a subscription's open deliveries due now (when it is enabled again)."""
+        self._session.execute(
+            sa.update(DeliveryRow)
+            .where(DeliveryRow.subscription_id == subscription_id, DeliveryRow.status.in_(OPEN_DELIVERY))
+            .values(next_attempt_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+    def list(
+        self,
+        subscription_id: int | None = None,
+        status: str | None = None,
+        plan_id: str | None = None,
+        limit: int = 200,
+    ) -> list[DeliveryRow]:
+        """Return deliveries, oldest first, optionally filtered."""
+        query = sa.select(DeliveryRow).order_by(DeliveryRow.id).limit(limit)
+        if subscription_id is not None:
+            query = query.where(DeliveryRow.subscription_id == subscription_id)
+        if status is not None:
+            query = query.where(DeliveryRow.status == status)
+        if plan_id is not None:
+            query = query.where(DeliveryRow.plan_id == plan_id)
+        return list(self._session.scalars(query))
+
+
 class UnitOfWork:
     """`with uow:` opens a transaction; `uow.commit()` makes it durable; leaving without commit rolls back."""
 
@@ -274,6 +458,8 @@ class UnitOfWork:
         self.outbox = OutboxRepository(self.session)
         self.links = FhirLinkRepository(self.session)
         self.sync = SyncRepository(self.session)
+        self.subscriptions = SubscriptionRepository(self.session)
+        self.deliveries = DeliveryRepository(self.session)
         return self
 
     def __exit__(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -45,6 +46,23 @@ class OutboxWorker:
             self.uow.commit()
             return claimed
 
+    def _run(self, kind: str, plan_id: str) -> None:
+        if kind in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
+            self.engine.push(plan_id)
+        elif kind == "pull_plan":
+            self.engine.pull_plans([plan_id])
+        elif kind == "pull_changed":
+            self.engine.pull_changed()
+        else:
+            raise PlanbridgeError(f"unknown outbox entry kind {kind}")
+
+    def queue_resync(self) -> None:
+        """Queue a pull of everything that changed (unless one is already waiting)."""
+        with self.uow:
+            if not self.uow.outbox.pending_exists("*", "pull_changed"):
+                self.uow.outbox.add("*", "pull_changed", None, None, self.clock())
+                self.uow.commit()
+
     def process_one(self) -> bool:
         """Push one due entry; return False when none was due."""
         claimed = self._claim()
@@ -53,9 +71,7 @@ class OutboxWorker:
         entry_id, plan_id, kind, _subject = claimed
         error: str | None = None
         try:
-            if kind not in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
-                raise PlanbridgeError(f"unknown outbox entry kind {kind}")
-            self.engine.push(plan_id)
+            self._run(kind, plan_id)
         except Exception as exc:  # any failure is recorded on the entry and retried, never lost
             error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, PlanbridgeError):
@@ -66,10 +82,11 @@ class OutboxWorker:
             if error is None:
                 self.uow.outbox.mark_done(row, now)
             else:
-                state = self.uow.sync.state(plan_id)
-                state.last_error = error[:2000]
-                if state.status != "conflicted":
-                    state.status = "failed"
+                if kind.startswith("push") and self.uow.plans.get(plan_id) is not None:
+                    state = self.uow.sync.state(plan_id)
+                    state.last_error = error[:2000]
+                    if state.status != "conflicted":
+                        state.status = "failed"
                 self.uow.outbox.mark_failed(
                     row, error, now, self.settings.outbox_max_attempts, backoff(row.attempts + 1)
                 )
@@ -89,8 +106,14 @@ class OutboxWorker:
     def run_forever(self, stop: threading.Event) -> None:
         """Poll the outbox until `stop` is set."""
         log.info("outbox worker started")
+        last_resync = -float("inf")
         while not stop.is_set():
             try:
+                # The safety net: FHIR servers give up retrying notifications, so look now and then.
+                if self.settings.resync_seconds and time.monotonic() - last_resync >= self.settings.resync_seconds:
+                    if self.settings.fhir_base_url:
+                        self.queue_resync()
+                    last_resync = time.monotonic()
                 busy = self.run_until_idle(limit=100)
             except Exception:  # a database hiccup must not kill the worker; it retries next poll
                 log.exception("outbox worker pass failed")

@@ -1,0 +1,140 @@
+"""Notifications from the FHIR server: they only ever queue a re-read, never change a plan by themselves."""
+
+import json
+import uuid
+
+import pytest
+import requests
+
+from service.api.container import utcnow
+from service.fhir.client import FhirClient
+from service.store.uow import UnitOfWork
+from service.sync.notifications import receive_backport, receive_ping, receive_resource
+from tests.live import Live
+from tests.support import goal_event
+
+SECRET = "notify-secret-0123456789"
+HEADERS = {"X-Planbridge-Notify-Secret": SECRET, "Content-Type": "application/fhir+json"}
+
+
+def queued(engine) -> list[tuple[str, str]]:
+    with UnitOfWork(engine) as uow:
+        return [(e.kind, e.plan_id) for e in uow.outbox.list(status="pending") if e.kind.startswith("pull")]
+
+
+def status_bundle(kind: str, events: list[tuple[int, dict | None]], total: int | None = None) -> dict:
+    params = [
+        {"name": "subscription", "valueReference": {"reference": "Subscription/s1"}},
+        {"name": "topic", "valueCanonical": "http://example.org/topic/goal-changes"},
+        {"name": "type", "valueCode": kind},
+    ]
+    if total is not None:
+        params.append({"name": "events-since-subscription-start", "valueString": str(total)})
+    entries = []
+    for number, resource in events:
+        part = [{"name": "event-number", "valueString": str(number)}]
+        if resource is not None:
+            part.append({"name": "focus", "valueReference": {"reference": f"Goal/{resource['id']}"}})
+            entries.append({"fullUrl": f"http://ehr/Goal/{resource['id']}", "resource": resource})
+        params.append({"name": "notification-event", "part": part})
+    status = {"resourceType": "Parameters", "parameter": params}
+    return {"resourceType": "Bundle", "type": "history", "entry": [{"resource": status}, *entries]}
+
+
+def our_goal(base: str, plan_id: str, version: str = "2") -> dict:
+    return {
+        "resourceType": "Goal",
+        "id": "77",
+        "meta": {"versionId": version},
+        "identifier": [{"system": f"{base}/goal", "value": f"{plan_id}/g1"}],
+    }
+
+
+BASE = "https://planbridge.test/notify/id"
+
+
+def test_a_ping_queues_one_pull_of_what_changed(engine):
+    receive_ping(UnitOfWork(engine), utcnow())
+    receive_ping(UnitOfWork(engine), utcnow())  # a second ping while one is waiting adds nothing
+    assert queued(engine) == [("pull_changed", "*")]
+
+
+def test_a_resource_queues_its_plan_unless_it_is_the_version_we_already_know(engine):
+    with UnitOfWork(engine) as uow:
+        uow.links.record("plan-a", "goal:g1", "Goal", "77", "2", utcnow())
+        uow.commit()
+    assert receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-a", "2"), BASE, utcnow()).queued == []
+    assert receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-a", "3"), BASE, utcnow()).queued == ["plan-a"]
+    ehr_goal = {"resourceType": "Goal", "id": "9", "meta": {"versionId": "1"}}
+    assert receive_resource(UnitOfWork(engine), ehr_goal, BASE, utcnow()).queued == ["*"]
+    assert queued(engine) == [("pull_plan", "plan-a"), ("pull_changed", "*")]
+
+
+def test_backport_handshake_events_and_a_gap(engine):
+    assert receive_backport(UnitOfWork(engine), status_bundle("handshake", [], total=0), BASE, utcnow()).queued == []
+    first = receive_backport(
+        UnitOfWork(engine), status_bundle("event-notification", [(1, our_goal(BASE, "plan-b"))]), BASE, utcnow()
+    )
+    assert first.queued == ["plan-b"]
+    heartbeat = receive_backport(UnitOfWork(engine), status_bundle("heartbeat", [], total=1), BASE, utcnow())
+    assert heartbeat.queued == []  # nothing missed
+    gap = receive_backport(UnitOfWork(engine), status_bundle("event-notification", [(4, None)]), BASE, utcnow())
+    assert "*" in gap.queued  # events 2 and 3 never came: resync
+    behind = receive_backport(UnitOfWork(engine), status_bundle("heartbeat", [], total=6), BASE, utcnow())
+    assert behind.queued == ["*"]  # the server says 6 happened; we saw 4
+
+
+@pytest.fixture
+def live(engine, fhir_base_url):
+    service = Live(engine, fhir_base_url, fhir_notify_secret=SECRET)
+    yield service
+    service.close()
+
+
+def test_unauthenticated_notifications_are_refused_and_change_nothing(live):
+    for headers in ({}, {"X-Planbridge-Notify-Secret": "wrong"}):
+        answer = requests.post(f"{live.url}/fhir-notifications", headers=headers, timeout=10)
+        assert answer.status_code == 401
+        assert answer.json()["resourceType"] == "OperationOutcome"
+    assert queued(live.engine) == []
+
+
+def test_malformed_notifications_get_an_operation_outcome(live):
+    bad_type = requests.put(
+        f"{live.url}/fhir-notifications/Goal/1",
+        data=json.dumps({"resourceType": "CarePlan"}),
+        headers=HEADERS,
+        timeout=10,
+    )
+    assert bad_type.status_code == 400 and bad_type.json()["issue"][0]["code"] == "invalid"
+    not_json = requests.post(f"{live.url}/fhir-notifications", data=b"{oops", headers=HEADERS, timeout=10)
+    assert not_json.status_code == 400
+    no_status = requests.post(
+        f"{live.url}/fhir-notifications",
+        headers=HEADERS,
+        timeout=10,
+        data=json.dumps({"resourceType": "Bundle", "type": "history", "entry": []}),
+    )
+    assert no_status.status_code == 400
+    assert queued(live.engine) == []
+
+
+def test_an_ehr_edit_notified_by_rest_hook_reaches_the_plan(live, fhir_base_url):
+    event = goal_event(plan_id=f"plan-{uuid.uuid4().hex[:8]}")
+    plan_id = event["data"]["plan_id"]
+    assert live.post(event).status_code == 202
+    live.worker.run_until_idle()
+    ehr = FhirClient(fhir_base_url)
+    goal = ehr.find_one("Goal", {"identifier": f"{live.settings.identifier_base}/goal|{plan_id}/goal-walk"})
+    changed = ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "lifecycleStatus": "on-hold"}).json()
+    # The notification carries the new version (a forged body could only ever queue a re-read).
+    forged = {**changed, "lifecycleStatus": "cancelled"}
+    answer = requests.put(
+        f"{live.url}/fhir-notifications/Goal/{goal['id']}", data=json.dumps(forged), headers=HEADERS, timeout=10
+    )
+    assert answer.status_code == 200
+    assert queued(live.engine) == [("pull_plan", plan_id)]
+    live.worker.run_until_idle()
+    with UnitOfWork(live.engine) as uow:
+        assert uow.plans.get(plan_id).goals[0].lifecycle_status == "on-hold"  # what the server holds, not the body
+    assert queued(live.engine) == []
