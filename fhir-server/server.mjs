@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // planbridge local FHIR R4 server: node:http in front of Medplum's FhirRouter + MemoryRepository.
-// Usage: node server.mjs [--host 127.0.0.1] [--port 8090] [--page-size 20] [--quiet] [--exit-on-stdin-close]
+// Usage: node server.mjs [--host 127.0.0.1] [--port 8090] [--page-size 20] [--subscription-retry-delays 1,2,4,8,15,30]
+//        [--quiet] [--exit-on-stdin-close]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
 const USAGE = 'usage: node server.mjs [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
-  '[--quiet] [--exit-on-stdin-close]';
+  '[--subscription-retry-delays S1,S2,... (seconds between delivery attempts)] [--quiet] [--exit-on-stdin-close]';
 
 function options() {
   try {
@@ -14,6 +15,7 @@ function options() {
         host: { type: 'string', default: '127.0.0.1' },
         port: { type: 'string', default: '8090' },
         'page-size': { type: 'string', default: '20' },
+        'subscription-retry-delays': { type: 'string', default: '1,2,4,8,15,30' },
         quiet: { type: 'boolean', default: false },
         'exit-on-stdin-close': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -27,7 +29,12 @@ function options() {
     const pageSize = Number(values['page-size']);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`invalid --port ${values.port}`);
     if (!Number.isInteger(pageSize) || pageSize < 1) throw new Error(`invalid --page-size ${values['page-size']}`);
-    return { ...values, port, pageSize };
+    const rawDelays = values['subscription-retry-delays'].trim();
+    const retryDelaysMs = rawDelays ? rawDelays.split(',').map((d) => Math.round(Number(d) * 1000)) : [];
+    if (retryDelaysMs.some((d) => !Number.isFinite(d) || d < 0)) {
+      throw new Error(`invalid --subscription-retry-delays ${values['subscription-retry-delays']}`);
+    }
+    return { ...values, port, pageSize, retryDelaysMs };
   } catch (err) {
     process.stderr.write(`${err.message}\n${USAGE}\n`);
     process.exit(2);
@@ -47,7 +54,7 @@ const { loadDefinitions, loadTerminology } = await import('./lib/schema.mjs');
 const { createApp, BASE_PATH } = await import('./lib/app.mjs');
 
 loadDefinitions();
-const app = createApp({ pageSize: opts.pageSize, log });
+const app = createApp({ pageSize: opts.pageSize, log, subscriptionRetryDelaysMs: opts.retryDelaysMs });
 const server = http.createServer((req, res) => {
   app.handle(req, res).catch((err) => {
     log(`error: ${err?.stack ?? err}`);

@@ -7,6 +7,7 @@ import { capabilityStatement } from './capability.mjs';
 import { SearchPager } from './paging.mjs';
 import { HapiLikeRepository } from './repo.mjs';
 import { validate } from './schema.mjs';
+import { SubscriptionNotifier, validateSubscription } from './subscriptions.mjs';
 
 export const BASE_PATH = '/baseR4';
 const MAX_BODY_BYTES = 64 * 1024 * 1024;
@@ -68,8 +69,8 @@ function readBody(req) {
   });
 }
 
-export function createApp({ pageSize = 20, log = () => {} } = {}) {
-  const repo = new HapiLikeRepository({ validate });
+export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDelaysMs } = {}) {
+  const repo = new HapiLikeRepository({ validate: (r) => { validate(r); validateSubscription(r); } });
   const router = new FhirRouter();
   const pager = new SearchPager(repo, { defaultPageSize: pageSize });
   const startedAt = new Date().toISOString();
@@ -79,6 +80,7 @@ export function createApp({ pageSize = 20, log = () => {} } = {}) {
     chain = run.catch(() => {});
     return run;
   };
+  const notifier = new SubscriptionNotifier({ repo, serialized, log, retryDelaysMs: subscriptionRetryDelaysMs });
 
   async function parseRequest(req, url) {
     if (!WRITE_METHODS.has(req.method)) return undefined;
@@ -245,5 +247,5 @@ export function createApp({ pageSize = 20, log = () => {} } = {}) {
     }
   }
 
-  return { handle, repo };
+  return { handle, repo, notifier };
 }

@@ -30,7 +30,7 @@ const RESULT_PARAMS = new Set(['_sort', '_include', '_revinclude', '_elements', 
   '_type', '_text', '_content', '_list', '_query', '_filter']);
 
 /** HAPI rejects unknown search parameters (HAPI-0524) instead of silently matching nothing. */
-function checkParameterNames(resourceType, names) {
+export function checkParameterNames(resourceType, names) {
   const known = getSearchParameters(resourceType) ?? {};
   for (const name of names) {
     const code = name.split(/[:.]/)[0];

@@ -12,6 +12,17 @@ const outcome = (id, code, diagnostics) => ({
 const fail = (id, code, diagnostics) => new OperationOutcomeError(outcome(id, code, diagnostics));
 const notKnown = (type, id) => fail('not-found', 'not-found', `HAPI-2001: Resource ${type}/${id} is not known`);
 
+/** One write per resource for a committed transaction: its final state (create + update = create). */
+function coalesce(writes) {
+  const byKey = new Map();
+  for (const write of writes) {
+    const key = `${write.resource.resourceType}/${write.resource.id}`;
+    const first = byKey.get(key);
+    byKey.set(key, first?.action === 'create' && write.action === 'update' ? { ...write, action: 'create' } : write);
+  }
+  return [...byKey.values()];
+}
+
 export class HapiLikeRepository extends MemoryRepository {
   /** @param {{ validate?: (resource: object) => void }} [options] */
   constructor(options = {}) {
@@ -22,6 +33,16 @@ export class HapiLikeRepository extends MemoryRepository {
     this.deleted = new Set(); // "Type/id" of deleted resources (read -> 410)
     this.identifierIndex = new Map(); // type -> Map(lower-cased identifier.value -> Set(id))
     this.journal = null; // Map("Type/id" -> prior state) while a transaction runs
+    this.pendingWrites = null; // writes of the running transaction, reported once it commits
+    this.onCommit = null; // (writes: {action, resource}[]) => void, called after each committed unit
+  }
+
+  /** Report a write to onCommit: at once, or when the surrounding transaction commits. */
+  recordWrite(action, resource) {
+    if (!this.onCommit || !resource) return;
+    const write = { action, resource: deepClone(resource) };
+    if (this.pendingWrites) this.pendingWrites.push(write);
+    else this.onCommit([write]);
   }
 
   generateId() {
@@ -62,6 +83,7 @@ export class HapiLikeRepository extends MemoryRepository {
     this.deleted.delete(key);
     this.unindex(existing);
     this.index(this.current(type, id));
+    this.recordWrite(existing ? 'update' : 'create', this.current(type, id));
     return result;
   }
 
@@ -129,6 +151,7 @@ export class HapiLikeRepository extends MemoryRepository {
     this.unindex(existing);
     this.versions.set(key, (this.versions.get(key) ?? 0) + 1);
     this.deleted.add(key);
+    this.recordWrite('delete', existing);
   }
 
   // Only `identifier=` needs help: candidates come from the index, core still decides the match.
@@ -199,14 +222,20 @@ export class HapiLikeRepository extends MemoryRepository {
   async withTransaction(callback) {
     if (this.journal) return callback(this); // nested: the outermost transaction owns the journal
     this.journal = new Map();
+    this.pendingWrites = [];
+    let result;
     try {
-      const result = await callback(this);
-      this.journal = null;
-      return result;
+      result = await callback(this);
     } catch (err) {
+      this.pendingWrites = null; // a rolled-back transaction notifies nobody
       this.rollback();
       throw err;
     }
+    this.journal = null;
+    const writes = this.pendingWrites;
+    this.pendingWrites = null;
+    if (writes.length) this.onCommit?.(coalesce(writes));
+    return result;
   }
 
   rollback() {
