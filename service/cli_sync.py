@@ -200,7 +200,7 @@ def subscribe(show_status: bool) -> None:
     engine = _engine()
     client, settings = engine.pusher.client, engine.pusher.settings
     if show_status:
-        _emit(_run(lambda: subscriptions.status(client)))
+        _emit(_run(lambda: subscriptions.status(client, settings)))
         return
     held = _run(lambda: subscriptions.subscribe(client, settings))
     _emit([{"id": s.get("id"), "criteria": s.get("criteria"), "status": s.get("status")} for s in held])

@@ -188,8 +188,12 @@ export class SubscriptionNotifier {
   async activate(id) {
     const current = this.repo.current('Subscription', id);
     if (current?.status !== 'requested' || current.channel?.type !== 'rest-hook') return;
-    const { meta: _meta, ...rest } = current;
-    await this.repo.updateResource({ ...rest, status: 'active' });
+    // Keep what the client put in meta (tags, security labels, profiles), as HAPI does; the server's
+    // own versionId and lastUpdated are assigned anew.
+    const { meta, ...rest } = current;
+    const { versionId: _v, lastUpdated: _l, ...kept } = meta ?? {};
+    const next = Object.keys(kept).length ? { ...rest, meta: kept } : rest;
+    await this.repo.updateResource({ ...next, status: 'active' });
     this.log(`subscription Subscription/${id} activated (requested -> active)`);
   }
 

@@ -1,6 +1,7 @@
 """Create or update the Subscriptions that make the FHIR server tell planbridge about changes.
 
-R4 Subscription resources have no identifier, so planbridge finds its own by a `meta.tag`
+R4 Subscription resources have no identifier, so planbridge finds its own by their endpoint (search
+parameter `url`) and criteria, and marks them with a `meta.tag`
 (https://hl7.org/fhir/R4/subscription.html). One Subscription per watched resource type; each is a
 rest-hook with the resource as payload, pointed at `{PLANBRIDGE_PUBLIC_URL}/fhir-notifications`, and
 carrying the shared secret in `channel.header`.
@@ -51,8 +52,7 @@ def subscribe(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
     """Create each Subscription, or update the one planbridge made before; return what the server holds."""
     held = []
     for subscription in desired(settings):
-        tag = subscription["meta"]["tag"][0]
-        found = client.search("Subscription", {"_tag": f"{TAG_SYSTEM}|{tag['code']}"})
+        found = _ours(client, settings, subscription["criteria"])
         if found:
             subscription["id"] = found[0]["id"]
             stored = client.request(
@@ -66,9 +66,15 @@ def subscribe(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
     return held
 
 
-def status(client: FhirClient) -> list[dict[str, Any]]:
-    """Return planbridge's Subscriptions on the server: type, status, error, endpoint (secret left out)."""
-    found = client.search("Subscription", {"_tag": f"{TAG_SYSTEM}|"})
+def _ours(client: FhirClient, settings: Settings, criteria: str | None = None) -> list[dict[str, Any]]:
+    found = client.search("Subscription", {"url": f"{settings.public_url}/fhir-notifications"})
+    tagged = [s for s in found if any(t.get("system") == TAG_SYSTEM for t in s.get("meta", {}).get("tag", []))]
+    return [s for s in tagged if criteria is None or s.get("criteria") == criteria]
+
+
+def status(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
+    """Return planbridge's Subscriptions on the server: criteria, status, error, endpoint (secret left out)."""
+    found = _ours(client, settings)
     return [
         {
             "id": s.get("id"),

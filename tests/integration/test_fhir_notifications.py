@@ -138,3 +138,41 @@ def test_an_ehr_edit_notified_by_rest_hook_reaches_the_plan(live, fhir_base_url)
     with UnitOfWork(live.engine) as uow:
         assert uow.plans.get(plan_id).goals[0].lifecycle_status == "on-hold"  # what the server holds, not the body
     assert queued(live.engine) == []
+
+
+def test_a_subscription_on_the_fhir_server_brings_an_ehr_edit_into_the_plan(live, fhir_base_url):
+    """Real traffic: planbridge subscribes, the EHR edits a Goal, the server notifies, the worker pulls."""
+    import time
+    from dataclasses import replace
+
+    from service.sync import subscriptions
+
+    settings = replace(live.settings, public_url=live.url)
+    held = subscriptions.subscribe(live.fhir, settings)
+    try:
+        assert {s["criteria"].split("?")[0] for s in held} == {"CarePlan", "Goal", "CareTeam"}
+        event = goal_event(plan_id=f"plan-{uuid.uuid4().hex[:8]}")
+        plan_id = event["data"]["plan_id"]
+        live.post(event)
+        live.worker.run_until_idle()  # our push: its echoes are recognised and queue nothing lasting
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and queued(live.engine):
+            live.worker.run_until_idle()
+            time.sleep(0.1)
+        ehr = FhirClient(fhir_base_url)
+        goal = ehr.find_one("Goal", {"identifier": f"{settings.identifier_base}/goal|{plan_id}/goal-walk"})
+        ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "lifecycleStatus": "on-hold"})
+        deadline = time.monotonic() + 10
+        status = None
+        while time.monotonic() < deadline and status != "on-hold":
+            live.worker.run_until_idle()
+            with UnitOfWork(live.engine) as uow:
+                status = uow.plans.get(plan_id).goals[0].lifecycle_status
+            time.sleep(0.1)
+        assert status == "on-hold"
+        assert [s["status"] for s in subscriptions.status(live.fhir, settings)] == ["active"] * 3
+        again = subscriptions.subscribe(live.fhir, settings)  # a second run updates, never duplicates
+        assert sorted(s["id"] for s in again) == sorted(s["id"] for s in held)
+    finally:
+        for s in held:
+            live.fhir.request("DELETE", f"Subscription/{s['id']}")
