@@ -214,7 +214,10 @@ def _read_fields(plan: Plan, resource: Json, resolver: Resolver, extra: Json) ->
     plan.status = resource.get("status", "")
     plan.intent = resource.get("intent", "")
     plan.title = resource.get("title")
-    plan.categories = [dt.concept_from_fhir(c) for c in resource.get("category", [])]
+    categories = resource.get("category", [])
+    plan.categories = [dt.concept_from_fhir(c) for c in categories if dt.concept_fits(c)]
+    if any(not dt.concept_fits(c) for c in categories):
+        extra["category"] = [c for c in categories if not dt.concept_fits(c)]  # kept as they came
     plan.period_start = resource.get("period", {}).get("start")
     plan.period_end = resource.get("period", {}).get("end")
     plan.created_at = resource.get("created")

@@ -120,7 +120,7 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
         title=title,
         status=detail.get("status", ""),
         description=detail.get("description"),
-        code=dt.concept_from_fhir(detail["code"]) if "code" in detail else None,
+        code=dt.keep_concept(detail, "code", detail_extra),
         goal_ids=[goal_ids[g["reference"]] for g in known_goals],
         owner=resolver.member_for(performers[0]) if performers else None,
         start_date=period.get("start"),

@@ -59,8 +59,11 @@ def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[l
         member_id = resolver.member_for(participant["member"], in_team=True, member_id=participant.get("id"))
         member = resolver.members[member_id]
         roles = participant.get("role", [])
-        member.role = dt.concept_from_fhir(roles[0]) if roles else None
         member.fhir_extra = dt.residual(participant, PARTICIPANT_KEYS, set())
+        if roles and not dt.concept_fits(roles[0]):
+            roles = []  # a role the model cannot hold (an extension, an element id): all kept as they came
+            member.fhir_extra["role"] = participant["role"]
+        member.role = dt.concept_from_fhir(roles[0]) if roles else None
         if "id" not in participant:
             member.fhir_extra["_planbridge_synthetic_id"] = True  # the EHR gave the participant no element id
         if len(roles) > 1:

@@ -78,12 +78,15 @@ def checkin_from_fhir(resource: Json, resolver: Resolver, base: str) -> CheckIn:
     if len(notes) > 1 or (notes and set(notes[0]) != {"text"}):
         extra["note"], notes = notes, []
     dt.remember_source(extra, resource, bool(ours))
+    quantity = resource.get("valueQuantity")
+    if quantity is not None and not dt.quantity_fits(quantity):
+        extra["valueQuantity"], quantity = quantity, None  # kept as it came
     return CheckIn(
         id=ours[0].rsplit("/", 1)[1] if ours else f"obs-{resource.get('id', 'x')}",
         at=resource.get("effectiveDateTime", ""),
         measure=dt.concept_from_fhir(resource.get("code", {})),
-        quantity=dt.quantity_from_fhir(resource["valueQuantity"]) if "valueQuantity" in resource else None,
-        rating=dt.concept_from_fhir(resource["valueCodeableConcept"]) if "valueCodeableConcept" in resource else None,
+        quantity=dt.quantity_from_fhir(quantity) if quantity is not None else None,
+        rating=dt.keep_concept(resource, "valueCodeableConcept", extra),
         integer=resource.get("valueInteger"),
         text=resource.get("valueString"),
         note=notes[0]["text"] if notes else None,

@@ -69,7 +69,8 @@ def coding_from_fhir(data: Json) -> Coding:
 
 
 def concept_to_fhir(c: Concept) -> Json:
-    return prune({"coding": [coding_to_fhir(x) for x in c.codings], "text": c.text})
+    codings = [x for x in map(coding_to_fhir, c.codings) if x]  # a Coding that said nothing writes nothing
+    return prune({"coding": codings, "text": c.text})
 
 
 def concept_from_fhir(data: Json) -> Concept:
@@ -77,8 +78,44 @@ def concept_from_fhir(data: Json) -> Concept:
 
 
 def concept_says_something(data: Json) -> bool:
-    """Tell whether a CodeableConcept has text or a coding (one with only an id or extensions says nothing)."""
-    return bool(data.get("text") or data.get("coding"))
+    """Tell whether a CodeableConcept has text or a coding the model reads (only ids or extensions say nothing)."""
+    return bool(data.get("text") or any(not CODING_KEYS.isdisjoint(c) for c in data.get("coding", ())))
+
+
+# What the value types hold: a datatype with more (an element id, an extension) does not fit the
+# model, and is kept as it came where the model cannot hold it.
+CODING_KEYS = frozenset({"system", "version", "code", "display", "userSelected"})
+CONCEPT_KEYS = frozenset({"coding", "text"})
+QUANTITY_KEYS = frozenset({"value", "comparator", "unit", "system", "code"})
+
+
+def concept_fits(data: Json) -> bool:
+    """Tell whether a CodeableConcept is only codings (of system, code...) and text."""
+    return CONCEPT_KEYS.issuperset(data) and all(CODING_KEYS.issuperset(c) for c in data.get("coding", ()))
+
+
+def quantity_fits(data: Json) -> bool:
+    """Tell whether a Quantity (or Duration) is only value, comparator, unit, system and code."""
+    return QUANTITY_KEYS.issuperset(data)
+
+
+def range_fits(data: Json) -> bool:
+    return {"low", "high"}.issuperset(data) and all(quantity_fits(q) for q in data.values())
+
+
+def ratio_fits(data: Json) -> bool:
+    return {"numerator", "denominator"}.issuperset(data) and all(quantity_fits(q) for q in data.values())
+
+
+def keep_concept(element: Json, key: str, extra: Json) -> Concept | None:
+    """Return the concept at `key` when it fits the model; else keep it as it came in `extra` and return None."""
+    data = element.get(key)
+    if data is None:
+        return None
+    if concept_fits(data):
+        return concept_from_fhir(data)
+    extra[key] = data
+    return None
 
 
 def quantity_to_fhir(q: Quantity) -> Json:
@@ -194,8 +231,15 @@ def extension_parts(ext: Json, shapes: dict[str, str]) -> dict[str, Any] | None:
         url = sub.get("url")
         if url not in shapes or url in parts or set(sub) != {"url", shapes[url]}:
             return None
-        parts[url] = sub[shapes[url]]
+        value = sub[shapes[url]]
+        fits = _VALUE_FITS.get(shapes[url])
+        if fits is not None and not fits(value):
+            return None  # e.g. a valueDuration with an extension the model cannot hold
+        parts[url] = value
     return parts
+
+
+_VALUE_FITS = {"valueCodeableConcept": concept_fits, "valueDuration": quantity_fits, "valueQuantity": quantity_fits}
 
 
 def split_extensions(element: Json, modelled: set[str]) -> tuple[list[Json], list[Json]]:

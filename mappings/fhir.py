@@ -145,6 +145,7 @@ def validate_bundle(bundle: dict[str, Any]) -> None:
         raise MappingError("not a Bundle", errors={"resourceType": "Bundle"})
     found = _STRUCTURE.errors(bundle)
     if not found:
+        found = {issue.path: issue.message for issue in check_resource(bundle) if issue.severity == "error"}
         entries = bundle.get("entry", [])
         types = {e["fullUrl"]: e["resource"]["resourceType"] for e in entries if "fullUrl" in e and "resource" in e}
         for i, entry in enumerate(entries):

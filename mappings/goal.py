@@ -92,6 +92,24 @@ def target_from_fhir(data: Json) -> Target:
     )
 
 
+def target_fits(data: Json) -> bool:
+    """Tell whether a Goal.target's parts are all datatypes the model holds (else the target is kept as it came)."""
+    for key, fits in _TARGET_FITS.items():
+        if key in data and not fits(data[key]):
+            return False
+    return True
+
+
+_TARGET_FITS = {
+    "measure": dt.concept_fits,
+    "detailQuantity": dt.quantity_fits,
+    "detailRange": dt.range_fits,
+    "detailRatio": dt.ratio_fits,
+    "detailCodeableConcept": dt.concept_fits,
+    "dueDuration": dt.quantity_fits,
+}
+
+
 def _acceptance(agreement: Agreement, refs: Refs, path: str) -> Json:
     parts = [{"url": "individual", "valueReference": refs.member(agreement.member_id, f"{path}.member_id")}]
     if agreement.status:
@@ -199,24 +217,30 @@ def goal_from_fhir(
     found_plan, goal_id = _goal_id(resource, plan_id, base, fallback_id)
     ours = _ours(resource, base)
     others = [i for i in resource.get("identifier", []) if i is not ours]
+    extra = dt.residual(resource, GOAL_KEYS, GOAL_EXTENSIONS)
+    targets = resource.get("target", [])
+    categories = resource.get("category", [])
     goal = Goal(
         id=goal_id,
         description=dt.concept_from_fhir(resource.get("description", {})),
         lifecycle_status=resource.get("lifecycleStatus", ""),
-        categories=[dt.concept_from_fhir(c) for c in resource.get("category", [])],
-        priority=dt.concept_from_fhir(resource["priority"]) if "priority" in resource else None,
-        achievement=dt.concept_from_fhir(resource["achievementStatus"]) if "achievementStatus" in resource else None,
+        categories=[dt.concept_from_fhir(c) for c in categories if dt.concept_fits(c)],
+        priority=dt.keep_concept(resource, "priority", extra),
+        achievement=dt.keep_concept(resource, "achievementStatus", extra),
         status_date=resource.get("statusDate"),
         status_reason=resource.get("statusReason"),
         proposed_by=resolver.member_for(resource["expressedBy"])
         if _person(resource, "expressedBy", resolver)
         else None,
         start_date=resource.get("startDate"),
-        targets=[target_from_fhir(t) for t in resource.get("target", [])],
+        targets=[target_from_fhir(t) for t in targets if target_fits(t)],
         addresses=[dt.ref_from_fhir(r) for r in resource.get("addresses", []) if dt.ref_fits(r)],
         notes=[note_from_fhir(n, resolver) for n in resource.get("note", []) if note_is_modelled(n, resolver)],
     )
-    extra = dt.residual(resource, GOAL_KEYS, GOAL_EXTENSIONS)
+    if any(not target_fits(t) for t in targets):
+        extra["target"] = [t for t in targets if not target_fits(t)]  # kept as they came, after the others
+    if any(not dt.concept_fits(c) for c in categories):
+        extra["category"] = [c for c in categories if not dt.concept_fits(c)]
     goal.identifiers = dt.read_identifiers(others, extra)
     if any(not dt.ref_fits(r) for r in resource.get("addresses", [])):
         extra["addresses"] = [r for r in resource.get("addresses", []) if not dt.ref_fits(r)]  # kept as it came

@@ -6,8 +6,11 @@ checks, about ten times faster than building the pydantic models. It follows the
 (https://hl7.org/fhir/R4/json.html) and the primitive types' regexes
 (https://hl7.org/fhir/R4/datatypes.html#primitive). Where fhir.resources is lenient it is strict:
 JSON types must be exact (`"true"` is not a boolean, `"5"` not an integer), `null` only
-stands in primitive arrays, primitives are never empty strings, uris hold no whitespace and ids
-are at most 64 characters.
+stands in primitive arrays, objects and arrays are never empty, primitives are never empty strings
+and strings never only whitespace (which the XML format trims to nothing) nor over 1,048,576
+characters, uris hold no whitespace and ids are at most 64 characters. Extensions follow ext-1:
+a value[x] or sub-extensions, never both, never neither
+(https://hl7.org/fhir/R4/extensibility.html#Extension).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ _PATTERNS = {
 }
 _DATES = {"date", "dateTime", "instant"}
 _INT_RANGES = {"integer": (-(2**31), 2**31 - 1), "unsignedInt": (0, 2**31 - 1), "positiveInt": (1, 2**31 - 1)}
+_MAX_STRING = 1024 * 1024  # characters (https://hl7.org/fhir/R4/datatypes.html#string)
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
 
 
@@ -92,7 +96,13 @@ def _real_date(text: str) -> bool:
 def _plain_string(value: Any) -> Errors:
     if type(value) is not str:
         return [("", f"expected a string, got {_got(value)}")]
-    return None if value else [("", "an empty string is not a valid string")]
+    if value and not value.isspace() and len(value) <= _MAX_STRING:
+        return None
+    if not value:
+        return [("", "an empty string is not a valid string")]
+    if value.isspace():
+        return [("", "a string of only whitespace is not a valid string")]
+    return [("", f"a string of {len(value)} characters is over FHIR's {_MAX_STRING}")]
 
 
 def _string_check(kind: str) -> Check:
@@ -168,6 +178,8 @@ def _list_check(item: Check, nullable: bool) -> Check:
     def check(value: Any) -> Errors:
         if type(value) is not list:
             return [("", f"expected an array, got {_got(value)}")]
+        if not value:
+            return [("", "an empty array is not valid FHIR JSON (leave the element out)")]
         errors = None
         for i, x in enumerate(value):
             if x is None:
@@ -204,6 +216,10 @@ class _Compiled:
     def check(self, value: Any) -> Errors:
         if type(value) is not dict:
             return [("", f"expected an object ({self.name}), got {_got(value)}")]
+        if not value:
+            return [("", f"an empty object is not valid FHIR JSON ({self.name}; leave the element out)")]
+        if "id" in value and len(value) == 1 and not self.is_resource:
+            return [("", f"ele-1: an element has a value or children, not only an id ({self.name})")]
         errors = None
         fields = self.fields
         for key, item in value.items():
@@ -236,6 +252,27 @@ class _Compiled:
             if group in seen:
                 errors.append((f".{key}", f"only one of {group}[x] is allowed: {seen[group]} and {key}"))
             seen.setdefault(group, key)
+        return errors
+
+
+class _CompiledExtension(_Compiled):
+    """An Extension: its elements, then ext-1 (a value[x] or sub-extensions, not both, not neither)."""
+
+    __slots__ = ("value_keys",)
+
+    def __init__(self, name: str, is_resource: bool) -> None:
+        super().__init__(name, is_resource)
+        self.value_keys: frozenset[str] = frozenset()  # valueString, valueCode...: set once compiled
+
+    def check(self, value: Any) -> Errors:
+        errors = _Compiled.check(self, value)
+        if type(value) is not dict or not value:
+            return errors
+        has_value = not self.value_keys.isdisjoint(value)
+        if has_value == bool(value.get("extension")):
+            which = "both" if has_value else "neither"
+            message = f"ext-1: an extension has either a value[x] or sub-extensions, not {which}"
+            errors = (errors or []) + [("", message)]
         return errors
 
 
@@ -274,7 +311,8 @@ class StructureValidator:
         if definition is None:
             self._types[key] = None
             return None
-        compiled = _Compiled(definition.name, definition.is_resource)
+        kind = _CompiledExtension if definition.name == "Extension" else _Compiled
+        compiled = kind(definition.name, definition.is_resource)
         self._types[key] = compiled  # before the fields: types refer to themselves (Extension, Reference)
         for element in definition.elements:
             compiled.fields[element.key] = self._field_check(element)
@@ -286,6 +324,8 @@ class StructureValidator:
             if element.choice:
                 groups.setdefault(element.choice, []).append(element)
                 compiled.choice_of[element.key] = element.choice
+        if isinstance(compiled, _CompiledExtension):
+            compiled.value_keys = frozenset(k for k, group in compiled.choice_of.items() if group == "value")
         compiled.required_choices = [
             (name, tuple(e.key for e in members)) for name, members in groups.items() if members[0].choice_required
         ]

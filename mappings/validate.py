@@ -1,8 +1,16 @@
 """Checks fhir.resources does not make: required value-set bindings and R4 invariants.
 
 fhir.resources validates structure and cardinality only (FHIR-NOTES.md); these are the required
-bindings of the resources planbridge writes (https://hl7.org/fhir/R4/terminologies.html#required)
-and the invariants gol-1, cpl-3 and ctm-1.
+bindings of the resources planbridge reads and writes (https://hl7.org/fhir/R4/terminologies.html#required)
+and the invariants gol-1, cpl-3, ctm-1 and sqty-1 (a SimpleQuantity, as in Range.low/high, has no
+comparator: https://hl7.org/fhir/R4/datatypes.html#SimpleQuantity). Each problem names its element.
+
+Covered: Goal.lifecycleStatus, goal-acceptance status, CarePlan.status / intent /
+activity.detail.status / kind, CareTeam.status, Observation.status, Bundle.type /
+entry.request.method / entry.search.mode, the gender of Patient, Practitioner and RelatedPerson,
+Patient.link.type, a resource's identifier.use and text.status, and Quantity.comparator wherever a
+Quantity, Duration, Range or Ratio sits in a Goal target, an Observation value (and its components)
+or a CarePlan activity detail.
 """
 
 from __future__ import annotations
@@ -28,15 +36,90 @@ CAREPLAN_ACTIVITY_KINDS = (
 )
 
 
+OBSERVATION_STATUSES = (
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+)
+CARETEAM_STATUSES = ("proposed", "active", "suspended", "inactive", "entered-in-error")
+GENDERS = ("male", "female", "other", "unknown")
+PATIENT_LINK_TYPES = ("replaced-by", "replaces", "refer", "seealso")
+IDENTIFIER_USES = ("usual", "official", "temp", "secondary", "old")
+NARRATIVE_STATUSES = ("generated", "extensions", "additional", "empty")
+BUNDLE_TYPES = (
+    "document",
+    "message",
+    "transaction",
+    "transaction-response",
+    "batch",
+    "batch-response",
+    "history",
+    "searchset",
+    "collection",
+)
+HTTP_VERBS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH")
+SEARCH_MODES = ("match", "include", "outcome")
+
+
 def _code(value: object, allowed: tuple[str, ...], path: str) -> list[Issue]:
     if value is None or value in allowed:
         return []
     return [Issue(path, f"{value!r} is not in the required value set ({', '.join(allowed)})", code="code-invalid")]
 
 
+def _quantity(quantity: Json | None, path: str) -> list[Issue]:
+    """Quantity.comparator (also Duration's): < | <= | >= | >."""
+    if quantity is None or "comparator" not in quantity:
+        return []
+    return _code(quantity["comparator"], model.COMPARATORS, f"{path}.comparator")
+
+
+def _simple_quantity(quantity: Json | None, path: str) -> list[Issue]:
+    """sqty-1: a SimpleQuantity (Range.low/high, CarePlan.activity.detail.quantity...) has no comparator."""
+    if quantity is None or "comparator" not in quantity:
+        return []
+    return [Issue(f"{path}.comparator", "sqty-1: a SimpleQuantity has no comparator", code="invariant")]
+
+
+def _range(data: Json | None, path: str) -> list[Issue]:
+    if data is None:
+        return []
+    return _simple_quantity(data.get("low"), f"{path}.low") + _simple_quantity(data.get("high"), f"{path}.high")
+
+
+def _values(element: Json, prefix: str, path: str) -> list[Issue]:
+    """Check the Quantity, Range and Ratio choices of a value[x] (or detail[x]) element."""
+    issues = _quantity(element.get(f"{prefix}Quantity"), f"{path}.{prefix}Quantity")
+    issues += _range(element.get(f"{prefix}Range"), f"{path}.{prefix}Range")
+    ratio = element.get(f"{prefix}Ratio")
+    if ratio is not None:
+        issues += _quantity(ratio.get("numerator"), f"{path}.{prefix}Ratio.numerator")
+        issues += _quantity(ratio.get("denominator"), f"{path}.{prefix}Ratio.denominator")
+    return issues
+
+
+def _common(resource: Json, rtype: str) -> list[Issue]:
+    """Bindings every mapped resource shares: identifier.use and text.status."""
+    issues = []
+    for i, ident in enumerate(resource.get("identifier", ())):
+        if "use" in ident:
+            issues += _code(ident["use"], IDENTIFIER_USES, f"{rtype}.identifier[{i}].use")
+    if "text" in resource:
+        issues += _code(resource["text"].get("status"), NARRATIVE_STATUSES, f"{rtype}.text.status")
+    return issues
+
+
 def _goal(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = _code(resource.get("lifecycleStatus"), model.GOAL_LIFECYCLE_STATUSES, "Goal.lifecycleStatus")
+    issues += _common(resource, "Goal")
     for i, target in enumerate(resource.get("target", [])):
+        issues += _values(target, "detail", f"Goal.target[{i}]")
+        issues += _quantity(target.get("dueDuration"), f"Goal.target[{i}].dueDuration")
         if any(k.startswith("detail") for k in target) and "measure" not in target:
             issues.append(
                 Issue(
@@ -59,6 +142,7 @@ def _goal(resource: Json, types: dict[str, str]) -> list[Issue]:
 def _careplan(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = _code(resource.get("status"), model.PLAN_STATUSES, "CarePlan.status")
     issues += _code(resource.get("intent"), model.PLAN_INTENTS, "CarePlan.intent")
+    issues += _common(resource, "CarePlan")
     for i, activity in enumerate(resource.get("activity", [])):
         path = f"CarePlan.activity[{i}]"
         if "reference" in activity and "detail" in activity:
@@ -66,6 +150,42 @@ def _careplan(resource: Json, types: dict[str, str]) -> list[Issue]:
         detail = activity.get("detail", {})
         issues += _code(detail.get("status"), model.STEP_STATUSES, f"{path}.detail.status")
         issues += _code(detail.get("kind"), CAREPLAN_ACTIVITY_KINDS, f"{path}.detail.kind")
+        issues += _simple_quantity(detail.get("dailyAmount"), f"{path}.detail.dailyAmount")
+        issues += _simple_quantity(detail.get("quantity"), f"{path}.detail.quantity")
+    return issues
+
+
+def _observation(resource: Json, types: dict[str, str]) -> list[Issue]:
+    issues = _code(resource.get("status"), OBSERVATION_STATUSES, "Observation.status")
+    issues += _common(resource, "Observation")
+    issues += _values(resource, "value", "Observation")
+    for i, component in enumerate(resource.get("component", ())):
+        issues += _values(component, "value", f"Observation.component[{i}]")
+    for i, reference_range in enumerate(resource.get("referenceRange", ())):
+        issues += _range(reference_range, f"Observation.referenceRange[{i}]")
+    return issues
+
+
+def _person(resource: Json, types: dict[str, str]) -> list[Issue]:
+    """Patient, Practitioner, RelatedPerson: gender (and a Patient's contacts and links)."""
+    rtype = resource["resourceType"]
+    issues = _code(resource.get("gender"), GENDERS, f"{rtype}.gender")
+    issues += _common(resource, rtype)
+    for i, contact in enumerate(resource.get("contact", ()) if rtype == "Patient" else ()):
+        issues += _code(contact.get("gender"), GENDERS, f"Patient.contact[{i}].gender")
+    for i, link in enumerate(resource.get("link", ()) if rtype == "Patient" else ()):
+        issues += _code(link.get("type"), PATIENT_LINK_TYPES, f"Patient.link[{i}].type")
+    return issues
+
+
+def _bundle(resource: Json, types: dict[str, str]) -> list[Issue]:
+    """Bundle.type, entry.request.method and entry.search.mode (not the entries' resources)."""
+    issues = _code(resource.get("type"), BUNDLE_TYPES, "Bundle.type")
+    for i, entry in enumerate(resource.get("entry", ())):
+        if "request" in entry:
+            issues += _code(entry["request"].get("method"), HTTP_VERBS, f"Bundle.entry[{i}].request.method")
+        if "search" in entry:
+            issues += _code(entry["search"].get("mode"), SEARCH_MODES, f"Bundle.entry[{i}].search.mode")
     return issues
 
 
@@ -79,7 +199,8 @@ def _member_type(member: Json, types: dict[str, str]) -> str | None:
 
 
 def _careteam(resource: Json, types: dict[str, str]) -> list[Issue]:
-    issues = []
+    issues = _code(resource.get("status"), CARETEAM_STATUSES, "CareTeam.status")
+    issues += _common(resource, "CareTeam")
     for i, participant in enumerate(resource.get("participant", [])):
         kind = _member_type(participant.get("member", {}), types)
         if "onBehalfOf" in participant and kind not in ("Practitioner", None):
@@ -98,6 +219,17 @@ def check_resource(resource: Json, types: dict[str, str] | None = None) -> list[
 
     `types` maps the fullUrls of a Bundle's entries to their resource types, to resolve references.
     """
-    checks = {"Goal": _goal, "CarePlan": _careplan, "CareTeam": _careteam}
-    check = checks.get(resource.get("resourceType", ""))
+    check = _CHECKS.get(resource.get("resourceType", ""))
     return check(resource, types or {}) if check else []
+
+
+_CHECKS = {
+    "Goal": _goal,
+    "CarePlan": _careplan,
+    "CareTeam": _careteam,
+    "Observation": _observation,
+    "Patient": _person,
+    "Practitioner": _person,
+    "RelatedPerson": _person,
+    "Bundle": _bundle,
+}

@@ -2,11 +2,13 @@
 
 The fuzzer takes the EHR Bundles in fixtures/fhir and the transaction Bundles planbridge writes for
 fixtures/plans, and applies a few random mutations that keep the JSON shape of FHIR: an element or
-sub-extension deleted, an array item duplicated, dropped or moved, an object emptied, a reference
-pointed elsewhere, an extension's value[x] dropped or of another type, a code or URL swapped. When
+sub-extension deleted, an array item duplicated, dropped or moved, an object emptied, cut to one of
+its elements or replaced by an extension alone (which the model cannot hold), a reference pointed
+elsewhere, an extension's value[x] dropped or of another type, a code or URL swapped. When
 `validate_bundle` accepts the result, `bundle_to_plan` returns a plan or raises a PlanbridgeError
 naming the element: never a KeyError, TypeError, AttributeError, IndexError or ValueError. A plan
-read that way is written back (`plan_to_bundle`) under the same rule.
+read that way is written back (`plan_to_bundle`) under the same rule, and what it writes passes
+`validate_bundle` itself: planbridge never writes invalid FHIR.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ VALUES: list[dict[str, Any]] = [
     {"valueDuration": {"value": 2, "unit": "wk"}},
     {"valueQuantity": {"unit": "kg"}},
 ]
+OTHER_EXTENSION = {"url": "http://hl7.org/fhir/StructureDefinition/data-absent-reason", "valueCode": "unknown"}
 OTHER_REFERENCES = [
     "Organization/org-1",
     "PractitionerRole/pr-1",
@@ -124,8 +127,10 @@ def _spots(bundle: dict, kind: str) -> list[Path]:
         return [p for p, _ in nodes if isinstance(p[-1], int)]
     if kind == "reorder":
         return [p for p, v in nodes if isinstance(v, list) and len(v) > 1]
-    if kind == "empty-object":
+    if kind in ("empty-object", "only-extension"):
         return [p for p, v in nodes if isinstance(v, dict) and v and len(p) > 3]
+    if kind == "keep-one-key":
+        return [p for p, v in nodes if isinstance(v, dict) and len(v) > 1 and len(p) > 3]
     if kind in ("retarget", "drop-reference"):
         return [p for p, v in nodes if p[-1] == "reference" and isinstance(v, str)]
     if kind in ("drop-value", "retype-value"):  # planbridge's extensions and their parts, where it reads values
@@ -145,6 +150,8 @@ KINDS = [
     "duplicate-item",
     "reorder",
     "empty-object",
+    "only-extension",
+    "keep-one-key",
     "retarget",
     "drop-reference",
     "drop-value",
@@ -168,6 +175,11 @@ def _mutate(bundle: dict, kind: str, path: Path, draw: st.DrawFn) -> str:
         parent[key] = draw(st.permutations(items))
     elif kind == "empty-object":
         parent[key] = {}
+    elif kind == "only-extension":  # an element that says nothing planbridge reads (an EHR's data-absent-reason, say)
+        parent[key] = {"extension": [copy.deepcopy(OTHER_EXTENSION)]}
+    elif kind == "keep-one-key":
+        kept = draw(st.sampled_from(sorted(parent[key])))
+        parent[key] = {kept: parent[key][kept]}
     elif kind == "retarget":
         urls = [e.get("fullUrl") for e in bundle.get("entry", []) if isinstance(e, dict) and e.get("fullUrl")]
         parent[key] = draw(st.sampled_from(sorted(set(urls)) + OTHER_REFERENCES))
@@ -204,12 +216,17 @@ def _read_and_write_back(bundle: dict) -> None:
         assert exc.data.get("errors"), f"{exc.detail}: no element named"
         return
     try:
-        plan_to_bundle(plan, BASE, MRN_SYSTEM)
+        written = plan_to_bundle(plan, BASE, MRN_SYSTEM)
     except PlanbridgeError as exc:
         assert exc.data.get("errors"), f"{exc.detail}: no element named"
+        return
+    try:
+        validate_bundle(written)
+    except MappingError as exc:
+        raise AssertionError(f"planbridge wrote invalid FHIR: {exc.data['errors']}") from None
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(mutated_bundles())
 def test_structurally_valid_fhir_never_crashes_the_mapping(case):
     bundle, done = case
@@ -292,6 +309,22 @@ def _duplicate_participant(careteam: dict) -> dict:
     return careteam["participant"][-1]
 
 
+def _absent(element: dict) -> dict:
+    """Give a datatype an extension the model cannot hold (planbridge used to drop it, or write `{}`)."""
+    element.setdefault("extension", []).append(copy.deepcopy(OTHER_EXTENSION))
+    return element
+
+
+def _only_absent(element: dict) -> None:
+    """Make a datatype hold nothing but an extension."""
+    element.clear()
+    _absent(element)
+
+
+def _first_coding(concept: dict) -> dict:
+    return concept["coding"][0]
+
+
 ACCEPTANCE, RELATIONSHIP, REVIEW = codes.GOAL_ACCEPTANCE, codes.GOAL_RELATIONSHIP, codes.EXT_REVIEW
 # case: (source Bundle, find an element, change it in place); the changed element (or the one `change`
 # returns) must be written back as it is
@@ -300,11 +333,6 @@ KEPT: dict[str, tuple[str, Any, Any]] = {
         "plan:minimal",
         lambda b: _extension(b, ACCEPTANCE),
         lambda e: _value(_sub(e, "individual"), valueString="the patient"),
-    ),
-    "goal-acceptance individual without value[x]": (
-        "plan:minimal",
-        lambda b: _extension(b, ACCEPTANCE),
-        lambda e: _value(_sub(e, "individual")),
     ),
     "goal-acceptance individual an Organization": (
         "ehr-mcc-careplan",
@@ -371,6 +399,62 @@ KEPT: dict[str, tuple[str, Any, Any]] = {
         lambda b: _silent(b, "Observation", "code") or _first(b, "Goal")["outcomeReference"][0],
         lambda ref: None,
     ),
+    "Goal.target whose measure has an extension": (
+        "plan:knee-rehabilitation",
+        lambda b: _first(b, "Goal")["target"][0],
+        lambda t: _absent(t["measure"]),
+    ),
+    "Goal.target whose measure is only an extension": (
+        "plan:knee-rehabilitation",
+        lambda b: _first(b, "Goal")["target"][0],
+        lambda t: _only_absent(t["measure"]),
+    ),
+    "Goal.target whose dueDuration has an element id": (
+        "ehr-targets-and-extensions",
+        lambda b: next(t for t in _first(b, "Goal")["target"] if "dueDuration" in t),
+        lambda t: t["dueDuration"].update(id="d1"),
+    ),
+    "Goal.priority with an extension": ("plan:knee-rehabilitation", lambda b: _first(b, "Goal")["priority"], _absent),
+    "Goal.category coding only an extension": (
+        "plan:knee-rehabilitation",
+        lambda b: _first(b, "Goal")["category"][0],
+        lambda c: _only_absent(_first_coding(c)),
+    ),
+    "CarePlan.category with an element id": (
+        "plan:knee-rehabilitation",
+        lambda b: _careplan(b)["category"][0],
+        lambda c: c.update(id="c1"),
+    ),
+    "activity detail code with an extension": (
+        "plan:knee-rehabilitation",
+        lambda b: next(a["detail"]["code"] for a in _careplan(b)["activity"] if "code" in a["detail"]),
+        _absent,
+    ),
+    "CareTeam role coding only an extension": (
+        "ehr-mcc-careplan",
+        lambda b: next(p["role"] for p in _first(b, "CareTeam")["participant"] if "role" in p),
+        lambda roles: _only_absent(_first_coding(roles[0])),
+    ),
+    "check-in valueQuantity with an extension": (
+        "plan:knee-rehabilitation",
+        lambda b: _first(b, "Observation")["valueQuantity"],
+        _absent,
+    ),
+    "check-in rating with an element id": (
+        "plan:young-person-anxiety",
+        lambda b: _first(b, "Observation")["valueCodeableConcept"],
+        lambda c: c.update(id="r1"),
+    ),
+    "goal-acceptance priority with an extension": (
+        "ehr-mcc-careplan",
+        lambda b: _extension(b, ACCEPTANCE),
+        lambda e: _absent(_sub(e, "priority")["valueCodeableConcept"]),
+    ),
+    "plan-review every with an extension": (
+        "plan:goal-setting-declined",
+        lambda b: _extension(b, REVIEW),
+        lambda e: _absent(_sub(e, "every")["valueDuration"]),
+    ),
     "CarePlan.careTeam naming a Goal": ("plan:minimal", _careplan, _retarget_careteam),
     "a person on the CareTeam twice": ("ehr-mcc-careplan", lambda b: _first(b, "CareTeam"), _duplicate_participant),
 }
@@ -384,7 +468,17 @@ def test_what_the_model_cannot_hold_is_written_back_as_it_came(case):
     kept = copy.deepcopy(change(element) or element)
     validate_bundle(bundle)
     plan = bundle_to_plan(copy.deepcopy(bundle), BASE, MRN_SYSTEM)
-    assert _contains(plan_to_bundle(plan, BASE, MRN_SYSTEM), kept)
+    written = plan_to_bundle(plan, BASE, MRN_SYSTEM)
+    assert _contains(written, kept)
+    validate_bundle(written)
+
+
+def test_an_extension_with_neither_value_nor_parts_is_refused():
+    bundle = copy.deepcopy(SOURCES["plan:minimal"])
+    _value(_sub(_extension(bundle, ACCEPTANCE), "individual"))  # ext-1: a value[x] or sub-extensions
+    with pytest.raises(MappingError) as err:
+        validate_bundle(bundle)
+    assert any(path.endswith(".extension[0].extension[0]") for path in err.value.data["errors"])
 
 
 def test_a_replacement_by_a_goal_outside_the_plan_stays_on_the_old_goal():

@@ -53,6 +53,30 @@ CAREPLAN = {
 }
 
 
+OBSERVATION = {
+    "resourceType": "Observation",
+    "status": "final",
+    "code": {"text": "steps"},
+    "subject": {"reference": "Patient/42"},
+    "valueQuantity": {"value": 4200, "comparator": ">", "unit": "steps"},
+    "component": [{"code": {"text": "pace"}, "valueQuantity": {"value": 5, "comparator": "<"}}],
+    "referenceRange": [{"low": {"value": 1000}, "high": {"value": 9000}}],
+}
+CARETEAM = {
+    "resourceType": "CareTeam",
+    "status": "active",
+    "identifier": [{"use": "official", "system": "urn:x", "value": "t1"}],
+    "participant": [{"member": {"reference": "Practitioner/7"}}],
+    "text": {"status": "generated", "div": '<div xmlns="http://www.w3.org/1999/xhtml">team</div>'},
+}
+PATIENT = {
+    "resourceType": "Patient",
+    "gender": "female",
+    "contact": [{"gender": "male", "name": {"text": "Ann"}}],
+    "link": [{"other": {"reference": "Patient/43"}, "type": "seealso"}],
+}
+
+
 def changed(resource: dict, path: tuple, value: object) -> dict:
     """Return a copy of `resource` with the element at `path` set to `value` (or removed, for ...)."""
     out = copy.deepcopy(resource)
@@ -115,6 +139,38 @@ BAD = [
     (GOAL, ("note", 0, "text"), "", "Goal.note[0].text"),
     # a choice of types holds one type
     (GOAL, ("target", 1, "dueDate"), "2027", "Goal.target[1].dueDate"),
+    # objects and arrays are never empty (https://hl7.org/fhir/R4/json.html), nor an element only an id (ele-1)
+    (GOAL, ("target", 0, "measure"), {}, "Goal.target[0].measure"),
+    (GOAL, ("target", 0, "detailQuantity"), {}, "Goal.target[0].detailQuantity"),
+    (GOAL, ("category",), [{}], "Goal.category[0]"),
+    (GOAL, ("extension", 0, "extension", 0, "valueReference"), {}, "Goal.extension[0].extension[0].valueReference"),
+    (GOAL, ("category",), [], "Goal.category"),
+    (GOAL, ("target", 0, "measure", "coding"), [], "Goal.target[0].measure.coding"),
+    (GOAL, ("note",), [], "Goal.note"),
+    (GOAL, ("priority",), {"id": "p1"}, "Goal.priority"),
+    (CAREPLAN, ("activity", 0, "detail", "performer"), [], "CarePlan.activity[0].detail.performer"),
+    (CAREPLAN, ("period",), {}, "CarePlan.period"),
+    # ext-1: an extension has a value[x] or sub-extensions, not both, not neither
+    (GOAL, ("extension", 0, "valueString"), "x", "Goal.extension[0]"),
+    (GOAL, ("extension", 0, "extension", 0, "valueReference"), ..., "Goal.extension[0].extension[0]"),
+    (
+        GOAL,
+        ("extension", 0, "extension", 1, "extension"),
+        [{"url": "x", "valueCode": "y"}],
+        "Goal.extension[0].extension[1]",
+    ),
+    (GOAL, ("extension", 0, "extension"), ..., "Goal.extension[0]"),
+    (GOAL, ("modifierExtension",), [{"url": "http://ehr.example/x"}], "Goal.modifierExtension[0]"),
+    # strings have non-whitespace content (and at most 1,048,576 characters)
+    (GOAL, ("note", 0, "text"), "   ", "Goal.note[0].text"),
+    (GOAL, ("note", 0, "text"), "\n\t", "Goal.note[0].text"),
+    (GOAL, ("note", 0, "authorString"), " ", "Goal.note[0].authorString"),
+    (GOAL, ("description", "text"), "", "Goal.description.text"),
+    (GOAL, ("description", "text"), "  ", "Goal.description.text"),
+    (GOAL, ("subject", "display"), "\r\n", "Goal.subject.display"),
+    (GOAL, ("target", 0, "detailQuantity", "unit"), " ", "Goal.target[0].detailQuantity.unit"),
+    (CAREPLAN, ("activity", 0, "detail", "scheduledString"), "\t", "CarePlan.activity[0].detail.scheduledString"),
+    (GOAL, ("note", 0, "text"), "x" * (1024 * 1024 + 1), "Goal.note[0].text"),
 ]
 
 
@@ -127,8 +183,13 @@ def test_each_kind_of_bad_input_is_rejected_naming_the_element(resource, path, v
     assert named in {i.path for i in issues_of(bad)}
 
 
+def test_strings_with_content_are_kept_as_they_are():
+    for text in (" leading and trailing ", "x", "line\nbreak", "x" * 1024 * 1024):
+        validate(changed(GOAL, ("note", 0, "text"), text))
+
+
 def test_the_samples_are_valid_to_begin_with():
-    for resource in (GOAL, CAREPLAN):
+    for resource in (GOAL, CAREPLAN, OBSERVATION, CARETEAM, PATIENT):
         validate(resource)
         validate_with_models(resource)
         assert issues_of(resource) == []
@@ -142,12 +203,123 @@ def test_the_samples_are_valid_to_begin_with():
         (GOAL, ("extension", 0, "extension", 1, "valueCode"), "maybe", "Goal.extension[0].status"),
         (CAREPLAN, ("intent",), "wish", "CarePlan.intent"),
         (CAREPLAN, ("activity", 0, "reference"), {"reference": "Task/1"}, "CarePlan.activity[0]"),
+        (CAREPLAN, ("activity", 0, "detail", "status"), "doing", "CarePlan.activity[0].detail.status"),
+        (CAREPLAN, ("activity", 0, "detail", "kind"), "Banana", "CarePlan.activity[0].detail.kind"),
     ],
 )
 def test_bindings_and_invariants_are_still_checked(resource, path, value, named):
     bad = changed(resource, path, value)
     validate(bad)  # structurally fine
     assert named in {i.path for i in issues_of(bad) if i.severity == "error"}
+
+
+RANGE = {"low": {"value": 1}, "high": {"value": 3}}
+RATIO = {"numerator": {"value": 1}, "denominator": {"value": 7}}
+NEW_BINDINGS = [
+    # Quantity.comparator: < | <= | >= | > (also in a Duration and a Ratio)
+    (GOAL, ("target", 0, "detailQuantity", "comparator"), "~", "Goal.target[0].detailQuantity.comparator"),
+    (GOAL, ("target", 0, "detailQuantity", "comparator"), "=", "Goal.target[0].detailQuantity.comparator"),
+    (GOAL, ("target", 1, "dueDuration", "comparator"), "ad", "Goal.target[1].dueDuration.comparator"),
+    (
+        changed(GOAL, ("target", 0), {"measure": {"text": "m"}, "detailRatio": RATIO}),
+        ("target", 0, "detailRatio", "numerator", "comparator"),
+        "gt",
+        "Goal.target[0].detailRatio.numerator.comparator",
+    ),
+    (
+        changed(GOAL, ("target", 0), {"measure": {"text": "m"}, "detailRatio": RATIO}),
+        ("target", 0, "detailRatio", "denominator", "comparator"),
+        "=<",
+        "Goal.target[0].detailRatio.denominator.comparator",
+    ),
+    (OBSERVATION, ("valueQuantity", "comparator"), "~", "Observation.valueQuantity.comparator"),
+    (
+        OBSERVATION,
+        ("component", 0, "valueQuantity", "comparator"),
+        "<<",
+        "Observation.component[0].valueQuantity.comparator",
+    ),
+    # sqty-1: Range.low / high are SimpleQuantity, which has no comparator at all
+    (
+        changed(GOAL, ("target", 0), {"measure": {"text": "m"}, "detailRange": RANGE}),
+        ("target", 0, "detailRange", "low", "comparator"),
+        ">=",
+        "Goal.target[0].detailRange.low.comparator",
+    ),
+    (
+        changed(GOAL, ("target", 0), {"measure": {"text": "m"}, "detailRange": RANGE}),
+        ("target", 0, "detailRange", "high", "comparator"),
+        "~",
+        "Goal.target[0].detailRange.high.comparator",
+    ),
+    (OBSERVATION, ("referenceRange", 0, "low", "comparator"), "<", "Observation.referenceRange[0].low.comparator"),
+    (
+        CAREPLAN,
+        ("activity", 0, "detail", "quantity"),
+        {"value": 2, "comparator": "<"},
+        "CarePlan.activity[0].detail.quantity.comparator",
+    ),
+    # the status codes of the other resources planbridge maps
+    (OBSERVATION, ("status",), "done", "Observation.status"),
+    (CARETEAM, ("status",), "open", "CareTeam.status"),
+    (GOAL, ("extension", 0, "extension", 1, "valueCode"), "agreed", "Goal.extension[0].status"),
+    # people, identifiers and narratives
+    (PATIENT, ("gender",), "f", "Patient.gender"),
+    (PATIENT, ("contact", 0, "gender"), "M", "Patient.contact[0].gender"),
+    (PATIENT, ("link", 0, "type"), "same-as", "Patient.link[0].type"),
+    ({"resourceType": "Practitioner", "gender": "unknown"}, ("gender",), "n/a", "Practitioner.gender"),
+    (
+        {"resourceType": "RelatedPerson", "patient": {"reference": "Patient/42"}},
+        ("gender",),
+        "woman",
+        "RelatedPerson.gender",
+    ),
+    (CARETEAM, ("identifier", 0, "use"), "main", "CareTeam.identifier[0].use"),
+    (GOAL, ("identifier", 0, "use"), "primary", "Goal.identifier[0].use"),
+    (CARETEAM, ("text", "status"), "auto", "CareTeam.text.status"),
+]
+
+
+@pytest.mark.parametrize(("resource", "path", "value", "named"), NEW_BINDINGS)
+def test_required_bindings_name_the_element(resource, path, value, named):
+    validate(resource)
+    assert issues_of(resource) == []
+    bad = changed(resource, path, value)
+    validate(bad)  # structurally fine: the code is the problem
+    assert named in {i.path for i in issues_of(bad) if i.severity == "error"}
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"resource": bad}]}
+    with pytest.raises(MappingError) as err:
+        validate_bundle(bundle)
+    assert f"Bundle.entry[0].resource{named[len(bad['resourceType']) :]}" in err.value.data["errors"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("type",), "bag", "Bundle.type"),
+        (("entry", 0, "request", "method"), "post", "Bundle.entry[0].request.method"),
+        (("entry", 0, "search"), {"mode": "hit"}, "Bundle.entry[0].search.mode"),
+    ],
+)
+def test_bundle_bindings_name_the_element(path, value, named):
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": CAREPLAN, "request": {"method": "POST", "url": "CarePlan"}}],
+    }
+    validate_bundle(bundle)
+    bad = changed(bundle, path, value)
+    validate(bad)
+    with pytest.raises(MappingError) as err:
+        validate_bundle(bad)
+    assert named in err.value.data["errors"]
+    assert named in {i.path for i in issues_of(bad)}
+
+
+def test_an_empty_bundle_entry_list_is_refused():
+    with pytest.raises(MappingError) as err:
+        validate_bundle({"resourceType": "Bundle", "type": "collection", "entry": []})
+    assert "Bundle.entry" in err.value.data["errors"]
 
 
 def test_unknown_and_missing_resource_types_are_refused():
@@ -235,6 +407,12 @@ ONLY_FAST_REJECTS = [
     changed(GOAL, ("id",), "g" * 65),  # ids are at most 64 characters
     changed(GOAL, ("identifier", 0, "system"), "http://a b"),  # uris hold no whitespace
     changed(GOAL, ("description", "resourceType"), "CodeableConcept"),  # not an element of CodeableConcept
+    changed(GOAL, ("target", 0, "measure"), {}),  # objects are never empty
+    changed(GOAL, ("category",), []),  # nor arrays
+    changed(GOAL, ("priority",), {"id": "p1"}),  # ele-1: an element has more than an id
+    changed(GOAL, ("extension", 0, "valueString"), "x"),  # ext-1: not both a value and sub-extensions
+    changed(GOAL, ("extension", 0, "extension", 0, "valueReference"), ...),  # ext-1: not neither
+    changed(GOAL, ("note", 0, "text"), "  "),  # strings have non-whitespace content
 ]
 
 
