@@ -233,9 +233,10 @@ def dev(port: int) -> None:
 
 
 def _add_operations() -> None:
-    from service.cli_sync import conflicts, fhir, outbox, subscribe, sync
+    from service.cli_notify import notifications
+    from service.cli_sync import conflicts, demo, fhir, outbox, subscribe, sync
 
-    for group in (sync, conflicts, outbox, fhir, subscribe):
+    for group in (sync, conflicts, outbox, fhir, subscribe, demo, notifications):
         main.add_command(group)
 
 

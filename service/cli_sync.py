@@ -204,3 +204,27 @@ def subscribe(show_status: bool) -> None:
         return
     held = _run(lambda: subscriptions.subscribe(client, settings))
     _emit([{"id": s.get("id"), "criteria": s.get("criteria"), "status": s.get("status")} for s in held])
+
+
+@click.command()
+@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running planbridge.")
+def demo(url: str) -> None:
+    """Run a short collaborative story against the running service and its FHIR server, printing each step."""
+    from pathlib import Path
+
+    from service.demo import run_demo
+
+    var = Path("var")
+
+    def from_var(name: str) -> str | None:
+        path = var / name
+        return path.read_text().strip() if path.exists() else None
+
+    dev = json.loads(from_var("dev.json") or "{}")
+    settings = Settings.from_env()
+    secret = (settings.webhook_secrets or (from_var("webhook-secret"),))[0]
+    api_key = (settings.api_keys or (from_var("api-key"),))[0]
+    fhir_base = settings.fhir_base_url or dev.get("fhir_base_url")
+    if not (secret and api_key and fhir_base):
+        raise click.ClickException("start the service first (bash scripts/run.sh), from this directory")
+    run_demo(url, fhir_base, secret, api_key, settings.identifier_base, click.echo)

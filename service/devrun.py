@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
+import requests
 
 from service.signing import new_secret, sign_headers
 
+WORKERS = (["worker"], ["notifications", "worker"])  # what runs beside the API: FHIR sync, team deliveries
 EXAMPLE_EVENT = Path(__file__).resolve().parent.parent / "fixtures" / "events" / "goal-proposed.json"
-
-
-def _secret(var_dir: Path) -> str:
-    path = var_dir / "webhook-secret"
-    if not path.exists():
-        path.write_text(new_secret() + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
-
-
-def _api_key(var_dir: Path) -> str:
-    path = var_dir / "api-key"
-    if not path.exists():
-        path.write_text(secrets.token_urlsafe(24) + "\n")
-        path.chmod(0o600)
-    return path.read_text().strip()
 
 
 def _example(port: int, secret: str) -> str:
@@ -42,6 +32,31 @@ def _example(port: int, secret: str) -> str:
     )
 
 
+def _kept(var_dir: Path, name: str, make: Callable[[], str]) -> str:
+    """Return a generated value kept in var/<name> (made on first use, readable only by us)."""
+    path = var_dir / name
+    if not path.exists():
+        path.write_text(make() + "\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _subscribe_when_up(port: int) -> None:
+    """Once the API answers, ask the local FHIR server to notify it of changes (rest-hook)."""
+    from service.fhir.factory import client_from_settings
+    from service.settings import Settings
+    from service.sync.subscriptions import subscribe
+
+    for _ in range(100):
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
+                settings = Settings.from_env()
+                subscribe(client_from_settings(settings), settings)
+                return
+        except requests.RequestException:
+            time.sleep(0.2)
+
+
 def run_dev(root: Path, port: int) -> None:
     """Migrate, start what is missing, print how to use it, serve until interrupted."""
     from service.devfhir import LocalFhirServer
@@ -52,9 +67,13 @@ def run_dev(root: Path, port: int) -> None:
     var_dir.mkdir(exist_ok=True)
     generated = not os.environ.get("PLANBRIDGE_WEBHOOK_SECRET")
     if generated:
-        os.environ["PLANBRIDGE_WEBHOOK_SECRET"] = _secret(var_dir)
-    if not os.environ.get("PLANBRIDGE_API_KEYS"):
-        os.environ["PLANBRIDGE_API_KEYS"] = _api_key(var_dir)
+        os.environ["PLANBRIDGE_WEBHOOK_SECRET"] = _kept(var_dir, "webhook-secret", new_secret)
+    os.environ.setdefault("PLANBRIDGE_API_KEYS", _kept(var_dir, "api-key", lambda: secrets.token_urlsafe(24)))
+    os.environ.setdefault(
+        "PLANBRIDGE_FHIR_NOTIFY_SECRET", _kept(var_dir, "notify-secret", lambda: secrets.token_urlsafe(24))
+    )
+    os.environ.setdefault("PLANBRIDGE_PUBLIC_URL", f"http://127.0.0.1:{port}")
+    os.environ.setdefault("PLANBRIDGE_OUTBOUND_ALLOW", "127.0.0.0/8")  # local team endpoints, for the demo
     settings = Settings.from_env()
     upgrade(create_engine(settings.database_url))
     fhir = None
@@ -62,34 +81,39 @@ def run_dev(root: Path, port: int) -> None:
         fhir = LocalFhirServer(log_path=var_dir / "fhir-server.log")
         os.environ["FHIR_BASE_URL"] = fhir.start()
         os.environ.setdefault("PLANBRIDGE_CREATE_PATIENTS", "true")
-    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker"])
     base = os.environ["FHIR_BASE_URL"]
+    (var_dir / "dev.json").write_text(json.dumps({"api": f"http://127.0.0.1:{port}", "fhir_base_url": base}))
+    workers = [subprocess.Popen([sys.executable, "-m", "service.cli", *args]) for args in WORKERS]
+    if fhir:
+        threading.Thread(target=_subscribe_when_up, args=(port,), daemon=True).start()
     event = EXAMPLE_EVENT.relative_to(root) if EXAMPLE_EVENT.is_relative_to(root) else EXAMPLE_EVENT
     env_prefix = "PLANBRIDGE_WEBHOOK_SECRET=$(cat var/webhook-secret) " if generated else ""
     click.echo(f"""
 planbridge is starting
-  API              http://127.0.0.1:{port}   (health: http://127.0.0.1:{port}/healthz)
+  API              http://127.0.0.1:{port}   (health: http://127.0.0.1:{port}/healthz, docs: /docs)
   team webhooks    POST http://127.0.0.1:{port}/webhooks/team
-  FHIR server      {base}{"   (local, in-memory)" if fhir else ""}
+  FHIR server      {base}{"   (local, in-memory; notifies planbridge of changes)" if fhir else ""}
   database         {settings.database_url}
   webhook secret   {"var/webhook-secret (generated)" if generated else "from PLANBRIDGE_WEBHOOK_SECRET"}
+  API key          var/api-key unless PLANBRIDGE_API_KEYS is set
 
 Send a signed example event (from another terminal, in this directory):
   {env_prefix}.venv/bin/planbridge webhook send {event}
 or with curl (the signature is valid for 5 minutes):
   {_example(port, os.environ["PLANBRIDGE_WEBHOOK_SECRET"])}
-Then see the Goal on the FHIR server:
+Then see the Goal on the FHIR server, and the plan and its sync state through the API:
   curl '{base}/Goal?_count=5'
-and the plan and its sync state through the API (key in var/api-key unless PLANBRIDGE_API_KEYS is set):
   curl -H "Authorization: Bearer $(cat var/api-key)" http://127.0.0.1:{port}/plans/plan-ed-0001/sync
-API reference: http://127.0.0.1:{port}/docs
+Or watch a whole collaborative story, EHR edit and team notification included:
+  .venv/bin/planbridge demo
 """)
     try:
         from service.gunicorn_app import run
 
         run("127.0.0.1", port, 2)
     finally:
-        worker.terminate()
-        worker.wait(timeout=10)
+        for worker in workers:
+            worker.terminate()
+            worker.wait(timeout=10)
         if fhir:
             fhir.stop()

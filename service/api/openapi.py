@@ -185,8 +185,9 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
             }
         },
     )
-    subscription_id = {"name": "subscription_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-    delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+    row_id = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+    subscription_id = {"name": "subscription_id", "in": "path", "required": True, "schema": row_id}
+    delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": row_id}
     subscription = {"type": "object", "description": "id, url, event_types, status, disabled_reason, description"}
     subscribe_body = {
         "type": "object",

@@ -53,9 +53,11 @@ class Command(Protocol):
 
 def apply_command(command: Command, plan: Plan | None, at: str) -> Plan:
     """Apply the command to a copy of the plan; refuse it if the result breaks a rule the plan kept."""
-    before = {(i.path, i.message) for i in errors(check_plan(plan))} if plan is not None else set()
     changed = command.apply(copy.deepcopy(plan), at)
-    broken = [i for i in errors(check_plan(changed)) if (i.path, i.message) not in before]
+    broken = errors(check_plan(changed))
+    if broken and plan is not None:  # the plan before the change is only checked when the result is not clean
+        before = {(i.path, i.message) for i in errors(check_plan(plan))}
+        broken = [i for i in broken if (i.path, i.message) not in before]
     if broken:
         raise RuleViolation(
             f"the change would break a rule of plan {changed.id} at {broken[0].path}: {broken[0].message}",

@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import types
 import typing
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -17,15 +18,28 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+_AS_IS = frozenset({str, int, float, bool, type(None), dict})
+
+
+@functools.cache
+def _field_names(cls: type) -> tuple[str, ...] | None:
+    """Return the field names of a dataclass, None for any other class (looked up once per class)."""
+    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+
+
 def to_dict(obj: Any) -> Any:
     """Return the JSON-ready form of a domain object (dataclass, list or scalar)."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+    cls = type(obj)
+    if cls in _AS_IS:
+        return obj
+    names = _field_names(cls)
+    if names is not None:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
+        for name in names:
+            value = getattr(obj, name)
             if value is None or value == []:
                 continue
-            out[f.name] = to_dict(value)
+            out[name] = value if type(value) in _AS_IS else to_dict(value)
         return out
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
@@ -36,34 +50,46 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def from_dict(cls: type[T], data: Any) -> T:
     """Build a domain object of type `cls` from its JSON-ready form."""
     return _convert(cls, data)
 
 
 def _convert(tp: Any, value: Any) -> Any:
-    if value is None:
-        return None
+    return None if value is None else _converter(tp)(value)
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+@functools.cache
+def _converter(tp: Any) -> Callable[[Any], Any]:
+    """Return the function that builds a value of type `tp` (worked out once per type)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _convert(inner[0], value)
+        return _converter(inner[0])
     if origin is list:
         (item,) = typing.get_args(tp)
-        return [_convert(item, v) for v in value]
+        return lambda value: [_convert(item, v) for v in value]
     if dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
-        names = {f.name for f in dataclasses.fields(tp)}
-        return tp(**{k: _convert(hints[k], v) for k, v in value.items() if k in names})
+        return functools.partial(_build, tp)
     if tp is Decimal:
-        return Decimal(str(value))
+        return lambda value: Decimal(str(value))
     if tp is datetime:
-        return value if isinstance(value, datetime) else datetime.fromisoformat(value)
+        return lambda value: value if isinstance(value, datetime) else datetime.fromisoformat(value)
     if tp is date:
-        return value if isinstance(value, date) else date.fromisoformat(value)
-    return value
+        return lambda value: value if isinstance(value, date) else date.fromisoformat(value)
+    return _as_is
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, value: dict[str, Any]) -> Any:
+    fields = _field_types(cls)
+    return cls(**{k: _convert(fields[k], v) for k, v in value.items() if k in fields})

@@ -13,8 +13,8 @@ from sqlalchemy.exc import IntegrityError
 from service.domain.changes import Command, ProposeGoal, ProposerSpec, apply_command
 from service.domain.errors import Conflict, NotFound, PlanbridgeError, RuleViolation
 from service.domain.model import Plan
+from service.notify.changes import record_change
 from service.problems import problem
-from service.store.tables import InboundEventRow
 from service.store.uow import StaleVersion, UnitOfWork
 
 __all__ = ["Command", "Envelope", "Outcome", "ProposeGoal", "ProposerSpec", "ReusedWebhookId", "handle_event"]
@@ -57,22 +57,20 @@ def _apply(uow: UnitOfWork, command: Command, now: datetime) -> Plan:
 def _record(
     uow: UnitOfWork, envelope: Envelope, event_type: str, plan_id: str, now: datetime, outcome: Outcome
 ) -> None:
-    uow.events.add(
-        InboundEventRow(
-            webhook_id=envelope.webhook_id,
-            event_type=event_type,
-            plan_id=plan_id,
-            body_sha256=envelope.body_sha256,
-            body=envelope.body,
-            received_at=now,
-            response_status=outcome.status,
-            response_body=outcome.body,
-        )
+    uow.events.record(
+        webhook_id=envelope.webhook_id,
+        event_type=event_type,
+        plan_id=plan_id,
+        body_sha256=envelope.body_sha256,
+        body=envelope.body,
+        received_at=now,
+        response_status=outcome.status,
+        response_body=outcome.body,
     )
 
 
 def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
-    seen = uow.events.get(envelope.webhook_id)
+    seen = uow.events.answer(envelope.webhook_id)
     if seen is None:
         return None
     if seen.body_sha256 != envelope.body_sha256:
@@ -95,6 +93,18 @@ def handle_event(
                 now = clock()
                 try:
                     plan = _apply(uow, command, now)
+                    # Subscribed team systems hear of the change; numbered and queued in this transaction.
+                    record_change(
+                        uow,
+                        plan.id,
+                        event_type,
+                        {
+                            "plan_version": plan.version,
+                            "source": "team",
+                            "change": {"event_id": envelope.webhook_id, "data": envelope.body.get("data", {})},
+                        },
+                        now,
+                    )
                     outcome = Outcome(
                         202,
                         {

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,104 @@ from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Engine, make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+BUSY_TIMEOUT_S = 10
+
+
+class WriterLock:
+    """One SQLite writer at a time: a thread lock for this process, an flock(2) for the others.
+
+    Every transaction begins with BEGIN IMMEDIATE, so writers queue for the database lock. Left to
+    SQLite, a waiter polls in sleeps of up to 100 ms (the busy handler), which under load turns a
+    sub-millisecond commit into a tail of hundreds of milliseconds; a waiter on this lock is woken as
+    soon as the holder commits. Writers outside planbridge still meet the busy timeout as before.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._pid = -1
+        self._thread_lock = threading.Lock()
+        self._fd = -1
+
+    def _for_this_process(self) -> None:
+        if self._pid != os.getpid():  # after a fork the parent's lock and descriptor are not ours
+            self._thread_lock = threading.Lock()
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._pid = os.getpid()
+
+    def acquire(self) -> None:
+        """Wait for the lock, up to the busy timeout within this process (then "database is locked")."""
+        self._for_this_process()
+        if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
+            raise sqlite3.OperationalError("database is locked")
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def release(self) -> None:
+        """Let the next writer in."""
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+
+_writer_locks: dict[str, WriterLock] = {}
+_writer_locks_guard = threading.Lock()
+
+
+def writer_lock(database: str) -> WriterLock:
+    """Return the process's writer lock for a database file (one per file, shared by its engines)."""
+    path = os.path.realpath(database)
+    with _writer_locks_guard:
+        return _writer_locks.setdefault(path, WriterLock(path + ".writer-lock"))
+
+
+class _LockingConnection(sqlite3.Connection):
+    """A pysqlite connection that lets go of its writer lock once its transaction has ended."""
+
+    writer: WriterLock | None = None
+    holds_writer = False
+
+    def begin_immediate(self) -> None:
+        """Take the writer lock, then SQLite's write lock."""
+        if self.writer is not None:
+            self.writer.acquire()
+            self.holds_writer = True
+        try:
+            self.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._let_go()
+            raise
+
+    def _let_go(self) -> None:
+        if self.holds_writer and not self.in_transaction:
+            self.holds_writer = False
+            assert self.writer is not None
+            self.writer.release()
+
+    def commit(self) -> None:
+        """Commit, then release the writer lock (kept if the commit failed and left the transaction open)."""
+        try:
+            super().commit()
+        finally:
+            self._let_go()
+
+    def rollback(self) -> None:
+        """Roll back, then release the writer lock."""
+        try:
+            super().rollback()
+        finally:
+            self._let_go()
+
+    def close(self) -> None:
+        """Close, releasing the writer lock if a transaction was still open."""
+        try:
+            super().close()
+        finally:
+            if self.holds_writer:
+                self.holds_writer = False
+                assert self.writer is not None
+                self.writer.release()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -43,11 +145,27 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 10}, **kwargs)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; emit it ourselves so a read-modify-write
-        # holds the write lock from the start (https://docs.sqlalchemy.org/en/20/dialects/sqlite.html).
-        sa.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        on_disk = bool(parsed.database) and parsed.database != ":memory:" and not parsed.query.get("uri")
+        writer = writer_lock(parsed.database) if on_disk else None
+        connect_args = {"timeout": BUSY_TIMEOUT_S, "factory": _LockingConnection, **kwargs.pop("connect_args", {})}
+        engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
+
+        def on_connect(dbapi_connection: Any, record: Any) -> None:
+            _sqlite_pragmas(dbapi_connection, record)
+            if isinstance(dbapi_connection, _LockingConnection):
+                dbapi_connection.writer = writer
+
+        def begin(conn: sa.Connection) -> None:
+            # pysqlite's own transaction handling defers BEGIN; emit it ourselves so a read-modify-write
+            # holds the write lock from the start (https://docs.sqlalchemy.org/en/20/dialects/sqlite.html).
+            dbapi_connection = conn.connection.dbapi_connection
+            if isinstance(dbapi_connection, _LockingConnection):
+                dbapi_connection.begin_immediate()
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        sa.event.listen(engine, "connect", on_connect)
+        sa.event.listen(engine, "begin", begin)
         return engine
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
 

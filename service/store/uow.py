@@ -27,6 +27,14 @@ from service.store.tables import (
     SyncStateRow,
 )
 
+_PLANS = PlanRow.__table__
+_PLAN_READ = sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id"))
+_EVENTS = InboundEventRow.__table__
+_EVENT_ANSWER = sa.select(_EVENTS.c.body_sha256, _EVENTS.c.response_status, _EVENTS.c.response_body).where(
+    _EVENTS.c.webhook_id == sa.bindparam("webhook_id")
+)
+_OUTBOX = OutboxRow.__table__
+
 
 class StaleVersion(Conflict):
     """Someone else saved the plan between our read and our write; the use case retries."""
@@ -54,7 +62,9 @@ class PlanRepository:
 
     def get(self, plan_id: str) -> Plan | None:
         """Return the plan, remembering the version read for the optimistic check on save."""
-        row = self._session.get(PlanRow, plan_id)
+        # Core statements, not ORM rows: the plan lives in its document, and skipping the ORM's
+        # identity map and flush bookkeeping is most of the cost of a read-modify-write.
+        row = self._session.execute(_PLAN_READ, {"id": plan_id}).first()
         if row is None:
             return None
         plan = codec.from_dict(Plan, row.document)
@@ -71,22 +81,22 @@ class PlanRepository:
         assert plan.updated_at is not None, "touch() the plan first"
         updated_at = _instant(plan.updated_at) or datetime.now(UTC)
         created_at = _instant(plan.created_at) or updated_at
-        if plan.id not in self._loaded:
-            self._session.add(
-                PlanRow(
-                    id=plan.id,
-                    patient_mrn=plan.patient.mrn,
-                    version=plan.version,
-                    document=document,
-                    created_at=created_at,
-                    updated_at=updated_at,
-                )
+        if plan.id not in self._loaded:  # a duplicate id raises IntegrityError here, as a flush would
+            self._session.execute(
+                _PLANS.insert(),
+                {
+                    "id": plan.id,
+                    "patient_mrn": plan.patient.mrn,
+                    "version": plan.version,
+                    "document": document,
+                    "created_at": created_at,
+                    "updated_at": updated_at,
+                },
             )
-            self._session.flush()
         else:
             result = self._session.execute(
-                sa.update(PlanRow)
-                .where(PlanRow.id == plan.id, PlanRow.version == self._loaded[plan.id])
+                sa.update(_PLANS)
+                .where(_PLANS.c.id == plan.id, _PLANS.c.version == self._loaded[plan.id])
                 .values(version=plan.version, document=document, updated_at=updated_at)
             )
             if result.rowcount != 1:  # type: ignore[attr-defined]
@@ -109,6 +119,14 @@ class InboundEventRepository:
         self._session.add(row)
         self._session.flush()
 
+    def answer(self, webhook_id: str) -> sa.Row[Any] | None:
+        """Return the body digest and the answer recorded for this webhook id (one SELECT), or None."""
+        return self._session.execute(_EVENT_ANSWER, {"webhook_id": webhook_id}).first()
+
+    def record(self, **values: Any) -> None:
+        """Record an event (the columns of InboundEventRow) with one INSERT; a duplicate id raises IntegrityError."""
+        self._session.execute(_EVENTS.insert(), values)
+
 
 class OutboxRepository:
     """Pending pushes to the FHIR server."""
@@ -117,19 +135,20 @@ class OutboxRepository:
         self._session = session
 
     def add(self, plan_id: str, kind: str, subject_id: str | None, event_id: str | None, now: datetime) -> None:
-        """Queue work, due now."""
-        self._session.add(
-            OutboxRow(
-                plan_id=plan_id,
-                kind=kind,
-                subject_id=subject_id,
-                event_id=event_id,
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                created_at=now,
-                updated_at=now,
-            )
+        """Queue work, due now (one INSERT, sent at once)."""
+        self._session.execute(
+            _OUTBOX.insert(),
+            {
+                "plan_id": plan_id,
+                "kind": kind,
+                "subject_id": subject_id,
+                "event_id": event_id,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
         )
 
     def get(self, entry_id: int) -> OutboxRow:
@@ -190,6 +209,7 @@ class FhirLinkRepository:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        self._by_plan: dict[str, dict[str, FhirLinkRow]] = {}  # the links of each plan recorded in this transaction
 
     def get(self, plan_id: str, local_key: str) -> FhirLinkRow | None:
         """Return the link, or None when never synced."""
@@ -198,10 +218,14 @@ class FhirLinkRepository:
     def record(
         self, plan_id: str, local_key: str, resource_type: str, fhir_id: str, version_id: str | None, now: datetime
     ) -> None:
-        """Insert or update a link."""
-        row = self.get(plan_id, local_key)
+        """Insert or update a link; the plan's links are read once per transaction, not one by one."""
+        links = self._by_plan.get(plan_id)
+        row = links.get(local_key) if links is not None else None
+        if links is None or (row is not None and row not in self._session):  # first use, or rolled back since
+            links = self._by_plan[plan_id] = {link.local_key: link for link in self.for_plan(plan_id)}
+            row = links.get(local_key)
         if row is None:
-            row = FhirLinkRow(plan_id=plan_id, local_key=local_key)
+            row = links[local_key] = FhirLinkRow(plan_id=plan_id, local_key=local_key)
             self._session.add(row)
         row.resource_type, row.fhir_id, row.version_id, row.synced_at = resource_type, fhir_id, version_id, now
 
@@ -270,6 +294,9 @@ class SyncRepository:
             row.value = value
 
 
+MAX_ROW_ID = 2**31 - 1  # an INTEGER column on PostgreSQL; larger ids cannot exist
+
+
 class SubscriptionRepository:
     """Team systems subscribed to plan changes."""
 
@@ -295,7 +322,7 @@ class SubscriptionRepository:
 
     def get(self, subscription_id: int) -> SubscriptionRow:
         """Return a subscription by id."""
-        row = self._session.get(SubscriptionRow, subscription_id)
+        row = self._session.get(SubscriptionRow, subscription_id) if 0 < subscription_id <= MAX_ROW_ID else None
         if row is None:
             raise NotFound(f"subscription {subscription_id} does not exist", subscription_id=subscription_id)
         return row
@@ -351,14 +378,14 @@ class DeliveryRepository:
 
     def get(self, delivery_id: int) -> DeliveryRow:
         """Return a delivery by id."""
-        row = self._session.get(DeliveryRow, delivery_id)
+        row = self.find(delivery_id)
         if row is None:
             raise NotFound(f"delivery {delivery_id} does not exist", delivery_id=delivery_id)
         return row
 
     def find(self, delivery_id: int) -> DeliveryRow | None:
         """Return a delivery by id, or None (its subscription may have been deleted meanwhile)."""
-        return self._session.get(DeliveryRow, delivery_id)
+        return self._session.get(DeliveryRow, delivery_id) if 0 < delivery_id <= MAX_ROW_ID else None
 
     def claim_next(self, now: datetime) -> DeliveryRow | None:
         """Lock and return a due open delivery of an active subscription that no earlier open one holds back.

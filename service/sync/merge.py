@@ -138,3 +138,23 @@ def _step(target: Any, part: Any, create: bool) -> Any:
     if part not in target and create:
         target[part] = {}
     return target[part]
+
+
+def changed_paths(before: Any, after: Any, path: str = "") -> list[str]:
+    """Return the paths (as three_way_merge names them) whose values differ between two documents."""
+    if before == after:
+        return []
+    if isinstance(before, dict) and isinstance(after, dict):
+        out: list[str] = []
+        for k in [*before, *(k for k in after if k not in before)]:
+            if k not in BOOKKEEPING:
+                out += changed_paths(before.get(k), after.get(k), f"{path}.{k}" if path else k)
+        return out
+    key = _identity(before) or _identity(after)
+    if key is not None and isinstance(before, list) and isinstance(after, list):
+        b, a = _keyed(before, key), _keyed(after, key)
+        out = []
+        for k in [*b, *(k for k in a if k not in b)]:
+            out += changed_paths(b.get(k), a.get(k), f"{path}[{key}={k}]")
+        return out
+    return [path]

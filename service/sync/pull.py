@@ -20,9 +20,10 @@ from service.domain import codec
 from service.domain.errors import PlanbridgeError
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
+from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import strip_bookkeeping, three_way_merge
+from service.sync.merge import changed_paths, strip_bookkeeping, three_way_merge
 from service.sync.push import bundle_digest, local_key
 
 log = logging.getLogger(__name__)
@@ -179,10 +180,23 @@ class Puller:
             if ours is None:
                 theirs.touch(now.isoformat())
                 self.uow.plans.save(theirs)
-                outcome = "new"
-                merged_doc = theirs_doc
+                outcome, merged_doc, saved = "new", theirs_doc, theirs.version
+                changed = ["*"]
             else:
-                outcome, merged_doc = self._merge_into(ours, state, theirs_doc, now)
+                outcome, merged_doc, saved = self._merge_into(ours, state, theirs_doc, now)
+                changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
+            if saved is not None:  # the plan changed: subscribed team systems hear of it
+                record_change(
+                    self.uow,
+                    theirs.id,
+                    "ehr.plan_changed",
+                    {
+                        "plan_version": saved,
+                        "source": "ehr",
+                        "change": {"outcome": outcome, "careplan_id": careplan.get("id"), "paths": changed[:50]},
+                    },
+                    now,
+                )
             state.base_document = theirs_doc
             state.last_pulled_at = now
             if outcome in ("new", "updated", "unchanged"):
@@ -204,7 +218,7 @@ class Puller:
 
     def _merge_into(
         self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime
-    ) -> tuple[str, dict[str, Any]]:
+    ) -> tuple[str, dict[str, Any], int | None]:
         ours_doc = strip_bookkeeping(codec.to_dict(ours))
         base_doc = state.base_document if state.base_document is not None else ours_doc
         merged_doc, conflicts = three_way_merge(base_doc, ours_doc, theirs_doc)
@@ -212,18 +226,20 @@ class Puller:
         for conflict in conflicts:
             if conflict.path not in open_paths:
                 self.uow.sync.add_conflict(ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now)
+        saved = None
         if merged_doc != ours_doc:
             merged = codec.from_dict(Plan, {**merged_doc, "version": ours.version, "updated_at": ours.updated_at})
             merged.touch(now.isoformat())
             self.uow.plans.save(merged)
+            saved = merged.version
         if conflicts:
             state.status = "conflicted"
-            return "conflicted", merged_doc
+            return "conflicted", merged_doc, saved
         if merged_doc != theirs_doc:
             state.status = "pending"
             self.uow.outbox.add(ours.id, "push_plan", None, None, now)
-            return "merged", merged_doc
-        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc
+            return "merged", merged_doc, saved
+        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved
 
     def _record_versions(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any], now: datetime) -> None:
         seen: dict[str, dict[str, Any]] = {}

@@ -1,0 +1,107 @@
+"""Use cases for subscriptions and their delivery log (the API and the CLI call these)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from service.domain.errors import InvalidInput, RuleViolation
+from service.notify.changes import EVENT_TYPES
+from service.notify.ssrf import OutboundGuard
+from service.signing import new_secret
+from service.store.uow import UnitOfWork
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def subscription_dict(row: Any) -> dict[str, Any]:
+    """Return a subscription as plain data (without its secret)."""
+    return {
+        "id": row.id,
+        "url": row.url,
+        "event_types": row.event_types,
+        "status": row.status,
+        "disabled_reason": row.disabled_reason,
+        "description": row.description,
+        "created_at": _iso(row.created_at),
+        "updated_at": _iso(row.updated_at),
+    }
+
+
+def delivery_dict(row: Any) -> dict[str, Any]:
+    """Return a delivery and its attempt log as plain data (without the payload)."""
+    return {
+        "id": row.id,
+        "subscription_id": row.subscription_id,
+        "plan_id": row.plan_id,
+        "sequence": row.sequence,
+        "event_type": row.event_type,
+        "webhook_id": row.webhook_id,
+        "status": row.status,
+        "attempts": row.attempts,
+        "next_attempt_at": _iso(row.next_attempt_at),
+        "last_status_code": row.last_status_code,
+        "last_error": row.last_error,
+        "attempt_log": row.attempt_log or [],
+        "created_at": _iso(row.created_at),
+        "delivered_at": _iso(row.delivered_at),
+    }
+
+
+def check_event_types(event_types: list[str]) -> list[str]:
+    """Return the event types, refusing unknown ones and "*" mixed with others."""
+    if event_types == ["*"]:
+        return event_types
+    unknown = sorted(set(event_types) - EVENT_TYPES)
+    if "*" in event_types or unknown or not event_types:
+        raise InvalidInput(
+            'event_types must be known event types, or ["*"] alone',
+            {"event_types": [f"unknown: {', '.join(unknown) or '*'}; known: {', '.join(sorted(EVENT_TYPES))}"]},
+        )
+    return sorted(set(event_types))
+
+
+def subscribe(
+    uow: UnitOfWork, guard: OutboundGuard, url: str, event_types: list[str], description: str | None, now: datetime
+) -> dict[str, Any]:
+    """Register a subscription after checking its URL; return it with its secret (shown this once)."""
+    event_types = check_event_types(event_types)
+    guard.check(url)
+    secret = new_secret()
+    with uow:
+        row = uow.subscriptions.add(url.strip(), event_types, secret, description, now)
+        uow.commit()
+        return {**subscription_dict(row), "secret": secret}
+
+
+def set_enabled(uow: UnitOfWork, subscription_id: int, enabled: bool, now: datetime) -> dict[str, Any]:
+    """Enable a subscription (its held deliveries become due now) or disable it by hand."""
+    with uow:
+        row = uow.subscriptions.get(subscription_id)
+        if enabled:
+            uow.subscriptions.set_status(row, "active", None, now)
+            uow.deliveries.rearm(row.id, now)
+        else:
+            uow.subscriptions.set_status(row, "disabled", "disabled through the API", now)
+        uow.commit()
+        return subscription_dict(row)
+
+
+def unsubscribe(uow: UnitOfWork, subscription_id: int) -> None:
+    """Delete a subscription and its delivery log."""
+    with uow:
+        uow.subscriptions.delete(uow.subscriptions.get(subscription_id))
+        uow.commit()
+
+
+def replay_delivery(uow: UnitOfWork, delivery_id: int, now: datetime) -> dict[str, Any]:
+    """Queue a dead or failed delivery again, due now, with its attempts reset."""
+    with uow:
+        row = uow.deliveries.get(delivery_id)
+        if row.status not in ("dead", "failed"):
+            raise RuleViolation(f"delivery {delivery_id} is {row.status}; only dead or failed ones are replayed")
+        uow.deliveries.replay(row, now)
+        uow.commit()
+        return delivery_dict(row)

@@ -1,0 +1,216 @@
+"""Subscriptions and their delivery log over real HTTP: auth, validation, SSRF refusals, replay, enable/disable."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import requests
+from openapi_spec_validator import validate as validate_openapi
+from werkzeug.serving import make_server
+
+from service.api.app import create_app
+from service.api.container import utcnow
+from service.notify.changes import record_change
+from service.notify.worker import DeliveryWorker
+from service.store.uow import UnitOfWork
+from tests.integration.test_notify import Receiver
+from tests.support import Clock, settings
+
+KEY = "test-key-0123456789abcdef"
+
+
+class Api:
+    def __init__(self, engine, allow: tuple[str, ...] = ("127.0.0.0/8",), **overrides) -> None:
+        self.engine, self.clock = engine, Clock()
+        self.settings = settings(api_keys=(KEY,), outbound_allow=allow, **overrides)
+        app = create_app(self.settings, engine)
+        app.extensions["planbridge"].clock = self.clock
+        self.server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        self.worker = DeliveryWorker(UnitOfWork(engine), self.settings, self.clock)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def call(self, method: str, path: str, body=None, key: str | None = KEY) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return requests.request(method, self.url + path, json=body, headers=headers, timeout=10)
+
+    def change(self, plan_id: str, version: int) -> None:
+        with UnitOfWork(self.engine) as uow:
+            record_change(uow, plan_id, "goal.proposed", {"plan_version": version, "source": "team"}, self.clock())
+            uow.commit()
+
+
+@pytest.fixture
+def api(engine):
+    service = Api(engine)
+    yield service
+    service.server.shutdown()
+
+
+@pytest.fixture
+def receiver():
+    endpoint = Receiver(script=[(500, {}, 0.0)])
+    yield endpoint
+    endpoint.stop()
+
+
+ROUTES = [
+    ("POST", "/subscriptions"),
+    ("GET", "/subscriptions"),
+    ("GET", "/subscriptions/1"),
+    ("DELETE", "/subscriptions/1"),
+    ("POST", "/subscriptions/1/enable"),
+    ("POST", "/subscriptions/1/disable"),
+    ("GET", "/subscriptions/1/deliveries"),
+    ("POST", "/deliveries/1/replay"),
+]
+
+
+def test_every_subscription_route_needs_an_api_key(api):
+    for method, path in ROUTES:
+        refused = api.call(method, path, {"url": "http://127.0.0.1:9/", "event_types": ["*"]}, key=None)
+        assert refused.status_code == 401, (method, path)
+        assert refused.json()["type"] == "urn:planbridge:problem:unauthorized"
+        assert api.call(method, path, key=KEY[:-1] + "X").status_code == 401
+
+
+def test_subscribe_deliver_and_read_the_log(api, receiver):
+    created = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["goal.proposed"]})
+    assert created.status_code == 201
+    sub = created.json()
+    assert sub["secret"].startswith("whsec_") and sub["status"] == "active" and sub["event_types"] == ["goal.proposed"]
+    listed = api.call("GET", "/subscriptions").json()
+    assert [s["id"] for s in listed] == [sub["id"]] and "secret" not in listed[0]
+    assert "secret" not in api.call("GET", f"/subscriptions/{sub['id']}").json()
+    api.change("plan-a", 1)
+    api.worker.run_until_idle()  # the receiver answers 500 once
+    api.clock.now += api.worker.lease * 100
+    api.worker.run_until_idle()
+    (delivery,) = api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()
+    assert (delivery["status"], delivery["attempts"], delivery["sequence"]) == ("delivered", 2, 1)
+    assert [e["status_code"] for e in delivery["attempt_log"]] == [500, 200] and "payload" not in delivery
+    assert api.call("GET", f"/subscriptions/{sub['id']}/deliveries?status=dead").json() == []
+    assert api.call("GET", f"/subscriptions/{sub['id']}/deliveries?status=lost").status_code == 400
+    assert api.call("POST", f"/deliveries/{delivery['id']}/replay").status_code == 422  # delivered
+    assert api.call("POST", "/deliveries/999999/replay").status_code == 404
+    assert api.call("GET", "/subscriptions/999999/deliveries").status_code == 404
+
+
+def test_a_dead_delivery_is_replayed_and_a_subscription_disabled_enabled_and_deleted(engine, receiver):
+    api = Api(engine, delivery_max_attempts=1)
+    try:
+        sub = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["*"]}).json()
+        api.change("plan-a", 1)
+        api.worker.run_until_idle()
+        (dead,) = api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()
+        assert (dead["status"], dead["last_status_code"], dead["last_error"]) == ("dead", 500, "HTTP 500")
+        replayed = api.call("POST", f"/deliveries/{dead['id']}/replay")
+        assert replayed.status_code == 200 and (replayed.json()["status"], replayed.json()["attempts"]) == (
+            "pending",
+            0,
+        )
+        disabled = api.call("POST", f"/subscriptions/{sub['id']}/disable").json()
+        assert disabled["status"] == "disabled" and disabled["disabled_reason"]
+        assert api.worker.run_until_idle() == 0
+        assert api.call("GET", "/subscriptions?status=disabled").json()[0]["id"] == sub["id"]
+        enabled = api.call("POST", f"/subscriptions/{sub['id']}/enable").json()
+        assert (enabled["status"], enabled["disabled_reason"]) == ("active", None)
+        assert api.worker.run_until_idle() == 1
+        assert api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()[0]["status"] == "delivered"
+        assert api.call("DELETE", f"/subscriptions/{sub['id']}").status_code == 204
+        assert api.call("GET", f"/subscriptions/{sub['id']}").status_code == 404
+        assert api.call("DELETE", f"/subscriptions/{sub['id']}").status_code == 404
+    finally:
+        api.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"event_types": ["*"]},
+        {"url": "http://127.0.0.1:9/", "event_types": []},
+        {"url": "http://127.0.0.1:9/", "event_types": ["goal.teleported"]},
+        {"url": "http://127.0.0.1:9/", "event_types": ["*", "goal.proposed"]},
+        {"url": 42, "event_types": ["*"]},
+        {"url": "http://127.0.0.1:9/", "event_types": ["*"], "colour": "red"},
+        ["not", "an", "object"],
+    ],
+)
+def test_invalid_subscriptions_are_refused_with_400(api, body):
+    answer = api.call("POST", "/subscriptions", body)
+    assert answer.status_code == 400 and answer.headers["Content-Type"] == "application/problem+json"
+    assert answer.json()["type"] == "urn:planbridge:problem:invalid-input" and answer.json()["errors"]
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://10.0.0.1/hook", "10.0.0.1 is a private address"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a link-local address"),
+        ("http://[::1]:8080/hook", "::1 is a loopback address"),
+        ("http://[::ffff:127.0.0.1]/hook", "loopback (as 127.0.0.1"),
+        ("gopher://127.0.0.1/", "only http and https"),
+    ],
+)
+def test_urls_that_are_not_public_are_refused_with_422_naming_why(api, url, reason):
+    answer = api.call("POST", "/subscriptions", {"url": url, "event_types": ["*"]})
+    assert answer.status_code == 422 and answer.json()["type"] == "urn:planbridge:problem:url-refused"
+    assert reason in answer.json()["detail"]
+    assert api.call("GET", "/subscriptions").json() == []
+
+
+def test_localhost_is_refused_without_the_allow_list(engine):
+    strict = Api(engine, allow=())
+    try:
+        answer = strict.call("POST", "/subscriptions", {"url": "http://localhost:8080/hook", "event_types": ["*"]})
+        assert answer.status_code == 422 and "host localhost resolves to" in answer.json()["detail"]
+    finally:
+        strict.server.shutdown()
+
+
+def test_the_openapi_document_lists_the_subscription_routes(api):
+    document = api.call("GET", "/openapi.json", key=None).json()
+    validate_openapi(document)
+    assert {
+        "/subscriptions",
+        "/subscriptions/{subscription_id}",
+        "/subscriptions/{subscription_id}/enable",
+        "/subscriptions/{subscription_id}/disable",
+        "/subscriptions/{subscription_id}/deliveries",
+        "/deliveries/{delivery_id}/replay",
+    } <= set(document["paths"])
+    assert set(document["paths"]["/subscriptions/{subscription_id}"]) == {"get", "delete"}
+
+
+def test_the_notifications_commands_list_show_replay_and_work(database, receiver, monkeypatch):
+    from click.testing import CliRunner
+
+    from service.cli_notify import notifications
+
+    engine, url = database
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PLANBRIDGE_OUTBOUND_ALLOW", "127.0.0.0/8")
+    monkeypatch.setenv("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", "1")
+    api = Api(engine)
+    try:
+        sub = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["*"]}).json()
+    finally:
+        api.server.shutdown()
+    with UnitOfWork(engine) as uow:
+        record_change(uow, "plan-a", "plan.updated", {"plan_version": 2, "source": "team"}, utcnow())
+        uow.commit()
+    runner = CliRunner()
+    listed = runner.invoke(notifications, ["list"])
+    assert listed.exit_code == 0 and f'"id": {sub["id"]}' in listed.output and "whsec_" not in listed.output
+    worked = runner.invoke(notifications, ["worker", "--once"])
+    assert worked.exit_code == 0 and '"attempted": 1' in worked.output  # the receiver answers 500: dead
+    log = runner.invoke(notifications, ["deliveries", str(sub["id"]), "--status", "dead"])
+    assert log.exit_code == 0 and '"last_status_code": 500' in log.output
+    delivery_id = log.output.split('"id": ')[1].split(",")[0]
+    replayed = runner.invoke(notifications, ["replay", delivery_id])
+    assert replayed.exit_code == 0 and '"status": "pending"' in replayed.output
+    assert runner.invoke(notifications, ["replay", delivery_id]).exit_code == 1  # pending now, not dead
+    again = runner.invoke(notifications, ["worker", "--once"])
+    assert '{"attempted": 1}' in again.output and "delivered (200)" in again.output
+    assert runner.invoke(notifications, ["deliveries", "999"]).exit_code == 1
