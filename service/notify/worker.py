@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import urllib3
 from service.fhir.client import retry_after_seconds
 from service.notify import http
 from service.notify.ssrf import OutboundGuard, OutboundRefused
+from service.polling import PollingWorker
 from service.settings import Settings
 from service.signing import sign_headers
 from service.store.uow import UnitOfWork
@@ -70,8 +70,10 @@ class Attempt:
         return self.status_code is not None and 200 <= self.status_code < 300
 
 
-class DeliveryWorker:
+class DeliveryWorker(PollingWorker):
     """Drains due deliveries to their subscribers."""
+
+    name = "delivery worker"
 
     def __init__(
         self,
@@ -83,6 +85,7 @@ class DeliveryWorker:
     ) -> None:
         self.uow, self.settings, self.clock, self.send = uow, settings, clock, send
         self.guard = guard or OutboundGuard(settings.outbound_allow)
+        self.poll_seconds = settings.worker_poll_seconds
         self.lease = timedelta(seconds=max(settings.outbox_lease_seconds, 2 * settings.delivery_timeout + 10))
 
     def _claim(self) -> Claimed | None:
@@ -157,23 +160,3 @@ class DeliveryWorker:
             result.status_code or (result.error or "").split(":")[0],
         )  # fmt: skip
         return True
-
-    def run_until_idle(self, limit: int = 10_000) -> int:
-        """Attempt due deliveries until none is left; return how many were attempted."""
-        count = 0
-        while count < limit and self.process_one():
-            count += 1
-        return count
-
-    def run_forever(self, stop: threading.Event) -> None:
-        """Poll for due deliveries until `stop` is set."""
-        log.info("delivery worker started")
-        while not stop.is_set():
-            try:
-                busy = self.run_until_idle(limit=100)
-            except Exception:  # a database hiccup must not kill the worker; it retries next poll
-                log.exception("delivery worker pass failed")
-                busy = 0
-            if not busy:
-                stop.wait(self.settings.worker_poll_seconds)
-        log.info("delivery worker stopped")

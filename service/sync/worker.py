@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from service.domain.errors import PlanbridgeError
 from service.fhir.client import FhirClient
+from service.polling import PollingWorker
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
@@ -28,12 +28,16 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
     return timedelta(seconds=random.uniform(base**attempt / 2, min(cap, base**attempt)))
 
 
-class OutboxWorker:
+class OutboxWorker(PollingWorker):
     """Drains the outbox into one FHIR server."""
+
+    name = "outbox worker"
 
     def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
         self.engine = SyncEngine(UnitOfWork(uow.engine), client, settings, clock)
+        self.poll_seconds = settings.worker_poll_seconds
+        self._last_resync = -float("inf")
 
     def _claim(self) -> tuple[int, str, str, str | None] | None:
         with self.uow:
@@ -96,28 +100,9 @@ class OutboxWorker:
             self.uow.commit()
         return True
 
-    def run_until_idle(self, limit: int = 10_000) -> int:
-        """Process due entries until none is left; return how many were processed."""
-        count = 0
-        while count < limit and self.process_one():
-            count += 1
-        return count
-
-    def run_forever(self, stop: threading.Event) -> None:
-        """Poll the outbox until `stop` is set."""
-        log.info("outbox worker started")
-        last_resync = -float("inf")
-        while not stop.is_set():
-            try:
-                # The safety net: FHIR servers give up retrying notifications, so look now and then.
-                if self.settings.resync_seconds and time.monotonic() - last_resync >= self.settings.resync_seconds:
-                    if self.settings.fhir_base_url:
-                        self.queue_resync()
-                    last_resync = time.monotonic()
-                busy = self.run_until_idle(limit=100)
-            except Exception:  # a database hiccup must not kill the worker; it retries next poll
-                log.exception("outbox worker pass failed")
-                busy = 0
-            if not busy:
-                stop.wait(self.settings.worker_poll_seconds)
-        log.info("outbox worker stopped")
+    def before_pass(self) -> None:
+        """The safety net: FHIR servers give up retrying notifications, so look for changes now and then."""
+        if self.settings.resync_seconds and time.monotonic() - self._last_resync >= self.settings.resync_seconds:
+            if self.settings.fhir_base_url:
+                self.queue_resync()
+            self._last_resync = time.monotonic()

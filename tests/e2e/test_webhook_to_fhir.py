@@ -1,49 +1,26 @@
 """A signed team event posted over HTTP to the running app becomes a Goal on a real FHIR server."""
 
 import json
-import threading
 import uuid
 
 import pytest
 import requests
-import sqlalchemy as sa
-from werkzeug.serving import make_server
 
-from service.api.app import create_app
 from service.api.container import utcnow
-from service.fhir.client import FhirClient
-from service.store.tables import Base
 from service.store.uow import UnitOfWork
-from service.sync.worker import OutboxWorker
-from tests.support import MRN_SYSTEM, goal_event, settings, signed
+from tests.live import Live
+from tests.support import MRN_SYSTEM, goal_event, signed
 
 
-class LiveService:
-    """The app served over real HTTP on a free port, with a worker to drain its outbox on demand."""
-
-    def __init__(self, engine, fhir_base_url: str, **overrides) -> None:
-        self.engine = engine
-        self.settings = settings(fhir_base_url=fhir_base_url, **overrides)
-        self.server = make_server("127.0.0.1", 0, create_app(self.settings, engine), threaded=True)
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.fhir = FhirClient(fhir_base_url, timeout=10)
-        self.worker = OutboxWorker(UnitOfWork(engine), self.fhir, self.settings, utcnow)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def post(self, event: dict, **kwargs) -> requests.Response:
-        body = json.dumps(event).encode()
-        return requests.post(f"{self.url}/webhooks/team", data=body, headers=signed(body, **kwargs), timeout=10)
+class LiveService(Live):
+    """The app over real HTTP, with what these tests look at: the Goal on the server, and every table."""
 
     def goals_on_server(self, event: dict) -> list[dict]:
         value = f"{event['data']['plan_id']}/{event['data']['goal']['id']}"
         return self.fhir.search("Goal", {"identifier": f"{self.settings.identifier_base}/goal|{value}"})
 
     def row_counts(self) -> dict[str, int]:
-        with self.engine.connect() as conn:
-            return {
-                t.name: conn.execute(sa.select(sa.func.count()).select_from(t)).scalar_one()
-                for t in Base.metadata.sorted_tables
-            }
+        return {t.name: self.count(t) for t in self.tables()}
 
 
 @pytest.fixture
