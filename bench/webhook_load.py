@@ -1,8 +1,9 @@
 """Signed webhook ingest under gunicorn (verify, validate, apply, commit, 202), loaded by wrk on loopback,
 next to a bare Flask endpoint under the same gunicorn settings measured in the same run.
 
-Run: `.venv/bin/python bench/webhook_load.py [--seconds 10] [--connections 16] [--database postgres]`
-Needs `wrk` (Debian package `wrk`).
+Run: `.venv/bin/python bench/webhook_load.py [--seconds 10] [--connections 16] [--database postgres]
+[--workers N] [--threads N]`; without --workers/--threads both servers get the shape `planbridge serve`
+picks for the database (service.gunicorn_app.default_shape). Needs `wrk` (Debian package `wrk`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.gunicorn_app import default_shape  # noqa: E402
 from service.signing import new_secret, sign_headers  # noqa: E402
 
 EVENT = json.loads((ROOT / "fixtures/events/goal-proposed.json").read_text())
@@ -107,7 +109,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -133,12 +136,15 @@ def main() -> None:
             "DATABASE_URL": db_url,
             "PLANBRIDGE_WEBHOOK_SECRET": secret,
             "PLANBRIDGE_LOG_LEVEL": "WARNING",
-            "WEB_CONCURRENCY": str(args.workers),
         }
+        env.pop("WEB_CONCURRENCY", None)
+        workers, threads = default_shape(db_url)
+        workers, threads = args.workers or workers, args.threads or threads
+        shape = ["--workers", str(workers), "--threads", str(threads)]
         subprocess.run([str(bin_dir / "planbridge"), "db", "upgrade"], env=env, check=True, capture_output=True)
         results = {}
         port = free_port()
-        ours = serve([str(bin_dir / "planbridge"), "serve", "--port", str(port)], env, port)
+        ours = serve([str(bin_dir / "planbridge"), "serve", "--port", str(port), *shape], env, port)
         try:
             results["planbridge"] = run_wrk(port, script, data, args.seconds, args.connections)
         finally:
@@ -149,11 +155,11 @@ def main() -> None:
             [
                 str(bin_dir / "gunicorn"),
                 "-w",
-                str(args.workers),
+                str(workers),
                 "-k",
                 "gthread",
                 "--threads",
-                "4",
+                str(threads),
                 "-b",
                 f"127.0.0.1:{port}",
                 "--chdir",
@@ -174,7 +180,7 @@ def main() -> None:
                 check=True,
             )
     print(
-        f"signed webhook ingest under gunicorn ({args.workers} gthread workers x 4 threads), wrk -t2 "
+        f"signed webhook ingest under gunicorn ({workers} gthread workers x {threads} threads), wrk -t2 "
         f"-c{args.connections} -d{args.seconds}s, database {args.database}"
     )
     print(f"{'':12} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import sys
@@ -63,15 +64,25 @@ def db_current() -> None:
 @main.command()
 @click.option("--host", default=lambda: os.environ.get("PLANBRIDGE_HOST", "127.0.0.1"), show_default="127.0.0.1")
 @click.option("--port", type=int, default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")), show_default="8000")
-@click.option("--workers", type=int, default=lambda: int(os.environ.get("WEB_CONCURRENCY", "2")), show_default="2")
-def serve(host: str, port: int, workers: int) -> None:
-    """Serve the API under gunicorn."""
-    from service.gunicorn_app import run
+@click.option(
+    "--workers",
+    type=int,
+    default=lambda: int(os.environ["WEB_CONCURRENCY"]) if os.environ.get("WEB_CONCURRENCY") else None,
+    show_default="WEB_CONCURRENCY, else 1 on SQLite and 2 on PostgreSQL",
+    help="gunicorn worker processes.",
+)
+@click.option(
+    "--threads", type=int, default=None, show_default="8 on SQLite, 4 on PostgreSQL", help="Threads per worker."
+)
+def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
+    """Serve the API under gunicorn (on SQLite one process with more threads: see default_shape)."""
+    from service.gunicorn_app import default_shape, run
 
     settings = _settings()
     _logging(settings)
+    default_workers, default_threads = default_shape(settings.database_url)
     try:
-        run(host, port, workers)
+        run(host, port, workers or default_workers, threads or default_threads)
     except PlanbridgeError as exc:
         raise click.ClickException(exc.detail) from None
 
@@ -97,6 +108,9 @@ def worker(once: bool) -> None:
     if once:
         click.echo(json.dumps({"processed": runner.run_until_idle()}))
         return
+    from service.fhir.capabilities import startup_check
+
+    startup_check(client, settings.create_patients, logging.getLogger("planbridge.worker"))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

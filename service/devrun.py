@@ -72,6 +72,9 @@ def run_dev(root: Path, port: int) -> None:
     os.environ.setdefault(
         "PLANBRIDGE_FHIR_NOTIFY_SECRET", _kept(var_dir, "notify-secret", lambda: secrets.token_urlsafe(24))
     )
+    os.environ.setdefault(
+        "PLANBRIDGE_SESSION_SECRET", _kept(var_dir, "session-secret", lambda: secrets.token_urlsafe(48))
+    )
     os.environ.setdefault("PLANBRIDGE_PUBLIC_URL", f"http://127.0.0.1:{port}")
     os.environ.setdefault("PLANBRIDGE_OUTBOUND_ALLOW", "127.0.0.0/8")  # local team endpoints, for the demo
     settings = Settings.from_env()
@@ -96,6 +99,7 @@ planbridge is starting
   database         {settings.database_url}
   webhook secret   {"var/webhook-secret (generated)" if generated else "from PLANBRIDGE_WEBHOOK_SECRET"}
   API key          var/api-key unless PLANBRIDGE_API_KEYS is set
+  console          http://127.0.0.1:{port}/console/   (sign in with the API key)
 
 Send a signed example event (from another terminal, in this directory):
   {env_prefix}.venv/bin/planbridge webhook send {event}

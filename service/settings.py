@@ -68,6 +68,16 @@ def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return keys
 
 
+def _session_secret(env: Mapping[str, str]) -> str | None:
+    """Read the key that signs console session cookies; short ones are refused (they could be guessed)."""
+    secret = env.get("PLANBRIDGE_SESSION_SECRET", "").strip() or None
+    if secret is not None and len(secret) < 32:
+        raise ConfigurationError(
+            "PLANBRIDGE_SESSION_SECRET must be at least 32 characters", setting="PLANBRIDGE_SESSION_SECRET"
+        )
+    return secret
+
+
 def _auth(env: Mapping[str, str]) -> dict[str, str | None]:
     """Read the FHIR server's authentication settings, refusing incomplete ones by name."""
     kind = env.get("FHIR_AUTH", "none").strip().lower() or "none"
@@ -117,6 +127,7 @@ class Settings:
     fhir_notify_secret: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     resync_seconds: float = 900.0
+    heartbeat_timeout_seconds: float = 600.0
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
     log_format: str = "json"
@@ -133,6 +144,8 @@ class Settings:
     outbound_allow: tuple[str, ...] = field(default_factory=tuple)
     delivery_timeout: float = 10.0
     delivery_max_attempts: int = 10
+    session_secret: str | None = None
+    console_show_names: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -167,6 +180,14 @@ class Settings:
             resync_seconds=float(
                 _number("PLANBRIDGE_RESYNC_SECONDS", env.get("PLANBRIDGE_RESYNC_SECONDS", "900"), float, 0)
             ),
+            heartbeat_timeout_seconds=float(
+                _number(
+                    "PLANBRIDGE_HEARTBEAT_TIMEOUT_SECONDS",
+                    env.get("PLANBRIDGE_HEARTBEAT_TIMEOUT_SECONDS", "600"),
+                    float,
+                    1,
+                )
+            ),
             outbox_lease_seconds=float(
                 _number("PLANBRIDGE_OUTBOX_LEASE_SECONDS", env.get("PLANBRIDGE_OUTBOX_LEASE_SECONDS", "120"), float, 1)
             ),
@@ -181,6 +202,10 @@ class Settings:
             ),
             delivery_max_attempts=int(
                 _number("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", env.get("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", "10"), int, 1)
+            ),
+            session_secret=_session_secret(env),
+            console_show_names=_bool(
+                "PLANBRIDGE_CONSOLE_SHOW_NAMES", env.get("PLANBRIDGE_CONSOLE_SHOW_NAMES", "false")
             ),
             **_auth(env),
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from sqlalchemy.engine import Engine
 
+from service import console
 from service.api import errors, fhir_notifications, health, metrics, openapi, plans, subscriptions, webhooks
 from service.api.container import Container
 from service.domain.errors import ConfigurationError
@@ -25,6 +26,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.extensions["planbridge"] = Container(settings=settings, engine=engine)
     errors.init_app(app)
     metrics.init_app(app, engine)
-    for blueprint in (health.bp, webhooks.bp, plans.bp, openapi.bp, fhir_notifications.bp, subscriptions.bp):
+    for blueprint in (
+        health.bp,
+        webhooks.bp,
+        plans.bp,
+        openapi.bp,
+        fhir_notifications.bp,
+        subscriptions.bp,
+        console.bp,
+    ):
         app.register_blueprint(blueprint)
     return app

@@ -21,9 +21,18 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from service import logs
-from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, SyncStateRow
+from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, PlanRow, SyncStateRow
 
 bp = Blueprint("metrics", __name__)
+
+
+def _age(instant: datetime | str | None) -> float:
+    """Return seconds since an instant (0 when there is none); SQLite hands aggregates back as text."""
+    if instant is None:
+        return 0.0
+    if isinstance(instant, str):
+        instant = datetime.fromisoformat(instant)
+    return max(0.0, time.time() - (instant if instant.tzinfo else instant.replace(tzinfo=UTC)).timestamp())
 
 
 class StoreCollector(Collector):
@@ -41,6 +50,9 @@ class StoreCollector(Collector):
         conflicts = GaugeMetricFamily("planbridge_conflicts_open", "Open sync conflicts")
         plans = GaugeMetricFamily("planbridge_plans", "Plans by sync status", labels=["status"])
         lag = GaugeMetricFamily("planbridge_outbox_oldest_pending_seconds", "Age of the oldest pending outbox entry")
+        sync_lag = GaugeMetricFamily(
+            "planbridge_sync_lag_seconds", "How long the oldest plan change not yet on the FHIR server has waited"
+        )
         with self.engine.connect() as conn:
             for event_type, status, n in conn.execute(
                 sa.select(InboundEventRow.event_type, InboundEventRow.response_status, sa.func.count()).group_by(
@@ -61,14 +73,11 @@ class StoreCollector(Collector):
             ):
                 plans.add_metric([status], n)
             oldest = conn.execute(sa.select(sa.func.min(OutboxRow.created_at)).where(OutboxRow.status == "pending"))
-            first = oldest.scalar_one_or_none()
-        if isinstance(first, str):  # SQLite hands back text for aggregates
-            first = datetime.fromisoformat(first)
-        age = 0.0
-        if first is not None:
-            age = max(0.0, time.time() - (first if first.tzinfo else first.replace(tzinfo=UTC)).timestamp())
-        lag.add_metric([], age)
-        yield from (events, outbox, conflicts, plans, lag)
+            lag.add_metric([], _age(oldest.scalar_one_or_none()))
+            synced = sa.select(SyncStateRow.plan_id).where(SyncStateRow.status.in_(("in_sync", "conflicted")))
+            unsynced = conn.execute(sa.select(sa.func.min(PlanRow.updated_at)).where(PlanRow.id.not_in(synced)))
+            sync_lag.add_metric([], _age(unsynced.scalar_one_or_none()))
+        yield from (events, outbox, conflicts, plans, lag, sync_lag)
 
 
 def init_app(app: Flask, engine: Engine) -> None:

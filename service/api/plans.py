@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from flask import Blueprint, Response, json, request
@@ -13,6 +14,7 @@ from service.api.auth import require_api_key
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
+from service.store.uow import UnitOfWork
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 bp = Blueprint("plans", __name__)
@@ -54,6 +56,17 @@ def outbox_dict(row: Any) -> dict[str, Any]:
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),
     }
+
+
+def replay_outbox_entry(uow: UnitOfWork, entry_id: int, now: datetime) -> dict[str, Any]:
+    """Put a dead outbox entry back in the queue, due now, with its attempts reset (the API and console use this)."""
+    with uow:
+        row = uow.outbox.get(entry_id)
+        if row.status != "dead":
+            raise RuleViolation(f"outbox entry {entry_id} is {row.status}; only dead entries are replayed")
+        uow.outbox.replay(row, now)
+        uow.commit()
+        return outbox_dict(row)
 
 
 @bp.get("/plans/<plan_id>")
@@ -158,10 +171,4 @@ def replay_outbox(entry_id: int) -> ResponseReturnValue:
     """Put a dead entry back in the queue, due now, with its attempts reset."""
     c = container()
     _bounded("outbox entry", entry_id)
-    with c.uow() as uow:
-        row = uow.outbox.get(entry_id)
-        if row.status != "dead":
-            raise RuleViolation(f"outbox entry {entry_id} is {row.status}; only dead entries are replayed")
-        uow.outbox.replay(row, c.clock())
-        uow.commit()
-        return _json(outbox_dict(row))
+    return _json(replay_outbox_entry(c.uow(), entry_id, c.clock()))

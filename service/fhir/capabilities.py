@@ -62,3 +62,19 @@ def _resource_gaps(
     if lacking_params:
         gaps.append(f"{rtype} cannot be searched by {', '.join(lacking_params)}")
     return gaps
+
+
+def startup_check(client: Any, create_patients: bool, log: Any) -> list[str]:
+    """Read the server's CapabilityStatement when a worker starts and log what it lacks; never fatal."""
+    from service.fhir.errors import FhirError
+
+    try:
+        missing = missing_capabilities(client.capabilities(), create_patients=create_patients)
+    except FhirError as exc:
+        log.warning("could not read the FHIR server's CapabilityStatement (%s); going on", type(exc).__name__)
+        return []
+    for gap in missing:
+        log.warning("the FHIR server lacks what planbridge uses: %s", gap)
+    if not missing:
+        log.info("the FHIR server has everything planbridge uses")
+    return missing

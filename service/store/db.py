@@ -31,19 +31,20 @@ class WriterLock:
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._pid = -1
-        self._thread_lock = threading.Lock()
         self._fd = -1
+        self.reset()
 
-    def _for_this_process(self) -> None:
-        if self._pid != os.getpid():  # after a fork the parent's lock and descriptor are not ours
-            self._thread_lock = threading.Lock()
-            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._pid = os.getpid()
+    def reset(self) -> None:
+        """Take a lock and a descriptor of this process's own (at creation, and in a forked child)."""
+        # A child's copy of the descriptor shares the parent's flock, and its thread lock may have been
+        # copied while held, so a child gets new ones; closing the copy leaves the parent's lock alone.
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._thread_lock = threading.Lock()
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     def acquire(self) -> None:
         """Wait for the lock, up to the busy timeout within this process (then "database is locked")."""
-        self._for_this_process()
         if not self._thread_lock.acquire(timeout=BUSY_TIMEOUT_S):
             raise sqlite3.OperationalError("database is locked")
         try:
@@ -62,11 +63,23 @@ _writer_locks: dict[str, WriterLock] = {}
 _writer_locks_guard = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    global _writer_locks_guard
+    _writer_locks_guard = threading.Lock()
+    for lock in _writer_locks.values():
+        lock.reset()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def writer_lock(database: str) -> WriterLock:
     """Return the process's writer lock for a database file (one per file, shared by its engines)."""
     path = os.path.realpath(database)
     with _writer_locks_guard:
-        return _writer_locks.setdefault(path, WriterLock(path + ".writer-lock"))
+        if path not in _writer_locks:
+            _writer_locks[path] = WriterLock(path + ".writer-lock")
+        return _writer_locks[path]
 
 
 class _LockingConnection(sqlite3.Connection):

@@ -285,6 +285,11 @@ class SyncRepository:
         row = self._session.get(SyncCursorRow, name)
         return row.value if row else None
 
+    def cursors(self, prefix: str) -> dict[str, str]:
+        """Return every cursor whose name starts with `prefix`."""
+        rows = self._session.scalars(sa.select(SyncCursorRow).where(SyncCursorRow.name.startswith(prefix)))
+        return {row.name: row.value for row in rows}
+
     def set_cursor(self, name: str, value: str) -> None:
         """Move a cursor."""
         row = self._session.get(SyncCursorRow, name)

@@ -20,6 +20,7 @@ from service.sync.push import local_key
 
 log = logging.getLogger(__name__)
 EVERYTHING = "*"  # the outbox's plan_id for "pull what changed", not one plan
+HEARD = "backport-heard:"  # cursor prefix: when a Backport subscription was last heard from
 KINDS = ("plan", "careteam", "goal", "checkin")
 
 
@@ -129,8 +130,25 @@ def receive_backport(uow: UnitOfWork, bundle: dict[str, Any], base: str, now: da
             _queue_focus(uow, bundle, status, base, now, result)
         high = max([seen, *numbers, *([total] if total is not None and kind != "handshake" else [])])
         uow.sync.set_cursor(cursor, str(high))
+        uow.sync.set_cursor(f"{HEARD}{status.get('subscription') or 'unknown'}", now.isoformat())
         uow.commit()
     return result
+
+
+def silent_subscriptions(uow: UnitOfWork, now: datetime, timeout_seconds: float) -> list[str]:
+    """Return Backport subscriptions not heard from (not even a heartbeat) for `timeout_seconds`, and queue a
+    resync for them; each is then counted as heard, so a silent server costs one resync per timeout."""
+    silent = []
+    with uow:
+        for name, value in uow.sync.cursors(HEARD).items():
+            if (now - datetime.fromisoformat(value)).total_seconds() >= timeout_seconds:
+                silent.append(name.removeprefix(HEARD))
+                uow.sync.set_cursor(name, now.isoformat())
+        if silent:
+            log.warning("no heartbeat from %s: resyncing", ", ".join(silent))
+            _queue(uow, EVERYTHING, now, [])
+        uow.commit()
+    return silent
 
 
 def _type_id(reference: str) -> str:

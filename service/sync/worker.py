@@ -19,6 +19,7 @@ from service.polling import PollingWorker
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
+from service.sync.notifications import silent_subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +107,4 @@ class OutboxWorker(PollingWorker):
             if self.settings.fhir_base_url:
                 self.queue_resync()
             self._last_resync = time.monotonic()
+        silent_subscriptions(UnitOfWork(self.uow.engine), self.clock(), self.settings.heartbeat_timeout_seconds)

@@ -176,3 +176,18 @@ def test_a_subscription_on_the_fhir_server_brings_an_ehr_edit_into_the_plan(live
     finally:
         for s in held:
             live.fhir.request("DELETE", f"Subscription/{s['id']}")
+
+
+def test_a_backport_subscription_that_falls_silent_forces_a_resync(engine):
+    from datetime import timedelta
+
+    from service.sync.notifications import silent_subscriptions
+
+    start = utcnow()
+    receive_backport(UnitOfWork(engine), status_bundle("heartbeat", [], total=0), BASE, start)
+    assert silent_subscriptions(UnitOfWork(engine), start + timedelta(seconds=59), 60) == []
+    assert queued(engine) == []
+    assert silent_subscriptions(UnitOfWork(engine), start + timedelta(seconds=61), 60) == ["Subscription/s1"]
+    assert queued(engine) == [("pull_changed", "*")]
+    # counted as heard now: one resync per silent period, not one per poll
+    assert silent_subscriptions(UnitOfWork(engine), start + timedelta(seconds=62), 60) == []

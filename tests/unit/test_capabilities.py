@@ -50,3 +50,24 @@ def test_creating_patients_needs_conditional_create_on_patient():
     patient["conditionalCreate"] = False
     assert missing_capabilities(statement) == []
     assert "Patient has no conditional create (If-None-Exist)" in missing_capabilities(statement, create_patients=True)
+
+
+def test_the_worker_start_logs_what_the_server_lacks_and_never_stops_for_it(caplog):
+    import logging
+
+    import responses as rsps
+
+    from service.fhir.capabilities import startup_check
+    from service.fhir.client import FhirClient
+
+    client = FhirClient("http://fhir.test/r4", max_retries=0)
+    statement = full_statement()
+    statement["rest"][0]["interaction"] = []
+    log = logging.getLogger("test.startup")
+    with rsps.RequestsMock() as mock, caplog.at_level(logging.INFO, logger="test.startup"):
+        mock.add(rsps.GET, "http://fhir.test/r4/metadata", json=statement)
+        assert any("transaction" in gap for gap in startup_check(client, False, log))
+        mock.add(rsps.GET, "http://fhir.test/r4/metadata", status=503)
+        assert startup_check(client, False, log) == []
+    assert "lacks what planbridge uses: no transaction interaction" in caplog.text
+    assert "could not read the FHIR server's CapabilityStatement (FhirServerError)" in caplog.text

@@ -1,4 +1,6 @@
-"""The client's own edge cases, against HAPI-shaped answers served by `responses`."""
+"""The client's own edge cases, against HAPI-shaped answers (kept in fixtures/server/) served by `responses`."""
+
+import json
 
 import pytest
 import requests
@@ -6,8 +8,16 @@ import responses
 
 from service.fhir import errors
 from service.fhir.client import FhirClient
+from tests.support import FIXTURES
 
 BASE = "http://fhir.test/baseR4"
+SERVER = FIXTURES / "server"
+
+
+def answer(name: str):
+    """Return a recorded server answer: parsed JSON, or the raw text of an HTML page."""
+    text = (SERVER / name).read_text()
+    return json.loads(text) if name.endswith(".json") else text
 
 
 def outcome(diagnostics: str) -> dict:
@@ -42,7 +52,7 @@ def client():
     ],
 )
 def test_each_status_raises_its_error_with_the_outcome(client, status, kind):
-    body = outcome("HAPI-0989: Trying to update Goal/1/_history/1 but this is not the current version")
+    body = answer("hapi-409-version-conflict.json")
     client.mock.add(responses.PUT, f"{BASE}/Goal/1", json=body, status=status)
     with pytest.raises(kind) as err:
         client.request("PUT", "Goal/1", json={"resourceType": "Goal"})
@@ -52,15 +62,16 @@ def test_each_status_raises_its_error_with_the_outcome(client, status, kind):
 
 
 def test_a_non_fhir_error_body_still_maps(client):
-    client.mock.add(responses.GET, f"{BASE}/Goal/1", body="<html>bad gateway</html>", status=500)
+    client.mock.add(responses.GET, f"{BASE}/Goal/1", body=answer("proxy-502-page.html"), status=500)
     with pytest.raises(errors.FhirServerError) as err:
         client.read("Goal", "1")
     assert err.value.outcome is None
 
 
 def test_search_follows_next_links_exactly_and_stops_on_an_empty_last_page(client):
-    page2 = f"{BASE}?_getpages=abc&_getpagesoffset=2&_count=2&_bundletype=searchset"
-    page3 = f"{BASE}?_getpages=abc&_getpagesoffset=4&_count=2&_bundletype=searchset"
+    last = answer("hapi-searchset-last-page-empty.json")  # HAPI's empty last page: no entries, no next
+    page3 = last["link"][0]["url"]
+    page2 = page3.replace("_getpagesoffset=4", "_getpagesoffset=2")
     client.mock.add(
         responses.GET,
         f"{BASE}/Goal",
@@ -80,7 +91,7 @@ def test_search_follows_next_links_exactly_and_stops_on_an_empty_last_page(clien
             "entry": [{"resource": {"id": "3"}}, {"resource": {"id": "p"}, "search": {"mode": "include"}}],
         },
     )
-    client.mock.add(responses.GET, page3, json={"resourceType": "Bundle", "link": []})
+    client.mock.add(responses.GET, page3, json=last)
     assert [r["id"] for r in client.search("Goal", {"_count": "2"})] == ["1", "2", "3"]
     assert client.mock.calls[1].request.url == page2
 
@@ -103,7 +114,7 @@ def test_safe_requests_are_retried_on_503(client):
 
 
 def test_a_plain_post_is_not_retried(client):
-    client.mock.add(responses.POST, f"{BASE}/Patient", status=503, json=outcome("busy"))
+    client.mock.add(responses.POST, f"{BASE}/Patient", status=503, json=answer("hapi-503-busy.json"))
     with pytest.raises(errors.FhirServerError):
         client.request("POST", "Patient", json={"resourceType": "Patient"})
     assert len(client.mock.calls) == 1
@@ -154,17 +165,11 @@ def test_timeouts_are_retried_for_safe_requests_only(client):
 
 
 def test_an_outcome_with_several_issues_keeps_them_all(client):
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [
-            {"severity": "error", "code": "required", "diagnostics": "Goal.subject: minimum required = 1"},
-            {"severity": "error", "code": "code-invalid", "diagnostics": "Goal.lifecycleStatus: banana"},
-        ],
-    }
+    body = answer("hapi-422-several-issues.json")
     client.mock.add(responses.POST, f"{BASE}/Goal", json=body, status=422)
     with pytest.raises(errors.FhirValidationFailed) as err:
         client.request("POST", "Goal", json={})
-    assert "Goal.subject" in err.value.detail and "banana" in err.value.detail
+    assert "Goal.subject" in err.value.detail and "'banana'" in err.value.detail
     assert len(err.value.outcome["issue"]) == 2
 
 

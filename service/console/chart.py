@@ -1,0 +1,298 @@
+"""Progress charts as accessible inline SVG: check-ins over time against the target and its due date.
+
+Pure functions: `goal_series` reads what a goal holds, `progress_svg` draws it. The SVG carries a
+<title> and <desc>, axis labels, the target (a line for a value, a band for a range or a bound) and
+the due date; the page shows the same points as a table.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+from markupsafe import Markup, escape
+
+from service.domain.model import Goal, Target
+from service.domain.types import Concept, Quantity
+
+WIDTH, HEIGHT = 640, 300
+LEFT, RIGHT, TOP, BOTTOM = 72, 24, 20, 56
+
+
+@dataclass(frozen=True)
+class Point:
+    """One check-in on the chart: when, the value, and who recorded it."""
+
+    at: datetime
+    value: float
+    label: str
+    recorded_by: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Series:
+    """What a goal's chart shows: its points, the unit, the target bounds and the due date."""
+
+    title: str
+    measure: str
+    unit: str
+    points: list[Point] = field(default_factory=list)
+    target_low: float | None = None
+    target_high: float | None = None
+    target_text: str | None = None
+    due: date | None = None
+
+
+def parse_instant(value: str | None) -> datetime | None:
+    """Parse an ISO date or instant ("2026", "2026-09", "2026-09-13", "2026-09-13T19:00:00Z") as UTC."""
+    if not value:
+        return None
+    text = value.strip().replace("Z", "+00:00")
+    for candidate in (text, f"{text}-01" if len(text) == 7 else None, f"{text}-01-01" if len(text) == 4 else None):
+        if candidate is None:
+            continue
+        try:
+            parsed = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def concept_text(concept: Concept | None) -> str:
+    """Return the words of a concept: its text, else the first coding's display or code."""
+    if concept is None:
+        return ""
+    if concept.text:
+        return concept.text
+    for coding in concept.codings:
+        if coding.display or coding.code:
+            return coding.display or coding.code or ""
+    return ""
+
+
+def number(value: float | Decimal | int | None) -> str:
+    """Format a number without a trailing .0 (6000, 5.5)."""
+    if value is None:
+        return ""
+    as_float = float(value)
+    return str(int(as_float)) if as_float == int(as_float) else f"{as_float:.4g}"
+
+
+def quantity_text(q: Quantity | None) -> str:
+    """Return a quantity as words: "≥ 6000 /d"."""
+    if q is None or q.value is None:
+        return ""
+    comparator = {">=": "≥", "<=": "≤"}.get(q.comparator or "", q.comparator or "")
+    return " ".join(part for part in (comparator, number(q.value), q.unit or q.code or "") if part)
+
+
+def target_bounds(target: Target) -> tuple[float | None, float | None, str | None]:
+    """Return (low, high, words) of a numeric target; (None, None, None) when it is not numeric."""
+    if target.quantity is not None and target.quantity.value is not None:
+        value = float(target.quantity.value)
+        comparator = target.quantity.comparator
+        low = value if comparator in (None, ">=", ">") else None
+        high = value if comparator in (None, "<=", "<") else None
+        return low, high, quantity_text(target.quantity)
+    if target.range is not None:
+        low_q, high_q = target.range.low, target.range.high
+        low = float(low_q.value) if low_q and low_q.value is not None else None
+        high = float(high_q.value) if high_q and high_q.value is not None else None
+        if low is None and high is None:
+            return None, None, None
+        unit = (high_q or low_q).unit if (high_q or low_q) else ""
+        words = f"{number(low) if low is not None else '…'} to {number(high) if high is not None else '…'} {unit or ''}"
+        return low, high, words.strip()
+    if target.integer is not None:
+        return float(target.integer), float(target.integer), str(target.integer)
+    return None, None, None
+
+
+def goal_series(goal: Goal) -> Series | None:
+    """Return the chart of a goal's numeric check-ins, or None when it has none."""
+    points: list[Point] = []
+    unit = ""
+    for check_in in goal.check_ins:
+        at = parse_instant(check_in.at)
+        if check_in.quantity is not None and check_in.quantity.value is not None:
+            value = float(check_in.quantity.value)
+            unit = unit or check_in.quantity.unit or check_in.quantity.code or ""
+        elif check_in.integer is not None:
+            value = float(check_in.integer)
+        else:
+            continue
+        if at is None or check_in.status == "entered-in-error":
+            continue
+        points.append(Point(at, value, number(value), check_in.recorded_by, check_in.note))
+    if not points:
+        return None
+    points.sort(key=lambda p: p.at)
+    target = next((t for t in goal.targets if target_bounds(t)[2] is not None), None)
+    low, high, words = target_bounds(target) if target else (None, None, None)
+    due = parse_instant(target.due_date) if target and target.due_date else None
+    measure = concept_text(target.measure) if target else ""
+    measure = measure or concept_text(goal.check_ins[0].measure)
+    if not unit and target and target.quantity:
+        unit = target.quantity.unit or ""
+    return Series(
+        title=f"Progress: {concept_text(goal.description)}",
+        measure=measure,
+        unit=unit,
+        points=points,
+        target_low=low,
+        target_high=high,
+        target_text=words,
+        due=due.date() if due else None,
+    )
+
+
+def describe(series: Series) -> str:
+    """Return the chart's description in words (its <desc>), which also says what the picture shows."""
+    if not series.points:
+        return "No check-ins recorded yet."
+    first, last = series.points[0], series.points[-1]
+    unit = f" {series.unit}" if series.unit else ""
+    words = (
+        f"{len(series.points)} check-in{'s' if len(series.points) != 1 else ''} of {series.measure or 'the measure'} "
+        f"from {first.at.date().isoformat()} to {last.at.date().isoformat()}: "
+        f"first {first.label}{unit}, latest {last.label}{unit}."
+    )
+    if series.target_text:
+        words += f" Target {series.target_text}"
+        words += f", due {series.due.isoformat()}." if series.due else "."
+    elif series.due:
+        words += f" Due {series.due.isoformat()}."
+    return words
+
+
+def _scale(value: float, low: float, high: float, start: float, end: float) -> float:
+    """Map value from [low, high] onto [start, end]."""
+    if high == low:
+        return (start + end) / 2
+    return start + (value - low) * (end - start) / (high - low)
+
+
+def y_range(series: Series) -> tuple[float, float]:
+    """Return the value axis bounds: the data and the target, padded by a tenth, from 0 when all are positive."""
+    values = [p.value for p in series.points]
+    values += [v for v in (series.target_low, series.target_high) if v is not None]
+    low, high = min(values), max(values)
+    span = high - low or abs(high) or 1.0
+    low, high = low - span * 0.1, high + span * 0.1
+    if min(values) >= 0 and (low < 0 or min(values) <= span):
+        low = 0.0
+    return low, high
+
+
+def x_range(series: Series) -> tuple[datetime, datetime]:
+    """Return the time axis bounds: the first check-in to the last one or the due date, whichever is later."""
+    start = series.points[0].at
+    end = series.points[-1].at
+    if series.due is not None:
+        due = datetime(series.due.year, series.due.month, series.due.day, tzinfo=UTC)
+        end, start = max(end, due), min(start, due)
+    if end == start:
+        end = datetime.fromtimestamp(start.timestamp() + 86400, UTC)
+    return start, end
+
+
+def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Return round tick values (steps of 1, 2 or 5 times a power of ten) within [low, high]."""
+    span = high - low
+    if span <= 0:
+        return [low]
+    raw = span / max(count - 1, 1)
+    power = 10 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _f(value: float) -> str:
+    return f"{value:.1f}"
+
+
+def progress_svg(series: Series, chart_id: str | None = None) -> Markup:
+    """Return the chart as an inline SVG element (role="img", <title>, <desc>, axes, target, due date)."""
+    cid = escape(chart_id or f"chart-{uuid.uuid4().hex[:8]}")
+    title, desc = escape(series.title), escape(describe(series))
+    head = (
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" '
+        f'width="{WIDTH}" height="{HEIGHT}" aria-labelledby="{cid}-title {cid}-desc">'
+        f'<title id="{cid}-title">{title}</title><desc id="{cid}-desc">{desc}</desc>'
+    )
+    if not series.points:
+        return Markup(  # noqa: S704 -- every text in it went through escape()
+            f'{head}<text x="{WIDTH // 2}" y="{HEIGHT // 2}" text-anchor="middle" class="axis-label">'
+            "No check-ins yet</text></svg>"
+        )
+    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
+    low, high = y_range(series)
+    start, end = x_range(series)
+
+    def sx(at: datetime) -> float:
+        return _scale(at.timestamp(), start.timestamp(), end.timestamp(), x0, x1)
+
+    def sy(value: float) -> float:
+        return _scale(value, low, high, y0, y1)
+
+    parts = [head]
+    # the target: a band between its bounds (open-ended bounds reach the chart's edge), a line at each bound
+    if series.target_low is not None or series.target_high is not None:
+        top = sy(series.target_high) if series.target_high is not None else y1
+        bottom = sy(series.target_low) if series.target_low is not None else y0
+        if series.target_low != series.target_high:
+            parts.append(
+                f'<rect class="target-band" x="{x0}" y="{_f(top)}" width="{x1 - x0}" '
+                f'height="{_f(max(bottom - top, 0.0))}"><title>Target {escape(series.target_text or "")}</title></rect>'
+            )
+        for bound in {v for v in (series.target_low, series.target_high) if v is not None}:
+            parts.append(
+                f'<line class="target-line" x1="{x0}" x2="{x1}" y1="{_f(sy(bound))}" y2="{_f(sy(bound))}"/>'
+                f'<text class="target-label" x="{x1 - 4}" y="{_f(sy(bound) - 4)}" text-anchor="end">'
+                f"target {escape(series.target_text or number(bound))}</text>"
+            )
+    # axes, value ticks, date ticks
+    parts.append(f'<line class="axis" x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}"/>')
+    parts.append(f'<line class="axis" x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}"/>')
+    for value in nice_ticks(low, high):
+        parts.append(
+            f'<line class="grid" x1="{x0}" x2="{x1}" y1="{_f(sy(value))}" y2="{_f(sy(value))}"/>'
+            f'<text class="tick" x="{x0 - 6}" y="{_f(sy(value) + 4)}" text-anchor="end">{number(value)}</text>'
+        )
+    ticks = {start.date(), end.date()}
+    for at in ticks:
+        moment = datetime(at.year, at.month, at.day, tzinfo=UTC)
+        anchor = "start" if at == start.date() else "end"
+        parts.append(
+            f'<text class="tick" x="{_f(min(max(sx(moment), x0), x1))}" y="{y0 + 18}" text-anchor="{anchor}">'
+            f"{at.isoformat()}</text>"
+        )
+    parts.append(
+        f'<text class="axis-label" x="{(x0 + x1) // 2}" y="{HEIGHT - 10}" text-anchor="middle">Date</text>'
+        f'<text class="axis-label" transform="translate(16 {(y0 + y1) // 2}) rotate(-90)" text-anchor="middle">'
+        f"{escape(series.measure or 'Value')}{escape(f' ({series.unit})' if series.unit else '')}</text>"
+    )
+    # the due date
+    if series.due is not None:
+        due_x = sx(datetime(series.due.year, series.due.month, series.due.day, tzinfo=UTC))
+        parts.append(
+            f'<line class="due-line" x1="{_f(due_x)}" x2="{_f(due_x)}" y1="{y0}" y2="{y1}"/>'
+            f'<text class="due-label" x="{_f(due_x - 4)}" y="{y0 - 6}" text-anchor="end">'
+            f"due {series.due.isoformat()}</text>"
+        )
+    # the check-ins: a line through them and a marker with its own tooltip
+    path = " ".join(f"{'M' if i == 0 else 'L'}{_f(sx(p.at))},{_f(sy(p.value))}" for i, p in enumerate(series.points))
+    parts.append(f'<path class="series" d="{path}"/>')
+    for p in series.points:
+        parts.append(
+            f'<circle class="point" cx="{_f(sx(p.at))}" cy="{_f(sy(p.value))}" r="4">'
+            f"<title>{p.at.date().isoformat()}: {escape(p.label)} {escape(series.unit)}</title></circle>"
+        )
+    parts.append("</svg>")
+    return Markup("".join(parts))  # noqa: S704 -- every text in it went through escape()

@@ -1,0 +1,338 @@
+"""The console's pages: sign-in, plans, a plan with its charts, and its sync panel with the operating actions."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime
+from typing import Any
+
+from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+from werkzeug.wrappers import Response
+
+from service.api.auth import key_is_valid
+from service.api.container import container
+from service.api.plans import outbox_dict, replay_outbox_entry
+from service.console import chart, security
+from service.domain.errors import Conflict, NotFound, PlanbridgeError
+from service.domain.model import Goal, Member, Plan
+from service.notify import subscriptions as subscription_use
+from service.sync.engine import resolve_conflict, sync_status
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint(
+    "console",
+    __name__,
+    url_prefix="/console",
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/static",
+)
+SYNC_STATES = ("in_sync", "pending", "failed", "conflicted")
+STATE_WORDS = {"in_sync": "In sync", "pending": "Pending", "failed": "Failed", "conflicted": "Conflicted"}
+OPEN_PAGES = ("console.sign_in", "console.static")
+MAX_ROW_ID = 2**31 - 1  # larger ids cannot exist (INTEGER columns on PostgreSQL)
+
+
+def _bounded(kind: str, value: int) -> int:
+    if not 0 < value <= MAX_ROW_ID:
+        raise NotFound(f"{kind} {value} does not exist")
+    return value
+
+
+@bp.record_once
+def _setup(state: Any) -> None:
+    settings = state.app.extensions["planbridge"].settings
+    security.configure(state.app, settings.session_secret, settings.public_url)
+
+
+def _fingerprint_of(key: str) -> str:
+    return security.key_fingerprint(key, str(current_app.secret_key).encode())
+
+
+def _fingerprints() -> set[str]:
+    return {_fingerprint_of(k) for k in container().settings.api_keys}
+
+
+def _signed_in() -> bool:
+    return security.session_is_live(dict(session), _fingerprints())
+
+
+def _csrf_token() -> str:
+    """Return the session's CSRF token, making one for a new (even signed-out) session."""
+    if "csrf" not in session:
+        session["csrf"] = security.new_token()
+    return session["csrf"]
+
+
+@bp.context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csrf_token": _csrf_token, "CSRF_FIELD": security.CSRF_FIELD}
+
+
+def _refused(reason: str) -> ResponseReturnValue:
+    log.warning("console request refused: %s", reason)
+    return render_template("error.html", title="Refused", message=reason, signed_in=False), 403
+
+
+@bp.before_request
+def _guard() -> ResponseReturnValue | None:
+    if request.endpoint == "console.static":
+        return None
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not security.token_matches(
+        session.get("csrf"), request.form.get(security.CSRF_FIELD)
+    ):
+        return _refused("the form's security token is missing or wrong; reload the page and try again")
+    if request.endpoint not in OPEN_PAGES and not _signed_in():
+        session.pop("sid", None)
+        return redirect(url_for("console.sign_in"))
+    return None
+
+
+@bp.after_request
+def _headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+        "base-uri 'none'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    if request.endpoint != "console.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.errorhandler(PlanbridgeError)
+def _planbridge_error(error: PlanbridgeError) -> ResponseReturnValue:
+    status = 404 if isinstance(error, NotFound) else 409 if isinstance(error, Conflict) else 422
+    return render_template("error.html", title="Not done", message=error.detail, signed_in=_signed_in()), status
+
+
+@bp.route("/sign-in", methods=["GET", "POST"])
+def sign_in() -> ResponseReturnValue:
+    """Show the sign-in form; a valid API key opens a session (the key itself is not kept)."""
+    error = None
+    if request.method == "POST":
+        keys = container().settings.api_keys
+        presented = request.form.get("api_key", "").strip()
+        if keys and key_is_valid(presented, keys):
+            session.clear()
+            session.update(
+                sid=security.new_token(),
+                exp=int(time.time()) + security.SESSION_SECONDS,
+                kfp=_fingerprint_of(presented),
+                csrf=security.new_token(),
+            )
+            session.permanent = True
+            log.info("console sign-in")
+            return redirect(url_for("console.plans"))
+        log.warning("console sign-in refused")
+        error = "That key is not valid." if keys else "The console is off: PLANBRIDGE_API_KEYS is not set."
+    elif _signed_in():
+        return redirect(url_for("console.plans"))
+    return render_template("sign_in.html", error=error, signed_in=False), 401 if error else 200
+
+
+@bp.post("/sign-out")
+def sign_out() -> ResponseReturnValue:
+    """End the session."""
+    session.clear()
+    flash("You are signed out.")
+    return redirect(url_for("console.sign_in"))
+
+
+def _instant(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M UTC") if value else "never"
+
+
+def patient_label(plan: Plan, show_names: bool) -> str:
+    """Return how the console names a plan's patient: the display name when allowed, else the masked MRN."""
+    if show_names and plan.patient.display_name:
+        return plan.patient.display_name
+    return security.mask_mrn(plan.patient.mrn)
+
+
+@bp.get("/")
+def plans() -> ResponseReturnValue:
+    """List plans with their patient, status and sync state; ?state= filters by sync state."""
+    wanted = request.args.get("state") or None
+    if wanted is not None and wanted not in SYNC_STATES:
+        wanted = None
+    c = container()
+    rows = []
+    with c.uow() as uow:
+        states = {s.plan_id: s for s in uow.sync.states()}
+        open_conflicts: dict[str, int] = {}
+        for conflict in uow.sync.conflicts():
+            open_conflicts[conflict.plan_id] = open_conflicts.get(conflict.plan_id, 0) + 1
+        for plan_id in uow.plans.ids():
+            state = states.get(plan_id)
+            status = state.status if state else "pending"
+            if wanted and status != wanted:
+                continue
+            plan = uow.plans.get(plan_id)
+            if plan is None:
+                continue
+            synced = [t for t in (state.last_pushed_at, state.last_pulled_at) if t] if state else []
+            rows.append(
+                {
+                    "id": plan.id,
+                    "title": plan.title,
+                    "patient": patient_label(plan, c.settings.console_show_names),
+                    "status": plan.status,
+                    "sync": status,
+                    "last_synced": _instant(max(synced) if synced else None),
+                    "conflicts": open_conflicts.get(plan_id, 0),
+                }
+            )
+    return render_template(
+        "plans.html", rows=rows, wanted=wanted, states=SYNC_STATES, words=STATE_WORDS, signed_in=True
+    )
+
+
+def _member_name(plan: Plan, member_id: str | None, show_names: bool) -> str:
+    if not member_id:
+        return "nobody yet"
+    member = plan.member(member_id)
+    if member is None:
+        return member_id
+    if member.kind == "patient" and not show_names:
+        return "the patient"
+    return member.name or member.id
+
+
+def _role(member: Member) -> str:
+    return chart.concept_text(member.role) or member.kind.replace("-", " ")
+
+
+def _agreements(plan: Plan, goal: Goal, show_names: bool) -> list[dict[str, str]]:
+    """Return each team member's agreement with a goal in words; members who gave none are pending."""
+    seen = {a.member_id for a in goal.agreements}
+    rows = [
+        {"who": _member_name(plan, a.member_id, show_names), "status": a.status or "pending"} for a in goal.agreements
+    ]
+    rows += [
+        {"who": _member_name(plan, m.id, show_names), "status": "pending"}
+        for m in plan.team
+        if m.in_team and m.id not in seen
+    ]
+    return rows
+
+
+def _target_rows(goal: Goal) -> list[dict[str, str]]:
+    rows = []
+    for target in goal.targets:
+        words = chart.target_bounds(target)[2] or target.text or chart.concept_text(target.concept)
+        if target.boolean is not None:
+            words = "yes" if target.boolean else "no"
+        due = target.due_date or chart.quantity_text(target.due_duration) or "no due date"
+        rows.append({"measure": chart.concept_text(target.measure) or "—", "detail": words or "—", "due": due})
+    return rows
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
+
+
+@bp.get("/plans/<plan_id>")
+def plan(plan_id: str) -> ResponseReturnValue:
+    """Show a plan as the team agreed it, the progress charts, and its sync panel."""
+    c = container()
+    show_names = c.settings.console_show_names
+    with c.uow() as uow:
+        found = uow.plans.get(plan_id)
+        if found is None:
+            raise NotFound(f"plan {plan_id} does not exist")
+        outbox = [outbox_dict(r) for r in uow.outbox.list(plan_id)]
+        deliveries = [subscription_use.delivery_dict(r) for r in uow.deliveries.list(plan_id=plan_id, limit=200)]
+        urls = {s.id: s.url for s in uow.subscriptions.list()}
+        outcome = uow.sync.state(plan_id).last_outcome  # read only: this unit of work is never committed
+    status = sync_status(c.uow(), plan_id)
+    goals = []
+    for index, goal in enumerate(found.goals):
+        series = chart.goal_series(goal)
+        goals.append(
+            {
+                "goal": goal,
+                "description": chart.concept_text(goal.description),
+                "priority": chart.concept_text(goal.priority) or "not set",
+                "achievement": chart.concept_text(goal.achievement) or "not recorded",
+                "proposed_by": _member_name(found, goal.proposed_by, show_names) if goal.proposed_by else None,
+                "agreements": _agreements(found, goal, show_names),
+                "targets": _target_rows(goal),
+                "series": series,
+                "svg": chart.progress_svg(series, f"chart-{index}") if series else None,
+            }
+        )
+    base = (c.settings.fhir_base_url or "").rstrip("/")
+    resources = [{**r, "url": f"{base}/{r['type']}/{r['id']}" if base and r["id"] else None} for r in status.resources]
+    steps = [
+        {
+            "title": s.title or s.description or chart.concept_text(s.code) or s.id,
+            "status": s.status,
+            "owner": _member_name(found, s.owner, show_names),
+            "due": s.due_date or "—",
+            "goals": ", ".join(
+                chart.concept_text(g.description) for g in (found.goal(i) for i in s.goal_ids) if g is not None
+            ),
+        }
+        for s in found.steps
+    ]
+    team = [
+        {"name": _member_name(found, m.id, show_names), "role": _role(m), "kind": m.kind}
+        for m in found.team
+        if m.in_team
+    ]
+    return render_template(
+        "plan.html",
+        plan=found,
+        patient=patient_label(found, show_names),
+        team=team,
+        goals=goals,
+        steps=steps,
+        status=status,
+        words=STATE_WORDS,
+        resources=resources,
+        outcome=_pretty(outcome) if outcome else None,
+        conflicts=[
+            {**x, "base": _pretty(x["base"]), "ours": _pretty(x["ours"]), "theirs": _pretty(x["theirs"])}
+            for x in status.conflicts
+        ],
+        outbox=outbox,
+        deliveries=[{**d, "url": urls.get(d["subscription_id"], "")} for d in deliveries],
+        signed_in=True,
+    )
+
+
+@bp.post("/conflicts/<int:conflict_id>/resolve")
+def resolve(conflict_id: int) -> ResponseReturnValue:
+    """Resolve a conflict by taking ours or theirs (the API's use case); back to the plan."""
+    take = request.form.get("take", "")
+    if take not in ("ours", "theirs"):
+        return render_template("error.html", title="Not done", message="choose ours or theirs", signed_in=True), 400
+    c = container()
+    done = resolve_conflict(c.uow(), c.clock, _bounded("conflict", conflict_id), take)
+    flash(f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="sync"))
+
+
+@bp.post("/outbox/<int:entry_id>/replay")
+def replay_outbox(entry_id: int) -> ResponseReturnValue:
+    """Queue a dead outbox entry again (the API's use case); back to the plan."""
+    c = container()
+    done = replay_outbox_entry(c.uow(), _bounded("outbox entry", entry_id), c.clock())
+    flash(f"Outbox entry {entry_id} queued again.")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="outbox"))
+
+
+@bp.post("/deliveries/<int:delivery_id>/replay")
+def replay_delivery(delivery_id: int) -> ResponseReturnValue:
+    """Queue a dead or failed delivery again (the API's use case); back to the plan."""
+    c = container()
+    done = subscription_use.replay_delivery(c.uow(), _bounded("delivery", delivery_id), c.clock())
+    flash(f"Delivery {delivery_id} queued again.")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="deliveries"))
