@@ -74,10 +74,10 @@ def record_change(uow: UnitOfWork, plan_id: str, event_type: str, payload: dict[
             "change": payload.get("change") or {},
         },
     }
-    for subscription in uow.subscriptions.wanting(event_type):
+    for subscription_id in uow.subscriptions.wanting(event_type):
         uow.deliveries.add(
             DeliveryRow(
-                subscription_id=subscription.id,
+                subscription_id=subscription_id,
                 plan_id=plan_id,
                 sequence=sequence,
                 event_type=event_type,
