@@ -1,0 +1,96 @@
+"""Schemas and helpers the event schemas share: ids, texts, identifiers, codings, patients, proposers, notes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from service.domain.changes import (
+    ProposerSpec,
+)
+from service.domain.model import (
+    MEMBER_KINDS,
+    Patient,
+)
+from service.domain.terminology import ROLES
+from service.domain.types import Coding, Concept, Identifier, Note
+
+ID = validate.Regexp(r"^[A-Za-z0-9\-.]{1,64}$", error="must be 1-64 letters, digits, '-' or '.'")
+TEXT = validate.Length(min=1, max=2000)
+
+
+class IdentifierSchema(Schema):
+    system = fields.String(required=True, validate=validate.Length(min=1, max=500))
+    value = fields.String(required=True, validate=validate.Length(min=1, max=200))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Identifier:
+        return Identifier(**data)
+
+
+class CodingSchema(Schema):
+    system = fields.String(validate=validate.Length(min=1, max=500))
+    code = fields.String(validate=validate.Length(min=1, max=200))
+    display = fields.String(validate=validate.Length(min=1, max=500))
+
+    @validates_schema
+    def code_or_text(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("code") and not data.get("display"):
+            raise ValidationError("a code or a display text is required", "code")
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Coding:
+        return Coding(**data)
+
+
+class PatientSchema(Schema):
+    mrn = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    display_name = fields.String(validate=validate.Length(min=1, max=200))
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Patient:
+        return Patient(**data)
+
+
+class ProposerSchema(Schema):
+    kind = fields.String(required=True, validate=validate.OneOf(MEMBER_KINDS))
+    member_id = fields.String(validate=ID)
+    identifier = fields.Nested(IdentifierSchema)
+    display = fields.String(validate=validate.Length(min=1, max=200))
+    role = fields.String(validate=validate.OneOf(sorted(ROLES)))
+
+    @validates_schema
+    def identified(self, data: dict[str, Any], **_: Any) -> None:
+        if data.get("kind") != "patient" and "identifier" not in data and "display" not in data:
+            raise ValidationError("a practitioner or related person needs an identifier or a display", "identifier")
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> ProposerSpec:
+        return ProposerSpec(**data)
+
+
+def coded_or_text(coding: Coding | None) -> Concept | None:
+    """Return a concept from a coding: coded when it has a code, else the display as words."""
+    if coding is None:
+        return None
+    return Concept(codings=[coding]) if coding.code else Concept(text=coding.display)
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _at_least_one(data: dict[str, Any], names: tuple[str, ...]) -> None:
+    if not any(n in data for n in names):
+        raise ValidationError(f"give at least one of {', '.join(names)}", "_schema")
+
+
+class NoteSchema(Schema):
+    text = fields.String(required=True, validate=TEXT)
+    author = fields.String(validate=ID)
+    time = fields.AwareDateTime()
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Note:
+        return Note(data["text"], author_member=data.get("author"), time=_iso(data.get("time")))
