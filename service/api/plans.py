@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, Response, json, request
+from flask import Blueprint, request
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from mappings.bundle import plan_to_bundle
 from service.api.auth import require_api_key
+from service.api.bodies import json_response, load_body
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
@@ -18,20 +19,6 @@ from service.store.uow import UnitOfWork
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 bp = Blueprint("plans", __name__)
-
-
-def _json(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
-    return Response(json.dumps(body), status=status, mimetype=content_type)
-
-
-def _load(schema: Schema) -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if body is None and request.get_data():
-        raise InvalidInput("the body is not valid JSON", {"body": "not JSON"})
-    try:
-        return schema.load(body or {})
-    except ValidationError as exc:
-        raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
 
 
 MAX_ID = 2**63 - 1  # larger path ids name nothing (and would overflow the database's integers)
@@ -77,7 +64,7 @@ def get_plan(plan_id: str) -> ResponseReturnValue:
         plan = uow.plans.get(plan_id)
     if plan is None:
         raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
-    return _json(codec.to_dict(plan))
+    return json_response(codec.to_dict(plan))
 
 
 @bp.get("/plans/<plan_id>/fhir")
@@ -92,7 +79,7 @@ def get_plan_fhir(plan_id: str) -> ResponseReturnValue:
         raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
     ref = f"Patient/{patient.fhir_id}" if patient else None
     bundle = plan_to_bundle(plan, c.settings.identifier_base, c.settings.mrn_system, ref)
-    return _json(bundle, content_type="application/fhir+json")
+    return json_response(bundle, content_type="application/fhir+json")
 
 
 @bp.get("/plans/<plan_id>/sync")
@@ -103,7 +90,7 @@ def get_plan_sync(plan_id: str) -> ResponseReturnValue:
     with c.uow() as uow:
         if uow.plans.get(plan_id) is None:
             raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
-    return _json(sync_status(c.uow(), plan_id).__dict__)
+    return json_response(sync_status(c.uow(), plan_id).__dict__)
 
 
 class SyncRequestSchema(Schema):
@@ -114,7 +101,7 @@ class SyncRequestSchema(Schema):
 @require_api_key
 def post_plan_sync(plan_id: str) -> ResponseReturnValue:
     """Queue a push of the plan (202), or pull it from the FHIR server now (200)."""
-    direction = _load(SyncRequestSchema())["direction"]
+    direction = load_body(SyncRequestSchema())["direction"]
     c = container()
     with c.uow() as uow:
         if uow.plans.get(plan_id) is None:
@@ -122,9 +109,9 @@ def post_plan_sync(plan_id: str) -> ResponseReturnValue:
         if direction == "push":
             uow.outbox.add(plan_id, "push_plan", None, None, c.clock())
             uow.commit()
-            return _json({"plan_id": plan_id, "queued": "push"}, 202)
+            return json_response({"plan_id": plan_id, "queued": "push"}, 202)
     result = c.sync_engine().pull_plans([plan_id])
-    return _json({"plan_id": plan_id, "outcome": result.outcomes.get(plan_id), "requests": result.requests})
+    return json_response({"plan_id": plan_id, "outcome": result.outcomes.get(plan_id), "requests": result.requests})
 
 
 @bp.get("/conflicts")
@@ -136,7 +123,7 @@ def list_conflicts() -> ResponseReturnValue:
         raise InvalidInput("status must be open, resolved or all", {"status": status})
     with container().uow() as uow:
         rows = uow.sync.conflicts(request.args.get("plan"), None if status == "all" else status)
-        return _json([conflict_dict(r) for r in rows])
+        return json_response([conflict_dict(r) for r in rows])
 
 
 class ResolveSchema(Schema):
@@ -148,12 +135,12 @@ class ResolveSchema(Schema):
 @require_api_key
 def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
     """Resolve a conflict with {"take": "ours"|"theirs"} or {"value": ...}; the plan is queued for a push."""
-    body = _load(ResolveSchema())
+    body = load_body(ResolveSchema())
     if ("take" in body) == ("value" in body):
         raise InvalidInput("give either take or value", {"take": "ours|theirs", "value": "any JSON"})
     c = container()
     _bounded("conflict", conflict_id)
-    return _json(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
+    return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
 
 
 @bp.get("/outbox")
@@ -162,7 +149,7 @@ def list_outbox() -> ResponseReturnValue:
     """List outbox entries (?status=pending|done|dead, ?plan=ID), oldest first."""
     with container().uow() as uow:
         rows = uow.outbox.list(request.args.get("plan"), request.args.get("status"))
-        return _json([outbox_dict(r) for r in rows])
+        return json_response([outbox_dict(r) for r in rows])
 
 
 @bp.post("/outbox/<int:entry_id>/replay")
@@ -171,4 +158,4 @@ def replay_outbox(entry_id: int) -> ResponseReturnValue:
     """Put a dead entry back in the queue, due now, with its attempts reset."""
     c = container()
     _bounded("outbox entry", entry_id)
-    return _json(replay_outbox_entry(c.uow(), entry_id, c.clock()))
+    return json_response(replay_outbox_entry(c.uow(), entry_id, c.clock()))

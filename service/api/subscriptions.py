@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from flask import Blueprint, Response, json, request
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, ValidationError, fields, validate
+from marshmallow import Schema, fields, validate
 
 from service.api.auth import require_api_key
+from service.api.bodies import json_response, load_body
 from service.api.container import container
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
@@ -26,29 +25,15 @@ class SubscriptionSchema(Schema):
     description = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=512))
 
 
-def _json(body: Any, status: int = 200) -> Response:
-    return Response(json.dumps(body), status=status, mimetype="application/json")
-
-
-def _load(schema: Schema) -> dict[str, Any]:
-    body = request.get_json(silent=True)
-    if body is None:
-        raise InvalidInput("the body must be a JSON object", {"body": "not JSON"})
-    try:
-        return schema.load(body)
-    except ValidationError as exc:
-        raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
-
-
 @bp.post("/subscriptions")
 @require_api_key
 def create_subscription() -> ResponseReturnValue:
     """Register a subscription; the answer carries its signing secret, shown this once."""
-    body = _load(SubscriptionSchema())
+    body = load_body(SubscriptionSchema(), required=True)
     c = container()
     guard = OutboundGuard(c.settings.outbound_allow)
     created = use.subscribe(c.uow(), guard, body["url"], body["event_types"], body["description"], c.clock())
-    return _json(created, 201)
+    return json_response(created, 201)
 
 
 @bp.get("/subscriptions")
@@ -59,7 +44,7 @@ def list_subscriptions() -> ResponseReturnValue:
     if status is not None and status not in ("active", "disabled"):
         raise InvalidInput("status must be active or disabled", {"status": status})
     with container().uow() as uow:
-        return _json([use.subscription_dict(r) for r in uow.subscriptions.list(status)])
+        return json_response([use.subscription_dict(r) for r in uow.subscriptions.list(status)])
 
 
 @bp.get("/subscriptions/<int:subscription_id>")
@@ -67,7 +52,7 @@ def list_subscriptions() -> ResponseReturnValue:
 def get_subscription(subscription_id: int) -> ResponseReturnValue:
     """Return one subscription (without its secret)."""
     with container().uow() as uow:
-        return _json(use.subscription_dict(uow.subscriptions.get(subscription_id)))
+        return json_response(use.subscription_dict(uow.subscriptions.get(subscription_id)))
 
 
 @bp.delete("/subscriptions/<int:subscription_id>")
@@ -83,7 +68,7 @@ def delete_subscription(subscription_id: int) -> ResponseReturnValue:
 def enable_subscription(subscription_id: int) -> ResponseReturnValue:
     """Enable a subscription again; the deliveries it holds become due now."""
     c = container()
-    return _json(use.set_enabled(c.uow(), subscription_id, True, c.clock()))
+    return json_response(use.set_enabled(c.uow(), subscription_id, True, c.clock()))
 
 
 @bp.post("/subscriptions/<int:subscription_id>/disable")
@@ -91,7 +76,7 @@ def enable_subscription(subscription_id: int) -> ResponseReturnValue:
 def disable_subscription(subscription_id: int) -> ResponseReturnValue:
     """Disable a subscription: its deliveries wait, new changes are not queued for it."""
     c = container()
-    return _json(use.set_enabled(c.uow(), subscription_id, False, c.clock()))
+    return json_response(use.set_enabled(c.uow(), subscription_id, False, c.clock()))
 
 
 @bp.get("/subscriptions/<int:subscription_id>/deliveries")
@@ -107,7 +92,7 @@ def list_deliveries(subscription_id: int) -> ResponseReturnValue:
     with container().uow() as uow:
         uow.subscriptions.get(subscription_id)
         rows = uow.deliveries.list(subscription_id, status, request.args.get("plan"), int(limit))
-        return _json([use.delivery_dict(r) for r in rows])
+        return json_response([use.delivery_dict(r) for r in rows])
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")
@@ -115,4 +100,4 @@ def list_deliveries(subscription_id: int) -> ResponseReturnValue:
 def replay_delivery(delivery_id: int) -> ResponseReturnValue:
     """Queue a dead or failed delivery again, due now, with its attempts reset."""
     c = container()
-    return _json(use.replay_delivery(c.uow(), delivery_id, c.clock()))
+    return json_response(use.replay_delivery(c.uow(), delivery_id, c.clock()))

@@ -12,7 +12,7 @@ from service.signing import new_secret
 from service.store.uow import UnitOfWork
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_date(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
@@ -25,8 +25,8 @@ def subscription_dict(row: Any) -> dict[str, Any]:
         "status": row.status,
         "disabled_reason": row.disabled_reason,
         "description": row.description,
-        "created_at": _iso(row.created_at),
-        "updated_at": _iso(row.updated_at),
+        "created_at": iso_date(row.created_at),
+        "updated_at": iso_date(row.updated_at),
     }
 
 
@@ -41,12 +41,12 @@ def delivery_dict(row: Any) -> dict[str, Any]:
         "webhook_id": row.webhook_id,
         "status": row.status,
         "attempts": row.attempts,
-        "next_attempt_at": _iso(row.next_attempt_at),
+        "next_attempt_at": iso_date(row.next_attempt_at),
         "last_status_code": row.last_status_code,
         "last_error": row.last_error,
         "attempt_log": row.attempt_log or [],
-        "created_at": _iso(row.created_at),
-        "delivered_at": _iso(row.delivered_at),
+        "created_at": iso_date(row.created_at),
+        "delivered_at": iso_date(row.delivered_at),
     }
 
 

@@ -77,11 +77,11 @@ def coded_or_text(coding: Coding | None) -> Concept | None:
     return Concept(codings=[coding]) if coding.code else Concept(text=coding.display)
 
 
-def _iso(value: Any) -> str | None:
+def iso_date(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _at_least_one(data: dict[str, Any], names: tuple[str, ...]) -> None:
+def at_least_one(data: dict[str, Any], names: tuple[str, ...]) -> None:
     if not any(n in data for n in names):
         raise ValidationError(f"give at least one of {', '.join(names)}", "_schema")
 
@@ -93,4 +93,4 @@ class NoteSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Note:
-        return Note(data["text"], author_member=data.get("author"), time=_iso(data.get("time")))
+        return Note(data["text"], author_member=data.get("author"), time=iso_date(data.get("time")))

@@ -13,9 +13,9 @@ from service.api.schemas.common import (
     CodingSchema,
     PatientSchema,
     ProposerSchema,
-    _at_least_one,
-    _iso,
+    at_least_one,
     coded_or_text,
+    iso_date,
 )
 from service.domain.changes import (
     ChangeGoalStatus,
@@ -150,7 +150,7 @@ class GoalStatusChangedDataSchema(Schema):
 
     @validates_schema
     def something(self, data: dict[str, Any], **_: Any) -> None:
-        _at_least_one(data, ("lifecycle_status", "achievement"))
+        at_least_one(data, ("lifecycle_status", "achievement"))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> ChangeGoalStatus:
@@ -161,7 +161,7 @@ class GoalStatusChangedDataSchema(Schema):
             lifecycle_status=data.get("lifecycle_status"),
             achievement=Concept(codings=[Coding(GOAL_ACHIEVEMENT_SYSTEM, code)]) if code else None,
             reason=data.get("reason"),
-            date=_iso(data.get("date")),
+            date=iso_date(data.get("date")),
         )
 
 

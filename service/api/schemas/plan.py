@@ -13,9 +13,9 @@ from service.api.schemas.common import (
     CodingSchema,
     PatientSchema,
     ProposerSchema,
-    _at_least_one,
-    _iso,
+    at_least_one,
     coded_or_text,
+    iso_date,
 )
 from service.domain.changes import (
     AddNote,
@@ -73,10 +73,10 @@ class PlanCreatedDataSchema(Schema):
             status=data.get("status", "active"),
             title=data.get("title"),
             what_matters=data.get("what_matters"),
-            period_start=_iso(period.get("start")),
-            period_end=_iso(period.get("end")),
+            period_start=iso_date(period.get("start")),
+            period_end=iso_date(period.get("end")),
             review_every=data.get("review_every"),
-            next_review=_iso(data.get("next_review")),
+            next_review=iso_date(data.get("next_review")),
             categories=[c for c in map(coded_or_text, data.get("categories", [])) if c],
             author=data.get("author"),
         )
@@ -95,16 +95,16 @@ class PlanUpdatedDataSchema(Schema):
 
     @validates_schema
     def something(self, data: dict[str, Any], **_: Any) -> None:
-        _at_least_one(data, tuple(n for n in self.fields if n != "plan_id"))
+        at_least_one(data, tuple(n for n in self.fields if n != "plan_id"))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> UpdatePlan:
         changes = {k: v for k, v in data.items() if k not in ("plan_id", "period", "next_review", "categories")}
         for key in ("start", "end"):
             if key in data.get("period", {}):
-                changes[f"period_{key}"] = _iso(data["period"][key])
+                changes[f"period_{key}"] = iso_date(data["period"][key])
         if "next_review" in data:
-            changes["next_review"] = _iso(data["next_review"])
+            changes["next_review"] = iso_date(data["next_review"])
         if "categories" in data:
             changes["categories"] = [c for c in map(coded_or_text, data["categories"]) if c]
         return UpdatePlan(plan_id=data["plan_id"], changes=changes)
@@ -122,7 +122,7 @@ class PlanReviewedDataSchema(Schema):
         return ReviewPlan(
             plan_id=data["plan_id"],
             reviewed_on=data["reviewed_on"].isoformat(),
-            next_review=_iso(data.get("next_review")),
+            next_review=iso_date(data.get("next_review")),
             note=data.get("note"),
             by=data.get("by"),
         )
@@ -153,4 +153,4 @@ class NoteAddedDataSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AddNote:
-        return AddNote(data["plan_id"], data["text"], data["author"], data.get("goal_id"), _iso(data.get("time")))
+        return AddNote(data["plan_id"], data["text"], data["author"], data.get("goal_id"), iso_date(data.get("time")))

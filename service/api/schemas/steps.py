@@ -10,8 +10,8 @@ from service.api.schemas.common import (
     ID,
     TEXT,
     NoteSchema,
-    _at_least_one,
-    _iso,
+    at_least_one,
+    iso_date,
 )
 from service.domain.changes import (
     AddStep,
@@ -57,8 +57,8 @@ class StepAddedDataSchema(StepFieldsSchema):
             description=data.get("description"),
             goal_ids=data.get("goal_ids", []),
             owner=data.get("owner"),
-            start_date=_iso(data.get("start_date")),
-            due_date=_iso(data.get("due_date")),
+            start_date=iso_date(data.get("start_date")),
+            due_date=iso_date(data.get("due_date")),
             schedule=data.get("schedule"),
         )
         return AddStep(data["plan_id"], step)
@@ -71,14 +71,14 @@ class StepUpdatedDataSchema(StepFieldsSchema):
 
     @validates_schema
     def something(self, data: dict[str, Any], **_: Any) -> None:
-        _at_least_one(data, tuple(n for n in self.fields if n not in ("plan_id", "step_id")))
+        at_least_one(data, tuple(n for n in self.fields if n not in ("plan_id", "step_id")))
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> UpdateStep:
         changes = {k: v for k, v in data.items() if k not in ("plan_id", "step_id", "progress")}
         for key in ("start_date", "due_date"):
             if key in changes:
-                changes[key] = _iso(changes[key])
+                changes[key] = iso_date(changes[key])
         return UpdateStep(data["plan_id"], data["step_id"], changes, data.get("progress"))
 
 
@@ -91,4 +91,6 @@ class StepDoneDataSchema(Schema):
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> CompleteStep:
-        return CompleteStep(data["plan_id"], data["step_id"], _iso(data.get("date")), data.get("note"), data.get("by"))
+        return CompleteStep(
+            data["plan_id"], data["step_id"], iso_date(data.get("date")), data.get("note"), data.get("by")
+        )

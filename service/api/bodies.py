@@ -1,0 +1,28 @@
+"""Reading request bodies through marshmallow schemas, and answering JSON: shared by the JSON API's blueprints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, json, request
+from marshmallow import Schema, ValidationError
+
+from service.domain.errors import InvalidInput
+
+
+def json_response(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
+    """Answer with a JSON body."""
+    return Response(json.dumps(body), status=status, mimetype=content_type)
+
+
+def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
+    """Validate the JSON body with `schema`; a missing body is `{}` unless `required`."""
+    body = request.get_json(silent=True)
+    if body is None and required:
+        raise InvalidInput("the body must be a JSON object", {"body": "not JSON"})
+    if body is None and request.get_data():
+        raise InvalidInput("the body is not valid JSON", {"body": "not JSON"})
+    try:
+        return schema.load(body or {})
+    except ValidationError as exc:
+        raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
