@@ -21,9 +21,12 @@ fi
 
 if [ -z "${FHIR_BASE_URL:-}" ] || [ "${1:-}" = "--with-fhir-server" ]; then
   command -v npm >/dev/null || { echo "the local FHIR server needs node and npm" >&2; exit 1; }
-  if [ ! -d fhir-server/node_modules ] || [ fhir-server/package-lock.json -nt fhir-server/node_modules ]; then
+  # The stamp is written only after npm ci succeeds (npm ci empties node_modules first), so an
+  # interrupted install is redone rather than mistaken for a finished one.
+  stamp=fhir-server/node_modules/.planbridge-installed
+  if [ ! -f "$stamp" ] || [ fhir-server/package-lock.json -nt "$stamp" ]; then
     echo "==> installing the local FHIR server's packages (npm ci)"
     (cd fhir-server && npm ci --no-audit --no-fund --loglevel=error)
-    touch fhir-server/node_modules
+    touch "$stamp"
   fi
 fi

@@ -26,15 +26,14 @@ def _require(tool: str) -> str:
     return path
 
 
+STAMP = "node_modules/.planbridge-installed"  # written after npm ci succeeds; scripts/setup.sh uses it too
+
+
 def _needs_install(server_dir: Path) -> bool:
-    """Tell whether node_modules is missing or older than package-lock.json."""
-    modules = server_dir / "node_modules"
+    """Tell whether no finished install is recorded, or it is older than package-lock.json."""
+    stamp = server_dir / STAMP
     lock = server_dir / "package-lock.json"
-    marker = modules / ".package-lock.json"  # written by npm on every install
-    if not modules.is_dir():
-        return True
-    stamp = marker if marker.exists() else modules
-    return lock.exists() and stamp.stat().st_mtime < lock.stat().st_mtime
+    return not stamp.exists() or (lock.exists() and stamp.stat().st_mtime < lock.stat().st_mtime)
 
 
 def ensure_installed(server_dir: Path = SERVER_DIR) -> None:
@@ -55,6 +54,7 @@ def ensure_installed(server_dir: Path = SERVER_DIR) -> None:
     )
     if result.returncode != 0:
         raise RuntimeError(f"npm ci failed in {server_dir} (exit {result.returncode}):\n{result.stderr[-4000:]}")
+    (server_dir / STAMP).touch()
 
 
 class LocalFhirServer:
