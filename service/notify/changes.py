@@ -21,7 +21,6 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from service.store.tables import DeliveryRow
 from service.store.uow import UnitOfWork
 
 TEAM_EVENT_TYPES = (
@@ -74,20 +73,22 @@ def record_change(uow: UnitOfWork, plan_id: str, event_type: str, payload: dict[
             "change": payload.get("change") or {},
         },
     }
-    for subscription_id in uow.subscriptions.wanting(event_type):
-        uow.deliveries.add(
-            DeliveryRow(
-                subscription_id=subscription_id,
-                plan_id=plan_id,
-                sequence=sequence,
-                event_type=event_type,
-                payload=body,
-                webhook_id=f"msg_{uuid.uuid4().hex}",
-                status="pending",
-                attempts=0,
-                next_attempt_at=now,
-                attempt_log=[],
-                created_at=now,
-            )
-        )
+    uow.deliveries.queue(
+        [
+            {
+                "subscription_id": subscription_id,
+                "plan_id": plan_id,
+                "sequence": sequence,
+                "event_type": event_type,
+                "payload": body,
+                "webhook_id": f"msg_{uuid.uuid4().hex}",
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "attempt_log": [],
+                "created_at": now,
+            }
+            for subscription_id in uow.subscriptions.wanting(event_type)
+        ]
+    )
     return sequence

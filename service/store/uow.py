@@ -5,7 +5,7 @@ from __future__ import annotations
 import weakref
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 from service.domain import codec
 from service.domain.errors import Conflict, NotFound
 from service.domain.model import Plan
+from service.store.prepared import Prepared
 from service.store.tables import (
     ConflictRow,
     DeliveryRow,
@@ -29,12 +30,91 @@ from service.store.tables import (
 )
 
 _PLANS = PlanRow.__table__
-_PLAN_READ = sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id"))
 _EVENTS = InboundEventRow.__table__
-_EVENT_ANSWER = sa.select(_EVENTS.c.body_sha256, _EVENTS.c.response_status, _EVENTS.c.response_body).where(
-    _EVENTS.c.webhook_id == sa.bindparam("webhook_id")
-)
 _OUTBOX = OutboxRow.__table__
+_SEQUENCES = PlanSequenceRow.__table__
+_SUBSCRIPTIONS = SubscriptionRow.__table__
+_DELIVERIES = DeliveryRow.__table__
+
+
+def _insert(table: sa.Table, *names: str) -> Prepared:
+    """INSERT of the named columns, each a bind of the same name."""
+    return Prepared(sa.insert(table).values({name: sa.bindparam(name, type_=table.c[name].type) for name in names}))
+
+
+# The statements every team event runs (see service/store/prepared.py for why they are prepared).
+_PLAN_READ = Prepared(sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id")))
+_PLAN_INSERT = _insert(_PLANS, "id", "patient_mrn", "version", "document", "created_at", "updated_at")
+_PLAN_UPDATE = Prepared(
+    sa.update(_PLANS)
+    .where(_PLANS.c.id == sa.bindparam("plan_id"), _PLANS.c.version == sa.bindparam("read_version"))
+    .values(
+        version=sa.bindparam("version", type_=_PLANS.c.version.type),
+        document=sa.bindparam("document", type_=_PLANS.c.document.type),
+        updated_at=sa.bindparam("updated_at", type_=_PLANS.c.updated_at.type),
+    )
+)
+_EVENT_ANSWER = Prepared(
+    sa.select(_EVENTS.c.body_sha256, _EVENTS.c.response_status, _EVENTS.c.response_body).where(
+        _EVENTS.c.webhook_id == sa.bindparam("webhook_id")
+    )
+)
+_EVENT_INSERT = _insert(_EVENTS, *(column.key for column in _EVENTS.columns))
+_OUTBOX_INSERT = _insert(
+    _OUTBOX,
+    "plan_id",
+    "kind",
+    "subject_id",
+    "event_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
+_ACTIVE_SUBSCRIPTIONS = Prepared(
+    sa.select(_SUBSCRIPTIONS.c.id, _SUBSCRIPTIONS.c.event_types).where(
+        _SUBSCRIPTIONS.c.status == sa.bindparam("status")
+    )
+)
+_DELIVERY_INSERT = _insert(
+    _DELIVERIES,
+    "subscription_id",
+    "plan_id",
+    "sequence",
+    "event_type",
+    "payload",
+    "webhook_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "attempt_log",
+    "created_at",
+)
+
+
+def _next_sequence(insert: Any) -> Prepared:
+    # One statement: insert the plan's counter at 1, or bump the existing one, and read it back.
+    return Prepared(
+        insert(_SEQUENCES)
+        .values(plan_id=sa.bindparam("plan_id", type_=_SEQUENCES.c.plan_id.type), last_sequence=sa.literal_column("1"))
+        .on_conflict_do_update(
+            index_elements=[_SEQUENCES.c.plan_id],
+            set_={"last_sequence": _SEQUENCES.c.last_sequence + sa.literal_column("1")},
+        )
+        .returning(_SEQUENCES.c.last_sequence)
+    )
+
+
+_NEXT_SEQUENCE = {"postgresql": _next_sequence(postgresql.insert), "sqlite": _next_sequence(sqlite.insert)}
+
+
+class RecordedAnswer(NamedTuple):
+    """What was answered to a webhook id, and a digest of the body it came with."""
+
+    body_sha256: str
+    response_status: int
+    response_body: dict[str, Any]
 
 
 class StaleVersion(Conflict):
@@ -65,11 +145,12 @@ class PlanRepository:
         """Return the plan, remembering the version read for the optimistic check on save."""
         # Core statements, not ORM rows: the plan lives in its document, and skipping the ORM's
         # identity map and flush bookkeeping is most of the cost of a read-modify-write.
-        row = self._session.execute(_PLAN_READ, {"id": plan_id}).first()
+        row = _PLAN_READ.first(self._session, {"id": plan_id})
         if row is None:
             return None
-        plan = codec.from_dict(Plan, row.document)
-        self._loaded[plan_id] = row.version
+        document, version = row
+        plan = codec.from_dict(Plan, document)
+        self._loaded[plan_id] = version
         return plan
 
     def ids(self) -> list[str]:
@@ -83,8 +164,8 @@ class PlanRepository:
         updated_at = _instant(plan.updated_at) or datetime.now(UTC)
         created_at = _instant(plan.created_at) or updated_at
         if plan.id not in self._loaded:  # a duplicate id raises IntegrityError here, as a flush would
-            self._session.execute(
-                _PLANS.insert(),
+            _PLAN_INSERT.execute(
+                self._session,
                 {
                     "id": plan.id,
                     "patient_mrn": plan.patient.mrn,
@@ -95,12 +176,17 @@ class PlanRepository:
                 },
             )
         else:
-            result = self._session.execute(
-                sa.update(_PLANS)
-                .where(_PLANS.c.id == plan.id, _PLANS.c.version == self._loaded[plan.id])
-                .values(version=plan.version, document=document, updated_at=updated_at)
+            changed = _PLAN_UPDATE.execute(
+                self._session,
+                {
+                    "plan_id": plan.id,
+                    "read_version": self._loaded[plan.id],
+                    "version": plan.version,
+                    "document": document,
+                    "updated_at": updated_at,
+                },
             )
-            if result.rowcount != 1:  # type: ignore[attr-defined]
+            if changed != 1:
                 raise StaleVersion(f"plan {plan.id} changed while this change was applied", plan_id=plan.id)
         self._loaded[plan.id] = plan.version
 
@@ -120,13 +206,14 @@ class InboundEventRepository:
         self._session.add(row)
         self._session.flush()
 
-    def answer(self, webhook_id: str) -> sa.Row[Any] | None:
+    def answer(self, webhook_id: str) -> RecordedAnswer | None:
         """Return the body digest and the answer recorded for this webhook id (one SELECT), or None."""
-        return self._session.execute(_EVENT_ANSWER, {"webhook_id": webhook_id}).first()
+        row = _EVENT_ANSWER.first(self._session, {"webhook_id": webhook_id})
+        return RecordedAnswer(*row) if row is not None else None
 
     def record(self, **values: Any) -> None:
-        """Record an event (the columns of InboundEventRow) with one INSERT; a duplicate id raises IntegrityError."""
-        self._session.execute(_EVENTS.insert(), values)
+        """Record an event (every column of InboundEventRow) with one INSERT; a duplicate id raises IntegrityError."""
+        _EVENT_INSERT.execute(self._session, values)
 
 
 class OutboxRepository:
@@ -137,8 +224,8 @@ class OutboxRepository:
 
     def add(self, plan_id: str, kind: str, subject_id: str | None, event_id: str | None, now: datetime) -> None:
         """Queue work, due now (one INSERT, sent at once)."""
-        self._session.execute(
-            _OUTBOX.insert(),
+        _OUTBOX_INSERT.execute(
+            self._session,
             {
                 "plan_id": plan_id,
                 "kind": kind,
@@ -342,9 +429,7 @@ class SubscriptionRepository:
 
     def wanting(self, event_type: str) -> list[int]:
         """Return the ids of active subscriptions that want this event type (a list naming it, or ["*"])."""
-        rows = self._session.execute(
-            sa.select(SubscriptionRow.id, SubscriptionRow.event_types).where(SubscriptionRow.status == "active")
-        )
+        rows = _ACTIVE_SUBSCRIPTIONS.all(self._session, {"status": "active"})
         return [sub_id for sub_id, types in rows if "*" in types or event_type in types]
 
     def set_status(self, row: SubscriptionRow, status: str, reason: str | None, now: datetime) -> None:
@@ -371,21 +456,11 @@ class DeliveryRepository:
     def next_sequence(self, plan_id: str) -> int:
         """Take the plan's next change number; the row lock it takes orders concurrent writers of one plan."""
         dialect = self._session.get_bind().dialect.name
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        # One statement: insert the plan's counter at 1, or bump the existing one, and read it back.
-        statement = (
-            insert(PlanSequenceRow)
-            .values(plan_id=plan_id, last_sequence=1)
-            .on_conflict_do_update(
-                index_elements=[PlanSequenceRow.plan_id], set_={"last_sequence": PlanSequenceRow.last_sequence + 1}
-            )
-            .returning(PlanSequenceRow.last_sequence)
-        )
-        return self._session.execute(statement).scalar_one()
+        return int(_NEXT_SEQUENCE[dialect].all(self._session, {"plan_id": plan_id})[0][0])
 
-    def add(self, row: DeliveryRow) -> None:
-        """Queue a delivery."""
-        self._session.add(row)
+    def queue(self, rows: list[dict[str, Any]]) -> None:
+        """Queue deliveries (each a dict of DeliveryRow's columns but its id) with one statement."""
+        _DELIVERY_INSERT.executemany(self._session, rows)
 
     def get(self, delivery_id: int) -> DeliveryRow:
         """Return a delivery by id."""

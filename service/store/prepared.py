@@ -1,0 +1,119 @@
+"""Statements compiled once and run on the DB-API cursor of a session's connection.
+
+The event intake runs the same handful of statements for every event. Through `Session.execute`, each
+one costs building its cache key, an execution context and a result object, which measured as most of
+the CPU an event took (bench/webhook_intake.py). A `Prepared` statement is compiled once per dialect;
+running it converts the parameters with SQLAlchemy's own type processors (so JSON and UTC timestamps
+are stored exactly as the ORM stores them) and hands the SQL to the driver. It runs inside the session's
+transaction, so it commits and rolls back with everything else; driver errors come out as SQLAlchemy's
+exceptions (an `IntegrityError` stays an `IntegrityError`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import Session
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]  # bind names, in the driver's order for positional paramstyles
+    positional: bool
+    bind: tuple[Processor, ...]
+    result: tuple[Processor, ...]
+
+
+class Prepared:
+    """A Core statement that runs on the session's DB-API connection, skipping SQLAlchemy's per-call work.
+
+    Every bind parameter must be named (`sa.bindparam`) and passed on each call; literals belong in
+    the SQL (`sa.literal_column`), not in binds.
+    """
+
+    def __init__(self, statement: sa.Executable) -> None:
+        self.statement = statement
+        self._by_dialect: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
+
+    def _compiled(self, dialect: Dialect) -> _Compiled:
+        compiled = self._by_dialect.get(dialect)
+        if compiled is None:
+            compiled = self._by_dialect[dialect] = self._compile(dialect)
+        return compiled
+
+    def _compile(self, dialect: Dialect) -> _Compiled:
+        compiled = self.statement.compile(dialect=dialect)
+        names = tuple(compiled.positiontup) if compiled.positional and compiled.positiontup else tuple(compiled.binds)
+        for name in names:
+            if compiled.binds[name].value is not None or compiled.binds[name].callable is not None:
+                raise ValueError(f"bind {name!r} carries a value; name every bind and pass it on each call")
+        bind = tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names)
+        # A query's columns, or a write's RETURNING columns (none for a plain write).
+        columns = getattr(self.statement, "exported_columns", ())
+        result = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
+        return _Compiled(compiled.string, names, bool(compiled.positional), bind, result)
+
+    def _run(self, session: Session, params: Mapping[str, Any], many: Sequence[Mapping[str, Any]] | None) -> Any:
+        if session.autoflush:
+            session.flush()  # as the ORM would before a query: rows it still holds become visible
+        connection = session.connection()
+        dialect = connection.dialect
+        compiled = self._compiled(dialect)
+        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            if many is not None:
+                cursor.executemany(compiled.sql, [self._params(compiled, p) for p in many])
+            else:
+                cursor.execute(compiled.sql, self._params(compiled, params))
+        except dialect.loaded_dbapi.Error as exc:
+            cursor.close()
+            raise sa.exc.DBAPIError.instance(
+                compiled.sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+            ) from exc
+        return compiled, cursor
+
+    @staticmethod
+    def _params(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
+        values = [params[name] for name in compiled.names]
+        values = [value if p is None else p(value) for p, value in zip(compiled.bind, values, strict=True)]
+        return tuple(values) if compiled.positional else dict(zip(compiled.names, values, strict=True))
+
+    def execute(self, session: Session, params: Mapping[str, Any]) -> int:
+        """Run a write; return the number of rows it touched."""
+        _compiled, cursor = self._run(session, params, None)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run a write once per parameter set."""
+        if rows:
+            self._run(session, {}, rows)[1].close()
+
+    def all(self, session: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """Run a query (or a write with RETURNING); return its rows, converted as the ORM would."""
+        compiled, cursor = self._run(session, params, None)
+        try:
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        if not any(compiled.result):
+            return [tuple(row) for row in rows]
+        return [
+            tuple(value if p is None else p(value) for p, value in zip(compiled.result, row, strict=True))
+            for row in rows
+        ]
+
+    def first(self, session: Session, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run a query; return its first row, or None."""
+        rows = self.all(session, params)
+        return rows[0] if rows else None
