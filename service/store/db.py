@@ -106,9 +106,21 @@ class _LockingConnection(sqlite3.Connection):
             self.writer.release()
 
     def commit(self) -> None:
-        """Commit, then release the writer lock (kept if the commit failed and left the transaction open)."""
+        """Commit, then release the writer lock; a failed commit is rolled back first.
+
+        SQLite leaves the transaction open when COMMIT fails (a full disk, a deferred constraint), but
+        SQLAlchemy takes a failed commit as the end of the transaction and never rolls back, so the
+        connection would go back to the pool still holding both locks and stall every later writer.
+        """
         try:
             super().commit()
+        except BaseException:
+            if self.in_transaction:
+                try:
+                    super().rollback()
+                except sqlite3.Error:
+                    pass  # the commit's own error is the one to report
+            raise
         finally:
             self._let_go()
 
