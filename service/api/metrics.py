@@ -16,11 +16,12 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from service import logs
+from service.store.committer import committer_for
 from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, PlanRow, SyncStateRow
 
 bp = Blueprint("metrics", __name__)
@@ -80,10 +81,32 @@ class StoreCollector(Collector):
         yield from (events, outbox, conflicts, plans, lag, sync_lag)
 
 
+class CommitCollector(Collector):
+    """How many team events this process's commits carried (more than one each when grouped)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.pid = str(os.getpid())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        """Yield the commit and committed-work counts of this process."""
+        committer = committer_for(self.engine)
+        commits = CounterMetricFamily(
+            "planbridge_event_commits", "Transactions that committed team events, in this process", labels=["pid"]
+        )
+        commits.add_metric([self.pid], committer.commits)
+        works = CounterMetricFamily(
+            "planbridge_event_commit_works", "Team events those transactions carried, in this process", labels=["pid"]
+        )
+        works.add_metric([self.pid], committer.works)
+        yield from (commits, works)
+
+
 def init_app(app: Flask, engine: Engine) -> None:
     """Register the registry, per-process request metrics and the /metrics route."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(engine))
+    registry.register(CommitCollector(engine))
     requests_total = Counter(
         "planbridge_http_requests",
         "HTTP requests served by this process",

@@ -67,7 +67,7 @@ def team_event() -> Response:
     body = _parse(raw)
     event_type, command = _command(body)
     envelope = Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body)
-    outcome = handle_event(c.uow(), envelope, event_type, command, c.clock)
+    outcome = handle_event(c.engine, envelope, event_type, command, c.clock)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     if outcome.status >= 400:
         return problem_response(outcome.body, headers)

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Engine
 
 from service.domain.changes import Command, ProposeGoal, ProposerSpec, apply_command
 from service.domain.errors import Conflict, NotFound, PlanbridgeError, RuleViolation
 from service.domain.model import Plan
 from service.notify.changes import record_change
 from service.problems import problem
+from service.store.committer import committer_for
 from service.store.uow import StaleVersion, UnitOfWork
 
 __all__ = ["Command", "Envelope", "Outcome", "ProposeGoal", "ProposerSpec", "ReusedWebhookId", "handle_event"]
 log = logging.getLogger(__name__)
-MAX_TRIES = 5
 REFUSALS: list[tuple[type[PlanbridgeError], int]] = [(NotFound, 404), (Conflict, 409), (RuleViolation, 422)]
 
 
@@ -81,54 +81,55 @@ def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
 
 
 def handle_event(
-    uow: UnitOfWork, envelope: Envelope, event_type: str, command: Command, clock: Callable[[], datetime]
+    engine: Engine, envelope: Envelope, event_type: str, command: Command, clock: Callable[[], datetime]
 ) -> Outcome:
     """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
-    for _ in range(MAX_TRIES):
-        with uow:
-            try:
-                replay = _replay(uow, envelope)
-                if replay is not None:
-                    return replay
-                now = clock()
-                try:
-                    plan = _apply(uow, command, now)
-                    # Subscribed team systems hear of the change; numbered and queued in this transaction.
-                    record_change(
-                        uow,
-                        plan.id,
-                        event_type,
-                        {
-                            "plan_version": plan.version,
-                            "source": "team",
-                            "change": {"event_id": envelope.webhook_id, "data": envelope.body.get("data", {})},
-                        },
-                        now,
-                    )
-                    outcome = Outcome(
-                        202,
-                        {
-                            "status": "accepted",
-                            "event_id": envelope.webhook_id,
-                            "type": event_type,
-                            "plan_id": plan.id,
-                            "plan_version": plan.version,
-                        },
-                    )
-                except (NotFound, RuleViolation, Conflict) as refusal:
-                    if isinstance(refusal, StaleVersion):
-                        raise
-                    uow.rollback()
-                    outcome = _refusal(refusal, envelope, event_type)
-                _record(uow, envelope, event_type, command.plan_id, now, outcome)
-                uow.commit()
-            except (IntegrityError, StaleVersion):
-                # Another request committed the same webhook id or changed the plan first: read again.
-                uow.rollback()
-                continue
-        log.info("event %s type=%s plan=%s status=%s", envelope.webhook_id, event_type, command.plan_id, outcome.status)
+
+    def work(uow: UnitOfWork) -> Outcome:
+        replay = _replay(uow, envelope)
+        if replay is not None:
+            return replay
+        now = clock()
+        try:
+            # Refusals come from the domain, before anything is written, so a refused event leaves
+            # only its recorded answer behind.
+            plan = _apply(uow, command, now)
+            # Subscribed team systems hear of the change; numbered and queued in this transaction.
+            record_change(
+                uow,
+                plan.id,
+                event_type,
+                {
+                    "plan_version": plan.version,
+                    "source": "team",
+                    "change": {"event_id": envelope.webhook_id, "data": envelope.body.get("data", {})},
+                },
+                now,
+            )
+            outcome = Outcome(
+                202,
+                {
+                    "status": "accepted",
+                    "event_id": envelope.webhook_id,
+                    "type": event_type,
+                    "plan_id": plan.id,
+                    "plan_version": plan.version,
+                },
+            )
+        except (NotFound, RuleViolation, Conflict) as refusal:
+            if isinstance(refusal, StaleVersion):
+                raise  # the plan changed under us: the committer runs this again on fresh reads
+            outcome = _refusal(refusal, envelope, event_type)
+        # The answer is recorded with the change, so a repeat of the webhook id gets it back unchanged.
+        _record(uow, envelope, event_type, command.plan_id, now, outcome)
         return outcome
-    raise Conflict("the plan is changing too fast to apply this event; retry", plan_id=command.plan_id)
+
+    # A duplicate webhook id committed first by another request raises IntegrityError at _record;
+    # the committer then runs `work` again, which finds and replays that request's answer.
+    outcome = committer_for(engine).run(work)
+    if not outcome.replayed:
+        log.info("event %s type=%s plan=%s status=%s", envelope.webhook_id, event_type, command.plan_id, outcome.status)
+    return outcome
 
 
 def _refusal(error: PlanbridgeError, envelope: Envelope, event_type: str) -> Outcome:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, NamedTuple
@@ -577,6 +579,11 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.session = self._factory()
+        self._open_repositories()
+        return self
+
+    def _open_repositories(self) -> None:
+        assert self.session is not None
         self.plans = PlanRepository(self.session)
         self.events = InboundEventRepository(self.session)
         self.outbox = OutboxRepository(self.session)
@@ -584,7 +591,30 @@ class UnitOfWork:
         self.sync = SyncRepository(self.session)
         self.subscriptions = SubscriptionRepository(self.session)
         self.deliveries = DeliveryRepository(self.session)
-        return self
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested transaction: if the block raises, what it wrote is undone and the outer one goes on.
+
+        SAVEPOINT is sent straight to the driver (the ORM's begin_nested costs more than the event it
+        guards), so it is for the repositories' statements: ORM objects the block changed are not
+        restored, and the repositories forget the versions they read.
+        """
+        assert self.session is not None
+        self.session.flush()  # ORM changes made before the block belong to the outer transaction
+        cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute("SAVEPOINT work")
+            try:
+                yield
+            except BaseException:
+                cursor.execute("ROLLBACK TO SAVEPOINT work")
+                cursor.execute("RELEASE SAVEPOINT work")
+                self._open_repositories()
+                raise
+            cursor.execute("RELEASE SAVEPOINT work")
+        finally:
+            cursor.close()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -1,6 +1,7 @@
 """The reading and operating API over real HTTP: API keys, plans, sync, conflicts, outbox, docs, metrics."""
 
 import json
+import re
 import threading
 
 import pytest
@@ -163,6 +164,9 @@ def test_metrics_count_events_and_the_outbox(api):
     synced = api.get("/metrics", key=None).text
     assert "planbridge_sync_lag_seconds 0.0" in synced and 'planbridge_plans{status="in_sync"} 1.0' in synced
     assert "planbridge_http_requests_total" in text
+    # One event, one commit that carried it (on SQLite, concurrent events share commits).
+    assert re.search(r'planbridge_event_commits_total\{pid="\d+"\} 1\.0', text)
+    assert re.search(r'planbridge_event_commit_works_total\{pid="\d+"\} 1\.0', text)
 
 
 def test_readiness_names_what_is_down(engine, fhir_base_url, api):

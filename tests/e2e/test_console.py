@@ -76,7 +76,8 @@ class Console:
                 attempt_log=[],
                 created_at=now,
             )
-            uow.deliveries.add(delivery)
+            assert uow.session is not None
+            uow.session.add(delivery)
             uow.commit()
             self.conflict_id, self.outbox_id, self.delivery_id = conflict.id, dead.id, delivery.id
 

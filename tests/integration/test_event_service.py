@@ -18,7 +18,7 @@ def envelope(event: dict, webhook_id: str = "msg_1") -> Envelope:
 
 def apply(engine, event: dict, webhook_id: str = "msg_1"):
     command = GoalProposedDataSchema().load(event["data"])
-    return handle_event(UnitOfWork(engine), envelope(event, webhook_id), event["type"], command, Clock())
+    return handle_event(engine, envelope(event, webhook_id), event["type"], command, Clock())
 
 
 def count(engine, table) -> int:
@@ -87,12 +87,12 @@ def test_any_catalogue_command_goes_through_the_same_path_and_an_unknown_plan_is
     note = {"type": "note.added", "timestamp": "2026-11-22T10:00:00Z"}
     note["data"] = {"plan_id": "plan-f", "text": "Hello", "author": "patient"}
     command = EVENT_DATA_SCHEMAS["note.added"]().load(note["data"])
-    missing = handle_event(UnitOfWork(engine), envelope(note, "n1"), "note.added", command, Clock())
+    missing = handle_event(engine, envelope(note, "n1"), "note.added", command, Clock())
     assert (missing.status, missing.body["type"]) == (404, "urn:planbridge:problem:not-found")
     apply(engine, goal_event(plan_id="plan-f"), "g1")
-    again = handle_event(UnitOfWork(engine), envelope(note, "n1"), "note.added", command, Clock())
+    again = handle_event(engine, envelope(note, "n1"), "note.added", command, Clock())
     assert again.replayed and again.status == 404  # the first answer stands for that webhook id
-    added = handle_event(UnitOfWork(engine), envelope(note, "n2"), "note.added", command, Clock())
+    added = handle_event(engine, envelope(note, "n2"), "note.added", command, Clock())
     assert (added.status, added.body["plan_version"]) == (202, 2)
     with UnitOfWork(engine) as uow:
         assert [n.text for n in uow.plans.get("plan-f").notes] == ["Hello"]

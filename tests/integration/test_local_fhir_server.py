@@ -435,7 +435,9 @@ def test_local_server_starts_fast_and_stops_cleanly(tmp_path):
         assert requests.get(f"{base_url}/metadata", timeout=5).status_code == 200
     finally:
         server.stop()
-    assert elapsed < 2.0, f"server took {elapsed:.2f}s to start"
+    # ~0.7 s on an idle machine; the bound catches a start that installs or builds something, not a
+    # slow CPU (2.2 s was seen on a loaded 2-core machine).
+    assert elapsed < 5.0, f"server took {elapsed:.2f}s to start"
     assert process is not None and process.poll() == 0
     assert server.returncode == 0
     assert "GET /baseR4/metadata 200" in (tmp_path / "fhir.log").read_text()
