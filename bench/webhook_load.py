@@ -74,7 +74,24 @@ def wait_up(port: int, proc: subprocess.Popen) -> None:
     raise SystemExit("server did not come up")
 
 
-def run_wrk(port: int, script: Path, data: Path, seconds: int, connections: int) -> tuple[float, float, int]:
+def cpu_seconds(root: int) -> float:
+    """CPU time (user + system) used so far by a process and its children that are still running."""
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(stat.parent.name) == root or int(fields[1]) == root:  # fields[1] is the parent pid
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    port: int, script: Path, data: Path, seconds: int, connections: int, server: int
+) -> tuple[float, float, int, float]:
+    """Return requests/s, p99 ms, non-2xx answers and the server's CPU ms per request."""
+    cpu_before = cpu_seconds(server)
     out = subprocess.run(
         [
             "wrk",
@@ -96,7 +113,9 @@ def run_wrk(port: int, script: Path, data: Path, seconds: int, connections: int)
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rate, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_ms = (cpu_seconds(server) - cpu_before) * 1000 / max(total, 1)
+    return rate, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0, cpu_ms
 
 
 def serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
@@ -146,7 +165,7 @@ def main() -> None:
         port = free_port()
         ours = serve([str(bin_dir / "planbridge"), "serve", "--port", str(port), *shape], env, port)
         try:
-            results["planbridge"] = run_wrk(port, script, data, args.seconds, args.connections)
+            results["planbridge"] = run_wrk(port, script, data, args.seconds, args.connections, ours.pid)
         finally:
             ours.terminate()
             ours.wait(timeout=30)
@@ -170,7 +189,7 @@ def main() -> None:
             port,
         )
         try:
-            results["bare Flask"] = run_wrk(port, script, data, args.seconds, args.connections)
+            results["bare Flask"] = run_wrk(port, script, data, args.seconds, args.connections, bare.pid)
         finally:
             bare.terminate()
             bare.wait(timeout=30)
@@ -183,10 +202,11 @@ def main() -> None:
         f"signed webhook ingest under gunicorn ({workers} gthread workers x {threads} threads), wrk -t2 "
         f"-c{args.connections} -d{args.seconds}s, database {args.database}"
     )
-    print(f"{'':12} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8}")
-    for name, (rate, p99, bad) in results.items():
-        print(f"{name:12} {rate:11.0f} {p99:8.1f} {bad:8d}")
+    print(f"{'':12} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8} {'server CPU ms/request':>22}")
+    for name, (rate, p99, bad, cpu_ms) in results.items():
+        print(f"{name:12} {rate:11.0f} {p99:8.1f} {bad:8d} {cpu_ms:22.2f}")
     print(f"ratio planbridge / bare Flask: {results['planbridge'][0] / results['bare Flask'][0]:.3f}")
+    print(f"CPU per request, planbridge / bare Flask: {results['planbridge'][3] / results['bare Flask'][3]:.1f}")
 
 
 if __name__ == "__main__":
