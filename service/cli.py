@@ -68,14 +68,14 @@ def db_current() -> None:
     "--workers",
     type=int,
     default=lambda: int(os.environ["WEB_CONCURRENCY"]) if os.environ.get("WEB_CONCURRENCY") else None,
-    show_default="WEB_CONCURRENCY, else 1 on SQLite and 2 on PostgreSQL",
+    show_default="WEB_CONCURRENCY, else 2",
     help="gunicorn worker processes.",
 )
 @click.option(
     "--threads", type=int, default=None, show_default="8 on SQLite, 4 on PostgreSQL", help="Threads per worker."
 )
 def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
-    """Serve the API under gunicorn (on SQLite one process with more threads: see default_shape)."""
+    """Serve the API under gunicorn (worker processes and threads: see default_shape)."""
     from service.gunicorn_app import default_shape, run
 
     settings = _settings()

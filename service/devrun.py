@@ -112,9 +112,9 @@ Or watch a whole collaborative story, EHR edit and team notification included:
   .venv/bin/planbridge demo
 """)
     try:
-        from service.gunicorn_app import run
+        from service.gunicorn_app import default_shape, run
 
-        run("127.0.0.1", port, 2)
+        run("127.0.0.1", port, *default_shape(settings.database_url))
     finally:
         for worker in workers:
             worker.terminate()
