@@ -98,9 +98,15 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
     with uow:
         state = uow.sync.state(plan_id)
         links = uow.links.for_plan(plan_id)
+        status = state.status
+        # A team event changes the plan and queues a push without touching the sync state (the
+        # intake stays one short transaction), so a plan pushed before is `pending` again while a
+        # push waits in the outbox.
+        if status == "in_sync" and uow.outbox.pending_exists(plan_id, "push_plan"):
+            status = "pending"
         return SyncStatus(
             plan_id=plan_id,
-            status=state.status,
+            status=status,
             last_pushed_at=state.last_pushed_at.isoformat() if state.last_pushed_at else None,
             last_pulled_at=state.last_pulled_at.isoformat() if state.last_pulled_at else None,
             last_error=state.last_error,

@@ -88,6 +88,9 @@ def test_a_plan_reads_back_as_json_as_fhir_and_with_its_sync_state(api):
     assert {r["type"] for r in state["resources"]} >= {"CarePlan", "Goal", "Patient"}
     queued = api.post(f"/plans/{plan_id}/sync", {"direction": "push"})
     assert queued.status_code == 202 and queued.json()["queued"] == "push"
+    assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "pending"  # until the queued push is done
+    api.worker.run_until_idle()
+    assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "in_sync"
     pulled = api.post(f"/plans/{plan_id}/sync", {"direction": "pull"})
     assert pulled.status_code == 200 and pulled.json()["outcome"] == "unchanged"
     bad = api.post(f"/plans/{plan_id}/sync", {"direction": "sideways"})
