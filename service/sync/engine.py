@@ -14,7 +14,7 @@ from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import set_path
+from service.sync.merge import set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
 from service.sync.push import Pusher, PushResult
 
@@ -100,10 +100,12 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
         links = uow.links.for_plan(plan_id)
         status = state.status
         # A team event changes the plan and queues a push without touching the sync state (the
-        # intake stays one short transaction), so a plan pushed before is `pending` again while a
-        # push waits in the outbox.
+        # intake stays one short transaction), so a plan is `pending` again while a push waits in
+        # the outbox and the plan differs from what the server was last given.
         if status == "in_sync" and uow.outbox.pending_exists(plan_id, "push_plan"):
-            status = "pending"
+            plan = uow.plans.get(plan_id)
+            if plan is not None and strip_bookkeeping(codec.to_dict(plan)) != state.base_document:
+                status = "pending"
         return SyncStatus(
             plan_id=plan_id,
             status=status,

@@ -88,7 +88,14 @@ def test_a_plan_reads_back_as_json_as_fhir_and_with_its_sync_state(api):
     assert {r["type"] for r in state["resources"]} >= {"CarePlan", "Goal", "Patient"}
     queued = api.post(f"/plans/{plan_id}/sync", {"direction": "push"})
     assert queued.status_code == 202 and queued.json()["queued"] == "push"
-    assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "pending"  # until the queued push is done
+    assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "in_sync"  # queued, but nothing new to push
+    note = {
+        "type": "note.added",
+        "timestamp": event["timestamp"],
+        "data": {"plan_id": plan_id, "text": "Going well", "author": "patient"},
+    }
+    assert api.event(note).status_code == 202
+    assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "pending"  # changed since the push
     api.worker.run_until_idle()
     assert api.get(f"/plans/{plan_id}/sync").json()["status"] == "in_sync"
     pulled = api.post(f"/plans/{plan_id}/sync", {"direction": "pull"})
