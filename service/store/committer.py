@@ -54,16 +54,24 @@ class Committer:
 
     def run(self, work: Callable[[UnitOfWork], T]) -> T:
         """Run `work` in a transaction, retrying on a lost race; return its result once committed."""
-        for _ in range(MAX_TRIES):
-            with UnitOfWork(self.engine) as uow:
-                try:
-                    result = work(uow)
-                    uow.commit()
-                    self._count(1)
-                    return result
-                except (IntegrityError, StaleVersion):
-                    continue  # leaving the block rolls back; read again
-        raise TooBusy("the data this change depends on kept changing; retry")
+        return _retrying(lambda: self._once(work))
+
+    def _once(self, work: Callable[[UnitOfWork], T]) -> T:
+        with UnitOfWork(self.engine) as uow:  # leaving the block without a commit rolls back
+            result = work(uow)
+            uow.commit()
+        self._count(1)
+        return result
+
+
+def _retrying(attempt: Callable[[], T]) -> T:
+    """Make the attempt again while it loses a race (someone wrote the same key or plan first)."""
+    for _ in range(MAX_TRIES):
+        try:
+            return attempt()
+        except (IntegrityError, StaleVersion):
+            continue
+    raise TooBusy("the data this change depends on kept changing; retry")
 
 
 @dataclass(eq=False)
@@ -135,17 +143,14 @@ class GroupCommitter(Committer):
 
     @staticmethod
     def _apply(uow: UnitOfWork, item: _Queued[object]) -> None:
-        for _ in range(MAX_TRIES):
-            try:
-                with uow.savepoint():
-                    item.result = item.work(uow)
-                return
-            except (IntegrityError, StaleVersion):
-                continue
-            except Exception as exc:
-                item.error = exc
-                return
-        item.error = TooBusy("the data this change depends on kept changing; retry")
+        def in_savepoint() -> object:
+            with uow.savepoint():
+                return item.work(uow)
+
+        try:
+            item.result = _retrying(in_savepoint)
+        except Exception as exc:  # this work alone is undone; the group goes on
+            item.error = exc
 
 
 _COMMITTERS: weakref.WeakKeyDictionary[Engine, Committer] = weakref.WeakKeyDictionary()

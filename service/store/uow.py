@@ -199,15 +199,6 @@ class InboundEventRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def get(self, webhook_id: str) -> InboundEventRow | None:
-        """Return the recorded event with this webhook id, or None."""
-        return self._session.get(InboundEventRow, webhook_id)
-
-    def add(self, row: InboundEventRow) -> None:
-        """Record an event; a duplicate webhook id fails at flush."""
-        self._session.add(row)
-        self._session.flush()
-
     def answer(self, webhook_id: str) -> RecordedAnswer | None:
         """Return the body digest and the answer recorded for this webhook id (one SELECT), or None."""
         row = _EVENT_ANSWER.first(self._session, {"webhook_id": webhook_id})
