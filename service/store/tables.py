@@ -85,6 +85,9 @@ class OutboxRow(Base):
     status: Mapped[str] = mapped_column(sa.String(16), index=True)
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    # Set while a worker holds the entry (its lease runs to next_attempt_at), cleared when it is done
+    # or waits for a retry: an in-flight re-read must not absorb a newer notification.
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())

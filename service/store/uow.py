@@ -250,30 +250,39 @@ class OutboxRepository:
         )
         return self._session.scalars(query).first()
 
+    def lease(self, row: OutboxRow, now: datetime, seconds: float) -> None:
+        """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first."""
+        row.claimed_at, row.next_attempt_at = now, now + timedelta(seconds=seconds)
+
     def mark_done(self, row: OutboxRow, now: datetime) -> None:
         """Record a successful push."""
         row.status, row.attempts, row.last_error, row.updated_at = "done", row.attempts + 1, None, now
+        row.claimed_at = None
 
     def mark_failed(self, row: OutboxRow, error: str, now: datetime, max_attempts: int, delay: timedelta) -> None:
         """Record a failed push: retry later, or park it as dead after the last attempt."""
         row.attempts += 1
         row.last_error = error[:2000]
-        row.updated_at = now
+        row.updated_at, row.claimed_at = now, None
         if row.attempts >= max_attempts:
             row.status = "dead"
         else:
             row.next_attempt_at = now + delay
 
-    def pending_exists(self, plan_id: str, kind: str) -> bool:
-        """Tell whether an entry of this kind for this plan is already waiting."""
+    def pending_exists(self, plan_id: str, kind: str, *, waiting_only: bool = False) -> bool:
+        """Tell whether an entry of this kind for this plan is pending; with `waiting_only`, one no worker
+        has started on (an entry in flight may already have read what a newer change replaces)."""
         query = sa.select(OutboxRow.id).where(
             OutboxRow.plan_id == plan_id, OutboxRow.kind == kind, OutboxRow.status == "pending"
         )
+        if waiting_only:
+            query = query.where(OutboxRow.claimed_at.is_(None))
         return self._session.scalars(query.limit(1)).first() is not None
 
     def replay(self, row: OutboxRow, now: datetime) -> None:
         """Queue a dead entry again, due now, with its attempts reset."""
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
+        row.claimed_at = None
 
     def list(self, plan_id: str | None = None, status: str | None = None) -> list[OutboxRow]:
         """Return entries, oldest first, optionally filtered."""

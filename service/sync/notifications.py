@@ -41,7 +41,8 @@ def plan_ids_of(resource: dict[str, Any], base: str) -> set[str]:
 
 def _queue(uow: UnitOfWork, target: str, now: datetime, queued: list[str]) -> None:
     kind = "pull_changed" if target == EVERYTHING else "pull_plan"
-    if not uow.outbox.pending_exists(target, kind):  # one waiting re-read is enough
+    # One waiting re-read is enough; one already under way may have read the server before this change.
+    if not uow.outbox.pending_exists(target, kind, waiting_only=True):
         uow.outbox.add(target, kind, None, None, now)
     queued.append(target)
 

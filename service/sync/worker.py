@@ -46,7 +46,7 @@ class OutboxWorker(PollingWorker):
             row = self.uow.outbox.claim_next(now)
             if row is None:
                 return None
-            row.next_attempt_at = now + timedelta(seconds=self.settings.outbox_lease_seconds)
+            self.uow.outbox.lease(row, now, self.settings.outbox_lease_seconds)
             claimed = (row.id, row.plan_id, row.kind, row.subject_id)
             self.uow.commit()
             return claimed
@@ -64,7 +64,7 @@ class OutboxWorker(PollingWorker):
     def queue_resync(self) -> None:
         """Queue a pull of everything that changed (unless one is already waiting)."""
         with self.uow:
-            if not self.uow.outbox.pending_exists("*", "pull_changed"):
+            if not self.uow.outbox.pending_exists("*", "pull_changed", waiting_only=True):
                 self.uow.outbox.add("*", "pull_changed", None, None, self.clock())
                 self.uow.commit()
 

@@ -2,6 +2,7 @@
 
 import json
 import uuid
+from datetime import timedelta
 
 import pytest
 import requests
@@ -10,6 +11,7 @@ from service.api.container import utcnow
 from service.fhir.client import FhirClient
 from service.store.uow import UnitOfWork
 from service.sync.notifications import receive_backport, receive_ping, receive_resource
+from service.sync.worker import OutboxWorker
 from tests.live import Live
 from tests.support import goal_event
 
@@ -191,3 +193,64 @@ def test_a_backport_subscription_that_falls_silent_forces_a_resync(engine):
     assert queued(engine) == [("pull_changed", "*")]
     # counted as heard now: one resync per silent period, not one per poll
     assert silent_subscriptions(UnitOfWork(engine), start + timedelta(seconds=62), 60) == []
+
+
+class EditedWhileRead(FhirClient):
+    """The FHIR server as the worker meets it when a clinician saves again just after its first read."""
+
+    def __init__(self, base_url: str, edit) -> None:
+        super().__init__(base_url, timeout=10)
+        self.edit = edit
+
+    def request(self, method: str, path: str, **kwargs):
+        answer = super().request(method, path, **kwargs)
+        if method == "GET" and self.edit is not None:
+            edit, self.edit = self.edit, None
+            edit()
+        return answer
+
+
+def test_an_edit_notified_while_its_plan_is_being_read_is_read_again(live, fhir_base_url):
+    # The re-read under way may have fetched the server's state before this edit: the notification
+    # must queue a new re-read, not be taken as covered by the one in flight (found by test_loop).
+    event = goal_event(plan_id=f"plan-{uuid.uuid4().hex[:8]}")
+    plan_id = event["data"]["plan_id"]
+    assert live.post(event).status_code == 202
+    live.worker.run_until_idle()
+    ehr = FhirClient(fhir_base_url)
+    goal = ehr.find_one("Goal", {"identifier": f"{live.settings.identifier_base}/goal|{plan_id}/goal-walk"})
+    first = ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "lifecycleStatus": "on-hold"}).json()
+    assert receive_resource(UnitOfWork(live.engine), first, live.settings.identifier_base, utcnow()).queued
+
+    def second_edit() -> None:
+        second = ehr.request("PUT", f"Goal/{goal['id']}", json={**first, "lifecycleStatus": "cancelled"}).json()
+        receive_resource(UnitOfWork(live.engine), second, live.settings.identifier_base, utcnow())
+
+    worker = OutboxWorker(UnitOfWork(live.engine), EditedWhileRead(fhir_base_url, second_edit), live.settings, utcnow)
+    assert worker.process_one()  # the re-read of the first edit, during which the second is saved
+    assert queued(live.engine) == [("pull_plan", plan_id)]
+    worker.run_until_idle()
+    with UnitOfWork(live.engine) as uow:
+        assert uow.plans.get(plan_id).goals[0].lifecycle_status == "cancelled"
+    assert queued(live.engine) == []
+
+
+def test_a_notification_joins_a_re_read_still_waiting_or_retrying(engine):
+    with UnitOfWork(engine) as uow:
+        uow.links.record("plan-b", "goal:g1", "Goal", "77", "2", utcnow())
+        uow.commit()
+    receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-b", "3"), BASE, utcnow())
+    receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-b", "4"), BASE, utcnow())
+    assert queued(engine) == [("pull_plan", "plan-b")]  # not yet started: one re-read reads both
+    with UnitOfWork(engine) as uow:
+        row = uow.outbox.claim_next(utcnow())
+        uow.outbox.lease(row, utcnow(), 60)
+        uow.commit()
+    receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-b", "5"), BASE, utcnow())
+    assert queued(engine) == [("pull_plan", "plan-b")] * 2  # the first is under way: a second is queued
+    with UnitOfWork(engine) as uow:
+        first = uow.outbox.get(row.id)
+        uow.outbox.mark_failed(first, "FhirUnavailable: down", utcnow(), 5, timedelta(seconds=30))
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        assert uow.outbox.get(row.id).claimed_at is None  # waiting for its retry, no longer under way
