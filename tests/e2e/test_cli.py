@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -109,3 +110,4 @@ def test_serve_and_worker_carry_a_sent_event_to_the_fhir_server(env, fhir_base_u
         log, _ = server.communicate(timeout=30)
     assert server.returncode == 0
     assert "MRN-000123" not in log and "Sam Example" not in log  # no PHI in the service's log
+    assert re.search(r'127\.0\.0\.1 "POST /webhooks/team" 202 \d+ \d+\.\d{6}s', log)  # the access log line
