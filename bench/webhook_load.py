@@ -2,8 +2,13 @@
 next to a bare Flask endpoint under the same gunicorn settings measured in the same run.
 
 Run: `.venv/bin/python bench/webhook_load.py [--seconds 10] [--connections 16] [--database postgres]
-[--workers N] [--threads N] [--rounds 3]`; without --workers/--threads both servers get the shape `planbridge serve`
-picks for the database (service.gunicorn_app.default_shape). Needs `wrk` (Debian package `wrk`).
+[--workers N] [--threads N] [--rounds 3] [--rate 500]`; without --workers/--threads both servers get the
+shape `planbridge serve` picks for the database (service.gunicorn_app.default_shape). Needs `wrk` (Debian
+package `wrk`, built with LuaJIT, whose ffi gives the paced round its clock).
+
+Rounds 1..n load each server as fast as it answers (16 connections, closed loop: the p99 then includes
+queueing behind the other 15). The paced round offers a fixed rate, the issue's 500 events/s by default,
+and reports the p99 at that rate.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -33,27 +39,55 @@ from service.signing import new_secret, sign_headers  # noqa: E402
 from service.store.db import create_engine  # noqa: E402
 from service.store.tables import InboundEventRow  # noqa: E402
 
+GOAL_RATE, GOAL_P99_MS = 500, 50  # issue #5's target for SQLite
 REQUESTS = 90_000  # signed events prepared per run, split between the rounds
 EVENT = json.loads((ROOT / "fixtures/events/goal-proposed.json").read_text())
 LUA = r"""
 -- Every request carries its own signed event: each wrk thread takes every n-th line of the file,
 -- starting from this round's offset, so no webhook-id is sent twice (a repeat would be a cheap replay).
-local threads = 0
+-- With a rate (events/s over all threads), each thread sends on a fixed schedule: a connection that
+-- finishes picks the next free slot and waits for it. A slot taken after its time is counted as late
+-- (the server fell behind), since the time spent waiting for a connection is not in wrk's latency.
+local ffi = require("ffi")
+ffi.cdef[[ typedef struct { long tv_sec; long tv_nsec; } timespec; int clock_gettime(int, timespec *); ]]
+local ts = ffi.new("timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+local threads = {}
 setup = function(thread)
-  thread:set("thread_index", threads)
-  threads = threads + 1
+  thread:set("thread_index", #threads)
+  threads[#threads + 1] = thread
 end
 init = function(args)
   lines = {}
   for line in io.lines(args[1]) do lines[#lines + 1] = line end
   step = tonumber(args[2])
   i = tonumber(args[3]) + thread_index
+  local rate = tonumber(args[4])
+  interval = rate > 0 and 1000 * step / rate or 0
+  slots, late, start = 0, 0, nil
+  if interval > 0 then delay = paced_delay end  -- wrk looks for delay() once init has run
+end
+function paced_delay()
+  local now = now_ms()
+  start = start or now
+  slots = slots + 1
+  local wait = start + slots * interval - now
+  if wait < -5 then late = late + 1 end
+  return wait > 0 and wait or 0
 end
 request = function()
   local id, ts, sig, body = lines[i % #lines + 1]:match("([^\t]+)\t([^\t]+)\t([^\t]+)\t(.+)")
   i = i + step
   return wrk.format("POST", "/webhooks/team", {["Content-Type"] = "application/json", ["webhook-id"] = id,
     ["webhook-timestamp"] = ts, ["webhook-signature"] = sig}, body)
+end
+done = function(summary, latency, requests)
+  local late_sends = 0
+  for _, thread in ipairs(threads) do late_sends = late_sends + thread:get("late") end
+  io.write(string.format("p99.9 %.3f ms\nlate sends %d\n", latency:percentile(99.9) / 1000, late_sends))
 end
 """
 
@@ -103,10 +137,27 @@ def cpu_seconds(root: int) -> float:
 WRK_THREADS = 2
 
 
+@dataclass(frozen=True)
+class Reading:
+    """One wrk run against one server."""
+
+    rate: float  # answers per second
+    p99: float  # ms
+    p999: float  # ms
+    non2xx: int
+    cpu_ms: float  # the server's CPU per request
+    total: int  # answers read
+    late: int  # paced runs: sends that left more than 5 ms after their slot
+
+
+def _ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
 def run_wrk(
-    port: int, script: Path, data: Path, seconds: int, connections: int, server: int, offset: int
-) -> tuple[float, float, int, float, int]:
-    """Return requests/s, p99 ms, non-2xx answers, the server's CPU ms per request and the requests sent."""
+    port: int, script: Path, data: Path, seconds: int, connections: int, server: int, offset: int, rate: int = 0
+) -> Reading:
+    """Load one server for `seconds`: as fast as it answers, or at `rate` events/s when rate > 0."""
     cpu_before = cpu_seconds(server)
     out = subprocess.run(
         [
@@ -122,18 +173,23 @@ def run_wrk(
             str(data),
             str(WRK_THREADS),
             str(offset),
+            str(rate),
         ],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     total = int(re.search(r"(\d+) requests in", out).group(1))
-    cpu_ms = (cpu_seconds(server) - cpu_before) * 1000 / max(total, 1)
-    return rate, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0, cpu_ms, total
+    return Reading(
+        rate=float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+        p99=_ms(*re.search(r"99%\s+([\d.]+)(us|ms|s)", out).groups()),
+        p999=float(re.search(r"p99.9 ([\d.]+) ms", out).group(1)),
+        non2xx=int(non2xx.group(1)) if non2xx else 0,
+        cpu_ms=(cpu_seconds(server) - cpu_before) * 1000 / max(total, 1),
+        total=total,
+        late=int(re.search(r"late sends (\d+)", out).group(1)),
+    )
 
 
 def serve(cmd: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
@@ -150,6 +206,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rate", type=int, default=500, help="events/s offered in the paced round (0: none)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is not installed (apt-get install wrk)")
@@ -192,18 +249,18 @@ def main() -> None:
         )
         # Both servers stay up and the runs alternate, so a change in the shared machine's speed
         # lands on both sides of each round's ratio rather than on one side of the comparison.
-        rounds: list[dict[str, tuple[float, float, int, float, int]]] = []
+        rounds: list[dict[str, Reading]] = []
+        paced: dict[str, Reading] = {}
+        share = REQUESTS // (args.rounds + 1)
         try:
-            for n in range(args.rounds):
-                offset = n * (REQUESTS // args.rounds)
-                rounds.append(
-                    {
-                        "planbridge": run_wrk(port, script, data, args.seconds, args.connections, ours.pid, offset),
-                        "bare Flask": run_wrk(
-                            bare_port, script, data, args.seconds, args.connections, bare.pid, offset
-                        ),
-                    }
-                )
+            for n in range(args.rounds + (1 if args.rate else 0)):
+                # The last round, when a rate is given, offers that rate instead of all it can take.
+                rate = args.rate if n == args.rounds else 0
+                results = {
+                    name: run_wrk(server_port, script, data, args.seconds, args.connections, pid, n * share, rate)
+                    for name, server_port, pid in (("planbridge", port, ours.pid), ("bare Flask", bare_port, bare.pid))
+                }
+                (rounds.append(results) if not rate else paced.update(results))
         finally:
             for server in (ours, bare):
                 server.terminate()
@@ -212,7 +269,7 @@ def main() -> None:
         with engine.connect() as conn:
             stored = conn.execute(sa.select(sa.func.count()).select_from(InboundEventRow)).scalar_one()
         engine.dispose()
-        sent = sum(r["planbridge"][4] for r in rounds)
+        sent = sum(r["planbridge"].total for r in [*rounds, paced] if r)
         # wrk counts only the answers it read; a request cut off at the end of a run may still be stored.
         print(f"events stored {stored} for {sent} requests answered (each carried a new webhook-id)")
         if args.database == "postgres":
@@ -221,26 +278,42 @@ def main() -> None:
                 check=True,
                 env={**os.environ, "PGOPTIONS": "--client-min-messages=warning"},
             )
-    report(rounds, args, workers, threads)
+    report(rounds, paced, args, workers, threads)
 
 
 def report(
-    rounds: list[dict[str, tuple[float, float, int, float, int]]], args: argparse.Namespace, w: int, t: int
+    rounds: list[dict[str, Reading]], paced: dict[str, Reading], args: argparse.Namespace, w: int, t: int
 ) -> None:
     print(
         f"signed webhook ingest under gunicorn ({w} gthread workers x {t} threads), wrk -t{WRK_THREADS} "
         f"-c{args.connections} -d{args.seconds}s, database {args.database}, {len(rounds)} alternating rounds"
     )
-    print(f"{'round':>5} {'':12} {'requests/s':>11} {'p99 ms':>8} {'non-2xx':>8} {'server CPU ms/request':>22}")
-    for n, results in enumerate(rounds, 1):
-        for name, (rate, p99, bad, cpu_ms, _total) in results.items():
-            print(f"{n:5d} {name:12} {rate:11.0f} {p99:8.1f} {bad:8d} {cpu_ms:22.2f}")
-    best = max(rounds, key=lambda r: r["planbridge"][0])
-    print(f"best round: planbridge {best['planbridge'][0]:.0f}/s, p99 {best['planbridge'][1]:.1f} ms")
-    ratios = [r["planbridge"][0] / r["bare Flask"][0] for r in rounds]
-    cpu = [r["planbridge"][3] / r["bare Flask"][3] for r in rounds]
+    head = (
+        f"{'round':>9} {'':12} {'requests/s':>11} {'p99 ms':>8} {'p99.9 ms':>9} {'non-2xx':>8} {'CPU ms/request':>15}"
+    )
+    print(head)
+    named = [(str(n), results) for n, results in enumerate(rounds, 1)]
+    for label, results in named + ([(f"@{args.rate}/s", paced)] if paced else []):
+        for name, r in results.items():
+            print(f"{label:>9} {name:12} {r.rate:11.0f} {r.p99:8.1f} {r.p999:9.1f} {r.non2xx:8d} {r.cpu_ms:15.2f}")
+    best = max(rounds, key=lambda r: r["planbridge"].rate)["planbridge"]
+    print(f"as fast as it answers: best round planbridge {best.rate:.0f}/s, p99 {best.p99:.1f} ms")
+    median_rate = statistics.median(r["planbridge"].rate for r in rounds)
+    median_p99 = statistics.median(r["planbridge"].p99 for r in rounds)
+    print(f"  median of rounds: {median_rate:.0f}/s, p99 {median_p99:.1f} ms")
+    met = median_rate >= GOAL_RATE and median_p99 < GOAL_P99_MS
+    print(f"goal >= {GOAL_RATE}/s with p99 < {GOAL_P99_MS} ms, median of rounds: {'met' if met else 'NOT met'}")
+    ratios = [r["planbridge"].rate / r["bare Flask"].rate for r in rounds]
+    cpu = [r["planbridge"].cpu_ms / r["bare Flask"].cpu_ms for r in rounds]
     print(f"ratio planbridge / bare Flask (median of rounds): {statistics.median(ratios):.3f}")
     print(f"CPU per request, planbridge / bare Flask (median of rounds): {statistics.median(cpu):.1f}")
+    if paced:
+        ours, bare = paced["planbridge"], paced["bare Flask"]
+        print(
+            f"offered {args.rate}/s: planbridge answered {ours.rate:.0f}/s, p99 {ours.p99:.1f} ms "
+            f"(bare Flask {bare.p99:.1f} ms, ratio {ours.p99 / bare.p99:.1f}); sends more than 5 ms late: "
+            f"{ours.late} (a late send's wait is not in the latency)"
+        )
 
 
 if __name__ == "__main__":
