@@ -172,3 +172,21 @@ def test_the_console_settings_are_read_and_checked():
         Settings.from_env({"PLANBRIDGE_SESSION_SECRET": "short"})
     with pytest.raises(ConfigurationError):
         Settings.from_env({"PLANBRIDGE_CONSOLE_SHOW_NAMES": "maybe"})
+
+
+def test_only_console_paths_open_a_session():
+    from flask import Flask, session
+    from flask.sessions import NullSession
+
+    app = Flask("t")
+    security.configure(app, "s" * 32, "http://127.0.0.1")
+    for path, has_session in (
+        ("/console", True),
+        ("/console/plans", True),
+        ("/webhooks/team", False),
+        ("/consoles", False),
+        ("/plans/p1", False),
+    ):
+        with app.test_request_context(path):
+            app.preprocess_request()
+            assert (not isinstance(session, NullSession)) is has_session, path
