@@ -296,17 +296,18 @@ def report(
     for label, results in named + ([(f"@{args.rate}/s", paced)] if paced else []):
         for name, r in results.items():
             print(f"{label:>9} {name:12} {r.rate:11.0f} {r.p99:8.1f} {r.p999:9.1f} {r.non2xx:8d} {r.cpu_ms:15.2f}")
-    best = max(rounds, key=lambda r: r["planbridge"].rate)["planbridge"]
-    print(f"as fast as it answers: best round planbridge {best.rate:.0f}/s, p99 {best.p99:.1f} ms")
-    median_rate = statistics.median(r["planbridge"].rate for r in rounds)
-    median_p99 = statistics.median(r["planbridge"].p99 for r in rounds)
-    print(f"  median of rounds: {median_rate:.0f}/s, p99 {median_p99:.1f} ms")
-    met = median_rate >= GOAL_RATE and median_p99 < GOAL_P99_MS
-    print(f"goal >= {GOAL_RATE}/s with p99 < {GOAL_P99_MS} ms, median of rounds: {'met' if met else 'NOT met'}")
-    ratios = [r["planbridge"].rate / r["bare Flask"].rate for r in rounds]
-    cpu = [r["planbridge"].cpu_ms / r["bare Flask"].cpu_ms for r in rounds]
-    print(f"ratio planbridge / bare Flask (median of rounds): {statistics.median(ratios):.3f}")
-    print(f"CPU per request, planbridge / bare Flask (median of rounds): {statistics.median(cpu):.1f}")
+    if rounds:  # --rounds 0 runs the paced round alone
+        best = max(rounds, key=lambda r: r["planbridge"].rate)["planbridge"]
+        print(f"as fast as it answers: best round planbridge {best.rate:.0f}/s, p99 {best.p99:.1f} ms")
+        median_rate = statistics.median(r["planbridge"].rate for r in rounds)
+        median_p99 = statistics.median(r["planbridge"].p99 for r in rounds)
+        print(f"  median of rounds: {median_rate:.0f}/s, p99 {median_p99:.1f} ms")
+        met = median_rate >= GOAL_RATE and median_p99 < GOAL_P99_MS
+        print(f"goal >= {GOAL_RATE}/s with p99 < {GOAL_P99_MS} ms, median of rounds: {'met' if met else 'NOT met'}")
+        ratios = [r["planbridge"].rate / r["bare Flask"].rate for r in rounds]
+        cpu = [r["planbridge"].cpu_ms / r["bare Flask"].cpu_ms for r in rounds]
+        print(f"ratio planbridge / bare Flask (median of rounds): {statistics.median(ratios):.3f}")
+        print(f"CPU per request, planbridge / bare Flask (median of rounds): {statistics.median(cpu):.1f}")
     if paced:
         ours, bare = paced["planbridge"], paced["bare Flask"]
         print(
