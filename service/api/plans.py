@@ -39,6 +39,8 @@ def outbox_dict(row: Any) -> dict[str, Any]:
         "status": row.status,
         "attempts": row.attempts,
         "next_attempt_at": row.next_attempt_at.isoformat(),
+        # When a worker took it, while one holds it (its lease runs to next_attempt_at); null otherwise.
+        "claimed_at": row.claimed_at.isoformat() if row.claimed_at else None,
         "last_error": row.last_error,
         "created_at": row.created_at.isoformat(),
         "updated_at": row.updated_at.isoformat(),

@@ -138,6 +138,7 @@ def test_a_dead_outbox_entry_is_visible_and_replayable(engine, fhir_base_url):
         down.worker.run_until_idle()
         (dead,) = down.get("/outbox", params={"status": "dead"}).json()
         assert dead["attempts"] == 1 and "FhirTransportError" in dead["last_error"]
+        assert dead["claimed_at"] is None  # no worker holds it
         replayed = down.post(f"/outbox/{dead['id']}/replay")
         assert replayed.status_code == 200 and (replayed.json()["status"], replayed.json()["attempts"]) == (
             "pending",

@@ -246,6 +246,8 @@ def test_a_notification_joins_a_re_read_still_waiting_or_retrying(engine):
         row = uow.outbox.claim_next(utcnow())
         uow.outbox.lease(row, utcnow(), 60)
         uow.commit()
+    with UnitOfWork(engine) as uow:
+        assert uow.outbox.get(row.id).claimed_at is not None
     receive_resource(UnitOfWork(engine), our_goal(BASE, "plan-b", "5"), BASE, utcnow())
     assert queued(engine) == [("pull_plan", "plan-b")] * 2  # the first is under way: a second is queued
     with UnitOfWork(engine) as uow:
