@@ -26,3 +26,11 @@ def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
         return schema.load(body or {})
     except ValidationError as exc:
         raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
+
+
+def load_query(schema: Schema) -> dict[str, Any]:
+    """Validate the query string with `schema` (the first of a repeated parameter counts)."""
+    try:
+        return schema.load(request.args.to_dict())
+    except ValidationError as exc:
+        raise InvalidInput("the query string is invalid", exc.normalized_messages()) from None

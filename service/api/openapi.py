@@ -39,6 +39,8 @@ def _plan_components(spec: APISpec) -> None:
 
 
 def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
+    from service.api.plans import OutboxQuerySchema  # the API's modules import this one's neighbours
+
     plan_id = {"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}}
     entry_id = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
     conflict_id = {"name": "conflict_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -165,10 +167,12 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         "/outbox",
         operations={
             "get": {
-                "summary": "Outbox entries (?status=pending|done|dead, ?plan=)",
+                "summary": "Outbox entries, oldest first, a page at a time (Link: rel=next for the next page)",
                 "security": KEYED,
+                "parameters": [{"in": "query", "schema": OutboxQuerySchema}],
                 "responses": {
                     "200": _ok("entries", {"type": "array", "items": {"type": "object"}}),
+                    "400": _problem("a bad filter, limit or position"),
                     "401": denied["401"],
                 },
             }

@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint, request, url_for
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, fields, validate
+from marshmallow import EXCLUDE, Schema, fields, validate
 
 from mappings.bundle import plan_to_bundle
 from service.api.auth import require_api_key
-from service.api.bodies import json_response, load_body
+from service.api.bodies import json_response, load_body, load_query
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
@@ -145,13 +145,31 @@ def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
     return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
 
 
+class OutboxQuerySchema(Schema):
+    """GET /outbox's query: filters, and a page of entries after a given id."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = fields.String(validate=validate.OneOf(["pending", "done", "dead"]))
+    plan = fields.String(validate=validate.Length(min=1, max=128))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
 @bp.get("/outbox")
 @require_api_key
 def list_outbox() -> ResponseReturnValue:
-    """List outbox entries (?status=pending|done|dead, ?plan=ID), oldest first."""
+    """List outbox entries oldest first, a page at a time; a Link header (rel="next") points to the next page."""
+    query = load_query(OutboxQuerySchema())
     with container().uow() as uow:
-        rows = uow.outbox.list(request.args.get("plan"), request.args.get("status"))
-        return json_response([outbox_dict(r) for r in rows])
+        rows = uow.outbox.list(query.get("plan"), query.get("status"), after=query["after"], limit=query["limit"] + 1)
+        page = [outbox_dict(r) for r in rows[: query["limit"]]]
+    answer = json_response(page)
+    if len(rows) > query["limit"]:
+        following = {k: v for k, v in query.items() if k != "after"}
+        answer.headers["Link"] = f'<{url_for("plans.list_outbox", **following, after=page[-1]["id"])}>; rel="next"'
+    return answer
 
 
 @bp.post("/outbox/<int:entry_id>/replay")

@@ -284,9 +284,11 @@ class OutboxRepository:
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
         row.claimed_at = None
 
-    def list(self, plan_id: str | None = None, status: str | None = None) -> list[OutboxRow]:
-        """Return entries, oldest first, optionally filtered."""
-        query = sa.select(OutboxRow).order_by(OutboxRow.id)
+    def list(
+        self, plan_id: str | None = None, status: str | None = None, *, after: int = 0, limit: int | None = None
+    ) -> list[OutboxRow]:
+        """Return entries with ids above `after`, oldest first, optionally filtered, at most `limit` of them."""
+        query = sa.select(OutboxRow).where(OutboxRow.id > after).order_by(OutboxRow.id).limit(limit)
         if plan_id is not None:
             query = query.where(OutboxRow.plan_id == plan_id)
         if status is not None:

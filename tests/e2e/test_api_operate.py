@@ -151,6 +151,33 @@ def test_a_dead_outbox_entry_is_visible_and_replayable(engine, fhir_base_url):
         down.server.shutdown()
 
 
+def test_the_outbox_is_listed_a_page_at_a_time(api):
+    with UnitOfWork(api.engine) as uow:
+        for n in range(5):
+            uow.outbox.add(f"plan-page-{n}", "push_plan", None, None, utcnow())
+        uow.commit()
+    seen, path, pages = [], "/outbox?status=pending&limit=2", 0
+    while path:
+        answer = api.get(path)
+        assert answer.status_code == 200 and len(answer.json()) <= 2
+        seen += [e["plan_id"] for e in answer.json()]
+        pages += 1
+        path = answer.links.get("next", {}).get("url", "").removeprefix(api.url) or None
+        assert path is None or ("status=pending" in path and "limit=2" in path)  # filters carried over
+    assert (seen, pages) == ([f"plan-page-{n}" for n in range(5)], 3)
+    assert "Link" not in api.get("/outbox?limit=5").headers  # the whole list fits: no next page
+    assert [e["plan_id"] for e in api.get("/outbox", params={"plan": "plan-page-3"}).json()] == ["plan-page-3"]
+    for query, field in (
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("after=-1", "after"),
+        ("status=gone", "status"),
+    ):
+        bad = api.get(f"/outbox?{query}")
+        assert bad.status_code == 400 and bad.headers["Content-Type"] == "application/problem+json"
+        assert field in bad.json()["errors"]
+
+
 def test_openapi_document_is_valid_and_lists_every_route(api):
     document = api.get("/openapi.json", key=None).json()
     validate_openapi(document)
