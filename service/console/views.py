@@ -32,6 +32,8 @@ bp = Blueprint(
     static_url_path="/static",
 )
 SYNC_STATES = ("in_sync", "pending", "failed", "conflicted")
+PAGE_SIZE = 50  # plans on one page of the list
+PLAN_ID_MAX = 128  # the longest plan id the store holds
 STATE_WORDS = {"in_sync": "In sync", "pending": "Pending", "failed": "Failed", "conflicted": "Conflicted"}
 OPEN_PAGES = ("console.sign_in", "console.static")
 MAX_ROW_ID = 2**31 - 1  # larger ids cannot exist (INTEGER columns on PostgreSQL)
@@ -158,39 +160,42 @@ def patient_label(plan: Plan, show_names: bool) -> str:
 
 @bp.get("/")
 def plans() -> ResponseReturnValue:
-    """List plans with their patient, status and sync state; ?state= filters by sync state."""
+    """List plans a page at a time with their patient, status and sync state; ?state= filters by sync
+    state, ?after= starts the page after that plan id."""
     wanted = request.args.get("state") or None
     if wanted is not None and wanted not in SYNC_STATES:
         wanted = None
+    after = request.args.get("after", "")
+    if len(after) > PLAN_ID_MAX:
+        after = ""  # no plan id is that long: start from the first
     c = container()
-    rows = []
     with c.uow() as uow:
-        states = {s.plan_id: s for s in uow.sync.states()}
-        open_conflicts: dict[str, int] = {}
-        for conflict in uow.sync.conflicts():
-            open_conflicts[conflict.plan_id] = open_conflicts.get(conflict.plan_id, 0) + 1
-        for plan_id in uow.plans.ids():
-            state = states.get(plan_id)
-            status = state.status if state else "pending"
-            if wanted and status != wanted:
-                continue
-            plan = uow.plans.get(plan_id)
-            if plan is None:
-                continue
-            synced = [t for t in (state.last_pushed_at, state.last_pulled_at) if t] if state else []
-            rows.append(
-                {
-                    "id": plan.id,
-                    "title": plan.title,
-                    "patient": patient_label(plan, c.settings.console_show_names),
-                    "status": plan.status,
-                    "sync": status,
-                    "last_synced": _instant(max(synced) if synced else None),
-                    "conflicts": open_conflicts.get(plan_id, 0),
-                }
-            )
+        summaries, total = uow.plans.page(after=after, limit=PAGE_SIZE + 1, sync_status=wanted)
+        shown = summaries[:PAGE_SIZE]
+        conflicts = uow.sync.open_conflict_counts([s.plan.id for s in shown])
+    rows = [
+        {
+            "id": s.plan.id,
+            "title": s.plan.title,
+            "patient": patient_label(s.plan, c.settings.console_show_names),
+            "status": s.plan.status,
+            "sync": s.sync_status,
+            "last_synced": _instant(s.last_synced),
+            "conflicts": conflicts.get(s.plan.id, 0),
+        }
+        for s in shown
+    ]
+    following = shown[-1].plan.id if len(summaries) > PAGE_SIZE else None
     return render_template(
-        "plans.html", rows=rows, wanted=wanted, states=SYNC_STATES, words=STATE_WORDS, signed_in=True
+        "plans.html",
+        rows=rows,
+        total=total,
+        after=after,
+        following=following,
+        wanted=wanted,
+        states=SYNC_STATES,
+        words=STATE_WORDS,
+        signed_in=True,
     )
 
 

@@ -136,6 +136,14 @@ def _instant(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+class PlanSummary(NamedTuple):
+    """A plan as a list shows it: the plan, its sync status and when it last went either way."""
+
+    plan: Plan
+    sync_status: str
+    last_synced: datetime | None
+
+
 class PlanRepository:
     """Plans stored as versioned JSON documents."""
 
@@ -158,6 +166,29 @@ class PlanRepository:
     def ids(self) -> list[str]:
         """Return every plan id, sorted."""
         return list(self._session.scalars(sa.select(PlanRow.id).order_by(PlanRow.id)))
+
+    def page(self, *, after: str = "", limit: int, sync_status: str | None = None) -> tuple[list[PlanSummary], int]:
+        """Return up to `limit` plans with ids after `after`, in id order, with their sync state, and how
+        many plans there are in all (with `sync_status`, only those; a plan never synced is pending)."""
+        status = sa.func.coalesce(SyncStateRow.status, "pending")
+        matching = sa.select(PlanRow.id).outerjoin(SyncStateRow, SyncStateRow.plan_id == PlanRow.id)
+        if sync_status is not None:
+            matching = matching.where(status == sync_status)
+        total = self._session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
+        query = (
+            sa.select(PlanRow.document, status, SyncStateRow.last_pushed_at, SyncStateRow.last_pulled_at)
+            .outerjoin(SyncStateRow, SyncStateRow.plan_id == PlanRow.id)
+            .where(PlanRow.id > after)
+            .order_by(PlanRow.id)
+            .limit(limit)
+        )
+        if sync_status is not None:
+            query = query.where(status == sync_status)
+        summaries = [
+            PlanSummary(codec.from_dict(Plan, document), state, max((t for t in (pushed, pulled) if t), default=None))
+            for document, state, pushed, pulled in self._session.execute(query)
+        ]
+        return summaries, int(total or 0)
 
     def save(self, plan: Plan) -> None:
         """Insert a new plan or update one read earlier, refusing if it changed in between."""
@@ -364,6 +395,15 @@ class SyncRepository:
         if status is not None:
             query = query.where(ConflictRow.status == status)
         return list(self._session.scalars(query))
+
+    def open_conflict_counts(self, plan_ids: list[str]) -> dict[str, int]:
+        """Return how many open conflicts each of these plans has (plans with none are left out)."""
+        query = (
+            sa.select(ConflictRow.plan_id, sa.func.count())
+            .where(ConflictRow.status == "open", ConflictRow.plan_id.in_(plan_ids))
+            .group_by(ConflictRow.plan_id)
+        )
+        return {plan_id: int(n) for plan_id, n in self._session.execute(query)}
 
     def conflict(self, conflict_id: int) -> ConflictRow:
         """Return one conflict by id."""

@@ -292,3 +292,40 @@ def test_refused_actions_answer_with_a_page_saying_why(console):
         f"{console.url}/console/outbox/{console.outbox_id}/replay", data={"csrf_token": token}, timeout=10
     )
     assert again.status_code == 422 and "only dead entries are replayed" in again.text
+
+
+def test_the_plans_list_goes_a_page_at_a_time_and_filters_across_pages(console):
+    # The fixture plan (conflicted) plus 120 more: every fourth failed, the rest never synced (pending).
+    template = json.loads((FIXTURES / "plans" / "cardiac-rehab-checkins.json").read_text())
+    now = datetime.now(UTC)
+    with UnitOfWork(console.engine) as uow:
+        for n in range(120):
+            plan = codec.from_dict(Plan, {**template, "id": f"page-{n:03d}"})
+            plan.touch(now.isoformat())
+            uow.plans.save(plan)
+            if n % 4 == 0:
+                uow.sync.state(plan.id).status = "failed"
+        uow.commit()
+    http, _token = console.signed_in_session()
+
+    def walk(path: str) -> tuple[list[str], list[str]]:
+        ids, captions = [], []
+        while path:
+            page = http.get(console.url + path, timeout=10)
+            assert page.status_code == 200
+            ids += re.findall(r'<span class="muted">([^<]+)</span></th>', page.text)
+            captions.append(re.search(r"<caption>(.*?)</caption>", page.text, re.S).group(1))
+            following = re.search(r'<a href="([^"]+)" rel="next">', page.text)
+            path = following.group(1).replace("&amp;", "&") if following else None
+        return ids, captions
+
+    everything, captions = walk("/console/")
+    assert sorted(everything) == everything and len(everything) == len(set(everything)) == 121
+    assert captions == ["121 plans: 50 on this page", "121 plans: 50 on this page", "121 plans: 21 on this page"]
+    failed, captions = walk("/console/?state=failed")
+    assert failed == [f"page-{n:03d}" for n in range(0, 120, 4)]
+    assert captions == ["30 plans with sync state “Failed”"]  # one page: no paging words
+    conflicted = http.get(f"{console.url}/console/?state=conflicted", timeout=10).text
+    assert console.plan.id in conflicted and re.search(r"<td>1</td>\s*</tr>", conflicted)  # its open conflict
+    too_long = http.get(f"{console.url}/console/?after={'x' * 200}", timeout=10)
+    assert too_long.status_code == 200 and "page-000" in too_long.text  # no such id: the first page
