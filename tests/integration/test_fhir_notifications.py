@@ -121,13 +121,19 @@ def test_malformed_notifications_get_an_operation_outcome(live):
     assert queued(live.engine) == []
 
 
-def test_an_ehr_edit_notified_by_rest_hook_reaches_the_plan(live, fhir_base_url):
+def pushed_goal(live: Live, fhir_base_url: str) -> tuple[str, FhirClient, dict]:
+    """Propose a goal in a new plan, push it, and return the plan id, a client of the EHR's server and the Goal."""
     event = goal_event(plan_id=f"plan-{uuid.uuid4().hex[:8]}")
     plan_id = event["data"]["plan_id"]
     assert live.post(event).status_code == 202
     live.worker.run_until_idle()
     ehr = FhirClient(fhir_base_url)
     goal = ehr.find_one("Goal", {"identifier": f"{live.settings.identifier_base}/goal|{plan_id}/goal-walk"})
+    return plan_id, ehr, goal
+
+
+def test_an_ehr_edit_notified_by_rest_hook_reaches_the_plan(live, fhir_base_url):
+    plan_id, ehr, goal = pushed_goal(live, fhir_base_url)
     changed = ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "lifecycleStatus": "on-hold"}).json()
     # The notification carries the new version (a forged body could only ever queue a re-read).
     forged = {**changed, "lifecycleStatus": "cancelled"}
@@ -213,12 +219,7 @@ class EditedWhileRead(FhirClient):
 def test_an_edit_notified_while_its_plan_is_being_read_is_read_again(live, fhir_base_url):
     # The re-read under way may have fetched the server's state before this edit: the notification
     # must queue a new re-read, not be taken as covered by the one in flight (found by test_loop).
-    event = goal_event(plan_id=f"plan-{uuid.uuid4().hex[:8]}")
-    plan_id = event["data"]["plan_id"]
-    assert live.post(event).status_code == 202
-    live.worker.run_until_idle()
-    ehr = FhirClient(fhir_base_url)
-    goal = ehr.find_one("Goal", {"identifier": f"{live.settings.identifier_base}/goal|{plan_id}/goal-walk"})
+    plan_id, ehr, goal = pushed_goal(live, fhir_base_url)
     first = ehr.request("PUT", f"Goal/{goal['id']}", json={**goal, "lifecycleStatus": "on-hold"}).json()
     assert receive_resource(UnitOfWork(live.engine), first, live.settings.identifier_base, utcnow()).queued
 
