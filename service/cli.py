@@ -134,15 +134,19 @@ def webhook_secret() -> None:
 @click.argument("event_file", type=click.File("rb"))
 @click.option("--url", default="http://127.0.0.1:8000/webhooks/team", show_default=True)
 @click.option("--id", "msg_id", default=None, help="webhook-id to send (default: a new one).")
-def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None) -> None:
-    """Sign EVENT_FILE with PLANBRIDGE_WEBHOOK_SECRET and POST it; print the answer."""
+@click.option(
+    "--sender", default="default", show_default=True, help="sign as this sender (PLANBRIDGE_WEBHOOK_SENDERS)."
+)
+def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None, sender: str) -> None:
+    """Sign EVENT_FILE with the sender's first secret and POST it; print the answer."""
     from service.signing import sign_headers
 
-    settings = _settings()
-    if not settings.webhook_secrets:
-        raise click.ClickException("PLANBRIDGE_WEBHOOK_SECRET is not set")
+    secrets = [secret for name, secret in _settings().signing_secrets if name == sender]
+    if not secrets:
+        setting = "PLANBRIDGE_WEBHOOK_SECRET" if sender == "default" else "PLANBRIDGE_WEBHOOK_SENDERS"
+        raise click.ClickException(f"{setting} holds no secret for the sender {sender!r}")
     body = event_file.read()
-    headers = sign_headers(settings.webhook_secrets[0], body, msg_id)
+    headers = sign_headers(secrets[0], body, msg_id)
     try:
         response = requests.post(url, data=body, headers={**headers, "Content-Type": "application/json"}, timeout=30)
     except requests.RequestException as exc:

@@ -7,8 +7,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from service.domain.errors import ConfigurationError
+from service.signing import DEFAULT_SENDER
 
 DEFAULT_DATABASE_URL = "sqlite:///var/planbridge.db"
 
@@ -68,6 +70,48 @@ def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
     return keys
 
 
+SENDER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def _webhook_secret_list(name: str, raw: str) -> tuple[str, ...]:
+    secrets = tuple(s for s in raw.replace(",", " ").split() if s)
+    for secret in secrets:
+        if not secret.startswith("whsec_") or len(secret) < 16:
+            raise ConfigurationError(f"{name} must hold whsec_<base64> secrets", setting=name)
+    return secrets
+
+
+def _webhook_senders(env: Mapping[str, str], default: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """Read PLANBRIDGE_WEBHOOK_SENDERS, `name=whsec_..,whsec_..; other=whsec_..`: each sender's active secrets.
+
+    A sender is known by the secret that verifies its request, so no secret may belong to two senders.
+    """
+    setting = "PLANBRIDGE_WEBHOOK_SENDERS"
+    senders: list[tuple[str, tuple[str, ...]]] = []
+    for entry in (e.strip() for e in env.get(setting, "").split(";")):
+        if not entry:
+            continue
+        name, sep, raw = (part.strip() for part in entry.partition("="))
+        if not sep or not SENDER_NAME.fullmatch(name):
+            raise ConfigurationError(
+                f"{setting} entries are name=whsec_..[,whsec_..] with a name of lower-case letters, digits, . _ -",
+                setting=setting,
+            )
+        secrets = _webhook_secret_list(setting, raw)
+        if not secrets:
+            raise ConfigurationError(f"{setting}: sender {name} has no secret", setting=setting)
+        senders.append((name, secrets))
+    names = [n for n, _ in senders] + ([DEFAULT_SENDER] if default else [])
+    if len(set(names)) != len(names):
+        raise ConfigurationError(
+            f"{setting} names a sender twice (or 'default' beside PLANBRIDGE_WEBHOOK_SECRET)", setting=setting
+        )
+    every = [s for _, secrets in senders for s in secrets] + list(default)
+    if len(set(every)) != len(every):
+        raise ConfigurationError(f"{setting}: a secret belongs to two senders", setting=setting)
+    return tuple(senders)
+
+
 def _session_secret(env: Mapping[str, str]) -> str | None:
     """Read the key that signs console session cookies; short ones are refused (they could be guessed)."""
     secret = env.get("PLANBRIDGE_SESSION_SECRET", "").strip() or None
@@ -116,7 +160,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     fhir_base_url: str | None = None
     fhir_timeout: float = 30.0
-    webhook_secrets: tuple[str, ...] = field(default_factory=tuple)
+    webhook_secrets: tuple[str, ...] = field(default_factory=tuple)  # the "default" sender's
+    webhook_senders: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=tuple)  # (name, secrets)
     api_keys: tuple[str, ...] = field(default_factory=tuple)
     mrn_system: str = "http://hospital.example.org/mrn"
     identifier_base: str = "https://planbridge.example.org/id"
@@ -147,16 +192,17 @@ class Settings:
     session_secret: str | None = None
     console_show_names: bool = False
 
+    @cached_property
+    def signing_secrets(self) -> tuple[tuple[str, str], ...]:
+        """Return every (sender, secret) pair that may sign a team event, the default sender first."""
+        pairs = [(DEFAULT_SENDER, s) for s in self.webhook_secrets]
+        return tuple(pairs + [(name, s) for name, secrets in self.webhook_senders for s in secrets])
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read the settings from environment variables, refusing malformed values."""
         env = os.environ if env is None else env
-        secrets = tuple(s for s in env.get("PLANBRIDGE_WEBHOOK_SECRET", "").replace(",", " ").split() if s)
-        for secret in secrets:
-            if not secret.startswith("whsec_") or len(secret) < 16:
-                raise ConfigurationError(
-                    "PLANBRIDGE_WEBHOOK_SECRET must hold whsec_<base64> secrets", setting="PLANBRIDGE_WEBHOOK_SECRET"
-                )
+        secrets = _webhook_secret_list("PLANBRIDGE_WEBHOOK_SECRET", env.get("PLANBRIDGE_WEBHOOK_SECRET", ""))
         base = env.get("FHIR_BASE_URL", "").strip().rstrip("/") or None
         if base and not base.startswith(("http://", "https://")):
             raise ConfigurationError("FHIR_BASE_URL must be an http(s) URL", setting="FHIR_BASE_URL")
@@ -165,6 +211,7 @@ class Settings:
             fhir_base_url=base,
             fhir_timeout=float(_number("FHIR_TIMEOUT", env.get("FHIR_TIMEOUT", "30"), float, 0.1)),
             webhook_secrets=secrets,
+            webhook_senders=_webhook_senders(env, secrets),
             api_keys=_api_keys(env),
             mrn_system=env.get("PLANBRIDGE_MRN_SYSTEM", cls.mrn_system).strip(),
             identifier_base=env.get("PLANBRIDGE_IDENTIFIER_BASE", cls.identifier_base).strip().rstrip("/"),

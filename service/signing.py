@@ -12,6 +12,8 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from service.domain.errors import PlanbridgeError
 
+DEFAULT_SENDER = "default"  # the sender whose secrets are PLANBRIDGE_WEBHOOK_SECRET
+
 
 class SignatureInvalid(PlanbridgeError):
     """The request is not signed by any of the configured secrets (or its timestamp is off)."""
@@ -34,6 +36,15 @@ def sign_headers(secret: str, body: bytes, msg_id: str | None = None, at: dateti
 
 def verify(secrets_: Iterable[str], body: bytes, headers: Mapping[str, str]) -> str:
     """Return the webhook id if any secret's signature matches; raise SignatureInvalid otherwise."""
+    return verify_sender(((DEFAULT_SENDER, s) for s in secrets_), body, headers)[1]
+
+
+def verify_sender(senders: Iterable[tuple[str, str]], body: bytes, headers: Mapping[str, str]) -> tuple[str, str]:
+    """Return (sender, webhook id) for the first (sender, secret) pair whose signature matches.
+
+    A sender may have several active secrets (so keys can rotate); the secret that verifies names the
+    sender, since no two senders share one. Raise SignatureInvalid when none matches.
+    """
     wanted = {k.lower(): v for k, v in headers.items() if k.lower().startswith("webhook-")}
     if not {"webhook-id", "webhook-timestamp", "webhook-signature"} <= wanted.keys():
         raise SignatureInvalid("webhook-id, webhook-timestamp and webhook-signature headers are required")
@@ -42,10 +53,10 @@ def verify(secrets_: Iterable[str], body: bytes, headers: Mapping[str, str]) -> 
     except UnicodeDecodeError:
         raise SignatureInvalid("the body is not UTF-8, so it cannot be verified") from None
     reason = "no signature matches"
-    for secret in secrets_:
+    for sender, secret in senders:
         try:
             Webhook(secret).verify(text, wanted, json_parse=False)
-            return wanted["webhook-id"]
+            return sender, wanted["webhook-id"]
         except WebhookVerificationError as exc:
             reason = str(exc)
             if "timestamp" in reason.lower() or "headers" in reason.lower():

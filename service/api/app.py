@@ -16,9 +16,10 @@ from service.store.db import create_engine
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> Flask:
     """Build the app from settings (the environment by default); no work happens at import time."""
     settings = settings or Settings.from_env()
-    if not settings.webhook_secrets:
+    if not settings.signing_secrets:
         raise ConfigurationError(
-            "PLANBRIDGE_WEBHOOK_SECRET is not set: webhooks could not be verified", setting="PLANBRIDGE_WEBHOOK_SECRET"
+            "PLANBRIDGE_WEBHOOK_SECRET is not set (nor PLANBRIDGE_WEBHOOK_SENDERS): webhooks could not be verified",
+            setting="PLANBRIDGE_WEBHOOK_SECRET",
         )
     app = Flask("planbridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes

@@ -351,6 +351,7 @@ def build_spec() -> dict[str, Any]:
             "properties": {
                 "status": {"const": "accepted"},
                 "event_id": {"type": "string"},
+                "sender": {"type": "string"},
                 "type": {"type": "string"},
                 "plan_id": {"type": "string"},
                 "plan_version": {"type": "integer"},

@@ -14,7 +14,7 @@ from service.api.errors import problem_response
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
 from service.domain.errors import InvalidInput
 from service.services.events import Envelope, handle_event
-from service.signing import verify
+from service.signing import verify_sender
 
 bp = Blueprint("webhooks", __name__)
 # Schema instances are built once: building one per request cost more than the load itself, and
@@ -63,10 +63,10 @@ def team_event() -> Response:
         )
     c = container()
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    webhook_id = verify(c.settings.webhook_secrets, raw, request.headers)
+    sender, webhook_id = verify_sender(c.settings.signing_secrets, raw, request.headers)
     body = _parse(raw)
     event_type, command = _command(body)
-    envelope = Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body)
+    envelope = Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body, sender)
     outcome = handle_event(c.engine, envelope, event_type, command, c.clock)
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     if outcome.status >= 400:

@@ -15,6 +15,7 @@ from service.domain.errors import Conflict, NotFound, PlanbridgeError, RuleViola
 from service.domain.model import Plan
 from service.notify.changes import record_change
 from service.problems import problem
+from service.signing import DEFAULT_SENDER
 from service.store.committer import committer_for
 from service.store.uow import StaleVersion, UnitOfWork
 
@@ -25,11 +26,13 @@ REFUSALS: list[tuple[type[PlanbridgeError], int]] = [(NotFound, 404), (Conflict,
 
 @dataclass(frozen=True)
 class Envelope:
-    """What arrived: the webhook id (idempotency key), a digest of the raw body and the parsed body."""
+    """What arrived: the webhook id (with the sender, the idempotency key), a digest of the raw body, the
+    parsed body, and the sender whose secret signed it."""
 
     webhook_id: str
     body_sha256: str
     body: dict[str, Any]
+    sender: str = DEFAULT_SENDER
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ def _record(
     uow: UnitOfWork, envelope: Envelope, event_type: str, plan_id: str, now: datetime, outcome: Outcome
 ) -> None:
     uow.events.record(
+        sender=envelope.sender,
         webhook_id=envelope.webhook_id,
         event_type=event_type,
         plan_id=plan_id,
@@ -70,7 +74,7 @@ def _record(
 
 
 def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
-    seen = uow.events.answer(envelope.webhook_id)
+    seen = uow.events.answer(envelope.sender, envelope.webhook_id)
     if seen is None:
         return None
     if seen.body_sha256 != envelope.body_sha256:
@@ -102,7 +106,11 @@ def handle_event(
                 {
                     "plan_version": plan.version,
                     "source": "team",
-                    "change": {"event_id": envelope.webhook_id, "data": envelope.body.get("data", {})},
+                    "change": {
+                        "event_id": envelope.webhook_id,
+                        "sender": envelope.sender,
+                        "data": envelope.body.get("data", {}),
+                    },
                 },
                 now,
             )
@@ -111,6 +119,7 @@ def handle_event(
                 {
                     "status": "accepted",
                     "event_id": envelope.webhook_id,
+                    "sender": envelope.sender,
                     "type": event_type,
                     "plan_id": plan.id,
                     "plan_version": plan.version,
@@ -128,7 +137,14 @@ def handle_event(
     # the committer then runs `work` again, which finds and replays that request's answer.
     outcome = committer_for(engine).run(work)
     if not outcome.replayed:
-        log.info("event %s type=%s plan=%s status=%s", envelope.webhook_id, event_type, command.plan_id, outcome.status)
+        log.info(
+            "event %s sender=%s type=%s plan=%s status=%s",
+            envelope.webhook_id,
+            envelope.sender,
+            event_type,
+            command.plan_id,
+            outcome.status,
+        )
     return outcome
 
 

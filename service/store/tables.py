@@ -58,10 +58,12 @@ class PlanRow(Base):
 
 
 class InboundEventRow(Base):
-    """A team event as received: its webhook id is the idempotency key, its answer is replayed."""
+    """A team event as received: its sender and webhook id are the idempotency key, its answer is replayed."""
 
     __tablename__ = "inbound_events"
 
+    # Webhook ids are the sender's own (Standard Webhooks), so two senders may use the same one.
+    sender: Mapped[str] = mapped_column(sa.String(64), primary_key=True, server_default="default")
     webhook_id: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.String(64))
     plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)

@@ -58,7 +58,7 @@ _PLAN_UPDATE = Prepared(
 )
 _EVENT_ANSWER = Prepared(
     sa.select(_EVENTS.c.body_sha256, _EVENTS.c.response_status, _EVENTS.c.response_body).where(
-        _EVENTS.c.webhook_id == sa.bindparam("webhook_id")
+        _EVENTS.c.sender == sa.bindparam("sender"), _EVENTS.c.webhook_id == sa.bindparam("webhook_id")
     )
 )
 _EVENT_INSERT = _insert(_EVENTS, *(column.key for column in _EVENTS.columns))
@@ -230,9 +230,9 @@ class InboundEventRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
-    def answer(self, webhook_id: str) -> RecordedAnswer | None:
-        """Return the body digest and the answer recorded for this webhook id (one SELECT), or None."""
-        row = _EVENT_ANSWER.first(self._session, {"webhook_id": webhook_id})
+    def answer(self, sender: str, webhook_id: str) -> RecordedAnswer | None:
+        """Return the body digest and the answer recorded for this sender's webhook id (one SELECT), or None."""
+        row = _EVENT_ANSWER.first(self._session, {"sender": sender, "webhook_id": webhook_id})
         return RecordedAnswer(*row) if row is not None else None
 
     def record(self, **values: Any) -> None:

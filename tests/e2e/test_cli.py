@@ -62,12 +62,13 @@ def test_serve_refuses_to_start_without_a_webhook_secret(env):
     assert "PLANBRIDGE_WEBHOOK_SECRET is not set" in result.stderr
 
 
-def test_serve_and_worker_carry_a_sent_event_to_the_fhir_server(env, fhir_base_url):
+def test_serve_and_worker_carry_a_sent_event_to_the_fhir_server(env, fhir_base_url, tmp_path):
     env = {
         **env,
         "FHIR_BASE_URL": fhir_base_url,
         "PLANBRIDGE_CREATE_PATIENTS": "true",
         "PLANBRIDGE_IDENTIFIER_BASE": f"https://planbridge.test/{os.getpid()}-{time.time_ns()}/id",
+        "PLANBRIDGE_WEBHOOK_SENDERS": f"ehr-engine={run('webhook', 'secret', env=env).stdout.strip()}",
     }
     run("db", "upgrade", env=env)
     port = free_port()
@@ -97,8 +98,17 @@ def test_serve_and_worker_carry_a_sent_event_to_the_fhir_server(env, fhir_base_u
             f"http://127.0.0.1:{port}/webhooks/team",
             env=env,
         )
-        assert sent.stdout.startswith("202 ")
-        assert json.loads(run("worker", "--once", env=env).stdout) == {"processed": 1}
+        assert sent.stdout.startswith("202 ") and json.loads(sent.stdout[4:])["sender"] == "default"
+        other_plan = json.loads((FIXTURES / "events" / "goal-proposed.json").read_text())
+        other_plan["data"]["plan_id"] = "plan-ed-0002"
+        (tmp_path / "other.json").write_text(json.dumps(other_plan))
+        fixture = str(tmp_path / "other.json")
+        url = f"http://127.0.0.1:{port}/webhooks/team"
+        by_engine = run("webhook", "send", fixture, "--url", url, "--sender", "ehr-engine", env=env)
+        assert json.loads(by_engine.stdout[4:])["sender"] == "ehr-engine"
+        nobody = run("webhook", "send", fixture, "--url", url, "--sender", "nobody", env=env, check=False)
+        assert nobody.returncode != 0 and "no secret for the sender 'nobody'" in nobody.stderr
+        assert json.loads(run("worker", "--once", env=env).stdout) == {"processed": 2}
         goals = requests.get(
             f"{fhir_base_url}/Goal",
             params={"identifier": f"{env['PLANBRIDGE_IDENTIFIER_BASE']}/goal|plan-ed-0001/goal-walk"},

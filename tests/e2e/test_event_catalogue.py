@@ -118,6 +118,7 @@ def test_a_whole_collaborative_story_reaches_the_fhir_server_event_by_event(live
     assert first == {
         "status": "accepted",
         "event_id": first["event_id"],
+        "sender": "default",
         "type": "plan.created",
         "plan_id": s.plan_id,
         "plan_version": 1,

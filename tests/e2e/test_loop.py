@@ -99,7 +99,8 @@ def test_an_ehr_edit_reaches_a_subscribed_team_system_signed_and_in_order(runnin
         assert "goals[id=goal-walk].lifecycle_status" in payload["data"]["change"]["paths"]
         sequences = [json.loads(b)["data"]["sequence"] for _, b in receiver.received]
         assert sequences == sorted(sequences) and sequences[0] == 1  # the team event first, then the EHR change
-        assert json.loads(receiver.received[0][1])["type"] == "goal.proposed"
+        team = json.loads(receiver.received[0][1])
+        assert team["type"] == "goal.proposed" and team["data"]["change"]["sender"] == "default"
         assert elapsed < 15  # seconds, not the next nightly sync (generous: CI machines are shared)
     finally:
         receiver.stop()

@@ -9,7 +9,7 @@ import requests
 from service.api.container import utcnow
 from service.store.uow import UnitOfWork
 from tests.live import Live
-from tests.support import MRN_SYSTEM, goal_event, signed
+from tests.support import MRN_SYSTEM, SECRET, goal_event, signed
 
 
 class LiveService(Live):
@@ -92,6 +92,38 @@ def test_a_request_signed_with_another_secret_is_refused(live):
 
     assert live.post(goal_event(), secret=new_secret()).status_code == 401
     assert set(live.row_counts().values()) == {0}
+
+
+def test_each_sender_signs_with_its_own_secrets_and_owns_its_webhook_ids(engine, fhir_base_url):
+    from service.signing import new_secret
+    from service.store.tables import InboundEventRow
+
+    diet_old, diet_new, ehr = new_secret(), new_secret(), new_secret()
+    senders = (("dietetics", (diet_new, diet_old)), ("ehr-engine", (ehr,)))
+    service = LiveService(engine, fhir_base_url, webhook_senders=senders)
+    try:
+        event = goal_event()
+        # Interface engines often number their messages: two senders may well send the same id.
+        first = service.post(event, secret=diet_old, msg_id="evt-1")  # a rotated-out key still works
+        assert first.status_code == 202 and first.json()["sender"] == "dietetics"
+        other = service.post(goal_event(), secret=ehr, msg_id="evt-1")
+        assert other.status_code == 202 and "Idempotent-Replayed" not in other.headers
+        assert other.json()["sender"] == "ehr-engine" and other.json()["plan_id"] != first.json()["plan_id"]
+        again = service.post(event, secret=diet_new, msg_id="evt-1")  # the same sender's retry, new key
+        assert again.headers["Idempotent-Replayed"] == "true" and again.json() == first.json()
+        assert service.post(goal_event(), secret=SECRET).status_code == 202  # the default sender as before
+        with UnitOfWork(engine) as uow:
+            assert uow.session is not None
+            stored = uow.session.query(InboundEventRow.sender, InboundEventRow.webhook_id).order_by("sender").all()
+        assert [tuple(r) for r in stored][:2] == [("default", stored[0][1]), ("dietetics", "evt-1")]
+        assert ("ehr-engine", "evt-1") in [tuple(r) for r in stored] and len(stored) == 3
+    finally:
+        service.server.shutdown()
+    withdrawn = LiveService(engine, fhir_base_url, webhook_senders=senders[:1])
+    try:
+        assert withdrawn.post(goal_event(), secret=ehr).status_code == 401  # its secrets removed: refused
+    finally:
+        withdrawn.server.shutdown()
 
 
 @pytest.mark.parametrize(

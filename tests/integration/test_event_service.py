@@ -33,6 +33,7 @@ def test_an_event_changes_the_plan_records_itself_and_queues_a_push_in_one_go(en
     assert outcome.body == {
         "status": "accepted",
         "event_id": "msg_1",
+        "sender": "default",
         "type": "goal.proposed",
         "plan_id": "plan-a",
         "plan_version": 1,

@@ -19,6 +19,7 @@ READ = Prepared(sa.select(EVENTS.c.received_at, EVENTS.c.body).where(EVENTS.c.we
 
 def row(webhook_id: str, received_at: datetime) -> dict:
     return {
+        "sender": "default",
         "webhook_id": webhook_id,
         "event_type": "note.added",
         "plan_id": "plan-1",
@@ -39,7 +40,7 @@ def test_values_round_trip_and_read_the_same_through_the_orm(engine):
     with UnitOfWork(engine) as uow:
         assert uow.session is not None
         received_at, body = READ.first(uow.session, {"id": "msg-1"})
-        orm = uow.session.get(InboundEventRow, "msg-1")
+        orm = uow.session.get(InboundEventRow, ("default", "msg-1"))
         assert READ.first(uow.session, {"id": "nobody"}) is None
     assert received_at == at and received_at.tzinfo is not None and received_at.utcoffset() == timedelta(0)
     assert received_at == orm.received_at.astimezone(UTC)

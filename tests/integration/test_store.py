@@ -86,3 +86,24 @@ def test_fhir_links_are_recorded_and_updated(engine):
     with UnitOfWork(engine) as uow:
         links = uow.links.for_plan("plan-1")
         assert [(x.fhir_id, x.version_id, x.synced_at) for x in links] == [("12", "2", AT)]
+
+
+def test_events_recorded_before_senders_belong_to_the_default_sender(engine):
+    from alembic import command
+
+    from service.store.db import alembic_config, upgrade
+
+    command.downgrade(alembic_config(engine), "0004")
+    row = {"id": "evt-7", "at": AT, "body": "{}"}
+    columns = "webhook_id, event_type, plan_id, body_sha256, body, received_at, response_status, response_body"
+    values = ":id, 'note.added', 'plan-1', 'x', :body, :at, 202, :body"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"INSERT INTO inbound_events ({columns}) VALUES ({values})"), row)
+    upgrade(engine)
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT sender, webhook_id FROM inbound_events")).all() == [("default", "evt-7")]
+        # the same id from another sender is another event now
+        conn.execute(sa.text(f"INSERT INTO inbound_events (sender, {columns}) VALUES ('ehr', {values})"), row)
+    with UnitOfWork(engine) as uow:
+        assert uow.events.answer("default", "evt-7") is not None and uow.events.answer("ehr", "evt-7") is not None
+        assert uow.events.answer("other", "evt-7") is None

@@ -100,3 +100,43 @@ def test_the_client_carries_the_configured_credentials():
                 }
             )
         )
+
+
+def test_named_senders_each_have_their_own_secrets():
+    default, diet_old, diet_new, ehr = (new_secret() for _ in range(4))
+    s = Settings.from_env(
+        {
+            "PLANBRIDGE_WEBHOOK_SECRET": default,
+            "PLANBRIDGE_WEBHOOK_SENDERS": f" dietetics-app = {diet_new}, {diet_old} ;ehr.engine_2={ehr};",
+        }
+    )
+    assert s.webhook_senders == (("dietetics-app", (diet_new, diet_old)), ("ehr.engine_2", (ehr,)))
+    assert s.signing_secrets == (
+        ("default", default),
+        ("dietetics-app", diet_new),
+        ("dietetics-app", diet_old),
+        ("ehr.engine_2", ehr),
+    )
+    alone = Settings.from_env({"PLANBRIDGE_WEBHOOK_SENDERS": f"ehr={ehr}"})
+    assert alone.webhook_secrets == () and alone.signing_secrets == (("ehr", ehr),)
+
+
+@pytest.mark.parametrize(
+    "senders",
+    [
+        "ehr",  # no secrets at all
+        "ehr=",
+        "EHR=whsec_" + "A" * 32,  # names are lower case
+        "=whsec_" + "A" * 32,
+        "ehr=not-a-secret",
+        "ehr=whsec_" + "A" * 32 + "; ehr=whsec_" + "B" * 32,  # a name twice
+        "default=whsec_" + "B" * 32,  # 'default' is PLANBRIDGE_WEBHOOK_SECRET's
+        "a=whsec_" + "B" * 32 + "; b=whsec_" + "B" * 32,  # one secret, two senders: who signed?
+        "a=whsec_" + "C" * 32,  # the default sender's secret again
+    ],
+)
+def test_malformed_or_ambiguous_senders_are_refused_by_name(senders):
+    env = {"PLANBRIDGE_WEBHOOK_SECRET": "whsec_" + "C" * 32, "PLANBRIDGE_WEBHOOK_SENDERS": senders}
+    with pytest.raises(ConfigurationError) as refused:
+        Settings.from_env(env)
+    assert refused.value.data["setting"] == "PLANBRIDGE_WEBHOOK_SENDERS"

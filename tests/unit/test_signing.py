@@ -2,7 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.signing import SignatureInvalid, new_secret, sign_headers, verify
+from service.signing import SignatureInvalid, new_secret, sign_headers, verify, verify_sender
 
 BODY = b'{"type": "goal.proposed"}'
 
@@ -47,3 +47,12 @@ def test_timestamps_more_than_five_minutes_off_are_refused(offset):
     headers = sign_headers(secret, BODY, at=datetime.now(UTC) + offset)
     with pytest.raises(SignatureInvalid, match="too"):
         verify([secret], BODY, headers)
+
+
+def test_the_secret_that_verifies_names_the_sender():
+    diet_old, diet_new, ehr = new_secret(), new_secret(), new_secret()
+    pairs = [("dietetics", diet_new), ("dietetics", diet_old), ("ehr", ehr)]
+    assert verify_sender(pairs, BODY, sign_headers(diet_old, BODY, "msg_4")) == ("dietetics", "msg_4")
+    assert verify_sender(pairs, BODY, sign_headers(ehr, BODY, "msg_4")) == ("ehr", "msg_4")
+    with pytest.raises(SignatureInvalid):
+        verify_sender(pairs[:2], BODY, sign_headers(ehr, BODY))  # the EHR's secret was withdrawn
