@@ -78,6 +78,17 @@ class OutboxRow(Base):
     """Work for the FHIR push worker, written in the same transaction as the change that caused it."""
 
     __tablename__ = "outbox"
+    # One plan's work is done by one worker at a time: at most one held entry per plan, so two workers
+    # never push or re-read the same plan at once (a claim that loses the race fails on this index).
+    __table_args__ = (
+        sa.Index(
+            "uq_outbox_held_plan",
+            "plan_id",
+            unique=True,
+            sqlite_where=sa.text("status = 'pending' AND claimed_at IS NOT NULL"),
+            postgresql_where=sa.text("status = 'pending' AND claimed_at IS NOT NULL"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)

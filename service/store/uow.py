@@ -271,10 +271,18 @@ class OutboxRepository:
         return row
 
     def claim_next(self, now: datetime) -> OutboxRow | None:
-        """Lock and return the oldest due pending entry that no other worker holds."""
+        """Lock and return the oldest due pending entry that no other worker holds, of a plan that no
+        worker is working on (a held entry whose lease ran out is due again, and still its plan's)."""
+        other = aliased(OutboxRow)
+        plan_held = sa.select(other.id).where(
+            other.plan_id == OutboxRow.plan_id,
+            other.status == "pending",
+            other.claimed_at.is_not(None),
+            other.id != OutboxRow.id,
+        )
         query = (
             sa.select(OutboxRow)
-            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now)
+            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now, ~plan_held.exists())
             .order_by(OutboxRow.id)
             .limit(1)
             .with_for_update(skip_locked=True)

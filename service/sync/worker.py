@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from sqlalchemy.exc import IntegrityError
+
 from service.domain.errors import PlanbridgeError
 from service.fhir.client import FhirClient
 from service.polling import PollingWorker
@@ -22,6 +24,7 @@ from service.sync.engine import SyncEngine
 from service.sync.notifications import silent_subscriptions
 
 log = logging.getLogger(__name__)
+CLAIM_TRIES = 3
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
@@ -41,15 +44,22 @@ class OutboxWorker(PollingWorker):
         self._last_resync = -float("inf")
 
     def _claim(self) -> tuple[int, str, str, str | None] | None:
-        with self.uow:
-            now = self.clock()
-            row = self.uow.outbox.claim_next(now)
-            if row is None:
-                return None
-            self.uow.outbox.lease(row, now, self.settings.outbox_lease_seconds)
-            claimed = (row.id, row.plan_id, row.kind, row.subject_id)
-            self.uow.commit()
-            return claimed
+        for _ in range(CLAIM_TRIES):
+            try:
+                with self.uow:
+                    now = self.clock()
+                    row = self.uow.outbox.claim_next(now)
+                    if row is None:
+                        return None
+                    self.uow.outbox.lease(row, now, self.settings.outbox_lease_seconds)
+                    claimed = (row.id, row.plan_id, row.kind, row.subject_id)
+                    self.uow.commit()
+                    return claimed
+            except IntegrityError:
+                # Another worker took an entry of the same plan at the same moment (the held-plan
+                # index refused ours); look again, that plan is now skipped.
+                continue
+        return None
 
     def _run(self, kind: str, plan_id: str) -> None:
         if kind in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1

@@ -1,5 +1,6 @@
 """Nothing accepted is lost, nothing is pushed twice: FHIR outages, killed workers, racing workers, duplicates."""
 
+import itertools
 import json
 import os
 import signal
@@ -142,6 +143,47 @@ def test_two_workers_on_postgres_never_take_the_same_entry(postgres, fhir_base_u
         assert sorted(taken[0] + taken[1]) == sorted(set(taken[0] + taken[1]))
         with UnitOfWork(engine) as uow:
             assert {(e.status, e.attempts) for e in uow.outbox.list()} == {("done", 1)}
+    finally:
+        live.close()
+
+
+def test_two_workers_on_postgres_never_work_on_one_plan_at_once(postgres, fhir_base_url):
+    engine, _ = postgres
+    live = Live(engine, fhir_base_url)
+    try:
+        plans = [(f"plan-{uuid.uuid4().hex[:8]}", f"MRN-{uuid.uuid4().hex[:8]}") for _ in range(3)]
+        for n in range(8):  # eight goals for each of three plans: 24 pushes queued
+            for plan_id, mrn in plans:
+                assert live.post(goal_event(plan_id=plan_id, goal_id=f"goal-{n}", mrn=mrn)).status_code == 202
+        spans: list[tuple[str, float, float]] = []
+
+        def drain() -> None:
+            worker = OutboxWorker(UnitOfWork(engine), FhirClient(fhir_base_url, timeout=10), live.settings, utcnow)
+            run = worker._run
+
+            def timed(kind: str, plan_id: str) -> None:
+                started = time.monotonic()
+                run(kind, plan_id)
+                spans.append((plan_id, started, time.monotonic()))
+
+            worker._run = timed
+            worker.run_until_idle()
+
+        threads = [threading.Thread(target=drain) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(spans) >= 3
+        for plan_id, _mrn in plans:
+            mine = sorted((a, b) for p, a, b in spans if p == plan_id)
+            assert all(end <= next_start for (_, end), (next_start, _) in itertools.pairwise(mine))
+        with UnitOfWork(engine) as uow:
+            assert {e.status for e in uow.outbox.list()} == {"done"}
+            assert all(len(uow.plans.get(p).goals) == 8 for p, _ in plans)
+        for plan_id, _mrn in plans:  # and the server has every goal of every plan, once
+            found = FhirClient(fhir_base_url).search("Goal", {"identifier": f"{live.settings.identifier_base}/goal|"})
+            assert len([g for g in found if any(plan_id in i.get("value", "") for i in g["identifier"])]) == 8
     finally:
         live.close()
 

@@ -76,6 +76,39 @@ def test_outbox_claims_due_entries_in_order_and_parks_dead_ones(engine):
         assert uow.outbox.claim_next(AT + timedelta(hours=2)).subject_id == "g2"
 
 
+def _take(engine, now: datetime, lease: float = 60) -> str | None:
+    """Claim and lease the next entry as a worker does; return its plan and subject."""
+    with UnitOfWork(engine) as uow:
+        row = uow.outbox.claim_next(now)
+        if row is None:
+            return None
+        uow.outbox.lease(row, now, lease)
+        uow.commit()
+        return f"{row.plan_id}/{row.subject_id}"
+
+
+def test_one_worker_at_a_time_holds_a_plans_entries(engine):
+    with UnitOfWork(engine) as uow:
+        for plan_id, subject in (("plan-x", "x1"), ("plan-x", "x2"), ("plan-y", "y1")):
+            uow.outbox.add(plan_id, "push_plan", subject, None, AT)
+        uow.commit()
+    assert _take(engine, AT) == "plan-x/x1"
+    assert _take(engine, AT) == "plan-y/y1"  # x2 waits: plan-x is being worked on
+    assert _take(engine, AT) is None
+    with UnitOfWork(engine) as uow:  # a claim that raced past the check is refused by the index
+        x2 = next(r for r in uow.outbox.list("plan-x") if r.subject_id == "x2")
+        uow.outbox.lease(x2, AT, 60)
+        with pytest.raises(sa.exc.IntegrityError):
+            uow.commit()
+    # x1's worker died: once its lease runs out x1 comes due again, and plan-x is still x1's
+    assert _take(engine, AT + timedelta(seconds=61), lease=60) == "plan-x/x1"
+    with UnitOfWork(engine) as uow:
+        x1 = next(r for r in uow.outbox.list("plan-x") if r.subject_id == "x1")
+        uow.outbox.mark_done(x1, AT)
+        uow.commit()
+    assert _take(engine, AT + timedelta(seconds=61)) == "plan-x/x2"
+
+
 def test_fhir_links_are_recorded_and_updated(engine):
     with UnitOfWork(engine) as uow:
         uow.links.record("plan-1", "goal:g1", "Goal", "12", "1", AT)

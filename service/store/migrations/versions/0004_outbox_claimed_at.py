@@ -2,6 +2,7 @@
 
 A notification that arrives while its plan is being re-read must queue a new re-read: the one in
 flight may already have read the server. Telling in-flight entries from waiting ones needs this.
+The partial unique index lets one worker at a time hold an entry of a given plan.
 
 Revision ID: 0004
 Revises: 0003
@@ -21,8 +22,11 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True))
+    held = sa.text("status = 'pending' AND claimed_at IS NOT NULL")
+    op.create_index("uq_outbox_held_plan", "outbox", ["plan_id"], unique=True, sqlite_where=held, postgresql_where=held)
 
 
 def downgrade() -> None:
+    op.drop_index("uq_outbox_held_plan", table_name="outbox")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("claimed_at")
