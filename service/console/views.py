@@ -33,6 +33,7 @@ bp = Blueprint(
 )
 SYNC_STATES = ("in_sync", "pending", "failed", "conflicted")
 PAGE_SIZE = 50  # plans on one page of the list
+DONE_SHOWN = 20  # finished outbox entries a plan's page shows (every waiting or dead one is shown)
 PLAN_ID_MAX = 128  # the longest plan id the store holds
 STATE_WORDS = {"in_sync": "In sync", "pending": "Pending", "failed": "Failed", "conflicted": "Conflicted"}
 OPEN_PAGES = ("console.sign_in", "console.static")
@@ -252,7 +253,8 @@ def plan(plan_id: str) -> ResponseReturnValue:
         found = uow.plans.get(plan_id)
         if found is None:
             raise NotFound(f"plan {plan_id} does not exist")
-        outbox = [outbox_dict(r) for r in uow.outbox.list(plan_id)]
+        entries, older_done = uow.outbox.for_plan(plan_id, done_shown=DONE_SHOWN)
+        outbox = [outbox_dict(r) for r in entries]
         deliveries = [subscription_use.delivery_dict(r) for r in uow.deliveries.list(plan_id=plan_id, limit=200)]
         urls = {s.id: s.url for s in uow.subscriptions.list()}
         outcome = uow.sync.state(plan_id).last_outcome  # read only: this unit of work is never committed
@@ -308,6 +310,7 @@ def plan(plan_id: str) -> ResponseReturnValue:
             for x in status.conflicts
         ],
         outbox=outbox,
+        older_done=older_done,
         deliveries=[{**d, "url": urls.get(d["subscription_id"], "")} for d in deliveries],
         signed_in=True,
     )

@@ -323,6 +323,18 @@ class OutboxRepository:
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
         row.claimed_at = None
 
+    def for_plan(self, plan_id: str, done_shown: int) -> tuple[list[OutboxRow], int]:
+        """Return a plan's entries not done (waiting or dead) and its `done_shown` latest done ones,
+        oldest first, and how many older done entries were left out."""
+        done = OutboxRow.status == "done"
+        open_rows = list(self._session.scalars(sa.select(OutboxRow).where(OutboxRow.plan_id == plan_id, ~done)))
+        latest = sa.select(OutboxRow).where(OutboxRow.plan_id == plan_id, done).order_by(OutboxRow.id.desc())
+        done_rows = list(self._session.scalars(latest.limit(done_shown)))
+        total_done = self._session.scalar(
+            sa.select(sa.func.count()).select_from(OutboxRow).where(OutboxRow.plan_id == plan_id, done)
+        )
+        return sorted(open_rows + done_rows, key=lambda r: r.id), int(total_done or 0) - len(done_rows)
+
     def list(
         self, plan_id: str | None = None, status: str | None = None, *, after: int = 0, limit: int | None = None
     ) -> list[OutboxRow]:

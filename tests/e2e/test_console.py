@@ -329,3 +329,21 @@ def test_the_plans_list_goes_a_page_at_a_time_and_filters_across_pages(console):
     assert console.plan.id in conflicted and re.search(r"<td>1</td>\s*</tr>", conflicted)  # its open conflict
     too_long = http.get(f"{console.url}/console/?after={'x' * 200}", timeout=10)
     assert too_long.status_code == 200 and "page-000" in too_long.text  # no such id: the first page
+
+
+def test_a_plans_page_shows_its_waiting_and_dead_entries_and_only_the_latest_done(console):
+    now = datetime.now(UTC)
+    with UnitOfWork(console.engine) as uow:
+        for _ in range(30):
+            uow.outbox.add(console.plan.id, "push_plan", None, None, now)
+        uow.flush()
+        rows = uow.outbox.list(console.plan.id)
+        for row in rows[1:-1]:  # the first is the fixture's dead entry; the last stays pending
+            uow.outbox.mark_done(row, now)
+        uow.commit()
+    http, _token = console.signed_in_session()
+    page = http.get(f"{console.url}/console/plans/{console.plan.id}", timeout=10).text
+    shown = [int(n) for n in re.findall(r'<tr id="outbox-(\d+)">', page)]
+    done_ids = [r.id for r in rows[1:-1]]
+    assert shown == [rows[0].id, *done_ids[-20:], rows[-1].id]  # dead, the latest 20 done, pending
+    assert "(9 older done not shown)" in page and f'id="outbox-{rows[0].id}-replay"' in page
