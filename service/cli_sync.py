@@ -162,12 +162,14 @@ def _uow() -> Any:
 @outbox.command("list")
 @click.option("--status", type=click.Choice(["pending", "done", "dead"]), help="Only entries in this state.")
 @click.option("--plan", "plan_id", help="Only this plan's entries.")
-def outbox_list(status: str | None, plan_id: str | None) -> None:
-    """List outbox entries, oldest first."""
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Only entries with ids above this one.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+def outbox_list(status: str | None, plan_id: str | None, after: int, limit: int) -> None:
+    """List outbox entries, oldest first, a page at a time (--after the last id shown for the next)."""
     from service.api.plans import outbox_dict
 
     with _uow() as uow:
-        _emit([outbox_dict(r) for r in uow.outbox.list(plan_id, status)])
+        _emit([outbox_dict(r) for r in uow.outbox.list(plan_id, status, after=after, limit=limit)])
 
 
 @outbox.command("replay")

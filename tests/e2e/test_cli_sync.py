@@ -104,3 +104,11 @@ def test_outbox_list_and_replay_from_the_command_line(env):
     assert (replayed["status"], replayed["attempts"]) == ("pending", 0)
     again = run("outbox", "replay", str(replayed["id"]), env=env, check=False)
     assert again.returncode == 1 and "only dead entries" in again.stderr
+    with UnitOfWork(create_engine(env["DATABASE_URL"])) as uow:
+        for n in range(4):
+            uow.outbox.add(f"plan-{n}", "push_plan", None, None, utcnow())
+        uow.commit()
+    first = json.loads(run("outbox", "list", "--limit", "2", env=env).stdout)
+    rest = json.loads(run("outbox", "list", "--after", str(first[-1]["id"]), env=env).stdout)
+    assert [e["plan_id"] for e in first + rest] == ["plan-x", "plan-0", "plan-1", "plan-2", "plan-3"]
+    assert run("outbox", "list", "--limit", "0", env=env, check=False).returncode == 2  # a usage error
