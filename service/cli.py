@@ -52,6 +52,28 @@ def db_upgrade(revision: str) -> None:
     click.echo(f"database at revision {current_revision(engine)}")
 
 
+@db.command("prune")
+@click.option(
+    "--days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Delete finished work older than this (default PLANBRIDGE_RETAIN_DAYS).",
+)
+def db_prune(days: float | None) -> None:
+    """Delete done outbox entries and delivered notifications older than the retention (the worker does
+    this hourly); waiting, failed and dead work and received events are kept."""
+    from service.api.container import utcnow
+    from service.store.db import create_engine
+    from service.store.retention import prune
+    from service.store.uow import UnitOfWork
+
+    settings = _settings()
+    days = days if days is not None else settings.retain_days
+    if not days:
+        raise click.ClickException("PLANBRIDGE_RETAIN_DAYS is 0 (keep everything): give --days to prune anyway")
+    click.echo(json.dumps(prune(UnitOfWork(create_engine(settings.database_url)), utcnow(), days)))
+
+
 @db.command("current")
 def db_current() -> None:
     """Print the database's migration revision and the newest one."""

@@ -172,6 +172,7 @@ class Settings:
     fhir_notify_secret: str | None = None
     public_url: str = "http://127.0.0.1:8000"
     resync_seconds: float = 900.0
+    retain_days: float = 30.0  # done outbox entries and delivered notifications are kept this long (0: always)
     heartbeat_timeout_seconds: float = 600.0
     worker_poll_seconds: float = 1.0
     log_level: str = "INFO"
@@ -227,6 +228,7 @@ class Settings:
             resync_seconds=float(
                 _number("PLANBRIDGE_RESYNC_SECONDS", env.get("PLANBRIDGE_RESYNC_SECONDS", "900"), float, 0)
             ),
+            retain_days=float(_number("PLANBRIDGE_RETAIN_DAYS", env.get("PLANBRIDGE_RETAIN_DAYS", "30"), float, 0)),
             heartbeat_timeout_seconds=float(
                 _number(
                     "PLANBRIDGE_HEARTBEAT_TIMEOUT_SECONDS",

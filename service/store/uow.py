@@ -136,6 +136,10 @@ def _instant(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _deleted(result: Any) -> int:
+    return int(result.rowcount or 0)
+
+
 class PlanSummary(NamedTuple):
     """A plan as a list shows it: the plan, its sync status and when it last went either way."""
 
@@ -322,6 +326,16 @@ class OutboxRepository:
         """Queue a dead entry again, due now, with its attempts reset."""
         row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
         row.claimed_at = None
+
+    def prune_done(self, before: datetime, batch: int) -> int:
+        """Delete up to `batch` done entries last touched before `before`, oldest first; return how many."""
+        ids = (
+            sa.select(OutboxRow.id)
+            .where(OutboxRow.status == "done", OutboxRow.updated_at < before)
+            .order_by(OutboxRow.id)
+            .limit(batch)
+        )
+        return _deleted(self._session.execute(sa.delete(OutboxRow).where(OutboxRow.id.in_(ids.scalar_subquery()))))
 
     def for_plan(self, plan_id: str, done_shown: int) -> tuple[list[OutboxRow], int]:
         """Return a plan's entries not done (waiting or dead) and its `done_shown` latest done ones,
@@ -516,6 +530,16 @@ class DeliveryRepository:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+
+    def prune_delivered(self, before: datetime, batch: int) -> int:
+        """Delete up to `batch` deliveries delivered before `before`, oldest first; return how many."""
+        ids = (
+            sa.select(DeliveryRow.id)
+            .where(DeliveryRow.status == "delivered", DeliveryRow.delivered_at < before)
+            .order_by(DeliveryRow.id)
+            .limit(batch)
+        )
+        return _deleted(self._session.execute(sa.delete(DeliveryRow).where(DeliveryRow.id.in_(ids.scalar_subquery()))))
 
     def next_sequence(self, plan_id: str) -> int:
         """Take the plan's next change number; the row lock it takes orders concurrent writers of one plan."""

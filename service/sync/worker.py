@@ -19,12 +19,14 @@ from service.domain.errors import PlanbridgeError
 from service.fhir.client import FhirClient
 from service.polling import PollingWorker
 from service.settings import Settings
+from service.store.retention import prune
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
 from service.sync.notifications import silent_subscriptions
 
 log = logging.getLogger(__name__)
 CLAIM_TRIES = 3
+PRUNE_SECONDS = 3600.0  # how often the worker deletes finished work past PLANBRIDGE_RETAIN_DAYS
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
@@ -42,6 +44,7 @@ class OutboxWorker(PollingWorker):
         self.engine = SyncEngine(UnitOfWork(uow.engine), client, settings, clock)
         self.poll_seconds = settings.worker_poll_seconds
         self._last_resync = -float("inf")
+        self._last_prune = -float("inf")
 
     def _claim(self) -> tuple[int, str, str, str | None] | None:
         for _ in range(CLAIM_TRIES):
@@ -112,9 +115,15 @@ class OutboxWorker(PollingWorker):
         return True
 
     def before_pass(self) -> None:
-        """The safety net: FHIR servers give up retrying notifications, so look for changes now and then."""
+        """The safety net: FHIR servers give up retrying notifications, so look for changes now and then;
+        and, hourly, let go of finished work past its retention."""
         if self.settings.resync_seconds and time.monotonic() - self._last_resync >= self.settings.resync_seconds:
             if self.settings.fhir_base_url:
                 self.queue_resync()
             self._last_resync = time.monotonic()
+        if self.settings.retain_days and time.monotonic() - self._last_prune >= PRUNE_SECONDS:
+            self._last_prune = time.monotonic()
+            removed = prune(UnitOfWork(self.uow.engine), self.clock(), self.settings.retain_days)
+            if any(removed.values()):
+                log.info("pruned %s done outbox entries, %s deliveries", removed["outbox"], removed["deliveries"])
         silent_subscriptions(UnitOfWork(self.uow.engine), self.clock(), self.settings.heartbeat_timeout_seconds)

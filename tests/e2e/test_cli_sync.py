@@ -112,3 +112,22 @@ def test_outbox_list_and_replay_from_the_command_line(env):
     rest = json.loads(run("outbox", "list", "--after", str(first[-1]["id"]), env=env).stdout)
     assert [e["plan_id"] for e in first + rest] == ["plan-x", "plan-0", "plan-1", "plan-2", "plan-3"]
     assert run("outbox", "list", "--limit", "0", env=env, check=False).returncode == 2  # a usage error
+
+
+def test_db_prune_removes_finished_work_past_the_retention(env):
+    from datetime import timedelta
+
+    from service.api.container import utcnow
+
+    with UnitOfWork(create_engine(env["DATABASE_URL"])) as uow:
+        for n in range(3):
+            uow.outbox.add(f"plan-{n}", "push_plan", None, None, utcnow() - timedelta(days=10))
+        uow.flush()
+        for row in uow.outbox.list()[:2]:
+            uow.outbox.mark_done(row, utcnow() - timedelta(days=10))
+        uow.commit()
+    assert json.loads(run("db", "prune", env=env).stdout) == {"outbox": 0, "deliveries": 0}  # 30 days by default
+    assert json.loads(run("db", "prune", "--days", "7", env=env).stdout) == {"outbox": 2, "deliveries": 0}
+    kept = run("db", "prune", env={**env, "PLANBRIDGE_RETAIN_DAYS": "0"}, check=False)
+    assert kept.returncode == 1 and "keep everything" in kept.stderr
+    assert [e["status"] for e in json.loads(run("outbox", "list", env=env).stdout)] == ["pending"]
