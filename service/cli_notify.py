@@ -61,13 +61,16 @@ def notifications_list(status: str | None) -> None:
 @click.option("--status", type=click.Choice(["pending", "failed", "delivered", "dead"]), help="Only this state.")
 @click.option("--plan", "plan_id", help="Only this plan's deliveries.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=200, show_default=True)
-def notifications_deliveries(subscription_id: int, status: str | None, plan_id: str | None, limit: int) -> None:
-    """Print a subscription's delivery log, oldest first."""
+@click.option("--after", type=click.IntRange(min=0), default=0, help="Only deliveries with ids above this one.")
+def notifications_deliveries(
+    subscription_id: int, status: str | None, plan_id: str | None, limit: int, after: int
+) -> None:
+    """Print a subscription's delivery log, oldest first (--after the last id shown for the next page)."""
     from service.notify.subscriptions import delivery_dict
 
     with _uow(_settings()) as uow:
         _run(lambda: uow.subscriptions.get(subscription_id))
-        _emit([delivery_dict(r) for r in uow.deliveries.list(subscription_id, status, plan_id, limit)])
+        _emit([delivery_dict(r) for r in uow.deliveries.list(subscription_id, status, plan_id, limit, after)])
 
 
 @notifications.command("replay")

@@ -256,9 +256,15 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         "/subscriptions/{subscription_id}/deliveries",
         operations={
             "get": {
-                "summary": "The delivery log: each change, its status and attempts (?status=, ?plan=, ?limit=)",
+                "summary": "The delivery log, oldest first, a page at a time (Link: rel=next for the next page)",
                 "security": KEYED,
-                "parameters": [subscription_id],
+                "parameters": [
+                    subscription_id,
+                    {"name": "status", "in": "query", "schema": {"enum": ["pending", "failed", "delivered", "dead"]}},
+                    {"name": "plan", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}},
+                ],
                 "responses": {
                     "200": _ok("deliveries", {"type": "array", "items": {"type": "object"}}),
                     "400": _problem("bad filter"),

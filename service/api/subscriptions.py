@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, request, url_for
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
@@ -12,6 +12,7 @@ from service.api.container import container
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
 from service.notify.ssrf import OutboundGuard
+from service.store.uow import MAX_ROW_ID
 
 bp = Blueprint("subscriptions", __name__)
 DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
@@ -82,17 +83,28 @@ def disable_subscription(subscription_id: int) -> ResponseReturnValue:
 @bp.get("/subscriptions/<int:subscription_id>/deliveries")
 @require_api_key
 def list_deliveries(subscription_id: int) -> ResponseReturnValue:
-    """Return the delivery log of a subscription (?status=, ?plan=, ?limit= up to 1000), oldest first."""
+    """Return the delivery log of a subscription, oldest first, a page at a time (?status=, ?plan=,
+    ?limit= up to 1000, ?after= a delivery id; a Link header, rel="next", points to the next page)."""
     status = request.args.get("status")
     if status is not None and status not in DELIVERY_STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(DELIVERY_STATUSES)}", {"status": status})
     limit = request.args.get("limit", "200")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
         raise InvalidInput("limit must be a number from 1 to 1000", {"limit": limit})
+    after = request.args.get("after", "0")
+    if not (after.isascii() and after.isdigit()) or int(after) > MAX_ROW_ID:
+        raise InvalidInput(f"after must be a delivery id from 0 to {MAX_ROW_ID}", {"after": after})
     with container().uow() as uow:
         uow.subscriptions.get(subscription_id)
-        rows = uow.deliveries.list(subscription_id, status, request.args.get("plan"), int(limit))
-        return json_response([use.delivery_dict(r) for r in rows])
+        rows = uow.deliveries.list(subscription_id, status, request.args.get("plan"), int(limit) + 1, int(after))
+        page = [use.delivery_dict(r) for r in rows[: int(limit)]]
+    answer = json_response(page)
+    if len(rows) > int(limit):  # more after this page
+        args = {**request.args.to_dict(), "after": page[-1]["id"]}
+        answer.headers["Link"] = (
+            f'<{url_for("subscriptions.list_deliveries", subscription_id=subscription_id, **args)}>; rel="next"'
+        )
+    return answer
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")

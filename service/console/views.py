@@ -33,7 +33,7 @@ bp = Blueprint(
 )
 SYNC_STATES = ("in_sync", "pending", "failed", "conflicted")
 PAGE_SIZE = 50  # plans on one page of the list
-DONE_SHOWN = 20  # finished outbox entries a plan's page shows (every waiting or dead one is shown)
+DONE_SHOWN = 20  # finished outbox entries and deliveries a plan's page shows (every open or dead one is)
 PLAN_ID_MAX = 128  # the longest plan id the store holds
 STATE_WORDS = {"in_sync": "In sync", "pending": "Pending", "failed": "Failed", "conflicted": "Conflicted"}
 OPEN_PAGES = ("console.sign_in", "console.static")
@@ -255,7 +255,8 @@ def plan(plan_id: str) -> ResponseReturnValue:
             raise NotFound(f"plan {plan_id} does not exist")
         entries, older_done = uow.outbox.for_plan(plan_id, done_shown=DONE_SHOWN)
         outbox = [outbox_dict(r) for r in entries]
-        deliveries = [subscription_use.delivery_dict(r) for r in uow.deliveries.list(plan_id=plan_id, limit=200)]
+        sent, older_delivered = uow.deliveries.for_plan(plan_id, delivered_shown=DONE_SHOWN)
+        deliveries = [subscription_use.delivery_dict(r) for r in sent]
         urls = {s.id: s.url for s in uow.subscriptions.list()}
         outcome = uow.sync.state(plan_id).last_outcome  # read only: this unit of work is never committed
     status = sync_status(c.uow(), plan_id)
@@ -311,6 +312,7 @@ def plan(plan_id: str) -> ResponseReturnValue:
         ],
         outbox=outbox,
         older_done=older_done,
+        older_delivered=older_delivered,
         deliveries=[{**d, "url": urls.get(d["subscription_id"], "")} for d in deliveries],
         signed_in=True,
     )

@@ -136,6 +136,16 @@ def _instant(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _open_and_latest(session: Session, row: Any, plan_id: str, finished: str, shown: int) -> tuple[list[Any], int]:
+    """Return a plan's rows not in the `finished` status and its `shown` latest finished ones, oldest
+    first, and how many older finished rows were left out (a page shows what needs a person first)."""
+    of_plan, done = row.plan_id == plan_id, row.status == finished
+    open_rows = list(session.scalars(sa.select(row).where(of_plan, ~done)))
+    done_rows = list(session.scalars(sa.select(row).where(of_plan, done).order_by(row.id.desc()).limit(shown)))
+    total_done = session.scalar(sa.select(sa.func.count()).select_from(row).where(of_plan, done))
+    return sorted(open_rows + done_rows, key=lambda r: r.id), int(total_done or 0) - len(done_rows)
+
+
 def _deleted(result: Any) -> int:
     return int(result.rowcount or 0)
 
@@ -340,14 +350,7 @@ class OutboxRepository:
     def for_plan(self, plan_id: str, done_shown: int) -> tuple[list[OutboxRow], int]:
         """Return a plan's entries not done (waiting or dead) and its `done_shown` latest done ones,
         oldest first, and how many older done entries were left out."""
-        done = OutboxRow.status == "done"
-        open_rows = list(self._session.scalars(sa.select(OutboxRow).where(OutboxRow.plan_id == plan_id, ~done)))
-        latest = sa.select(OutboxRow).where(OutboxRow.plan_id == plan_id, done).order_by(OutboxRow.id.desc())
-        done_rows = list(self._session.scalars(latest.limit(done_shown)))
-        total_done = self._session.scalar(
-            sa.select(sa.func.count()).select_from(OutboxRow).where(OutboxRow.plan_id == plan_id, done)
-        )
-        return sorted(open_rows + done_rows, key=lambda r: r.id), int(total_done or 0) - len(done_rows)
+        return _open_and_latest(self._session, OutboxRow, plan_id, "done", done_shown)
 
     def list(
         self, plan_id: str | None = None, status: str | None = None, *, after: int = 0, limit: int | None = None
@@ -531,6 +534,11 @@ class DeliveryRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
 
+    def for_plan(self, plan_id: str, delivered_shown: int) -> tuple[list[DeliveryRow], int]:
+        """Return a plan's deliveries not yet delivered (open or dead) and its `delivered_shown` latest
+        delivered ones, oldest first, and how many older delivered ones were left out."""
+        return _open_and_latest(self._session, DeliveryRow, plan_id, "delivered", delivered_shown)
+
     def prune_delivered(self, before: datetime, batch: int) -> int:
         """Delete up to `batch` deliveries delivered before `before`, oldest first; return how many."""
         ids = (
@@ -632,9 +640,10 @@ class DeliveryRepository:
         status: str | None = None,
         plan_id: str | None = None,
         limit: int = 200,
+        after: int = 0,
     ) -> list[DeliveryRow]:
-        """Return deliveries, oldest first, optionally filtered."""
-        query = sa.select(DeliveryRow).order_by(DeliveryRow.id).limit(limit)
+        """Return deliveries with ids above `after`, oldest first, optionally filtered."""
+        query = sa.select(DeliveryRow).where(DeliveryRow.id > after).order_by(DeliveryRow.id).limit(limit)
         if subscription_id is not None:
             query = query.where(DeliveryRow.subscription_id == subscription_id)
         if status is not None:

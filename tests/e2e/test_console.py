@@ -347,3 +347,33 @@ def test_a_plans_page_shows_its_waiting_and_dead_entries_and_only_the_latest_don
     done_ids = [r.id for r in rows[1:-1]]
     assert shown == [rows[0].id, *done_ids[-20:], rows[-1].id]  # dead, the latest 20 done, pending
     assert "(9 older done not shown)" in page and f'id="outbox-{rows[0].id}-replay"' in page
+
+
+def test_a_plans_page_shows_its_open_and_dead_deliveries_and_only_the_latest_delivered(console):
+    now = datetime.now(UTC)
+    with UnitOfWork(console.engine) as uow:
+        assert uow.session is not None
+        sub = uow.subscriptions.list()[0]
+        for n in range(25):
+            uow.session.add(
+                DeliveryRow(
+                    subscription_id=sub.id,
+                    plan_id=console.plan.id,
+                    sequence=n + 2,
+                    event_type="plan.changed",
+                    payload={},
+                    webhook_id=f"msg_console_{n}",
+                    status="delivered",
+                    attempts=1,
+                    next_attempt_at=now,
+                    attempt_log=[],
+                    created_at=now,
+                    delivered_at=now,
+                )
+            )
+        uow.commit()
+        delivered = [d.id for d in uow.deliveries.list(plan_id=console.plan.id) if d.status == "delivered"]
+    http, _token = console.signed_in_session()
+    page = http.get(f"{console.url}/console/plans/{console.plan.id}", timeout=10).text
+    shown = [int(n) for n in re.findall(r'<tr id="delivery-(\d+)">', page)]
+    assert shown == [console.delivery_id, *delivered[-20:]] and "(5 older delivered not shown)" in page

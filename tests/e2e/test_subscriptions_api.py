@@ -214,3 +214,20 @@ def test_the_notifications_commands_list_show_replay_and_work(database, receiver
     again = runner.invoke(notifications, ["worker", "--once"])
     assert '{"attempted": 1}' in again.output and "delivered (200)" in again.output
     assert runner.invoke(notifications, ["deliveries", "999"]).exit_code == 1
+
+
+def test_the_delivery_log_goes_a_page_at_a_time(api):
+    sub = api.call("POST", "/subscriptions", {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}).json()
+    for version in range(1, 6):
+        api.change("plan-log", version)
+    sequences, path = [], f"/subscriptions/{sub['id']}/deliveries?plan=plan-log&limit=2"
+    while path:
+        answer = api.call("GET", path)
+        assert answer.status_code == 200 and len(answer.json()) <= 2
+        sequences += [d["sequence"] for d in answer.json()]
+        path = answer.links.get("next", {}).get("url", "").removeprefix(api.url) or None
+        assert path is None or "plan=plan-log" in path
+    assert sequences == [1, 2, 3, 4, 5]
+    for bad in ("after=-1", "after=²", "limit=²", f"after={2**31}"):
+        refused = api.call("GET", f"/subscriptions/{sub['id']}/deliveries?{bad}")
+        assert refused.status_code == 400, bad
