@@ -146,8 +146,10 @@ def _open_and_latest(session: Session, row: Any, plan_id: str, finished: str, sh
     return sorted(open_rows + done_rows, key=lambda r: r.id), int(total_done or 0) - len(done_rows)
 
 
-def _deleted(result: Any) -> int:
-    return int(result.rowcount or 0)
+def _delete_oldest(session: Session, row: Any, *where: Any, batch: int) -> int:
+    """Delete up to `batch` rows matching `where`, lowest ids first (one short statement); return how many."""
+    ids = sa.select(row.id).where(*where).order_by(row.id).limit(batch).scalar_subquery()
+    return int(session.execute(sa.delete(row).where(row.id.in_(ids))).rowcount or 0)
 
 
 class PlanSummary(NamedTuple):
@@ -339,13 +341,8 @@ class OutboxRepository:
 
     def prune_done(self, before: datetime, batch: int) -> int:
         """Delete up to `batch` done entries last touched before `before`, oldest first; return how many."""
-        ids = (
-            sa.select(OutboxRow.id)
-            .where(OutboxRow.status == "done", OutboxRow.updated_at < before)
-            .order_by(OutboxRow.id)
-            .limit(batch)
-        )
-        return _deleted(self._session.execute(sa.delete(OutboxRow).where(OutboxRow.id.in_(ids.scalar_subquery()))))
+        finished = OutboxRow.status == "done"
+        return _delete_oldest(self._session, OutboxRow, finished, OutboxRow.updated_at < before, batch=batch)
 
     def for_plan(self, plan_id: str, done_shown: int) -> tuple[list[OutboxRow], int]:
         """Return a plan's entries not done (waiting or dead) and its `done_shown` latest done ones,
@@ -541,13 +538,8 @@ class DeliveryRepository:
 
     def prune_delivered(self, before: datetime, batch: int) -> int:
         """Delete up to `batch` deliveries delivered before `before`, oldest first; return how many."""
-        ids = (
-            sa.select(DeliveryRow.id)
-            .where(DeliveryRow.status == "delivered", DeliveryRow.delivered_at < before)
-            .order_by(DeliveryRow.id)
-            .limit(batch)
-        )
-        return _deleted(self._session.execute(sa.delete(DeliveryRow).where(DeliveryRow.id.in_(ids.scalar_subquery()))))
+        finished = DeliveryRow.status == "delivered"
+        return _delete_oldest(self._session, DeliveryRow, finished, DeliveryRow.delivered_at < before, batch=batch)
 
     def next_sequence(self, plan_id: str) -> int:
         """Take the plan's next change number; the row lock it takes orders concurrent writers of one plan."""
