@@ -54,13 +54,26 @@ class StoreCollector(Collector):
         sync_lag = GaugeMetricFamily(
             "planbridge_sync_lag_seconds", "How long the oldest plan change not yet on the FHIR server has waited"
         )
+        by_sender = GaugeMetricFamily(
+            "planbridge_events_by_sender",
+            "Team events received, by sender and HTTP answer",
+            labels=["sender", "status"],
+        )
         with self.engine.connect() as conn:
-            for event_type, status, n in conn.execute(
-                sa.select(InboundEventRow.event_type, InboundEventRow.response_status, sa.func.count()).group_by(
-                    InboundEventRow.event_type, InboundEventRow.response_status
+            counts: dict[tuple[str, str], int] = {}
+            senders: dict[tuple[str, str], int] = {}
+            row = InboundEventRow
+            for sender, event_type, status, n in conn.execute(
+                sa.select(row.sender, row.event_type, row.response_status, sa.func.count()).group_by(
+                    row.sender, row.event_type, row.response_status
                 )
-            ):
-                events.add_metric([event_type, str(status)], n)
+            ):  # one scan of the events for both families
+                counts[(event_type, str(status))] = counts.get((event_type, str(status)), 0) + n
+                senders[(sender, str(status))] = senders.get((sender, str(status)), 0) + n
+            for labels, n in sorted(counts.items()):
+                events.add_metric(list(labels), n)
+            for labels, n in sorted(senders.items()):
+                by_sender.add_metric(list(labels), n)
             for status, n in conn.execute(sa.select(OutboxRow.status, sa.func.count()).group_by(OutboxRow.status)):
                 outbox.add_metric([status], n)
             conflicts.add_metric(
@@ -78,7 +91,7 @@ class StoreCollector(Collector):
             synced = sa.select(SyncStateRow.plan_id).where(SyncStateRow.status.in_(("in_sync", "conflicted")))
             unsynced = conn.execute(sa.select(sa.func.min(PlanRow.updated_at)).where(PlanRow.id.not_in(synced)))
             sync_lag.add_metric([], _age(unsynced.scalar_one_or_none()))
-        yield from (events, outbox, conflicts, plans, lag, sync_lag)
+        yield from (events, by_sender, outbox, conflicts, plans, lag, sync_lag)
 
 
 class CommitCollector(Collector):

@@ -196,6 +196,7 @@ def test_metrics_count_events_and_the_outbox(api):
     api.event(goal_event())
     text = api.get("/metrics", key=None).text
     assert 'planbridge_events{status="202",type="goal.proposed"} 1.0' in text
+    assert 'planbridge_events_by_sender{sender="default",status="202"} 1.0' in text
     assert 'planbridge_outbox_entries{status="pending"} 1.0' in text
     assert "planbridge_sync_lag_seconds" in text
     api.worker.run_until_idle()
