@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, json, request
+from flask import Response, json, request, url_for
 from marshmallow import Schema, ValidationError
 
 from service.domain.errors import InvalidInput
@@ -34,3 +34,14 @@ def load_query(schema: Schema) -> dict[str, Any]:
         return schema.load(request.args.to_dict())
     except ValidationError as exc:
         raise InvalidInput("the query string is invalid", exc.normalized_messages()) from None
+
+
+def page_response(rows: list[dict[str, Any]], limit: int, endpoint: str, **path: Any) -> Response:
+    """Answer with the first `limit` of `rows` (fetched as limit + 1); when there are more, a Link header
+    (rel="next") repeats the request's query with `after` the last id shown."""
+    page = rows[:limit]
+    answer = json_response(page)
+    if len(rows) > limit:
+        query = {**request.args.to_dict(), "limit": limit, "after": page[-1]["id"], **path}
+        answer.headers["Link"] = f'<{url_for(endpoint, **query)}>; rel="next"'
+    return answer

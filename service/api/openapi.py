@@ -39,7 +39,8 @@ def _plan_components(spec: APISpec) -> None:
 
 
 def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
-    from service.api.plans import OutboxQuerySchema  # the API's modules import this one's neighbours
+    # Read here, not at import: the API's modules import this one's neighbours.
+    from service.api.plans import ConflictQuerySchema, OutboxQuerySchema
 
     plan_id = {"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}}
     entry_id = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -137,10 +138,12 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         "/conflicts",
         operations={
             "get": {
-                "summary": "Conflicts (?status=open|resolved|all, ?plan=)",
+                "summary": "Conflicts, oldest first, a page at a time (Link: rel=next for the next page)",
                 "security": KEYED,
+                "parameters": [{"in": "query", "schema": ConflictQuerySchema}],
                 "responses": {
                     "200": _ok("conflicts", {"type": "array", "items": {"type": "object"}}),
+                    "400": _problem("a bad filter, limit or position"),
                     "401": denied["401"],
                 },
             }

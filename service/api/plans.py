@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from flask import Blueprint, request, url_for
+from flask import Blueprint
 from flask.typing import ResponseReturnValue
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from mappings.bundle import plan_to_bundle
 from service.api.auth import require_api_key
-from service.api.bodies import json_response, load_body, load_query
+from service.api.bodies import json_response, load_body, load_query, page_response
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
@@ -119,13 +119,12 @@ def post_plan_sync(plan_id: str) -> ResponseReturnValue:
 @bp.get("/conflicts")
 @require_api_key
 def list_conflicts() -> ResponseReturnValue:
-    """List conflicts (open by default; ?status=resolved or ?status=all; ?plan=ID)."""
-    status = request.args.get("status", "open")
-    if status not in ("open", "resolved", "all"):
-        raise InvalidInput("status must be open, resolved or all", {"status": status})
+    """List conflicts, oldest first, a page at a time (open by default; ?status=resolved|all; ?plan=ID)."""
+    query = load_query(ConflictQuerySchema())
+    status = None if query["status"] == "all" else query["status"]
     with container().uow() as uow:
-        rows = uow.sync.conflicts(request.args.get("plan"), None if status == "all" else status)
-        return json_response([conflict_dict(r) for r in rows])
+        rows = uow.sync.conflicts(query.get("plan"), status, after=query["after"], limit=query["limit"] + 1)
+        return page_response([conflict_dict(r) for r in rows], query["limit"], "plans.list_conflicts")
 
 
 class ResolveSchema(Schema):
@@ -145,16 +144,27 @@ def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
     return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
 
 
-class OutboxQuerySchema(Schema):
-    """GET /outbox's query: filters, and a page of entries after a given id."""
+class PageQuerySchema(Schema):
+    """A listing's query: a plan to filter by, and a page of rows after a given id."""
 
     class Meta:
         unknown = EXCLUDE
 
-    status = fields.String(validate=validate.OneOf(["pending", "done", "dead"]))
     plan = fields.String(validate=validate.Length(min=1, max=128))
     after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+
+
+class OutboxQuerySchema(PageQuerySchema):
+    """GET /outbox's query."""
+
+    status = fields.String(validate=validate.OneOf(["pending", "done", "dead"]))
+
+
+class ConflictQuerySchema(PageQuerySchema):
+    """GET /conflicts' query."""
+
+    status = fields.String(load_default="open", validate=validate.OneOf(["open", "resolved", "all"]))
 
 
 @bp.get("/outbox")
@@ -164,12 +174,7 @@ def list_outbox() -> ResponseReturnValue:
     query = load_query(OutboxQuerySchema())
     with container().uow() as uow:
         rows = uow.outbox.list(query.get("plan"), query.get("status"), after=query["after"], limit=query["limit"] + 1)
-        page = [outbox_dict(r) for r in rows[: query["limit"]]]
-    answer = json_response(page)
-    if len(rows) > query["limit"]:
-        following = {k: v for k, v in query.items() if k != "after"}
-        answer.headers["Link"] = f'<{url_for("plans.list_outbox", **following, after=page[-1]["id"])}>; rel="next"'
-    return answer
+        return page_response([outbox_dict(r) for r in rows], query["limit"], "plans.list_outbox")
 
 
 @bp.post("/outbox/<int:entry_id>/replay")

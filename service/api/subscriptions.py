@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request, url_for
+from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
 from service.api.auth import require_api_key
-from service.api.bodies import json_response, load_body
+from service.api.bodies import json_response, load_body, page_response
 from service.api.container import container
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
@@ -97,14 +97,8 @@ def list_deliveries(subscription_id: int) -> ResponseReturnValue:
     with container().uow() as uow:
         uow.subscriptions.get(subscription_id)
         rows = uow.deliveries.list(subscription_id, status, request.args.get("plan"), int(limit) + 1, int(after))
-        page = [use.delivery_dict(r) for r in rows[: int(limit)]]
-    answer = json_response(page)
-    if len(rows) > int(limit):  # more after this page
-        args = {**request.args.to_dict(), "after": page[-1]["id"]}
-        answer.headers["Link"] = (
-            f'<{url_for("subscriptions.list_deliveries", subscription_id=subscription_id, **args)}>; rel="next"'
-        )
-    return answer
+        deliveries = [use.delivery_dict(r) for r in rows]
+        return page_response(deliveries, int(limit), "subscriptions.list_deliveries", subscription_id=subscription_id)
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")

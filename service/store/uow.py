@@ -421,9 +421,11 @@ class SyncRepository:
         self._session.flush()
         return row
 
-    def conflicts(self, plan_id: str | None = None, status: str | None = "open") -> list[ConflictRow]:
-        """Return conflicts, oldest first."""
-        query = sa.select(ConflictRow).order_by(ConflictRow.id)
+    def conflicts(
+        self, plan_id: str | None = None, status: str | None = "open", *, after: int = 0, limit: int | None = None
+    ) -> list[ConflictRow]:
+        """Return conflicts with ids above `after`, oldest first, at most `limit` of them."""
+        query = sa.select(ConflictRow).where(ConflictRow.id > after).order_by(ConflictRow.id).limit(limit)
         if plan_id is not None:
             query = query.where(ConflictRow.plan_id == plan_id)
         if status is not None:

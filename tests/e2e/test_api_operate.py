@@ -127,6 +127,8 @@ def test_conflicts_are_listed_and_resolved_through_the_api(api, fhir_base_url):
     assert resolved.status_code == 200 and resolved.json()["resolution"] == "value"
     assert api.post(f"/conflicts/{conflict['id']}/resolve", {"take": "ours"}).status_code == 409
     assert api.get("/conflicts", params={"status": "bogus"}).status_code == 400
+    first = api.get("/conflicts", params={"status": "all", "limit": 1})
+    assert len(first.json()) == 1 and "Link" not in first.headers  # the only conflict: no next page
     api.worker.run_until_idle()
     assert ehr.read("Goal", goal["id"])["statusReason"] == "agreed"
 
@@ -149,6 +151,18 @@ def test_a_dead_outbox_entry_is_visible_and_replayable(engine, fhir_base_url):
         assert down.post("/outbox/999999/replay").status_code == 404
     finally:
         down.server.shutdown()
+
+
+def test_conflicts_are_listed_a_page_at_a_time(api):
+    with UnitOfWork(api.engine) as uow:
+        for n in range(3):
+            uow.sync.add_conflict("plan-c", f"goals[{n}].status_reason", "base", "ours", "theirs", utcnow())
+        uow.commit()
+    first = api.get("/conflicts", params={"plan": "plan-c", "limit": 2})
+    assert [c["path"] for c in first.json()] == ["goals[0].status_reason", "goals[1].status_reason"]
+    rest = api.get(first.links["next"]["url"].removeprefix(api.url))
+    assert [c["path"] for c in rest.json()] == ["goals[2].status_reason"] and "Link" not in rest.headers
+    assert api.get("/conflicts", params={"limit": "x"}).status_code == 400
 
 
 def test_the_outbox_is_listed_a_page_at_a_time(api):
