@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Response, json, request, url_for
-from marshmallow import Schema, ValidationError
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from service.domain.errors import InvalidInput
+
+MAX_ID = 2**63 - 1  # larger ids name nothing (and would overflow the database's integers)
 
 
 def json_response(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
@@ -34,6 +36,17 @@ def load_query(schema: Schema) -> dict[str, Any]:
         return schema.load(request.args.to_dict())
     except ValidationError as exc:
         raise InvalidInput("the query string is invalid", exc.normalized_messages()) from None
+
+
+class PageQuerySchema(Schema):
+    """A listing's query: a plan to filter by, and a page of rows after a given id (see page_response)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    plan = fields.String(validate=validate.Length(min=1, max=128))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
 def page_response(rows: list[dict[str, Any]], limit: int, endpoint: str, **path: Any) -> Response:

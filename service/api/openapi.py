@@ -41,6 +41,7 @@ def _plan_components(spec: APISpec) -> None:
 def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
     # Read here, not at import: the API's modules import this one's neighbours.
     from service.api.plans import ConflictQuerySchema, OutboxQuerySchema
+    from service.api.subscriptions import DeliveryQuerySchema
 
     plan_id = {"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}}
     entry_id = {"name": "entry_id", "in": "path", "required": True, "schema": {"type": "integer"}}
@@ -261,13 +262,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
             "get": {
                 "summary": "The delivery log, oldest first, a page at a time (Link: rel=next for the next page)",
                 "security": KEYED,
-                "parameters": [
-                    subscription_id,
-                    {"name": "status", "in": "query", "schema": {"enum": ["pending", "failed", "delivered", "dead"]}},
-                    {"name": "plan", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                    {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}},
-                ],
+                "parameters": [subscription_id, {"in": "query", "schema": DeliveryQuerySchema}],
                 "responses": {
                     "200": _ok("deliveries", {"type": "array", "items": {"type": "object"}}),
                     "400": _problem("bad filter"),

@@ -7,11 +7,11 @@ from typing import Any
 
 from flask import Blueprint
 from flask.typing import ResponseReturnValue
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
 from mappings.bundle import plan_to_bundle
 from service.api.auth import require_api_key
-from service.api.bodies import json_response, load_body, load_query, page_response
+from service.api.bodies import MAX_ID, PageQuerySchema, json_response, load_body, load_query, page_response
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
@@ -19,9 +19,6 @@ from service.store.uow import UnitOfWork
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 bp = Blueprint("plans", __name__)
-
-
-MAX_ID = 2**63 - 1  # larger path ids name nothing (and would overflow the database's integers)
 
 
 def _bounded(kind: str, value: int) -> int:
@@ -142,17 +139,6 @@ def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
     c = container()
     _bounded("conflict", conflict_id)
     return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
-
-
-class PageQuerySchema(Schema):
-    """A listing's query: a plan to filter by, and a page of rows after a given id."""
-
-    class Meta:
-        unknown = EXCLUDE
-
-    plan = fields.String(validate=validate.Length(min=1, max=128))
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
 class OutboxQuerySchema(PageQuerySchema):

@@ -7,7 +7,7 @@ from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
 from service.api.auth import require_api_key
-from service.api.bodies import json_response, load_body, page_response
+from service.api.bodies import PageQuerySchema, json_response, load_body, load_query, page_response
 from service.api.container import container
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
@@ -80,25 +80,29 @@ def disable_subscription(subscription_id: int) -> ResponseReturnValue:
     return json_response(use.set_enabled(c.uow(), subscription_id, False, c.clock()))
 
 
+class DeliveryQuerySchema(PageQuerySchema):
+    """GET /subscriptions/{id}/deliveries' query (delivery ids are INTEGERs: at most 2**31 - 1)."""
+
+    status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
+    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ROW_ID))
+    limit = fields.Integer(load_default=200, validate=validate.Range(min=1, max=1000))
+
+
 @bp.get("/subscriptions/<int:subscription_id>/deliveries")
 @require_api_key
 def list_deliveries(subscription_id: int) -> ResponseReturnValue:
     """Return the delivery log of a subscription, oldest first, a page at a time (?status=, ?plan=,
     ?limit= up to 1000, ?after= a delivery id; a Link header, rel="next", points to the next page)."""
-    status = request.args.get("status")
-    if status is not None and status not in DELIVERY_STATUSES:
-        raise InvalidInput(f"status must be one of {', '.join(DELIVERY_STATUSES)}", {"status": status})
-    limit = request.args.get("limit", "200")
-    if not (limit.isascii() and limit.isdigit()) or not 1 <= int(limit) <= 1000:
-        raise InvalidInput("limit must be a number from 1 to 1000", {"limit": limit})
-    after = request.args.get("after", "0")
-    if not (after.isascii() and after.isdigit()) or int(after) > MAX_ROW_ID:
-        raise InvalidInput(f"after must be a delivery id from 0 to {MAX_ROW_ID}", {"after": after})
+    query = load_query(DeliveryQuerySchema())
     with container().uow() as uow:
         uow.subscriptions.get(subscription_id)
-        rows = uow.deliveries.list(subscription_id, status, request.args.get("plan"), int(limit) + 1, int(after))
+        rows = uow.deliveries.list(
+            subscription_id, query.get("status"), query.get("plan"), query["limit"] + 1, query["after"]
+        )
         deliveries = [use.delivery_dict(r) for r in rows]
-        return page_response(deliveries, int(limit), "subscriptions.list_deliveries", subscription_id=subscription_id)
+        return page_response(
+            deliveries, query["limit"], "subscriptions.list_deliveries", subscription_id=subscription_id
+        )
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")

@@ -187,22 +187,16 @@ class PlanRepository:
         """Return up to `limit` plans with ids after `after`, in id order, with their sync state, and how
         many plans there are in all (with `sync_status`, only those; a plan never synced is pending)."""
         status = sa.func.coalesce(SyncStateRow.status, "pending")
-        matching = sa.select(PlanRow.id).outerjoin(SyncStateRow, SyncStateRow.plan_id == PlanRow.id)
+        matching = sa.select(PlanRow.document, status, SyncStateRow.last_pushed_at, SyncStateRow.last_pulled_at)
+        matching = matching.outerjoin(SyncStateRow, SyncStateRow.plan_id == PlanRow.id)
         if sync_status is not None:
             matching = matching.where(status == sync_status)
-        total = self._session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
-        query = (
-            sa.select(PlanRow.document, status, SyncStateRow.last_pushed_at, SyncStateRow.last_pulled_at)
-            .outerjoin(SyncStateRow, SyncStateRow.plan_id == PlanRow.id)
-            .where(PlanRow.id > after)
-            .order_by(PlanRow.id)
-            .limit(limit)
-        )
-        if sync_status is not None:
-            query = query.where(status == sync_status)
+        counted = matching.with_only_columns(PlanRow.id).subquery()
+        total = self._session.scalar(sa.select(sa.func.count()).select_from(counted))
+        page = matching.where(PlanRow.id > after).order_by(PlanRow.id).limit(limit)
         summaries = [
             PlanSummary(codec.from_dict(Plan, document), state, max((t for t in (pushed, pulled) if t), default=None))
-            for document, state, pushed, pulled in self._session.execute(query)
+            for document, state, pushed, pulled in self._session.execute(page)
         ]
         return summaries, int(total or 0)
 
