@@ -1,7 +1,9 @@
 // HTTP front end: turns node:http requests into FhirRouter calls and adds HAPI's observable
 // behaviour (base path, headers, paging, status codes, OperationOutcomes, transaction responses).
 import { STATUS_CODES } from 'node:http';
-import { OperationOutcomeError, allOk, badRequest, getStatus, isResourceType, normalizeOperationOutcome } from '@medplum/core';
+import {
+  OperationOutcomeError, allOk, badRequest, getStatus, isResourceType, normalizeOperationOutcome, parseSearchRequest,
+} from '@medplum/core';
 import { BatchProcessor, FhirRouter } from '@medplum/fhir-router';
 import { capabilityStatement } from './capability.mjs';
 import { SearchPager } from './paging.mjs';
@@ -15,6 +17,8 @@ const JSON_TYPES = new Set(['', 'application/fhir+json', 'application/json', 'ap
 const FORM_TYPE = 'application/x-www-form-urlencoded';
 const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH']);
 
+const BUNDLE_ACTIONS = { PUT: 'UPDATE', DELETE: 'DELETE', PATCH: 'PATCH' }; // HAPI's verbs in its messages
+
 /**
  * Medplum caps transactions that need strict isolation (any conditional entry) at 8 entries and at
  * 50 updates, limits meant for its PostgreSQL backend. This server handles one request at a time, so
@@ -24,6 +28,16 @@ class SerializedBatchProcessor extends BatchProcessor {
   async preprocessBundle() {
     const info = await super.preprocessBundle();
     return { ...info, requiresStrongTransaction: false, updates: 0 };
+  }
+
+  // Medplum resolves `PUT/DELETE/PATCH Type?query` entries up front and answers 400 `invalid`
+  // ("Conditional PUT matched multiple resources"); HAPI answers 412 HAPI-0988/0962/0972.
+  async resolveModificationIdentity(entry, index) {
+    const { method, url } = entry.request ?? {};
+    if (url?.includes('?') && BUNDLE_ACTIONS[method]) {
+      this.repo.assertSingleMatch(BUNDLE_ACTIONS[method], parseSearchRequest(url), url);
+    }
+    return super.resolveModificationIdentity(entry, index);
   }
 }
 

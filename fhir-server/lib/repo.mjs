@@ -1,8 +1,9 @@
 // A MemoryRepository with HAPI's observable habits: numeric ids, versions "1", "2", ..., 409 on a
-// stale If-Match, 410 for deleted resources, validation on every write, all-or-nothing
-// transactions (undo journal) and an identifier index that narrows `identifier=` searches.
+// stale If-Match, 412 when a conditional write matches several resources, 410 for deleted
+// resources, validation on every write, all-or-nothing transactions (undo journal) and an
+// identifier index that narrows `identifier=` searches.
 import { MemoryRepository } from '@medplum/fhir-router';
-import { OperationOutcomeError, badRequest, deepClone } from '@medplum/core';
+import { OperationOutcomeError, badRequest, deepClone, formatSearchQuery } from '@medplum/core';
 
 const outcome = (id, code, diagnostics) => ({
   resourceType: 'OperationOutcome',
@@ -11,6 +12,21 @@ const outcome = (id, code, diagnostics) => ({
 });
 const fail = (id, code, diagnostics) => new OperationOutcomeError(outcome(id, code, diagnostics));
 const notKnown = (type, id) => fail('not-found', 'not-found', `HAPI-2001: Resource ${type}/${id} is not known`);
+
+// HAPI's message codes for a conditional operation whose search matched several resources.
+const MULTIPLE_MATCH_CODES = { CREATE: '0958', UPDATE: '0988', DELETE: '0962', PATCH: '0972' };
+
+/**
+ * HAPI's answer when a conditional operation matches several resources: a PreconditionFailedException,
+ * so 412 with issue code `processing` (HAPI's ExceptionHandlingInterceptor) and e.g.
+ * `HAPI-0988: Failed to UPDATE resource with match URL "Goal?identifier=s|v" because this search matched 2 resources`.
+ * Medplum would say 412 `multiple-matches` (or 400 `invalid` inside a bundle).
+ */
+function multipleMatches(action, matchUrl, count) {
+  return fail('precondition-failed', 'processing',
+    `HAPI-${MULTIPLE_MATCH_CODES[action]}: Failed to ${action} resource with match URL "${matchUrl}" ` +
+    `because this search matched ${count} resources`);
+}
 
 /** One write per resource for a committed transaction: its final state (create + update = create). */
 function coalesce(writes) {
@@ -106,8 +122,41 @@ export class HapiLikeRepository extends MemoryRepository {
   checkVersion(existing, ifMatch, action) {
     if (existing.meta?.versionId !== ifMatch) {
       const ref = `${existing.resourceType}/${existing.id}/_history/${ifMatch}`;
-      throw fail('conflict', 'conflict', `HAPI-0989: Trying to ${action} ${ref} but this is not the current version`);
+      // HAPI: a ResourceVersionConflictException without its own outcome, so issue code `processing`.
+      throw fail('conflict', 'processing', `HAPI-0989: Trying to ${action} ${ref} but this is not the current version`);
     }
+  }
+
+  /** Throw HAPI's 412 when the search of a conditional operation matches more than one resource. */
+  assertSingleMatch(action, searchRequest, matchUrl) {
+    const { count: _count, offset: _offset, sortRules: _sort, include: _i, revInclude: _r, ...search } = searchRequest;
+    const found = this.searchSync({ ...search, offset: 0 }).total ?? 0;
+    if (found > 1) {
+      const url = matchUrl ?? `${search.resourceType}${decodeURIComponent(formatSearchQuery(search))}`;
+      throw multipleMatches(action, url, found);
+    }
+  }
+
+  // Medplum's conditional operations search with _count=2 and answer 412 `multiple-matches`; HAPI
+  // counts the matches and answers 412 `processing` with its message code (see multipleMatches).
+  async conditionalCreate(resource, searchRequest, options) {
+    this.assertSingleMatch('CREATE', searchRequest);
+    return super.conditionalCreate(resource, searchRequest, options);
+  }
+
+  async conditionalUpdate(resource, searchRequest, options) {
+    this.assertSingleMatch('UPDATE', searchRequest);
+    return super.conditionalUpdate(resource, searchRequest, options);
+  }
+
+  async conditionalDelete(searchRequest) {
+    this.assertSingleMatch('DELETE', searchRequest);
+    return super.conditionalDelete(searchRequest);
+  }
+
+  async conditionalPatch(searchRequest, patch, options) {
+    this.assertSingleMatch('PATCH', searchRequest);
+    return super.conditionalPatch(searchRequest, patch, options);
   }
 
   async readResource(type, id) {

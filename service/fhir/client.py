@@ -1,7 +1,7 @@
 """A FHIR R4 REST client (https://hl7.org/fhir/R4/http.html): one session, one request function.
 
-Timeouts, headers, authentication, retries and the status -> exception mapping live in
-`FhirClient.request` and nowhere else.
+Timeouts, headers, authentication and retries live in `FhirClient.request` and nowhere else; which
+exception a refusal becomes (by status and OperationOutcome) is decided in `service.fhir.refusals`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import urllib3
 from requests.auth import AuthBase
 
-from service.fhir import errors
+from service.fhir import errors, refusals
 from service.fhir.auth import SmartBackendAuth
 
 log = logging.getLogger(__name__)
@@ -25,25 +26,27 @@ FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 
-_STATUS_ERRORS: dict[int, type[errors.FhirError]] = {
-    400: errors.FhirValidationFailed,
-    422: errors.FhirValidationFailed,
-    401: errors.FhirAuthError,
-    403: errors.FhirAuthError,
-    404: errors.FhirNotFound,
-    410: errors.FhirNotFound,
-    409: errors.FhirVersionConflict,
-    412: errors.FhirVersionConflict,
-}
+
+def _target(method: str, path: str) -> str:
+    """Name what a request addressed in messages: the path without its query, or the base itself."""
+    bare = path.split("?")[0]
+    if bare.strip("/"):
+        return bare
+    return "[base] (transaction)" if method == "POST" else "[base]"
 
 
-def _diagnostics(outcome: dict[str, Any] | None) -> str:
-    if not outcome:
-        return ""
-    return "; ".join(
-        i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
-        for i in outcome.get("issue", [])
-    )
+def _never_connected(exc: requests.RequestException) -> bool:
+    """Tell whether the request failed before a connection was made (so the server never saw it)."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    cause: BaseException | None = exc
+    for _ in range(8):  # requests wraps urllib3's MaxRetryError(reason=NewConnectionError(...))
+        if cause is None:
+            break
+        if isinstance(cause, urllib3.exceptions.NewConnectionError):
+            return True
+        cause = getattr(cause, "reason", None) or cause.__context__
+    return False
 
 
 def retry_after_seconds(value: str | None, now: float) -> float | None:
@@ -113,7 +116,7 @@ class FhirClient:
         if json is not None:
             send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
         safe = idempotent if idempotent is not None else method in SAFE_METHODS or "If-None-Exist" in send_headers
-        refreshed = False
+        refreshed = reached = False
         for attempt in range(self.max_retries + 1):
             try:
                 self.requests_sent += 1
@@ -121,10 +124,13 @@ class FhirClient:
                     method, self._url(path), json=json, params=params, headers=send_headers, timeout=self.timeout
                 )
             except requests.RequestException as exc:
+                reached = reached or not _never_connected(exc)
                 if safe and attempt < self.max_retries:
                     self.sleep(self._backoff(attempt, None))
                     continue
-                raise errors.FhirTransportError(f"{method} {path.split('?')[0]}: {type(exc).__name__}") from exc
+                error = errors.FhirTransportError(f"{method} {_target(method, path)}: {type(exc).__name__}")
+                error.sent = reached
+                raise error from exc
             log.debug("fhir %s %s -> %s", method, path.split("?")[0], response.status_code)
             if response.status_code == 401 and isinstance(self.session.auth, SmartBackendAuth) and not refreshed:
                 self.session.auth.invalidate()
@@ -148,8 +154,8 @@ class FhirClient:
                 outcome = body
         except ValueError:
             pass
-        kind = _STATUS_ERRORS.get(response.status_code, errors.FhirServerError)
-        detail = f"{method} {path.split('?')[0]} failed: {_diagnostics(outcome) or response.reason}"
+        kind = refusals.classify(response.status_code, outcome)
+        detail = f"{method} {_target(method, path)} failed: {refusals.diagnostics(outcome) or response.reason}"
         raise kind(detail, status=response.status_code, outcome=outcome)
 
     def search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:

@@ -47,7 +47,7 @@ def client():
         (401, errors.FhirAuthError),
         (403, errors.FhirAuthError),
         (404, errors.FhirNotFound),
-        (410, errors.FhirNotFound),
+        (410, errors.FhirGone),
         (500, errors.FhirServerError),
     ],
 )
@@ -185,3 +185,165 @@ def test_connection_errors_become_transport_errors(client):
     client.mock.add(responses.GET, f"{BASE}/Goal/1", body=requests.ConnectionError("refused"))
     with pytest.raises(errors.FhirTransportError):
         client.read("Goal", "1")
+
+
+# --- Refusals: which error (and decision) a 4xx becomes, by status and OperationOutcome -------------
+
+
+def hapi(code: str, diagnostics: str) -> dict:
+    """An OperationOutcome as HAPI writes it: a generated narrative and one error issue."""
+    div = f'<div xmlns="http://www.w3.org/1999/xhtml"><h1>Operation Outcome</h1><p>{diagnostics}</p></div>'
+    return {
+        "resourceType": "OperationOutcome",
+        "text": {"status": "generated", "div": div},
+        "issue": [{"severity": "error", "code": code, "diagnostics": diagnostics}],
+    }
+
+
+MATCH_2 = 'match URL "Goal?identifier=https://pb/id/goal|g-1" because this search matched 2 resources'
+STALE = "HAPI-0989: Trying to update Goal/1/_history/1 but this is not the current version"
+REFERENCED = (
+    "HAPI-0550: HAPI-0515: Unable to delete Patient/1 because at least one resource has a reference to this "
+    "resource. First reference found was resource Goal/2 in path Goal.subject"
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "decision"),
+    [
+        # version conflicts: HAPI (409, `processing`, HAPI-0989), also wrapped by a transaction (HAPI-0550)
+        (409, answer("hapi-409-version-conflict.json"), errors.FhirVersionConflict, "merge"),
+        (409, hapi("processing", f"HAPI-0550: HAPI-0550: {STALE}"), errors.FhirVersionConflict, "merge"),
+        (409, hapi("conflict", STALE), errors.FhirVersionConflict, "merge"),
+        (412, hapi("conflict", "Precondition Failed"), errors.FhirVersionConflict, "merge"),
+        (412, hapi("processing", "Version mismatch"), errors.FhirVersionConflict, "merge"),
+        (409, hapi("lock-error", "row locked"), errors.FhirVersionConflict, "merge"),
+        # servers that don't say, or say something we don't know, keep the spec's meaning
+        (409, None, errors.FhirVersionConflict, "merge"),
+        (412, None, errors.FhirVersionConflict, "merge"),
+        (409, hapi("exception", "something odd"), errors.FhirVersionConflict, "merge"),
+        # a conditional operation matched several resources: HAPI's 412 (0988 update, 0958 create, 0962 delete)
+        (
+            412,
+            hapi("processing", f"HAPI-0988: Failed to UPDATE resource with {MATCH_2}"),
+            errors.FhirMultipleMatches,
+            "stop",
+        ),
+        (
+            412,
+            hapi("processing", f"HAPI-0958: Failed to CREATE Goal with {MATCH_2}"),
+            errors.FhirMultipleMatches,
+            "stop",
+        ),
+        (412, hapi("processing", f"Failed to DELETE resource with {MATCH_2}"), errors.FhirMultipleMatches, "stop"),
+        (
+            412,
+            hapi("multiple-matches", "Multiple resources found matching condition"),
+            errors.FhirMultipleMatches,
+            "stop",
+        ),
+        (
+            409,
+            hapi("multiple-matches", "Conditional PUT matched multiple resources"),
+            errors.FhirMultipleMatches,
+            "stop",
+        ),
+        # other refusals that are not version conflicts
+        (409, hapi("processing", REFERENCED), errors.FhirReferenceConflict, "stop"),
+        (409, hapi("duplicate", "Goal with identifier g-1 already exists"), errors.FhirRefused, "stop"),
+        (412, hapi("duplicate", "Duplicate identifier"), errors.FhirRefused, "stop"),
+        (409, hapi("business-rule", "A completed Goal can not be reopened"), errors.FhirRefused, "stop"),
+        (412, hapi("too-costly", "Too many matches to process"), errors.FhirRefused, "stop"),
+        (
+            409,
+            hapi(
+                "processing",
+                "HAPI-1093: Can not create resource of type Goal as it would create a duplicate unique index",
+            ),
+            errors.FhirRefused,
+            "stop",
+        ),
+        # the target is gone or unknown: re-read before writing again
+        (410, hapi("deleted", "HAPI-2244: Resource Goal/5/_history/2 has been deleted"), errors.FhirGone, "merge"),
+        (410, None, errors.FhirGone, "merge"),
+        (404, hapi("deleted", "Resource Goal/5 was deleted"), errors.FhirGone, "merge"),
+        (409, hapi("deleted", "Resource Goal/5 was deleted"), errors.FhirGone, "merge"),
+        (404, hapi("not-found", "HAPI-2001: Resource Goal/5 is not known"), errors.FhirNotFound, "merge"),
+        (412, hapi("not-found", "Resource Goal/5 is not known"), errors.FhirNotFound, "merge"),
+        # diagnostics only refine 409/412: a 404 that mentions several matches is still a 404
+        (404, hapi("not-found", f"Failed to UPDATE resource with {MATCH_2}"), errors.FhirNotFound, "merge"),
+        # everything else, by status
+        (400, hapi("processing", "HAPI-0450: Failed to parse request body"), errors.FhirValidationFailed, "stop"),
+        (422, answer("hapi-422-several-issues.json"), errors.FhirValidationFailed, "stop"),
+        (401, None, errors.FhirAuthError, "stop"),
+        (403, hapi("forbidden", "Access denied"), errors.FhirAuthError, "stop"),
+        (415, hapi("not-supported", "HAPI-1895: Unsupported content type"), errors.FhirRefused, "stop"),
+        (500, hapi("exception", "HAPI-0389: Failed to call access method"), errors.FhirServerError, "retry"),
+        (503, None, errors.FhirServerError, "retry"),
+    ],
+)
+def test_refusals_are_classified_by_status_and_outcome(client, status, body, kind, decision):
+    client.mock.add(responses.POST, BASE, json=body, status=status) if body else client.mock.add(
+        responses.POST, BASE, body="", status=status
+    )
+    with pytest.raises(errors.FhirError) as err:
+        client.transaction({"resourceType": "Bundle", "type": "transaction"}, idempotent=False)
+    assert type(err.value) is kind
+    assert err.value.decision == decision
+    assert err.value.status == status
+    assert err.value.outcome == body
+
+
+def test_a_transaction_refusal_names_the_base_and_keeps_hapis_diagnostics(client):
+    body = hapi("processing", f"HAPI-0988: Failed to UPDATE resource with {MATCH_2}")
+    client.mock.add(responses.POST, BASE, json=body, status=412)
+    with pytest.raises(errors.FhirMultipleMatches) as err:
+        client.transaction({"resourceType": "Bundle", "type": "transaction"}, idempotent=True)
+    assert err.value.detail == f"POST [base] (transaction) failed: HAPI-0988: Failed to UPDATE resource with {MATCH_2}"
+    assert str(err.value).endswith("(HTTP 412)")
+    assert err.value.issue_codes == ["processing"]
+    assert len(client.mock.calls) == 1  # a refusal is never retried, even for an idempotent transaction
+
+
+def test_a_transport_error_on_a_transaction_names_the_base_and_says_retry(client):
+    client.mock.add(responses.POST, BASE, body=requests.ConnectionError("refused"))
+    with pytest.raises(errors.FhirTransportError) as err:
+        client.transaction({"resourceType": "Bundle"}, idempotent=False)
+    assert err.value.detail == "POST [base] (transaction): ConnectionError"
+    assert err.value.decision == "retry"
+
+
+def test_issue_codes_list_every_issue_and_the_first_known_error_code_decides(client):
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "warning", "code": "informational", "diagnostics": "note"},
+            {"severity": "error", "code": "exception", "diagnostics": "unknown to the table"},
+            {"severity": "error", "code": "duplicate", "diagnostics": "identifier already used"},
+        ],
+    }
+    client.mock.add(responses.PUT, f"{BASE}/Goal/1", json=body, status=409)
+    with pytest.raises(errors.FhirRefused) as err:
+        client.request("PUT", "Goal/1", json={"resourceType": "Goal"})
+    assert err.value.issue_codes == ["informational", "exception", "duplicate"]
+    assert err.value.detail == "PUT Goal/1 failed: note; unknown to the table; identifier already used"
+
+
+def test_every_error_class_has_a_decision():
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.FhirError)]
+    assert {c.__name__: c.decision for c in classes} == {
+        "FhirError": "stop",
+        "FhirTransportError": "retry",
+        "FhirNotFound": "merge",
+        "FhirGone": "merge",
+        "FhirVersionConflict": "merge",
+        "FhirMultipleMatches": "stop",
+        "FhirReferenceConflict": "stop",
+        "FhirRefused": "stop",
+        "FhirValidationFailed": "stop",
+        "FhirAuthError": "stop",
+        "FhirServerError": "retry",
+        "FhirAmbiguous": "stop",
+    }
+    assert issubclass(errors.FhirGone, errors.FhirNotFound)  # callers catching FhirNotFound still merge
+    assert errors.FhirError("x").issue_codes == []
