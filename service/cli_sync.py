@@ -53,8 +53,17 @@ def sync_push(plan_ids: tuple[str, ...], push_all: bool) -> None:
     if bool(plan_ids) == push_all:
         raise click.UsageError("give --plan ID (one or more) or --all")
     engine = _engine()
-    results = _run(engine.push_all) if push_all else [_run(lambda p=p: engine.push(p)) for p in plan_ids]
-    _emit([dataclasses.asdict(r) for r in results])
+    results: list[dict[str, Any]] = []
+    failures = []
+    for plan_id in _run(engine.plan_ids) if push_all else plan_ids:
+        try:
+            results.append(dataclasses.asdict(engine.push(plan_id)))
+        except PlanbridgeError as exc:  # recorded on the plan as its last_error; the other plans go on
+            failures.append(f"{plan_id}: {exc.code}: {exc.detail}")
+            results.append({"plan_id": plan_id, "status": "failed", "error": f"{exc.code}: {exc.detail}"})
+    _emit(results)
+    if failures:
+        raise click.ClickException("; ".join(failures)[:4000])
 
 
 @sync.command("pull")

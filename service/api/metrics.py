@@ -54,6 +54,11 @@ class StoreCollector(Collector):
         sync_lag = GaugeMetricFamily(
             "planbridge_sync_lag_seconds", "How long the oldest plan change not yet on the FHIR server has waited"
         )
+        failed = GaugeMetricFamily(
+            "planbridge_plans_failed",
+            "Plans whose last push failed, by the kind of failure (e.g. FhirMultipleMatches, FhirTransportError)",
+            labels=["reason"],
+        )
         by_sender = GaugeMetricFamily(
             "planbridge_events_by_sender",
             "Team events received, by sender and HTTP answer",
@@ -86,12 +91,18 @@ class StoreCollector(Collector):
                 sa.select(SyncStateRow.status, sa.func.count()).group_by(SyncStateRow.status)
             ):
                 plans.add_metric([status], n)
+            reasons: dict[str, int] = {}
+            for (error,) in conn.execute(sa.select(SyncStateRow.last_error).where(SyncStateRow.status == "failed")):
+                reason = (error or "unknown").split(":", 1)[0][:64]
+                reasons[reason] = reasons.get(reason, 0) + 1
+            for reason, n in sorted(reasons.items()):
+                failed.add_metric([reason], n)
             oldest = conn.execute(sa.select(sa.func.min(OutboxRow.created_at)).where(OutboxRow.status == "pending"))
             lag.add_metric([], _age(oldest.scalar_one_or_none()))
             synced = sa.select(SyncStateRow.plan_id).where(SyncStateRow.status.in_(("in_sync", "conflicted")))
             unsynced = conn.execute(sa.select(sa.func.min(PlanRow.updated_at)).where(PlanRow.id.not_in(synced)))
             sync_lag.add_metric([], _age(unsynced.scalar_one_or_none()))
-        yield from (events, by_sender, outbox, conflicts, plans, lag, sync_lag)
+        yield from (events, by_sender, outbox, conflicts, plans, failed, lag, sync_lag)
 
 
 class CommitCollector(Collector):

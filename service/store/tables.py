@@ -132,6 +132,9 @@ class SyncStateRow(Base):
     last_pulled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     last_error: Mapped[str | None] = mapped_column(sa.Text, nullable=True)
     last_outcome: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)
+    # Set just before a push is sent, cleared once its outcome is recorded: still set means the
+    # server may hold what the plan's links and merge base do not know about yet.
+    push_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class ConflictRow(Base):

@@ -111,6 +111,9 @@ def _next_sequence(insert: Any) -> Prepared:
 _NEXT_SEQUENCE = {"postgresql": _next_sequence(postgresql.insert), "sqlite": _next_sequence(sqlite.insert)}
 
 
+PUSH_KINDS = ("push_plan", "push_goal")  # outbox entries that write to the FHIR server
+
+
 class RecordedAnswer(NamedTuple):
     """What was answered to a webhook id, and a digest of the body it came with."""
 
@@ -290,9 +293,24 @@ class OutboxRepository:
             other.claimed_at.is_not(None),
             other.id != OutboxRow.id,
         )
+        # A push of a plan whose earlier push is backing off waits too: every team event queues a
+        # push, and a refusal that retrying cannot fix must not be met again once per event.
+        backing_off = sa.select(other.id).where(
+            other.plan_id == OutboxRow.plan_id,
+            other.status == "pending",
+            other.kind.in_(PUSH_KINDS),
+            other.attempts > 0,
+            other.next_attempt_at > now,
+            other.id < OutboxRow.id,
+        )
         query = (
             sa.select(OutboxRow)
-            .where(OutboxRow.status == "pending", OutboxRow.next_attempt_at <= now, ~plan_held.exists())
+            .where(
+                OutboxRow.status == "pending",
+                OutboxRow.next_attempt_at <= now,
+                ~plan_held.exists(),
+                sa.or_(OutboxRow.kind.not_in(PUSH_KINDS), ~backing_off.exists()),
+            )
             .order_by(OutboxRow.id)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -384,6 +402,15 @@ class FhirLinkRepository:
         """Return every link of a plan."""
         return list(self._session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id == plan_id)))
 
+    def forget(self, plan_id: str, local_keys: list[str]) -> None:
+        """Drop links to resources the server no longer holds (deleted in the EHR)."""
+        if not local_keys:
+            return
+        self._session.execute(
+            sa.delete(FhirLinkRow).where(FhirLinkRow.plan_id == plan_id, FhirLinkRow.local_key.in_(local_keys))
+        )
+        self._by_plan.pop(plan_id, None)
+
 
 class SyncRepository:
     """Each plan's sync state, its open conflicts, and named cursors."""
@@ -425,6 +452,10 @@ class SyncRepository:
         if status is not None:
             query = query.where(ConflictRow.status == status)
         return list(self._session.scalars(query))
+
+    def close_conflict(self, row: ConflictRow, resolution: str, now: datetime) -> None:
+        """Mark a conflict resolved (`ours`, `theirs`, `value`, or `converged` when both sides came to agree)."""
+        row.status, row.resolution, row.resolved_at = "resolved", resolution, now
 
     def open_conflict_counts(self, plan_ids: list[str]) -> dict[str, int]:
         """Return how many open conflicts each of these plans has (plans with none are left out)."""

@@ -14,7 +14,7 @@ from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import set_path, strip_bookkeeping
+from service.sync.merge import get_path, set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
 from service.sync.push import Pusher, PushResult
 
@@ -30,6 +30,7 @@ class SyncStatus:
     last_pushed_at: str | None
     last_pulled_at: str | None
     last_error: str | None
+    last_outcome: dict[str, Any] | None  # the server's OperationOutcome for the last refusal
     resources: list[dict[str, Any]]
     conflicts: list[dict[str, Any]]
 
@@ -59,18 +60,17 @@ class SyncEngine:
         self.pusher = Pusher(uow, client, settings, clock, on_conflict=self._merge_after_conflict)
 
     def _merge_after_conflict(self, plan_id: str) -> bool:
-        outcome = self.puller.pull_plans([plan_id]).outcomes.get(plan_id)
-        return outcome in ("merged", "updated", "unchanged")
+        outcome = self.puller.pull_plans([plan_id], queue_push=False).outcomes.get(plan_id)
+        return outcome in ("merged", "updated", "unchanged", "conflicted")
 
     def push(self, plan_id: str) -> PushResult:
         """Push one plan (zero requests when unchanged)."""
         return self.pusher.push(plan_id)
 
-    def push_all(self) -> list[PushResult]:
-        """Push every plan that is not conflicted."""
+    def plan_ids(self) -> list[str]:
+        """Return the id of every plan."""
         with self.uow:
-            plan_ids = self.uow.plans.ids()
-        return [self.push(plan_id) for plan_id in plan_ids]
+            return self.uow.plans.ids()
 
     def pull_plans(self, plan_ids: list[str]) -> PullResult:
         """Pull named plans."""
@@ -112,6 +112,7 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
             last_pushed_at=state.last_pushed_at.isoformat() if state.last_pushed_at else None,
             last_pulled_at=state.last_pulled_at.isoformat() if state.last_pulled_at else None,
             last_error=state.last_error,
+            last_outcome=state.last_outcome,
             resources=[
                 {"key": x.local_key, "type": x.resource_type, "id": x.fhir_id, "version": x.version_id} for x in links
             ],
@@ -132,8 +133,9 @@ def resolve_conflict(
             raise Conflict(f"conflict {conflict_id} is already {conflict.status}", conflict_id=conflict_id)
         plan = uow.plans.get(conflict.plan_id)
         assert plan is not None
-        chosen = {"ours": conflict.ours, "theirs": conflict.theirs, "value": value}[choice]
         document = codec.to_dict(plan)
+        # "ours" is the plan's value now: the team may have changed it again since the conflict arose.
+        chosen = {"ours": get_path(document, conflict.path), "theirs": conflict.theirs, "value": value}[choice]
         try:
             set_path(document, conflict.path, chosen)
             resolved = codec.from_dict(Plan, document)
@@ -144,10 +146,11 @@ def resolve_conflict(
             raise RuleViolation(f"that value breaks a rule: {problems[0].path}: {problems[0].message}")
         resolved.touch(now.isoformat())
         uow.plans.save(resolved)
-        conflict.status, conflict.resolution, conflict.resolved_at = "resolved", choice, now
+        uow.sync.close_conflict(conflict, choice, now)
         uow.flush()
-        if not uow.sync.conflicts(conflict.plan_id):
-            uow.sync.state(conflict.plan_id).status = "pending"
-            uow.outbox.add(conflict.plan_id, "push_plan", None, None, now)
+        # The resolved path is no longer held: the next push sends it (with If-Match on the
+        # versions last seen, so a newer EHR edit is a new conflict rather than overwritten).
+        uow.sync.state(conflict.plan_id).status = "conflicted" if uow.sync.conflicts(conflict.plan_id) else "pending"
+        uow.outbox.add(conflict.plan_id, "push_plan", None, None, now)
         uow.commit()
         return conflict_dict(conflict)

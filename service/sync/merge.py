@@ -8,6 +8,7 @@ document keeps our value there until someone resolves it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,14 +105,50 @@ def set_path(document: dict[str, Any], path: str, value: Any) -> None:
     last = parts[-1]
     if isinstance(last, tuple):
         key, ident = last
-        items = [i for i in target if i.get(key) != ident]
-        if value is not None:
-            items.append(value)
-        target[:] = items
+        at = next((n for n, i in enumerate(target) if str(i.get(key)) == ident), None)
+        if at is None:
+            if value is not None:
+                target.append(value)
+        elif value is None:
+            del target[at]
+        else:
+            target[at] = value  # in place: the order of the list is part of the plan
     elif value is None:
         target.pop(last, None)
     else:
         target[last] = value
+
+
+def get_path(document: dict[str, Any], path: str) -> Any:
+    """Return the value at a conflict path inside a plan document, None when it is absent."""
+    target: Any = document
+    for part in _split(path):
+        try:
+            target = _step(target, part, create=False)
+        except (KeyError, TypeError):
+            return None
+    return target
+
+
+def under(path: str, other: str) -> bool:
+    """Return True when `path` is `other` or lies inside it (`goals[id=g].status` under `goals[id=g]`)."""
+    return path == other or path.startswith((f"{other}.", f"{other}["))
+
+
+def mask(document: dict[str, Any], held: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of a plan document with the value at each held path replaced by the given one.
+
+    A push of a plan with open conflicts sends this: every conflicted path carries the server's
+    value, so the server keeps it until someone resolves the conflict. Inner paths go first, so a
+    held parent (a goal the EHR deleted) wins over a held child.
+    """
+    out = copy.deepcopy(document)
+    for path in sorted(held, key=len, reverse=True):
+        try:
+            set_path(out, path, copy.deepcopy(held[path]))
+        except (KeyError, TypeError, AttributeError):
+            continue  # the item holding the path is gone from the plan: nothing of it is sent
+    return out
 
 
 def _split(path: str) -> list[Any]:

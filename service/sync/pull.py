@@ -8,6 +8,7 @@ name in one more. Incremental pulls first ask which plans changed since the last
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from service.fhir.client import FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import changed_paths, strip_bookkeeping, three_way_merge
+from service.sync.merge import changed_paths, get_path, mask, set_path, strip_bookkeeping, three_way_merge
 from service.sync.push import bundle_digest, local_key
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,17 @@ class Puller:
         ]
         return [(careplan, index) for careplan in plans]
 
-    def pull_plans(self, plan_ids: list[str]) -> PullResult:
-        """Pull the named plans and merge each into its shared plan."""
+    def pull_plans(self, plan_ids: list[str], *, queue_push: bool = True) -> PullResult:
+        """Pull the named plans and merge each into its shared plan.
+
+        `queue_push=False` when the caller pushes right after (a push re-reading after a refusal),
+        so what the merge leaves to send is not queued a second time.
+        """
         result = PullResult()
         for chunk in _chunks(sorted(set(plan_ids))):
             condition = ",".join(f"{self._system('plan')}|{plan_id}" for plan_id in chunk)
             for careplan, index in self.fetch([("identifier", condition)], result):
-                self.merge(careplan, index, result)
+                self.merge(careplan, index, result, queue_push=queue_push)
         for plan_id in plan_ids:
             result.outcomes.setdefault(plan_id, "not-on-server")
         return result
@@ -154,7 +159,9 @@ class Puller:
             self.uow.commit()
         return result
 
-    def merge(self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult) -> None:
+    def merge(
+        self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult, *, queue_push: bool = True
+    ) -> None:
         """Merge one pulled CarePlan (and what it references) into its shared plan.
 
         What the server sends is untrusted: a CarePlan that does not map is reported for its plan
@@ -180,10 +187,10 @@ class Puller:
             if ours is None:
                 theirs.touch(now.isoformat())
                 self.uow.plans.save(theirs)
-                outcome, merged_doc, saved = "new", theirs_doc, theirs.version
+                outcome, merged_doc, saved, queued = "new", theirs_doc, theirs.version, False
                 changed = ["*"]
             else:
-                outcome, merged_doc, saved = self._merge_into(ours, state, theirs_doc, now)
+                outcome, merged_doc, saved, queued = self._merge_into(ours, state, theirs_doc, now, queue_push)
                 changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
             if saved is not None:  # the plan changed: subscribed team systems hear of it
                 record_change(
@@ -197,17 +204,21 @@ class Puller:
                     },
                     now,
                 )
+            # The merge base is what the server holds now. Open conflicts are not lost by this:
+            # they hold their paths (see _merge_into) until someone resolves them.
             state.base_document = theirs_doc
             state.last_pulled_at = now
-            if outcome in ("new", "updated", "unchanged"):
-                state.status = "in_sync"
-                plan = codec.from_dict(Plan, merged_doc)
+            if outcome in ("new", "updated", "unchanged") or (outcome == "conflicted" and not queued):
+                # Nothing of ours is waiting to go: the next push of this same plan costs nothing.
+                plan = codec.from_dict(Plan, self._held(theirs.id, merged_doc, theirs_doc))
                 patient = self.uow.links.get(theirs.id, "patient")
                 state.pushed_hash = bundle_digest(
                     plan_to_bundle(
                         plan, self.base, self.settings.mrn_system, f"Patient/{patient.fhir_id}" if patient else None
                     )
                 )
+                if outcome != "conflicted":
+                    state.status = "in_sync"
             self.uow.commit()
         result.outcomes[theirs.id] = outcome
         log.info("plan %s pulled: %s", theirs.id, outcome)
@@ -216,30 +227,57 @@ class Puller:
         ours = [i.get("value") for i in careplan.get("identifier", []) if i.get("system") == self._system("plan")]
         return ours[0] if ours and ours[0] else f"careplan-{careplan.get('id', 'new')}"
 
+    def _held(self, plan_id: str, document: dict[str, Any], theirs_doc: dict[str, Any]) -> dict[str, Any]:
+        """Return what a push would send: the document with each open conflict's path at the server's value."""
+        rows = self.uow.sync.conflicts(plan_id)
+        return mask(document, {row.path: get_path(theirs_doc, row.path) for row in rows}) if rows else document
+
     def _merge_into(
-        self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime
-    ) -> tuple[str, dict[str, Any], int | None]:
+        self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime, queue_push: bool = True
+    ) -> tuple[str, dict[str, Any], int | None, bool]:
+        """Merge the server's plan into ours; return (outcome, merged document, saved version, push queued).
+
+        A field with an open conflict is held: the plan keeps the team's value, the server keeps
+        its own, and the conflict follows the server's newest value until someone resolves it. Only
+        when the team's value comes to equal the server's does it close by itself ("converged").
+        """
         ours_doc = strip_bookkeeping(codec.to_dict(ours))
         base_doc = state.base_document if state.base_document is not None else ours_doc
-        merged_doc, conflicts = three_way_merge(base_doc, ours_doc, theirs_doc)
-        open_paths = {c.path for c in self.uow.sync.conflicts(ours.id)}
-        for conflict in conflicts:
-            if conflict.path not in open_paths:
+        merged_doc, found = three_way_merge(base_doc, ours_doc, theirs_doc)
+        open_rows = self.uow.sync.conflicts(ours.id)
+        for row in open_rows:
+            mine, server = get_path(ours_doc, row.path), get_path(theirs_doc, row.path)
+            if mine in (server, row.theirs):
+                # The team took the EHR's value (the one it holds now, or the one the conflict showed):
+                # nothing is left to decide, and the server's value stands.
+                self.uow.sync.close_conflict(row, "converged", now)
+                continue
+            row.ours, row.theirs = mine, server
+            with contextlib.suppress(KeyError, TypeError):  # the item holding the path may be gone
+                set_path(merged_doc, row.path, mine)
+        held = {row.path for row in open_rows if row.status == "open"}
+        for conflict in found:
+            if conflict.path not in held:
                 self.uow.sync.add_conflict(ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now)
+                held.add(conflict.path)
+        self.uow.flush()
         saved = None
         if merged_doc != ours_doc:
             merged = codec.from_dict(Plan, {**merged_doc, "version": ours.version, "updated_at": ours.updated_at})
             merged.touch(now.isoformat())
             self.uow.plans.save(merged)
             saved = merged.version
-        if conflicts:
-            state.status = "conflicted"
-            return "conflicted", merged_doc, saved
-        if merged_doc != theirs_doc:
-            state.status = "pending"
+        # What the server lacks besides the held paths goes out in a push, conflicts or not.
+        queued = self._held(ours.id, merged_doc, theirs_doc) != theirs_doc
+        if queued and queue_push:
             self.uow.outbox.add(ours.id, "push_plan", None, None, now)
-            return "merged", merged_doc, saved
-        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved
+        if held:
+            state.status = "conflicted"
+            return "conflicted", merged_doc, saved, queued
+        if queued:
+            state.status = "pending"
+            return "merged", merged_doc, saved, queued
+        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved, queued
 
     def _record_versions(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any], now: datetime) -> None:
         seen: dict[str, dict[str, Any]] = {}
@@ -257,6 +295,22 @@ class Puller:
             if rtype != "Patient" and not self._belongs(resource, plan_id):
                 continue
             self.uow.links.record(plan_id, key, rtype, fhir_id, version, now)
+        self._forget_deleted(plan_id, careplan, index)
+
+    def _forget_deleted(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any]) -> None:
+        """Drop links to resources the plan names but the server no longer has (deleted in the EHR).
+
+        The next push then neither writes to them by id (a 404/410 forever) nor brings them back,
+        unless the plan kept them (a conflict resolved in favour of the team's change).
+        """
+        named = {r.get("reference", "") for r in [*careplan.get("goal", []), *careplan.get("careTeam", [])]}
+        for resource in index.values():
+            if resource.get("resourceType") == "Goal":
+                named.update(r.get("reference", "") for r in resource.get("outcomeReference", []))
+        missing = {ref for ref in named if ref.count("/") == 1 and ref not in index}
+        links = self.uow.links.for_plan(plan_id)
+        gone = [link.local_key for link in links if f"{link.resource_type}/{link.fhir_id}" in missing]
+        self.uow.links.forget(plan_id, gone)
 
     def _belongs(self, resource: dict[str, Any], plan_id: str) -> bool:
         systems = {self._system(k) for k in ("plan", "careteam", "goal", "checkin")}

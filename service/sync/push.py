@@ -21,13 +21,13 @@ from mappings import codes
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import validate_bundle
 from service.domain import codec
-from service.domain.errors import NotFound
+from service.domain.errors import NotFound, PlanbridgeError
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
-from service.fhir.errors import FhirVersionConflict
+from service.fhir.errors import FhirError, FhirTransportError
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import strip_bookkeeping
+from service.sync.merge import mask, strip_bookkeeping
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,19 @@ def _pin_versions(bundle: dict[str, Any], versions: dict[str, tuple[str, str, st
 
 @dataclass
 class _Snapshot:
-    plan: Plan
+    plan: Plan  # the plan as it stands
+    sent: Plan  # what goes to the server: the plan with each open conflict's path at the server's value
     bundle: dict[str, Any]
     digest: str
     requests: int
     patient_ref: str | None
 
 
+RECONCILE = "reconcile"  # an earlier push's outcome was never recorded: read the server first
+
+
 class Pusher:
-    """Pushes plans; `on_conflict(plan_id)` pulls and merges, returning True when the merge was clean."""
+    """Pushes plans; `on_conflict(plan_id)` re-reads and merges the plan, returning True when it could."""
 
     def __init__(
         self,
@@ -138,51 +142,108 @@ class Pusher:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
         self.on_conflict = on_conflict
 
-    def _snapshot(self, plan_id: str) -> _Snapshot | PushResult:
+    def _snapshot(self, plan_id: str) -> _Snapshot | PushResult | str:
         with self.uow:
             plan = self.uow.plans.get(plan_id)
             if plan is None:
                 raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
-            if self.uow.sync.state(plan_id).status == "conflicted":
-                return PushResult(plan_id, "conflicted", 0)
+            if self.uow.sync.state(plan_id).push_started_at is not None and self.on_conflict is not None:
+                return RECONCILE
             link = self.uow.links.get(plan_id, "patient")
             linked_id = link.fhir_id if link is not None else None
         # No transaction is open while the server is asked (on SQLite one would hold the write lock).
         patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
         with self.uow:
             state = self.uow.sync.state(plan_id)
-            if state.status == "conflicted":
-                return PushResult(plan_id, "conflicted", spent)
-            bundle = plan_to_bundle(plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+            held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
+            sent = plan
+            if held:  # conflicted paths go out as the server has them, so it keeps them until resolved
+                sent = codec.from_dict(Plan, {**mask(codec.to_dict(plan), held)})
+            bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
             digest = bundle_digest(bundle)
-            if state.pushed_hash == digest and state.status == "in_sync":
-                return PushResult(plan_id, "in_sync", spent)
+            if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
+                return PushResult(plan_id, state.status, spent)
             validate_bundle(bundle)
             links = {
                 link.local_key: (link.resource_type, link.fhir_id, link.version_id)
                 for link in self.uow.links.for_plan(plan_id)
             }
             _pin_versions(bundle, links, self.settings.identifier_base)
-            return _Snapshot(plan, bundle, digest, spent, patient_ref)
+            return _Snapshot(plan, sent, bundle, digest, spent, patient_ref)
 
-    def push(self, plan_id: str, retry_after_merge: bool = True) -> PushResult:
-        """Bring the server up to date with the plan; one transaction when it changed, none when not."""
+    def _mark_in_flight(self, plan_id: str, started: datetime | None) -> None:
+        with self.uow:
+            self.uow.sync.state(plan_id).push_started_at = started
+            self.uow.commit()
+
+    def push(self, plan_id: str) -> PushResult:
+        """Bring the server up to date with the plan; one transaction when it changed, none when not.
+
+        A refusal that means "the server is not what we last saw" (a version conflict, a resource
+        deleted in the EHR: `decision == "merge"`) is answered by re-reading and merging the plan,
+        then one more try at most. Every other failure is recorded on the plan (`last_error`, and the
+        server's OperationOutcome) and raised, for the outbox to back off on or the operator to read.
+        """
+        try:
+            return self._push(plan_id, retry_after_merge=True)
+        except PlanbridgeError as exc:
+            self._record_failure(plan_id, exc)
+            raise
+
+    def _push(self, plan_id: str, retry_after_merge: bool) -> PushResult:
+        spent = 0
         snapshot = self._snapshot(plan_id)
-        if isinstance(snapshot, PushResult):
-            return snapshot
+        if snapshot == RECONCILE:
+            assert self.on_conflict is not None
+            log.info("plan %s: an earlier push's outcome is unknown; reading the server first", plan_id)
+            before = self.client.requests_sent
+            self.on_conflict(plan_id)
+            spent = self.client.requests_sent - before
+            self._mark_in_flight(plan_id, None)
+            snapshot = self._snapshot(plan_id)
+        if not isinstance(snapshot, _Snapshot):
+            assert isinstance(snapshot, PushResult)
+            return PushResult(plan_id, snapshot.status, spent + snapshot.requests)
+        spent += snapshot.requests
+        self._mark_in_flight(plan_id, self.clock())
         try:
             answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
-        except FhirVersionConflict:
-            log.info("plan %s: the server changed since the last sync; pulling to merge", plan_id)
-            clean = self.on_conflict(plan_id) if self.on_conflict else False
-            if clean and retry_after_merge:
-                again = self.push(plan_id, retry_after_merge=False)
-                return PushResult(plan_id, again.status, snapshot.requests + 1 + again.requests, again.resources)
-            return PushResult(plan_id, "conflicted" if not clean else "pending", snapshot.requests + 1)
+        except FhirTransportError as exc:
+            if exc.sent:
+                raise  # the server may have applied it: the in-flight mark stays, the next push reads first
+            self._mark_in_flight(plan_id, None)
+            raise
+        except FhirError as exc:
+            self._mark_in_flight(plan_id, None)  # the server answered: a transaction is all or nothing
+            if exc.decision != "merge" or self.on_conflict is None:
+                raise
+            log.info("plan %s: the server changed since the last sync (HTTP %s); reading it", plan_id, exc.status)
+            if not self.on_conflict(plan_id):
+                raise
+            if not retry_after_merge:
+                return PushResult(plan_id, self._status(plan_id), spent + 1)
+            again = self._push(plan_id, retry_after_merge=False)
+            return PushResult(plan_id, again.status, spent + 1 + again.requests, again.resources)
         self._record(snapshot, answer)
         count = len(snapshot.bundle["entry"])
         log.info("plan %s pushed: %d resources in one transaction", plan_id, count)
-        return PushResult(plan_id, "in_sync", snapshot.requests + 1, count)
+        return PushResult(plan_id, self._status(plan_id), spent + 1, count)
+
+    def _record_failure(self, plan_id: str, exc: PlanbridgeError) -> None:
+        with self.uow:
+            if self.uow.plans.get(plan_id) is None:
+                return
+            state = self.uow.sync.state(plan_id)
+            state.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            outcome = getattr(exc, "outcome", None)
+            state.last_outcome = outcome if isinstance(outcome, dict) else None
+            if state.status != "conflicted":
+                state.status = "failed"
+            self.uow.commit()
+
+    def _status(self, plan_id: str) -> str:
+        with self.uow:
+            return self.uow.sync.state(plan_id).status
 
     def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> None:
         now = self.clock()
@@ -198,14 +259,20 @@ class Pusher:
                 self.uow.links.record(snapshot.plan.id, "patient", rtype, fhir_id, None, now)
             state = self.uow.sync.state(snapshot.plan.id)
             current = self.uow.plans.get(snapshot.plan.id)
-            state.base_document = strip_bookkeeping(codec.to_dict(snapshot.plan))
+            state.base_document = strip_bookkeeping(codec.to_dict(snapshot.sent))
             # Remember the Bundle the next push would build for this same plan: by now the Patient
             # is known by its server id, so that Bundle names it literally.
             patient = self.uow.links.get(snapshot.plan.id, "patient")
             patient_ref = f"Patient/{patient.fhir_id}" if patient else snapshot.patient_ref
             state.pushed_hash = bundle_digest(
-                plan_to_bundle(snapshot.plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+                plan_to_bundle(snapshot.sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
             )
-            state.status = "in_sync" if current and current.version == snapshot.plan.version else "pending"
-            state.last_pushed_at, state.last_error = now, None
+            if self.uow.sync.conflicts(snapshot.plan.id):
+                state.status = "conflicted"
+            elif current and current.version == snapshot.plan.version and snapshot.sent is snapshot.plan:
+                state.status = "in_sync"
+            else:  # changed since, or a conflict was resolved since: a push is queued for it
+                state.status = "pending"
+            state.last_pushed_at, state.last_error, state.push_started_at = now, None, None
+            state.last_outcome = None
             self.uow.commit()

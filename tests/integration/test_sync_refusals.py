@@ -1,0 +1,77 @@
+"""Refusals that are not version conflicts stop, are recorded, and back off: no retry storm.
+
+A conditional update that matches several resources (HAPI answers 412) used to be taken for a version
+conflict: pull, "merged", a new push queued, 412 again, thousands of transactions a minute and no error
+recorded. It is a data problem that retrying never fixes.
+"""
+
+import json
+import uuid
+from datetime import timedelta
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from service.api.metrics import StoreCollector
+from service.domain import codec
+from service.domain.model import Plan
+from service.fhir.client import FhirClient
+from service.store.uow import UnitOfWork
+from service.sync.engine import sync_status
+from service.sync.worker import OutboxWorker
+from tests.support import FIXTURES, Clock, settings
+
+
+def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_off(engine, fhir_base_url):
+    config = settings(fhir_base_url=fhir_base_url)
+    clock = Clock()
+    client = FhirClient(fhir_base_url, timeout=10, sleep=lambda _s: None)
+    worker = OutboxWorker(UnitOfWork(engine), client, config, clock)
+    plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
+    plan.id = f"plan-dup-{uuid.uuid4().hex[:6]}"
+    plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
+    goal = plan.goals[0]
+    # The EHR (or a server's concurrency bug) holds two Goals with the identifier of one of ours.
+    ehr = FhirClient(fhir_base_url, timeout=10)
+    for _ in range(2):
+        ehr.request(
+            "POST",
+            "Goal",
+            json={
+                "resourceType": "Goal",
+                "identifier": [{"system": f"{config.identifier_base}/goal", "value": f"{plan.id}/{goal.id}"}],
+                "lifecycleStatus": "active",
+                "description": {"text": "a copy"},
+                "subject": {"display": "someone"},
+            },
+        )
+    with UnitOfWork(engine) as uow:  # the plan, and six team events' pushes queued behind each other
+        plan.touch(clock().isoformat())
+        uow.plans.save(plan)
+        for _ in range(6):
+            uow.outbox.add(plan.id, "push_plan", None, None, clock())
+        uow.commit()
+
+    windows = []
+    for _ in range(4):  # four backoff windows: in each, one attempt at most
+        before = client.requests_sent
+        worker.run_until_idle()
+        windows.append(client.requests_sent - before)
+        clock.now += timedelta(minutes=20)  # past any backoff so far (capped at 15 minutes)
+    assert all(1 <= n <= 3 for n in windows), windows  # a Patient lookup and the one transaction
+
+    status = sync_status(UnitOfWork(engine), plan.id)
+    assert status.status == "failed"
+    assert status.last_error.startswith("FhirMultipleMatches: POST [base] (transaction) failed")
+    assert status.last_outcome["resourceType"] == "OperationOutcome"
+    with UnitOfWork(engine) as uow:
+        entries = uow.outbox.list(plan.id)
+    assert sorted(e.attempts for e in entries) == [0, 0, 0, 0, 0, 4]  # the others wait behind it
+    assert all(e.status == "pending" for e in entries)
+    # nothing was written: the two copies are untouched and no third one appeared
+    copies = ehr.search("Goal", {"identifier": f"{config.identifier_base}/goal|{plan.id}/{goal.id}"})
+    assert [c["meta"]["versionId"] for c in copies] == ["1", "1"]
+
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(engine))
+    assert 'planbridge_plans_failed{reason="FhirMultipleMatches"} 1.0' in generate_latest(registry).decode()
