@@ -187,21 +187,21 @@ class Puller:
             if ours is None:
                 theirs.touch(now.isoformat())
                 self.uow.plans.save(theirs)
-                outcome, merged_doc, saved, queued = "new", theirs_doc, theirs.version, False
+                outcome, merged_doc, saved, queued, opened = "new", theirs_doc, theirs.version, False, []
                 changed = ["*"]
             else:
-                outcome, merged_doc, saved, queued = self._merge_into(ours, state, theirs_doc, now, queue_push)
+                outcome, merged_doc, saved, queued, opened = self._merge_into(ours, state, theirs_doc, now, queue_push)
                 changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
-            if saved is not None:  # the plan changed: subscribed team systems hear of it
+            if saved is not None or opened:  # subscribed team systems hear of a change, and of a new conflict
+                change = {"outcome": outcome, "careplan_id": careplan.get("id"), "paths": changed[:50]}
+                if opened:
+                    change["conflicts"] = opened[:50]
+                version = saved if saved is not None else ours.version if ours is not None else theirs.version
                 record_change(
                     self.uow,
                     theirs.id,
                     "ehr.plan_changed",
-                    {
-                        "plan_version": saved,
-                        "source": "ehr",
-                        "change": {"outcome": outcome, "careplan_id": careplan.get("id"), "paths": changed[:50]},
-                    },
+                    {"plan_version": version, "source": "ehr", "change": change},
                     now,
                 )
             # The merge base is what the server holds now. Open conflicts are not lost by this:
@@ -234,8 +234,10 @@ class Puller:
 
     def _merge_into(
         self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime, queue_push: bool = True
-    ) -> tuple[str, dict[str, Any], int | None, bool]:
-        """Merge the server's plan into ours; return (outcome, merged document, saved version, push queued).
+    ) -> tuple[str, dict[str, Any], int | None, bool, list[str]]:
+        """Merge the server's plan into ours.
+
+        Return (outcome, merged document, saved version, push queued, paths of conflicts opened now).
 
         A field with an open conflict is held: the plan keeps the team's value, the server keeps
         its own, and the conflict follows the server's newest value until someone resolves it. Only
@@ -256,10 +258,12 @@ class Puller:
             with contextlib.suppress(KeyError, TypeError):  # the item holding the path may be gone
                 set_path(merged_doc, row.path, mine)
         held = {row.path for row in open_rows if row.status == "open"}
+        opened = []
         for conflict in found:
             if conflict.path not in held:
                 self.uow.sync.add_conflict(ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now)
                 held.add(conflict.path)
+                opened.append(conflict.path)
         self.uow.flush()
         saved = None
         if merged_doc != ours_doc:
@@ -273,11 +277,11 @@ class Puller:
             self.uow.outbox.add(ours.id, "push_plan", None, None, now)
         if held:
             state.status = "conflicted"
-            return "conflicted", merged_doc, saved, queued
+            return "conflicted", merged_doc, saved, queued, opened
         if queued:
             state.status = "pending"
-            return "merged", merged_doc, saved, queued
-        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved, queued
+            return "merged", merged_doc, saved, queued, opened
+        return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved, queued, opened
 
     def _record_versions(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any], now: datetime) -> None:
         seen: dict[str, dict[str, Any]] = {}

@@ -9,6 +9,7 @@ import json
 import uuid
 from datetime import timedelta
 
+import pytest
 from prometheus_client import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
@@ -17,7 +18,7 @@ from service.domain import codec
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
 from service.store.uow import UnitOfWork
-from service.sync.engine import sync_status
+from service.sync.engine import SyncEngine, sync_status
 from service.sync.worker import OutboxWorker
 from tests.support import FIXTURES, Clock, settings
 
@@ -75,3 +76,64 @@ def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_o
     registry = CollectorRegistry()
     registry.register(StoreCollector(engine))
     assert 'planbridge_plans_failed{reason="FhirMultipleMatches"} 1.0' in generate_latest(registry).decode()
+
+
+def _world(engine, fhir_base_url):
+    config = settings(fhir_base_url=fhir_base_url)
+    client = FhirClient(fhir_base_url, timeout=10, sleep=lambda _s: None)
+    sync = SyncEngine(UnitOfWork(engine), client, config, Clock())
+    plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
+    plan.id = f"plan-del-{uuid.uuid4().hex[:6]}"
+    plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
+    with UnitOfWork(engine) as uow:
+        plan.touch("2026-11-22T10:00:00+00:00")
+        uow.plans.save(plan)
+        uow.subscriptions.add("https://team.example.org/hook", ["*"], "whsec_x", None, Clock()())
+        uow.commit()
+    assert sync.push(plan.id).status == "in_sync"
+    return config, client, sync, plan
+
+
+def _team_changes_goal(engine, plan_id: str, goal_id: str, reason: str) -> None:
+    with UnitOfWork(engine) as uow:
+        plan = uow.plans.get(plan_id)
+        plan.goal(goal_id).status_reason = reason
+        plan.touch("2026-11-22T11:00:00+00:00")
+        uow.plans.save(plan)
+        uow.commit()
+
+
+@pytest.mark.parametrize("take", ["ours", "theirs"])
+def test_a_push_to_a_goal_the_ehr_deleted_becomes_a_conflict_the_team_hears_of(engine, fhir_base_url, take):
+    config, client, sync, plan = _world(engine, fhir_base_url)
+    goal = plan.goals[0]
+    identifier = {"identifier": f"{config.identifier_base}/goal|{plan.id}/{goal.id}"}
+    ehr = FhirClient(fhir_base_url, timeout=10)
+    (on_server,) = ehr.search("Goal", identifier)
+    _team_changes_goal(engine, plan.id, goal.id, "the team's change")
+    ehr.request("DELETE", f"Goal/{on_server['id']}")
+
+    before = client.requests_sent
+    result = sync.push(plan.id)  # PUT Goal/id with If-Match: 404 -> read -> conflict, and no loop
+    assert result.status == "conflicted" and client.requests_sent - before <= 6
+    (conflict,) = sync.status(plan.id).conflicts
+    assert conflict["path"] == f"goals[id={goal.id}]" and conflict["theirs"] is None
+    assert conflict["ours"]["status_reason"] == "the team's change"
+    assert ehr.search("Goal", identifier) == []  # not brought back behind the EHR's back
+    assert sync.push(plan.id).requests == 0  # and nothing more to send while it is open
+    with UnitOfWork(engine) as uow:  # the team's systems hear of the conflict
+        (heard,) = [
+            d.payload for d in uow.deliveries.for_plan(plan.id, 50)[0] if d.payload["data"]["change"].get("conflicts")
+        ]
+    assert heard["data"]["change"]["conflicts"] == [f"goals[id={goal.id}]"]
+
+    sync.resolve(conflict["id"], take)
+    assert sync.push(plan.id).status == "in_sync"
+    found = ehr.search("Goal", identifier)
+    if take == "ours":  # the team keeps its goal: it is written again (a new resource), once
+        assert [g["statusReason"] for g in found] == ["the team's change"]
+        assert found[0]["id"] != on_server["id"]
+    else:
+        assert found == [] and sync.status(plan.id).status == "in_sync"
+        with UnitOfWork(engine) as uow:
+            assert uow.plans.get(plan.id).goal(goal.id) is None
