@@ -14,6 +14,7 @@ from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
+from service.sync.deletions import prune_goal_references
 from service.sync.merge import get_path, set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
 from service.sync.push import Pusher, PushResult
@@ -138,7 +139,7 @@ def resolve_conflict(
         chosen = {"ours": get_path(document, conflict.path), "theirs": conflict.theirs, "value": value}[choice]
         try:
             set_path(document, conflict.path, chosen)
-            resolved = codec.from_dict(Plan, document)
+            resolved = codec.from_dict(Plan, prune_goal_references(document))  # a goal given up leaves no links
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RuleViolation(f"that value does not fit {conflict.path}: {type(exc).__name__}") from None
         problems = errors(check_plan(resolved))

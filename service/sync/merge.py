@@ -195,3 +195,28 @@ def changed_paths(before: Any, after: Any, path: str = "") -> list[str]:
             out += changed_paths(b.get(k), a.get(k), f"{path}[{key}={k}]")
         return out
     return [path]
+
+
+def hold_deleted_goals(
+    deleted: set[str] | frozenset[str],
+    base: dict[str, Any],
+    ours: dict[str, Any],
+    merged: dict[str, Any],
+    found: list[FieldConflict],
+) -> list[FieldConflict]:
+    """Keep each goal the EHR deleted in the merged plan and return a conflict for it (unless one is found).
+
+    A deletion in the EHR is the team's to accept (take theirs) or undo (take ours): never silent,
+    whether or not the team changed the goal since.
+    """
+    added: list[FieldConflict] = []
+    ours_goals = {g["id"]: g for g in ours.get("goals", []) if isinstance(g, dict) and "id" in g}
+    for goal_id in sorted(deleted & set(ours_goals)):
+        path = f"goals[id={goal_id}]"
+        if not any(c.path == path for c in found):
+            added.append(FieldConflict(path, get_path(base, path), ours_goals[goal_id], None))
+        kept = {g["id"]: g for g in merged.get("goals", [])}
+        kept[goal_id] = ours_goals[goal_id]
+        order = [*ours_goals, *(g for g in kept if g not in ours_goals)]
+        merged["goals"] = [kept[g] for g in order if g in kept]
+    return added

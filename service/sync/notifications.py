@@ -8,13 +8,16 @@ https://hl7.org/fhir/R4/subscription.html, https://hl7.org/fhir/uv/subscriptions
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from mappings import codes
+from mappings import codes, fhirtext
 from service.domain.errors import InvalidInput
+from service.store.tables import SyncCursorRow
 from service.store.uow import UnitOfWork
 from service.sync.push import local_key
 
@@ -22,6 +25,13 @@ log = logging.getLogger(__name__)
 EVERYTHING = "*"  # the outbox's plan_id for "pull what changed", not one plan
 HEARD = "backport-heard:"  # cursor prefix: when a Backport subscription was last heard from
 KINDS = ("plan", "careteam", "goal", "checkin")
+# What a notification may carry, read strictly: anything else is a 400 OperationOutcome, never a 500.
+MAX_COUNT = 2**63 - 1  # event numbers and counts are integer64 (Backport R4B/R5); ASCII digits in R4's strings
+_COUNT = re.compile(r"[0-9]{1,19}")
+_PLAN_ID = re.compile(fhirtext.ID)
+# A Backport subscription's cursors are named after its reference; one too long for the column is named
+# after its digest instead, so every reference gets its cursors.
+_KEY_ROOM = SyncCursorRow.__table__.c.name.type.length - len(HEARD)
 
 
 @dataclass
@@ -33,10 +43,65 @@ class Received:
 
 
 def plan_ids_of(resource: dict[str, Any], base: str) -> set[str]:
-    """Return the plans a resource belongs to, by planbridge's identifiers on it."""
+    """Return the plans a resource belongs to, by planbridge's identifiers on it (ids of the plan id's shape)."""
     systems = {codes.identifier_system(base, k) for k in KINDS}
-    values = [i.get("value", "") for i in resource.get("identifier", []) if i.get("system") in systems]
-    return {v.split("/", 1)[0] for v in values if v}
+    identifiers = resource.get("identifier")
+    if not isinstance(identifiers, list):
+        return set()
+    values = [
+        i.get("value")
+        for i in identifiers
+        if isinstance(i, dict) and isinstance(i.get("system"), str) and i["system"] in systems
+    ]
+    plans = {v.split("/", 1)[0] for v in values if isinstance(v, str)}
+    return {p for p in plans if _PLAN_ID.fullmatch(p)}
+
+
+def _text(value: Any, path: str) -> str | None:
+    """A string from a notification, or None; one FHIR would not carry (control characters...) is refused."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or fhirtext.string_problem(value) is not None:
+        raise InvalidInput(f"{path} is not a valid string", {path: "a FHIR string"})
+    return value
+
+
+def check_notified_resource(resource: dict[str, Any]) -> None:
+    """Refuse (InvalidInput) a rest-hook resource whose id, version or identifiers are not FHIR's shapes:
+    they become lookup keys."""
+    for key in ("id", "meta"):
+        if key in resource and not isinstance(resource[key], str if key == "id" else dict):
+            raise InvalidInput(f"{resource.get('resourceType')}.{key} is malformed", {key: "wrong JSON type"})
+    for path, value in (("id", resource.get("id")), ("meta.versionId", (resource.get("meta") or {}).get("versionId"))):
+        if value is not None and not (isinstance(value, str) and _PLAN_ID.fullmatch(value)):
+            raise InvalidInput(f"{path} is not a FHIR id", {path: "1-64 of [A-Za-z0-9-.]"})
+    identifiers = resource.get("identifier", [])
+    if not isinstance(identifiers, list) or not all(isinstance(i, dict) for i in identifiers):
+        raise InvalidInput("identifier is not a list of Identifiers", {"identifier": "a list of objects"})
+    for n, identifier in enumerate(identifiers):
+        for key in ("system", "value"):
+            _text(identifier.get(key), f"identifier[{n}].{key}")
+
+
+def _count(value: Any, path: str) -> int | None:
+    """An event number or count: a JSON integer or a string of ASCII digits, 0 to 2^63-1."""
+    if value is None:
+        return None
+    if isinstance(value, str) and _COUNT.fullmatch(value):
+        value = int(value)
+    if type(value) is not int or not 0 <= value <= MAX_COUNT:
+        raise InvalidInput(f"{path} is not a count", {path: "ASCII digits, 0 to 2^63-1"})
+    return value
+
+
+def _subscription_key(reference: Any) -> str:
+    """Name a Backport subscription for its cursors: its reference, or a digest of one too long."""
+    text = _text(reference, "subscription")
+    if text is None:
+        return "unknown"
+    if len(text) <= _KEY_ROOM:
+        return text
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[: _KEY_ROOM - len("sha256:")]
 
 
 def _queue(uow: UnitOfWork, target: str, now: datetime, queued: list[str]) -> None:
@@ -73,31 +138,81 @@ def receive_resource(uow: UnitOfWork, resource: dict[str, Any], base: str, now: 
     return result
 
 
+def _objects(value: Any, path: str) -> list[dict[str, Any]]:
+    """A JSON array of objects (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise InvalidInput(f"{path} is not a list of objects", {path: "a list of objects"})
+    return value
+
+
+def _object(value: Any, path: str) -> dict[str, Any]:
+    """A JSON object (absent: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{path} is not an object", {path: "an object"})
+    return value
+
+
+def _reference(value: Any, path: str) -> str | None:
+    return _text(_object(value, path).get("reference"), f"{path}.reference")
+
+
+def _value(part: dict[str, Any]) -> Any:
+    return next((v for k, v in part.items() if k.startswith("value")), None)
+
+
 def _status_parameters(bundle: dict[str, Any]) -> dict[str, Any]:
-    entries = bundle.get("entry") or []
-    first = entries[0].get("resource") if entries and isinstance(entries[0], dict) else None
+    """Read the status of a Backport notification: its type, subscription key, count and events (each with an
+    event number and a focus reference), every one checked for shape."""
+    entries = _objects(bundle.get("entry"), "Bundle.entry")
+    first = entries[0].get("resource") if entries else None
     if not isinstance(first, dict) or first.get("resourceType") not in ("Parameters", "SubscriptionStatus"):
         raise InvalidInput("a notification Bundle starts with a SubscriptionStatus", {"Bundle.entry[0]": "missing"})
     if first["resourceType"] == "SubscriptionStatus":  # R4B/R5 shape
-        return {
+        raw = {
             "type": first.get("type"),
-            "subscription": (first.get("subscription") or {}).get("reference"),
+            "subscription": _reference(first.get("subscription"), "SubscriptionStatus.subscription"),
             "events-since-subscription-start": first.get("eventsSinceSubscriptionStart"),
-            "notification-event": first.get("notificationEvent", []),
         }
-    params: dict[str, Any] = {"notification-event": []}
-    for p in first.get("parameter", []):
-        name = p.get("name")
-        if name == "notification-event":
-            part = {
-                q.get("name"): next((v for k, v in q.items() if k.startswith("value")), None) for q in p.get("part", [])
-            }
-            params["notification-event"].append({"eventNumber": part.get("event-number"), "focus": part.get("focus")})
-        else:
-            params[name] = next((v for k, v in p.items() if k.startswith("value")), None)
-    if isinstance(params.get("subscription"), dict):
-        params["subscription"] = params["subscription"].get("reference")
-    return params
+        events = [
+            (e.get("eventNumber"), e.get("focus"))
+            for e in _objects(first.get("notificationEvent"), "SubscriptionStatus.notificationEvent")
+        ]
+    else:
+        raw, events = {}, []
+        for n, p in enumerate(_objects(first.get("parameter"), "Parameters.parameter")):
+            if p.get("name") == "notification-event":
+                path = f"Parameters.parameter[{n}].part"
+                part = {
+                    q.get("name"): _value(q) for q in _objects(p.get("part"), path) if isinstance(q.get("name"), str)
+                }
+                events.append((part.get("event-number"), part.get("focus")))
+            elif isinstance(p.get("name"), str):
+                raw[p["name"]] = _value(p)
+        if isinstance(raw.get("subscription"), dict):
+            raw["subscription"] = _reference(raw["subscription"], "subscription")
+    kind = raw.get("type")
+    if kind is not None and not isinstance(kind, str):
+        raise InvalidInput("the notification type is not a code", {"type": "a code"})
+    return {
+        "type": _text(kind, "type"),
+        "subscription": _subscription_key(raw.get("subscription")),
+        "events-since-subscription-start": _count(
+            raw.get("events-since-subscription-start"), "events-since-subscription-start"
+        ),
+        "notification-event": [_event(n, number, focus) for n, (number, focus) in enumerate(events)],
+    }
+
+
+def _event(n: int, number: Any, focus: Any) -> dict[str, Any]:
+    reference = _reference(focus, f"notification-event[{n}].focus")
+    return {
+        "eventNumber": _count(number, f"notification-event[{n}].event-number"),
+        "focus": {"reference": reference} if reference else None,
+    }
 
 
 def receive_backport(uow: UnitOfWork, bundle: dict[str, Any], base: str, now: datetime) -> Received:

@@ -24,8 +24,16 @@ from service.fhir.client import FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.merge import changed_paths, get_path, mask, set_path, strip_bookkeeping, three_way_merge
-from service.sync.push import bundle_digest, local_key
+from service.sync.deletions import MAX_LOOKUPS, deleted_goals, unresolved_goal_refs, without_refs
+from service.sync.merge import (
+    changed_paths,
+    get_path,
+    hold_deleted_goals,
+    set_path,
+    strip_bookkeeping,
+    three_way_merge,
+)
+from service.sync.push import bundle_digest, local_key, sendable
 
 log = logging.getLogger(__name__)
 CHUNK = 50
@@ -167,8 +175,11 @@ class Puller:
         What the server sends is untrusted: a CarePlan that does not map is reported for its plan
         and left alone; the other plans of the pull go on.
         """
+        refs = unresolved_goal_refs(careplan, index)
+        gone = deleted_goals(self.client, refs, self._system("goal"), self._plan_id(careplan)) if refs else {}
+        result.requests += min(len(refs), MAX_LOOKUPS)
         try:
-            theirs = careplan_from_fhir(careplan, index, self.base, self.settings.mrn_system)
+            theirs = careplan_from_fhir(without_refs(careplan, set(gone)), index, self.base, self.settings.mrn_system)
         except PlanbridgeError as exc:
             plan_id = self._plan_id(careplan)
             result.outcomes[plan_id] = "invalid"
@@ -190,7 +201,9 @@ class Puller:
                 outcome, merged_doc, saved, queued, opened = "new", theirs_doc, theirs.version, False, []
                 changed = ["*"]
             else:
-                outcome, merged_doc, saved, queued, opened = self._merge_into(ours, state, theirs_doc, now, queue_push)
+                outcome, merged_doc, saved, queued, opened = self._merge_into(
+                    ours, state, theirs_doc, now, queue_push, set(gone.values())
+                )
                 changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
             if saved is not None or opened:  # subscribed team systems hear of a change, and of a new conflict
                 change = {"outcome": outcome, "careplan_id": careplan.get("id"), "paths": changed[:50]}
@@ -230,10 +243,16 @@ class Puller:
     def _held(self, plan_id: str, document: dict[str, Any], theirs_doc: dict[str, Any]) -> dict[str, Any]:
         """Return what a push would send: the document with each open conflict's path at the server's value."""
         rows = self.uow.sync.conflicts(plan_id)
-        return mask(document, {row.path: get_path(theirs_doc, row.path) for row in rows}) if rows else document
+        return sendable(document, {row.path: get_path(theirs_doc, row.path) for row in rows})
 
     def _merge_into(
-        self, ours: Plan, state: Any, theirs_doc: dict[str, Any], now: datetime, queue_push: bool = True
+        self,
+        ours: Plan,
+        state: Any,
+        theirs_doc: dict[str, Any],
+        now: datetime,
+        queue_push: bool = True,
+        deleted: frozenset[str] | set[str] = frozenset(),
     ) -> tuple[str, dict[str, Any], int | None, bool, list[str]]:
         """Merge the server's plan into ours.
 
@@ -246,6 +265,7 @@ class Puller:
         ours_doc = strip_bookkeeping(codec.to_dict(ours))
         base_doc = state.base_document if state.base_document is not None else ours_doc
         merged_doc, found = three_way_merge(base_doc, ours_doc, theirs_doc)
+        found += hold_deleted_goals(deleted, base_doc, ours_doc, merged_doc, found)
         open_rows = self.uow.sync.conflicts(ours.id)
         for row in open_rows:
             mine, server = get_path(ours_doc, row.path), get_path(theirs_doc, row.path)

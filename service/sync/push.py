@@ -27,6 +27,7 @@ from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError, FhirTransportError
 from service.settings import Settings
 from service.store.uow import UnitOfWork
+from service.sync.deletions import prune_goal_references
 from service.sync.merge import mask, strip_bookkeeping
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,19 @@ def local_key(resource: dict[str, Any], identifier_base: str) -> str:
     if value is None:
         return f"{kind.lower()}:{'goal' if kind == 'Goal' else 'obs'}-{resource.get('id', '')}"
     return f"{kind.lower()}:{value.split('/', 1)[1] if '/' in value else value}"
+
+
+def sendable(document: dict[str, Any], held: dict[str, Any]) -> dict[str, Any]:
+    """Return what a push sends for a plan document with conflicts open: each held path at the server's
+    value (`held`: path -> value), no link to a goal held out, in the codec's own shape (no empty lists)."""
+    if not held:
+        return document
+    masked = prune_goal_references(mask(document, held))
+    return {**strip_bookkeeping(codec.to_dict(codec.from_dict(Plan, masked))), **_bookkeeping(document)}
+
+
+def _bookkeeping(document: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in document.items() if k not in strip_bookkeeping(document)}
 
 
 def parse_location(location: str) -> tuple[str, str, str | None] | None:
@@ -158,7 +172,7 @@ class Pusher:
             held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
             sent = plan
             if held:  # conflicted paths go out as the server has them, so it keeps them until resolved
-                sent = codec.from_dict(Plan, {**mask(codec.to_dict(plan), held)})
+                sent = codec.from_dict(Plan, sendable(codec.to_dict(plan), held))
             bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
             digest = bundle_digest(bundle)
             if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
