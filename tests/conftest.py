@@ -19,3 +19,17 @@ def fhir_base_url(tmp_path_factory):
         yield server.start()
     finally:
         server.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print how much the model-based and property tests ran (examples, steps, events), even when they pass."""
+    lines = []
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            counts = {k: v for k, v in getattr(report, "user_properties", []) if k in ("examples", "steps", "events")}
+            if counts and report.when == "call":
+                lines.append(f"{report.nodeid} ({outcome}): " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    if lines:
+        terminalreporter.section("how much the model-based and property tests ran")
+        for line in lines:
+            terminalreporter.line(line)

@@ -1,0 +1,126 @@
+"""Deterministic cases found by the model-based sync test (test_sync_model.py), each reduced to its steps.
+
+Every test runs against the real local FHIR server, on SQLite and on PostgreSQL. The semantics they
+check: a field with an open conflict keeps the server's value on the server until someone resolves
+the conflict; `conflicted` holds exactly while a conflict is open; a push of a conflicted plan still
+sends every other field; nothing planbridge has not merged is written over.
+"""
+
+import pytest
+
+from tests.support import goal_event
+from tests.sync_model_support import SyncWorld, diff_paths, held_out, related, without_refs_to
+
+
+@pytest.fixture
+def world(engine, fhir_base_url):
+    return SyncWorld(engine, fhir_base_url)
+
+
+def _plan_with_a_proposed_goal(world: SyncWorld) -> tuple[str, str]:
+    """goal.proposed opens a plan; the patient agrees; the plan is pushed."""
+    event = goal_event(goal_id="goal-walk")
+    plan_id = event["data"]["plan_id"]
+    assert world.team("goal.proposed", **event["data"])[0] == 202
+    agreed, _ = world.team(
+        "agreement.recorded", plan_id=plan_id, goal_id="goal-walk", member_id="patient", status="agree"
+    )
+    assert agreed == 202
+    assert world.sync.push(plan_id).status == "in_sync"
+    return plan_id, "goal-walk"
+
+
+def test_a_pull_after_a_conflict_does_not_let_the_next_push_overwrite_the_ehr(world):
+    """Issue #12: the second pull took the EHR's version as the merge base and the push overwrote it."""
+    plan_id, goal_id = _plan_with_a_proposed_goal(world)  # the outbox worker is not running
+    assert world.team("goal.status_changed", plan_id=plan_id, goal_id=goal_id, lifecycle_status="active")[0] == 202
+    goal = world.ehr_goal(plan_id, goal_id)
+    world.ehr_edit(f"Goal/{goal['id']}", lambda g: g.update(lifecycleStatus="on-hold"))
+
+    assert world.sync.push(plan_id).status == "conflicted"  # 409, pulled, merged: both changed the status
+    (conflict,) = world.open_conflicts(plan_id)
+    assert conflict["path"] == f"goals[id={goal_id}].lifecycle_status"
+    assert (conflict["ours"], conflict["theirs"]) == ("active", "on-hold")
+
+    world.sync.pull_plans([plan_id])
+    status = world.sync.status(plan_id)
+    assert status.status == "conflicted", f"a pull dropped the plan to {status.status} with the conflict open"
+    assert [c["id"] for c in status.conflicts if c["status"] == "open"] == [conflict["id"]]
+
+    world.sync.push(plan_id)
+    assert world.ehr_goal(plan_id, goal_id)["lifecycleStatus"] == "on-hold", "the push overwrote the EHR's edit"
+    assert world.plan(plan_id).goal(goal_id).lifecycle_status == "active"  # the team's value, kept in the plan
+
+
+def _pushed_plan(world: SyncWorld, fixture: str = "knee-rehabilitation.json") -> str:
+    plan_id = world.add_plan(fixture)
+    assert world.sync.push(plan_id).status == "in_sync"
+    world.sync.pull_plans([plan_id])  # the plan as it maps back from FHIR: the fixed point of push and pull
+    return plan_id
+
+
+def _differences(world: SyncWorld, plan_id: str) -> list[str]:
+    """Return the paths where the plan and the server differ, except under (or over) an open conflict's path
+    (references to a goal a conflict holds off the server included)."""
+    open_ = world.open_conflicts(plan_id)
+    server = world.server(plan_id)
+    plan = held_out(without_refs_to(world.plan_doc(plan_id), server.resources), open_, server.doc)
+    return [p for p in diff_paths(plan, server.doc) if not any(related(p, c["path"]) for c in open_)]
+
+
+def test_a_step_the_team_adds_toward_a_goal_the_ehr_deleted_does_not_block_every_push(world):
+    """Found by the model: the push's 404 led to a pull that merged the deletion (the team had not changed the
+    goal itself), leaving a step that names a goal the plan no longer has; every push then failed with a
+    MappingError, so the outbox retried it forever and nothing more reached the server."""
+    plan_id = _pushed_plan(world)
+    goal = world.ehr_goal(plan_id, "goal-exercise")
+    world.ehr_delete(f"Goal/{goal['id']}")
+    status, _ = world.team(
+        "step.added", plan_id=plan_id, step_id="step-new", title="Stairs", goal_ids=["goal-exercise"]
+    )
+    assert status == 202
+
+    first = world.sync.push(plan_id)  # 404 on Goal/{id}: re-read, merge, push again
+    second = world.sync.push(plan_id)
+    assert {first.status, second.status} <= {"in_sync", "conflicted"}
+    assert world.sync.status(plan_id).last_error is None
+    assert _differences(world, plan_id) == []
+
+
+def test_a_goal_the_ehr_deleted_after_an_unrecorded_push_created_it_is_not_brought_back(world):
+    """Found by the model: a push created a goal and died before recording it; the EHR deleted that Goal. The
+    next push reconciled by pulling, but the merge base did not know the goal had reached the server, so the
+    deletion looked like a goal not pushed yet and the push created it again (a new Goal, no conflict)."""
+    plan_id = _pushed_plan(world)
+    revised = {"id": "goal-new", "description": "Bend the knee to 120 degrees"}
+    status, _ = world.team(
+        "goal.revised", plan_id=plan_id, replaces="goal-flexion", goal=revised, revised_by={"kind": "patient"}
+    )
+    assert status == 202
+    assert world.kill_push(plan_id) == "200"  # the transaction was applied; its outcome was never recorded
+    created = world.ehr_goal(plan_id, "goal-new")
+    world.ehr_delete(f"Goal/{created['id']}")
+
+    world.sync.push(plan_id)
+    world.sync.push(plan_id)
+    again = world.find("Goal", "goal", f"{plan_id}/goal-new")
+    assert again is None, f"the EHR deleted Goal/{created['id']}; the push created it again as Goal/{again['id']}"
+
+
+def test_pulling_a_conflicted_plan_whose_last_goal_the_ehr_deleted_queues_no_push_that_sends_nothing(world):
+    """Found by the model (settling kept finding work): with the plan's only goal deleted in the EHR and changed
+    by the team, every pull queued a push, and every such push sent nothing. The pull compares the document it
+    would send (the held goal masked out: `goals: []`) with the server's (no `goals` at all)."""
+    plan_id = _pushed_plan(world, "minimal.json")
+    goal = world.ehr_goal(plan_id, "goal-sleep")
+    world.ehr_delete(f"Goal/{goal['id']}")
+    checkin = {"checkin_id": "c1", "at": "2026-11-22T09:30:00Z", "measure": {"display": "Sleep (0-10)"}, "integer": 6}
+    assert world.team("checkin.recorded", plan_id=plan_id, goal_id="goal-sleep", **checkin)[0] == 202
+    assert world.sync.push(plan_id).status == "conflicted"  # 404, re-read: the goal is held by a conflict
+    world.worker.run_until_idle()
+
+    world.sync.pull_plans([plan_id])
+    waiting = [row.id for row in world.outbox() if row.status == "pending"]
+    sent = world.requests_sent
+    world.worker.run_until_idle()
+    assert waiting == [] or world.requests_sent > sent, "the pull queued a push that had nothing to send"
