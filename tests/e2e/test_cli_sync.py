@@ -131,3 +131,31 @@ def test_db_prune_removes_finished_work_past_the_retention(env):
     kept = run("db", "prune", env={**env, "PLANBRIDGE_RETAIN_DAYS": "0"}, check=False)
     assert kept.returncode == 1 and "keep everything" in kept.stderr
     assert [e["status"] for e in json.loads(run("outbox", "list", env=env).stdout)] == ["pending"]
+
+
+def test_a_push_that_fails_from_the_command_line_says_why_and_leaves_it_on_the_plan(env, fhir_base_url):
+    plan = add_plan(env["DATABASE_URL"])
+    ehr = FhirClient(fhir_base_url)
+    for _ in range(2):  # two Goals under the identifier of one of ours: the server refuses with 412
+        ehr.request(
+            "POST",
+            "Goal",
+            json={
+                "resourceType": "Goal",
+                "identifier": [
+                    {"system": f"{env['PLANBRIDGE_IDENTIFIER_BASE']}/goal", "value": f"{plan.id}/goal-walk"}
+                ],
+                "lifecycleStatus": "active",
+                "description": {"text": "a copy"},
+                "subject": {"display": "someone"},
+            },
+        )
+    failed = run("sync", "push", "--plan", plan.id, env=env, check=False)
+    assert failed.returncode == 1
+    assert "POST [base] (transaction) failed: HAPI-0988" in failed.stderr  # not "POST  failed"
+    (result,) = json.loads(failed.stdout)
+    assert result["status"] == "failed" and "HAPI-0988" in result["error"]
+    status = json.loads(run("sync", "status", "--plan", plan.id, env=env).stdout)
+    assert status["status"] == "failed"
+    assert status["last_error"].startswith("FhirMultipleMatches: POST [base] (transaction) failed: HAPI-0988")
+    assert status["last_outcome"]["issue"][0]["diagnostics"].startswith("HAPI-0988")
