@@ -8,7 +8,9 @@ checks, about ten times faster than building the pydantic models. It follows the
 JSON types must be exact (`"true"` is not a boolean, `"5"` not an integer), `null` only
 stands in primitive arrays, objects and arrays are never empty, primitives are never empty strings
 and strings never only whitespace (which the XML format trims to nothing) nor over 1,048,576
-characters, uris hold no whitespace and ids are at most 64 characters. Extensions follow ext-1:
+characters, nor hold control characters other than tab, CR and LF, nor lone surrogates; codes have
+single spaces inside, uris hold no whitespace, and ids are at most 64 characters (mappings/fhirtext.py
+has the character rules, shared with the event schemas). Extensions follow ext-1:
 a value[x] or sub-extensions, never both, never neither
 (https://hl7.org/fhir/R4/extensibility.html#Extension).
 """
@@ -21,6 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
+
+from mappings import fhirtext
 
 Errors = list[tuple[str, str]] | None  # (path relative to the checked value, message), None when clean
 Check = Callable[[Any], Errors]
@@ -60,11 +64,11 @@ _MONTH_DAY = r"-(0[1-9]|1[0-2])(-(0[1-9]|[1-2][0-9]|3[0-1])"
 _TIME = r"([01][0-9]|2[0-3]):[0-5][0-9]:([0-5][0-9]|60)(\.[0-9]+)?"
 _ZONE = r"(Z|[+\-]((0[0-9]|1[0-3]):[0-5][0-9]|14:00))"
 _PATTERNS = {
-    "code": r"[^\s]+(\s[^\s]+)*",
-    "id": r"[A-Za-z0-9\-.]{1,64}",
-    "uri": r"\S+",
-    "canonical": r"\S+",
-    "url": r"\S+",
+    "code": fhirtext.CODE,
+    "id": fhirtext.ID,
+    "uri": fhirtext.URI,
+    "canonical": fhirtext.URI,
+    "url": fhirtext.URI,
     "oid": r"urn:oid:[0-2](\.(0|[1-9][0-9]*))+",
     "uuid": r"(urn:uuid:)?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
     "base64Binary": r"(\s*([0-9a-zA-Z+/=]){4}\s*)+",
@@ -96,13 +100,12 @@ def _real_date(text: str) -> bool:
 def _plain_string(value: Any) -> Errors:
     if type(value) is not str:
         return [("", f"expected a string, got {_got(value)}")]
-    if value and not value.isspace() and len(value) <= _MAX_STRING:
-        return None
     if not value:
         return [("", "an empty string is not a valid string")]
-    if value.isspace():
-        return [("", "a string of only whitespace is not a valid string")]
-    return [("", f"a string of {len(value)} characters is over FHIR's {_MAX_STRING}")]
+    if len(value) > _MAX_STRING:
+        return [("", f"a string of {len(value)} characters is over FHIR's {_MAX_STRING}")]
+    problem = fhirtext.string_problem(value)
+    return None if problem is None else [("", problem)]
 
 
 def _string_check(kind: str) -> Check:

@@ -13,19 +13,29 @@ from flask import Blueprint, Response, request
 from service.api.container import container
 from service.domain.errors import InvalidInput
 from service.fhir.client import FHIR_JSON
-from service.sync.notifications import Received, receive_backport, receive_ping, receive_resource
+from service.sync.notifications import (
+    Received,
+    check_notified_resource,
+    receive_backport,
+    receive_ping,
+    receive_resource,
+)
 
 bp = Blueprint("fhir_notifications", __name__)
 SECRET_HEADER = "X-Planbridge-Notify-Secret"  # noqa: S105  (a header name, not a secret)
 
 
-def _outcome(status: int, severity: str, code: str, diagnostics: str, **extra: Any) -> Response:
-    body = {
-        "resourceType": "OperationOutcome",
-        "issue": [{"severity": severity, "code": code, "diagnostics": diagnostics}],
-        **extra,
-    }
+def _outcome(status: int, severity: str, code: str, diagnostics: str, expression: list[str] | None = None) -> Response:
+    issue: dict[str, Any] = {"severity": severity, "code": code, "diagnostics": diagnostics}
+    if expression:
+        issue["expression"] = expression
+    body = {"resourceType": "OperationOutcome", "issue": [issue]}
     return Response(json.dumps(body), status=status, mimetype=FHIR_JSON)
+
+
+def _invalid(error: InvalidInput) -> Response:
+    """A 400 OperationOutcome naming the bad elements."""
+    return _outcome(400, "error", "invalid", error.detail, [str(path) for path in error.errors])
 
 
 def _refusal() -> Response | None:
@@ -50,9 +60,13 @@ def _body() -> Any:
     if not raw.strip():
         return None
     try:
-        return json.loads(raw)
+        return json.loads(raw.decode("utf-8"))  # FHIR JSON is UTF-8
+    except UnicodeDecodeError:
+        raise InvalidInput("the body is not UTF-8") from None
     except ValueError:
         raise InvalidInput("the body is not JSON") from None
+    except RecursionError:
+        raise InvalidInput("the body nests too deeply to be a FHIR resource") from None
 
 
 @bp.post("/fhir-notifications")
@@ -70,7 +84,7 @@ def notified() -> Response:
             raise InvalidInput("expected an empty body or a notification Bundle")
         return _answer(receive_backport(c.uow(), body, c.settings.identifier_base, c.clock()))
     except InvalidInput as exc:
-        return _outcome(400, "error", "invalid", exc.detail)
+        return _invalid(exc)
 
 
 @bp.put("/fhir-notifications/<resource_type>/<resource_id>")
@@ -84,8 +98,9 @@ def notified_with_resource(resource_type: str, resource_id: str) -> Response:
         body = _body()
         if not isinstance(body, dict) or body.get("resourceType") != resource_type:
             raise InvalidInput(f"expected a {resource_type} resource")
+        check_notified_resource(body)
         if body.get("id") not in (None, resource_id):
             raise InvalidInput(f"the resource's id is not {resource_id}")
         return _answer(receive_resource(c.uow(), body, c.settings.identifier_base, c.clock()))
     except InvalidInput as exc:
-        return _outcome(400, "error", "invalid", exc.detail)
+        return _invalid(exc)

@@ -13,7 +13,7 @@ from service.api.container import container
 from service.api.errors import problem_response
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
 from service.domain.errors import InvalidInput
-from service.services.events import Envelope, handle_event
+from service.services.events import Envelope, FhirNames, Outcome, check_webhook_id, handle_event, seen_answer
 from service.signing import verify_sender
 
 bp = Blueprint("webhooks", __name__)
@@ -25,7 +25,11 @@ _DATA = {event_type: schema() for event_type, schema in EVENT_DATA_SCHEMAS.items
 
 def _parse(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")  # JSON between systems is UTF-8 (RFC 8259), never guessed UTF-16 or -32
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("the body is not UTF-8", {"body": f"invalid UTF-8 at byte {exc.start}"}) from None
+    try:
+        body = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise InvalidInput("the body is not valid JSON", {"body": str(exc)[:200]}) from None
     if not isinstance(body, dict):
@@ -64,10 +68,22 @@ def team_event() -> Response:
     c = container()
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
     sender, webhook_id = verify_sender(c.settings.signing_secrets, raw, request.headers)
-    body = _parse(raw)
-    event_type, command = _command(body)
-    envelope = Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body, sender)
-    outcome = handle_event(c.engine, envelope, event_type, command, c.clock)
+    check_webhook_id(webhook_id)
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        body = _parse(raw)
+        event_type, command = _command(body)
+    except InvalidInput:
+        seen = seen_answer(c.engine, sender, webhook_id, digest)  # a reused id is 409 whatever the body
+        if seen is None:
+            raise
+        return _answer(seen)
+    envelope = Envelope(webhook_id, digest, body, sender)
+    names = FhirNames(c.settings.identifier_base, c.settings.mrn_system)
+    return _answer(handle_event(c.engine, envelope, event_type, command, c.clock, names))
+
+
+def _answer(outcome: Outcome) -> Response:
     headers = {"Idempotent-Replayed": "true"} if outcome.replayed else {}
     if outcome.status >= 400:
         return problem_response(outcome.body, headers)

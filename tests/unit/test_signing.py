@@ -56,3 +56,15 @@ def test_the_secret_that_verifies_names_the_sender():
     assert verify_sender(pairs, BODY, sign_headers(ehr, BODY, "msg_4")) == ("ehr", "msg_4")
     with pytest.raises(SignatureInvalid):
         verify_sender(pairs[:2], BODY, sign_headers(ehr, BODY))  # the EHR's secret was withdrawn
+
+
+def test_a_body_that_is_not_utf8_is_verified_over_its_bytes():
+    # So a signed one can be refused for what it is (400), and an unsigned one stays unsigned (401).
+    secret, body = new_secret(), b'{"type": "\xff\xfe"}'
+    assert verify([secret], body, sign_headers(secret, body, "msg_5")) == "msg_5"
+    with pytest.raises(SignatureInvalid):
+        verify([secret], body + b" ", sign_headers(secret, body))
+    with pytest.raises(SignatureInvalid):
+        verify([new_secret()], body, sign_headers(secret, body))
+    with pytest.raises(SignatureInvalid, match="too old"):
+        verify([secret], body, sign_headers(secret, body, at=datetime.now(UTC) - timedelta(minutes=6)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
+from service.api.schemas.fhirtypes import ID, FhirDateTime, FhirString, fhir_code, fhir_uri
 from service.domain.changes import (
     ProposerSpec,
 )
@@ -16,13 +17,17 @@ from service.domain.model import (
 from service.domain.terminology import ROLES
 from service.domain.types import Coding, Concept, Identifier, Note
 
-ID = validate.Regexp(r"^[A-Za-z0-9\-.]{1,64}$", error="must be 1-64 letters, digits, '-' or '.'")
-TEXT = validate.Length(min=1, max=2000)
+# Every string an event carries reaches a FHIR element: each is checked as that element's type.
+TEXT = FhirString(2000)  # words: descriptions, notes, reasons, what matters
+SHORT_TEXT = FhirString(200)  # titles, names, schedules
+URI = fhir_uri(500)  # code and identifier systems
+CODE = fhir_code(200)
+UNIT = fhir_code(64)  # a UCUM unit is also the Quantity's code
 
 
 class IdentifierSchema(Schema):
-    system = fields.String(required=True, validate=validate.Length(min=1, max=500))
-    value = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    system = fields.String(required=True, validate=URI)
+    value = fields.String(required=True, validate=SHORT_TEXT)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Identifier:
@@ -30,9 +35,9 @@ class IdentifierSchema(Schema):
 
 
 class CodingSchema(Schema):
-    system = fields.String(validate=validate.Length(min=1, max=500))
-    code = fields.String(validate=validate.Length(min=1, max=200))
-    display = fields.String(validate=validate.Length(min=1, max=500))
+    system = fields.String(validate=URI)
+    code = fields.String(validate=CODE)
+    display = fields.String(validate=FhirString(500))
 
     @validates_schema
     def code_or_text(self, data: dict[str, Any], **_: Any) -> None:
@@ -45,8 +50,8 @@ class CodingSchema(Schema):
 
 
 class PatientSchema(Schema):
-    mrn = fields.String(required=True, validate=validate.Length(min=1, max=64))
-    display_name = fields.String(validate=validate.Length(min=1, max=200))
+    mrn = fields.String(required=True, validate=FhirString(64))
+    display_name = fields.String(validate=SHORT_TEXT)
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Patient:
@@ -57,7 +62,7 @@ class ProposerSchema(Schema):
     kind = fields.String(required=True, validate=validate.OneOf(MEMBER_KINDS))
     member_id = fields.String(validate=ID)
     identifier = fields.Nested(IdentifierSchema)
-    display = fields.String(validate=validate.Length(min=1, max=200))
+    display = fields.String(validate=SHORT_TEXT)
     role = fields.String(validate=validate.OneOf(sorted(ROLES)))
 
     @validates_schema
@@ -89,7 +94,7 @@ def at_least_one(data: dict[str, Any], names: tuple[str, ...]) -> None:
 class NoteSchema(Schema):
     text = fields.String(required=True, validate=TEXT)
     author = fields.String(validate=ID)
-    time = fields.AwareDateTime()
+    time = FhirDateTime()
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Note:

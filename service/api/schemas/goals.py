@@ -10,7 +10,9 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 from service.api.schemas.common import (
     ID,
     TEXT,
+    UNIT,
     CodingSchema,
+    FhirDateTime,
     PatientSchema,
     ProposerSchema,
     at_least_one,
@@ -42,7 +44,7 @@ class TargetSchema(Schema):
     measure = fields.Nested(CodingSchema)
     value = fields.Decimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
     comparator = fields.String(validate=validate.OneOf(COMPARATORS))
-    unit = fields.String(validate=validate.Length(min=1, max=64))
+    unit = fields.String(validate=UNIT)
     text = fields.String(validate=TEXT)
     due_date = fields.Date()
 
@@ -183,10 +185,10 @@ class CheckinRecordedDataSchema(Schema):
     plan_id = fields.String(required=True, validate=ID)
     goal_id = fields.String(required=True, validate=ID)
     checkin_id = fields.String(required=True, validate=ID)
-    at = fields.AwareDateTime(required=True)
+    at = FhirDateTime(required=True)
     measure = fields.Nested(CodingSchema)
     value = fields.Decimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
-    unit = fields.String(validate=validate.Length(min=1, max=64))
+    unit = fields.String(validate=UNIT)
     rating = fields.Nested(CodingSchema)
     integer = fields.Integer(strict=True, validate=validate.Range(min=-(2**31), max=2**31 - 1))
     text = fields.String(validate=TEXT)

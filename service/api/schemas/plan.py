@@ -9,8 +9,10 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from service.api.schemas.common import (
     ID,
+    SHORT_TEXT,
     TEXT,
     CodingSchema,
+    FhirDateTime,
     PatientSchema,
     ProposerSchema,
     at_least_one,
@@ -56,7 +58,7 @@ class PlanCreatedDataSchema(Schema):
     plan_id = fields.String(required=True, validate=ID)
     patient = fields.Nested(PatientSchema, required=True)
     status = fields.String(validate=validate.OneOf(("draft", "active")))
-    title = fields.String(validate=validate.Length(min=1, max=200))
+    title = fields.String(validate=SHORT_TEXT)
     what_matters = fields.String(validate=TEXT)
     period = fields.Nested(PeriodSchema)
     review_every = fields.Nested(DurationSchema)
@@ -84,7 +86,7 @@ class PlanCreatedDataSchema(Schema):
 
 class PlanUpdatedDataSchema(Schema):
     plan_id = fields.String(required=True, validate=ID)
-    title = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+    title = fields.String(allow_none=True, validate=SHORT_TEXT)
     status = fields.String(validate=validate.OneOf([s for s in PLAN_STATUSES if s != "unknown"]))
     intent = fields.String(validate=validate.OneOf(PLAN_INTENTS))
     what_matters = fields.String(allow_none=True, validate=TEXT)
@@ -149,7 +151,7 @@ class NoteAddedDataSchema(Schema):
     goal_id = fields.String(validate=ID)
     text = fields.String(required=True, validate=TEXT)
     author = fields.String(required=True, validate=ID)
-    time = fields.AwareDateTime()
+    time = FhirDateTime()
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> AddNote:

@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from service.api.schemas.common import (
     ID,
+    SHORT_TEXT,
     TEXT,
     NoteSchema,
     at_least_one,
@@ -34,7 +35,7 @@ class StepFieldsSchema(Schema):
     owner = fields.String(allow_none=True, validate=ID)
     start_date = fields.Date(allow_none=True)
     due_date = fields.Date(allow_none=True)
-    schedule = fields.String(allow_none=True, validate=validate.Length(min=1, max=200))
+    schedule = fields.String(allow_none=True, validate=SHORT_TEXT)
 
     @validates_schema
     def schedule_or_dates(self, data: dict[str, Any], **_: Any) -> None:
@@ -45,7 +46,7 @@ class StepFieldsSchema(Schema):
 
 
 class StepAddedDataSchema(StepFieldsSchema):
-    title = fields.String(required=True, validate=validate.Length(min=1, max=200))
+    title = fields.String(required=True, validate=SHORT_TEXT)
     status = fields.String(validate=validate.OneOf(OPEN_STEP_STATUSES))
 
     @post_load
@@ -65,7 +66,7 @@ class StepAddedDataSchema(StepFieldsSchema):
 
 
 class StepUpdatedDataSchema(StepFieldsSchema):
-    title = fields.String(validate=validate.Length(min=1, max=200))
+    title = fields.String(validate=SHORT_TEXT)
     status = fields.String(validate=validate.OneOf([s for s in STEP_STATUSES if s != "unknown"]))
     progress = fields.Nested(NoteSchema)
 

@@ -8,6 +8,7 @@ from marshmallow import Schema, ValidationError, fields, post_load, validate, va
 
 from service.api.schemas.common import (
     ID,
+    SHORT_TEXT,
     IdentifierSchema,
 )
 from service.domain.changes import (
@@ -25,7 +26,7 @@ class MemberJoinedDataSchema(Schema):
     member_id = fields.String(required=True, validate=ID)
     kind = fields.String(required=True, validate=validate.OneOf(MEMBER_KINDS))
     role = fields.String(validate=validate.OneOf(sorted(ROLES)))
-    name = fields.String(validate=validate.Length(min=1, max=200))
+    name = fields.String(validate=SHORT_TEXT)
     identifier = fields.Nested(IdentifierSchema)
 
     @validates_schema

@@ -1,0 +1,78 @@
+"""Validators that keep event fields to what their FHIR R4 element can carry, so nothing is accepted
+that the push would have to send and the server refuse (https://hl7.org/fhir/R4/datatypes.html).
+
+Each subclasses marshmallow's own Length or Regexp, so the OpenAPI document still shows its limits.
+Regexes are kept in the ECMA-262 form (`^...$`) for the document, and applied with `fullmatch`:
+`$` alone also matches before a final newline, which let `"plan-nl\\n"` through.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from marshmallow import ValidationError, fields, validate
+
+from mappings import fhirtext
+
+MAX_ZONE = dt.timedelta(hours=14)  # FHIR's dateTime zones run from -14:00 to +14:00, in whole minutes
+
+
+class FhirString(validate.Length):
+    """A FHIR `string` of 1 to `max_length` characters: no control character but tab, CR and LF, and
+    more than whitespace."""
+
+    def __init__(self, max_length: int) -> None:
+        super().__init__(min=1, max=max_length)
+
+    def __call__(self, value: Any) -> Any:
+        value = super().__call__(value)
+        problem = fhirtext.string_problem(value)
+        if problem is not None:
+            raise ValidationError(f"not a valid FHIR string: {problem}")
+        return value
+
+
+class FullMatch(validate.Regexp):
+    """A regex the whole value matches (shown as `^pattern$` in the OpenAPI document)."""
+
+    def __init__(self, pattern: str, error: str) -> None:
+        super().__init__(f"^{pattern}$", error=error)
+
+    def __call__(self, value: Any) -> Any:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+ID = FullMatch(fhirtext.ID, "must be 1-64 letters, digits, '-' or '.'")
+
+
+def fhir_code(max_length: int) -> list[validate.Validator]:
+    """A FHIR `code` of at most `max_length` characters: no leading, trailing or doubled whitespace."""
+    return [
+        validate.Length(min=1, max=max_length),
+        FullMatch(fhirtext.CODE, "must be a FHIR code: no whitespace but single spaces inside"),
+    ]
+
+
+def fhir_uri(max_length: int) -> list[validate.Validator]:
+    """A FHIR `uri` of at most `max_length` characters: no whitespace, no control characters."""
+    return [
+        validate.Length(min=1, max=max_length),
+        FullMatch(fhirtext.URI, "must be a FHIR uri: no whitespace or control characters"),
+    ]
+
+
+class FhirDateTime(fields.AwareDateTime):
+    """An ISO 8601 instant with a zone FHIR can write: -14:00 to +14:00, in whole minutes."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dt.datetime:
+        parsed = super()._deserialize(value, attr, data, **kwargs)
+        offset = parsed.utcoffset()
+        if offset is not None and (abs(offset) > MAX_ZONE or offset % dt.timedelta(minutes=1)):
+            raise ValidationError("the zone must be whole minutes between -14:00 and +14:00")
+        return parsed
+
+
+__all__ = ["ID", "FhirDateTime", "FhirString", "FullMatch", "fhir_code", "fhir_uri"]

@@ -1,0 +1,95 @@
+"""The backstop behind the event schemas: a changed plan is accepted only if it maps to valid FHIR.
+
+The push sends the whole plan as one transaction Bundle and refuses one that `validate_bundle`
+refuses, for ever (the plan is re-sent unchanged on every retry). So before an event is accepted,
+the plan it makes is mapped with the push's own `plan_to_bundle` and checked with `validate_bundle`.
+
+Mapping and checking a whole plan grows with its check-ins (one Observation each: a plan of 20 goals
+and 1,000 check-ins costs ~100 ms), and an event adds at most one. So the plan is checked without the
+check-ins the event left as they were (that plan: ~11 ms; a new one-goal plan: ~0.3 ms). Every other
+resource (Patient, people, CareTeam, Goals, CarePlan) is checked whole, with exactly the content the
+push sends, and a check-in's Observation depends only on the check-in (its references are generated,
+never text an event gave), so an untouched one is as valid as when it was accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mappings.bundle import plan_to_bundle
+from mappings.fhir import validate_bundle
+from service.domain.errors import InvalidInput, MappingError
+from service.domain.model import CheckIn, Plan
+
+
+class Undeliverable(InvalidInput):
+    """The plan an event would make cannot be sent to FHIR: the event is refused with 400."""
+
+
+def _touched_only(before: Plan | None, after: Plan) -> Plan:
+    """Return `after` keeping, of its check-ins, only those new or changed since `before`."""
+    if before is None:
+        return after
+    old: dict[tuple[str, str], CheckIn] = {(g.id, c.id): c for g in before.goals for c in g.check_ins}
+    goals = []
+    for goal in after.goals:
+        kept = [c for c in goal.check_ins if old.get((goal.id, c.id)) != c]
+        goals.append(goal if len(kept) == len(goal.check_ins) else dataclasses.replace(goal, check_ins=kept))
+    return dataclasses.replace(after, goals=goals)
+
+
+def _element_path(bundle: dict[str, Any], path: str, identifier_base: str) -> str:
+    """Turn `Bundle.entry[3].resource.description.text` into `Goal(plan-1/goal-walk).description.text`.
+
+    A resource is named by planbridge's own identifier (ids only: never an MRN or a name)."""
+    if not path.startswith("Bundle.entry["):
+        return path
+    index, _, rest = path[len("Bundle.entry[") :].partition("]")
+    entries = bundle.get("entry") or []
+    if not index.isdecimal() or int(index) >= len(entries):
+        return path
+    resource = entries[int(index)].get("resource") or {}
+    kind = resource.get("resourceType", "Resource")
+    ours = [i["value"] for i in resource.get("identifier", []) if i.get("system", "").startswith(identifier_base)]
+    return f"{kind}({ours[0]}){rest.removeprefix('.resource')}" if ours else f"{kind}{rest.removeprefix('.resource')}"
+
+
+def _refusal(plan: Plan, error: MappingError, bundle: dict[str, Any], identifier_base: str) -> Undeliverable:
+    found = error.data.get("errors") or {"": error.detail}
+    errors = {_element_path(bundle, str(p), identifier_base): str(m) for p, m in dict(found).items()}
+    path = next(iter(errors))
+    return Undeliverable(
+        f"plan {plan.id} would not be valid FHIR at {path}, so it could never be sent", {"fhir": errors}
+    )
+
+
+def check_deliverable(before: Plan | None, after: Plan, identifier_base: str, mrn_system: str) -> None:
+    """Raise Undeliverable, naming each bad FHIR element, if the push could never send `after`.
+
+    A plan that was already undeliverable before the event, in the same way (content pulled from an
+    EHR, or accepted before this check existed), does not make every later event a refusal: the
+    event did not add the problem, and refusing it would only stop the team from working on the plan.
+    """
+    try:
+        _check(after, before, identifier_base, mrn_system)
+    except Undeliverable as refusal:
+        if before is None:
+            raise
+        try:
+            _check(before, None, identifier_base, mrn_system)
+        except Undeliverable as earlier:
+            if earlier.errors.get("fhir") == refusal.errors.get("fhir"):
+                return
+        raise
+
+
+def _check(after: Plan, before: Plan | None, identifier_base: str, mrn_system: str) -> None:
+    try:
+        bundle = plan_to_bundle(_touched_only(before, after), identifier_base, mrn_system)
+    except MappingError as exc:
+        raise _refusal(after, exc, {}, identifier_base) from None
+    try:
+        validate_bundle(bundle)
+    except MappingError as exc:
+        raise _refusal(after, exc, bundle, identifier_base) from None
