@@ -9,6 +9,8 @@ from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from service.api.app import create_app
+from service.api.digits import is_ascii_integer
+from service.logs import EscapingFormatter
 from service.settings import Settings
 
 
@@ -23,7 +25,70 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
                 self.cfg.set(key, value)
 
     def load(self) -> Any:
-        return create_app()
+        return CloseWhenBodyUnread(create_app())
+
+
+class _CountingInput:
+    """The request body as the application reads it, counting what it took and noticing its end."""
+
+    def __init__(self, stream: Any, length: int | None) -> None:
+        self._stream, self._length = stream, length
+        self.taken, self.ended = 0, False
+
+    def _note(self, data: bytes, to_the_end: bool) -> bytes:
+        self.taken += len(data)
+        if to_the_end or not data or (self._length is not None and self.taken >= self._length):
+            self.ended = True
+        return data
+
+    def read(self, size: int | None = None) -> bytes:
+        """Read as the WSGI input does (all of it without a size)."""
+        return self._note(self._stream.read(size), size is None or size < 0)
+
+    def readline(self, size: int | None = None) -> bytes:
+        """Read a line as the WSGI input does."""
+        return self._note(self._stream.readline(size), False)
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        """Read lines (all of them without a hint)."""
+        lines = self._stream.readlines(hint)
+        for line in lines:
+            self._note(line, False)
+        if hint is None or hint <= 0:
+            self.ended = True
+        return lines
+
+    def __iter__(self) -> Any:
+        return iter(self.readline, b"")
+
+
+class CloseWhenBodyUnread:
+    """WSGI middleware: a response to a request whose body the app did not read to its end says
+    `Connection: close`, and gunicorn closes the connection after it.
+
+    gunicorn answers such a request with `Connection: keep-alive`, then drains at most 64 KiB of the
+    unread body and, past that, closes the socket: a client that took it at its word sends its next
+    request into a closed connection. The unread bytes cannot be skipped cheaply (a 413 is sent
+    precisely because there are too many), so the connection is closed, and said to be.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        """Serve the request; mark gunicorn's response to close when the body was left unread."""
+        length = environ.get("CONTENT_LENGTH") or ""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        if not chunked and not (is_ascii_integer(length) and int(length) > 0):
+            return self.app(environ, start_response)
+        body = environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], None if chunked else int(length))
+        result = self.app(environ, start_response)
+        if not body.ended:
+            # gunicorn's start_response is its Response's method; headers go out at the first write.
+            response = getattr(start_response, "__self__", None)
+            if response is not None and hasattr(response, "force_close"):
+                response.force_close()
+        return result
 
 
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(b)s %(L)ss'  # client, method, path, status, bytes, seconds
@@ -34,8 +99,18 @@ class AccessLogger(glogging.Logger):  # type: ignore[misc]
 
     gunicorn's own builds some sixty for every request (each request and response header, each WSGI
     environ entry), about 8% of a signed webhook's CPU under load; the line it writes is the same.
-    Never the query string or headers: no PHI reaches the access log.
+    Never the query string or headers: no PHI reaches the access log. Every line it writes, access and
+    error log alike, has its control characters escaped (service.logs.escape_controls): a path with
+    `%0A` or `%00` in it stays on its one line.
     """
+
+    def setup(self, cfg: Any) -> None:
+        """Set gunicorn's handlers up, then make each one's formatter escape control characters."""
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                if not isinstance(handler.formatter, EscapingFormatter):
+                    handler.setFormatter(EscapingFormatter(handler.formatter))
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         """Return the fields of one access-log line."""

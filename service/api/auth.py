@@ -40,14 +40,22 @@ def key_is_valid(key: str | None, keys: tuple[str, ...]) -> bool:
 
 
 def require_api_key(view: F) -> F:
-    """Refuse the request with 401 unless it carries one of PLANBRIDGE_API_KEYS."""
+    """Refuse the request with 401 unless it carries one of PLANBRIDGE_API_KEYS, and with 429 while its
+    client address or key prefix is locked out after too many wrong keys (service.api.throttle)."""
 
     @functools.wraps(view)
     def guarded(*args: Any, **kwargs: Any) -> Any:
-        keys = container().settings.api_keys
+        c = container()
+        keys = c.settings.api_keys
         if not keys:
             raise Unauthorized("the operating API is off: PLANBRIDGE_API_KEYS is not set")
-        if not key_is_valid(presented_key(), keys):
+        key = presented_key()
+        if not key:
+            raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+        scopes = c.throttle.scopes(request.remote_addr, key)
+        c.throttle.check(scopes, "api")
+        if not key_is_valid(key, keys):
+            c.throttle.failed(scopes, "api")
             raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
         return view(*args, **kwargs)
 

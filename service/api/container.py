@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from flask import current_app
 from sqlalchemy.engine import Engine
 
+from service.api.throttle import AuthThrottle
 from service.fhir.client import FhirClient
 from service.fhir.factory import client_from_settings
 from service.settings import Settings
+from service.store.security import ConsoleSessions
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
 
@@ -30,6 +32,12 @@ class Container:
     clock: Callable[[], datetime] = utcnow
 
     _fhir: FhirClient | None = None
+    throttle: AuthThrottle = field(init=False)  # failed API keys and console sign-ins
+    console_sessions: ConsoleSessions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.throttle = AuthThrottle(self.engine, self.settings)
+        self.console_sessions = ConsoleSessions(self.engine)
 
     def uow(self) -> UnitOfWork:
         """Return a new unit of work."""

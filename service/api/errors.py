@@ -9,6 +9,7 @@ from flask import Flask, Response, json
 from werkzeug.exceptions import HTTPException
 
 from service.api.auth import Unauthorized
+from service.api.throttle import Throttled
 from service.domain.errors import (
     ConfigurationError,
     Conflict,
@@ -30,6 +31,7 @@ _STATUS: list[tuple[type[PlanbridgeError], int, str]] = [
     (NotFound, 404, "Not found"),
     (Conflict, 409, "Conflict"),
     (RuleViolation, 422, "Rule violation"),
+    (Throttled, 429, "Too many requests"),
     (ConfigurationError, 503, "Service misconfigured"),
     (FhirError, 502, "FHIR server error"),
 ]
@@ -50,6 +52,8 @@ def _planbridge_error(error: PlanbridgeError) -> Response:
         headers = {"WWW-Authenticate": 'Signature realm="webhooks"'}
     elif isinstance(error, Unauthorized):
         headers = {"WWW-Authenticate": 'Bearer realm="planbridge"'}
+    elif isinstance(error, Throttled):
+        headers = {"Retry-After": str(error.retry_after)}
     return problem_response(problem(error.code, title, status, error.detail, **extra), headers)
 
 

@@ -1,6 +1,10 @@
 """Console sessions and CSRF: a signed session cookie holding a session id, an expiry, a key fingerprint and
 the CSRF token (never the API key), and the synchronizer token check.
 
+The session id is also recorded in the database at sign-in (service.store.security.ConsoleSessions, as
+a digest) and deleted at sign-out: a session is live only while its row is, so signing out ends it for
+every copy of the cookie and in every gunicorn process.
+
 The cookie is signed with PLANBRIDGE_SESSION_SECRET; without it a random key is made per process, so
 sessions end when the process restarts (and differ between gunicorn workers: set the secret there).
 """

@@ -20,6 +20,54 @@ Resolver = Callable[[str, int], list[str]]
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
+# Every block of the IANA IPv4 and IPv6 Special-Purpose Address Registries
+# (https://www.iana.org/assignments/iana-ipv4-special-registry/,
+# https://www.iana.org/assignments/iana-ipv6-special-registry/, as of 2025), carried here so the answer
+# does not depend on the Python release (3.11's `is_global` takes 192.0.0.8 and 3fff::/20 for public).
+# All are refused, the few IANA marks globally reachable included (anycast relays, AS112 sinks,
+# ORCHIDv2, DETs): no team system's webhook endpoint lives there.
+SPECIAL_PURPOSE: tuple[tuple[str, str], ...] = (
+    ("0.0.0.0/8", "this network"),
+    ("10.0.0.0/8", "private-use"),
+    ("100.64.0.0/10", "shared address space"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("172.16.0.0/12", "private-use"),
+    ("192.0.0.0/24", "IETF protocol assignments"),
+    ("192.0.2.0/24", "documentation"),
+    ("192.31.196.0/24", "AS112"),
+    ("192.52.193.0/24", "AMT"),
+    ("192.88.99.0/24", "6to4 relay anycast"),
+    ("192.168.0.0/16", "private-use"),
+    ("192.175.48.0/24", "AS112 direct delegation"),
+    ("198.18.0.0/15", "benchmarking"),
+    ("198.51.100.0/24", "documentation"),
+    ("203.0.113.0/24", "documentation"),
+    ("240.0.0.0/4", "reserved"),
+    ("255.255.255.255/32", "limited broadcast"),
+    ("::/128", "unspecified"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped"),
+    ("64:ff9b::/96", "IPv4-IPv6 translation"),
+    ("64:ff9b:1::/48", "IPv4-IPv6 translation (local use)"),
+    ("100::/64", "discard-only"),
+    ("100:0:0:1::/64", "dummy IPv6 prefix"),
+    ("2001::/23", "IETF protocol assignments"),
+    ("2001:db8::/32", "documentation"),
+    ("2002::/16", "6to4"),
+    ("2620:4f:8000::/48", "AS112 direct delegation"),
+    ("3fff::/20", "documentation"),
+    ("5f00::/16", "segment routing SIDs"),
+    ("fc00::/7", "unique-local"),
+    ("fe80::/10", "link-local"),
+)
+_SPECIAL = tuple((ipaddress.ip_network(block), name) for block, name in SPECIAL_PURPOSE)
+
+
+def special_purpose(ip: IPAddress) -> str | None:
+    """Return the name of the IANA special-purpose block holding ip, or None."""
+    return next((name for net, name in _SPECIAL if ip.version == net.version and ip in net), None)
+
 
 class OutboundRefused(RuleViolation):
     """A URL planbridge will not send to: not http(s), or its host is not a public address."""
@@ -77,7 +125,8 @@ def blocked_kind(ip: IPAddress) -> str | None:
             ("private", candidate.is_private),
             ("non-global", not candidate.is_global),
         )
-        for kind, hit in kinds:
+        named = special_purpose(candidate)
+        for kind, hit in (*kinds, (f"special-purpose ({named})", named is not None)):
             if hit:
                 return kind if candidate == ip else f"{kind} (as {candidate} inside {ip})"
     return None
@@ -126,9 +175,11 @@ class OutboundGuard:
         if not host:
             raise OutboundRefused("the URL has no host")
         try:
-            port = parts.port or DEFAULT_PORTS[scheme]
+            port = DEFAULT_PORTS[scheme] if parts.port is None else parts.port
         except ValueError:
             raise OutboundRefused("the URL's port is not a number in range") from None
+        if port == 0:
+            raise OutboundRefused("port 0 is not a port anything listens on")
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         named, addresses = self._addresses(host, port)
         if not (named and host in self.hosts):
