@@ -30,3 +30,12 @@ if [ -z "${FHIR_BASE_URL:-}" ] || [ "${1:-}" = "--with-fhir-server" ]; then
     touch "$stamp"
   fi
 fi
+
+if [ "${1:-}" = "--with-fhir-server" ]; then  # the test command: axe-core for the console's browser tests
+  stamp=tests/e2e/axe/node_modules/.planbridge-installed
+  if [ ! -f "$stamp" ] || [ tests/e2e/axe/package-lock.json -nt "$stamp" ]; then
+    echo "==> installing axe-core for the console's accessibility checks (npm ci)"
+    (cd tests/e2e/axe && npm ci --no-audit --no-fund --loglevel=error)
+    touch "$stamp"
+  fi
+fi

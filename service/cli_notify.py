@@ -58,7 +58,9 @@ def notifications_list(status: str | None) -> None:
 
 @notifications.command("deliveries")
 @click.argument("subscription_id", type=int)
-@click.option("--status", type=click.Choice(["pending", "failed", "delivered", "dead"]), help="Only this state.")
+@click.option(
+    "--status", type=click.Choice(["pending", "failed", "delivered", "dead", "skipped"]), help="Only this state."
+)
 @click.option("--plan", "plan_id", help="Only this plan's deliveries.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=200, show_default=True)
 @click.option("--after", type=click.IntRange(min=0), default=0, help="Only deliveries with ids above this one.")
@@ -76,7 +78,7 @@ def notifications_deliveries(
 @notifications.command("replay")
 @click.argument("delivery_id", type=int)
 def notifications_replay(delivery_id: int) -> None:
-    """Queue a dead or failed delivery again (due now, attempts reset)."""
+    """Queue a dead or failed delivery again (due now, with a full set of attempts)."""
     from service.api.container import utcnow
     from service.notify.subscriptions import replay_delivery
 
@@ -84,10 +86,34 @@ def notifications_replay(delivery_id: int) -> None:
     _emit(_run(lambda: replay_delivery(uow, delivery_id, utcnow())))
 
 
+@notifications.command("skip")
+@click.argument("delivery_id", type=int)
+def notifications_skip(delivery_id: int) -> None:
+    """Give up on a dead or failed delivery (under strict ordering, the plan's later ones go on)."""
+    from service.api.container import utcnow
+    from service.notify.subscriptions import skip_delivery
+
+    uow = _uow(_settings())
+    _emit(_run(lambda: skip_delivery(uow, delivery_id, utcnow())))
+
+
+@notifications.command("ordering")
+@click.argument("subscription_id", type=int)
+@click.argument("ordering", type=click.Choice(["best-effort", "strict"]))
+def notifications_ordering(subscription_id: int, ordering: str) -> None:
+    """Set a subscription's ordering: strict (a dead delivery holds back its plan's later ones) or best-effort."""
+    from service.api.container import utcnow
+    from service.notify.subscriptions import set_ordering
+
+    uow = _uow(_settings())
+    _emit(_run(lambda: set_ordering(uow, subscription_id, ordering, utcnow())))
+
+
 @notifications.command("worker")
 @click.option("--once", is_flag=True, help="Attempt what is due, then exit.")
 def notifications_worker(once: bool) -> None:
-    """Deliver plan changes to subscribed team systems (signed, in order, retried)."""
+    """Deliver plan changes to subscribed team systems (signed, in order, retried; several subscribers at
+    once: PLANBRIDGE_DELIVERY_CONCURRENCY)."""
     from service.api.container import utcnow
     from service.logs import configure
     from service.notify.worker import DeliveryWorker

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from flask import Blueprint, current_app, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, current_app, flash, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 from werkzeug.wrappers import Response
 
 from service.api.auth import key_is_valid
-from service.api.container import container
+from service.api.container import container, utcnow
 from service.api.plans import outbox_dict, replay_outbox_entry
-from service.console import chart, security
+from service.api.throttle import Throttled
+from service.console import chart, listing, security
 from service.domain.errors import Conflict, NotFound, PlanbridgeError
 from service.domain.model import Goal, Member, Plan
 from service.notify import subscriptions as subscription_use
@@ -38,6 +38,9 @@ PLAN_ID_MAX = 128  # the longest plan id the store holds
 STATE_WORDS = {"in_sync": "In sync", "pending": "Pending", "failed": "Failed", "conflicted": "Conflicted"}
 OPEN_PAGES = ("console.sign_in", "console.static")
 MAX_ROW_ID = 2**31 - 1  # larger ids cannot exist (INTEGER columns on PostgreSQL)
+# An action's notice is shown in the section it was taken in, with this id, and gets the focus, so the
+# person who acted reads what happened where they are (a screen reader announces it).
+NOTICE = "notice"
 
 
 def _bounded(kind: str, value: int) -> int:
@@ -61,7 +64,12 @@ def _fingerprints() -> set[str]:
 
 
 def _signed_in() -> bool:
-    return security.session_is_live(dict(session), _fingerprints())
+    """Tell whether the cookie's session is live: signed, unexpired, its key configured, and open in the
+    database (signing out closes it there, so a copy of the cookie opens nothing afterwards)."""
+    if "planbridge_signed_in" not in g:
+        live = security.session_is_live(dict(session), _fingerprints())
+        g.planbridge_signed_in = live and container().console_sessions.is_live(str(session["sid"]), utcnow())
+    return bool(g.planbridge_signed_in)
 
 
 def _csrf_token() -> str:
@@ -120,19 +128,33 @@ def sign_in() -> ResponseReturnValue:
     """Show the sign-in form; a valid API key opens a session (the key itself is not kept)."""
     error = None
     if request.method == "POST":
-        keys = container().settings.api_keys
+        c = container()
+        keys = c.settings.api_keys
         presented = request.form.get("api_key", "").strip()
+        scopes = c.throttle.scopes(request.remote_addr, presented) if keys and presented else []
+        if scopes:
+            try:
+                c.throttle.check(scopes, "console")
+            except Throttled as refused:
+                log.warning("console sign-in throttled")
+                message = f"Too many keys that were not valid; try again in {refused.retry_after} seconds."
+                page = render_template("sign_in.html", error=message, signed_in=False)
+                return page, 429, {"Retry-After": str(refused.retry_after)}
         if keys and key_is_valid(presented, keys):
-            session.clear()
+            _close_session()  # a session the browser held before is over: a new id, never a reused one
+            session_id, now = security.new_token(), utcnow()  # real time, as the cookie's expiry is
+            c.console_sessions.open(session_id, now, now + timedelta(seconds=security.SESSION_SECONDS))
             session.update(
-                sid=security.new_token(),
-                exp=int(time.time()) + security.SESSION_SECONDS,
+                sid=session_id,
+                exp=int(now.timestamp()) + security.SESSION_SECONDS,
                 kfp=_fingerprint_of(presented),
                 csrf=security.new_token(),
             )
             session.permanent = True
             log.info("console sign-in")
             return redirect(url_for("console.plans"))
+        if scopes:
+            c.throttle.failed(scopes, "console")
         log.warning("console sign-in refused")
         error = "That key is not valid." if keys else "The console is off: PLANBRIDGE_API_KEYS is not set."
     elif _signed_in():
@@ -140,10 +162,19 @@ def sign_in() -> ResponseReturnValue:
     return render_template("sign_in.html", error=error, signed_in=False), 401 if error else 200
 
 
+def _close_session() -> None:
+    """Close the cookie's session in the database (if it names one) and empty the cookie."""
+    session_id = session.get("sid")
+    if isinstance(session_id, str) and session_id:
+        container().console_sessions.close(session_id)
+    session.clear()
+    g.planbridge_signed_in = False
+
+
 @bp.post("/sign-out")
 def sign_out() -> ResponseReturnValue:
-    """End the session."""
-    session.clear()
+    """End the session, in the database too: the cookie, or any copy of it, opens nothing afterwards."""
+    _close_session()
     flash("You are signed out.")
     return redirect(url_for("console.sign_in"))
 
@@ -161,19 +192,23 @@ def patient_label(plan: Plan, show_names: bool) -> str:
 
 @bp.get("/")
 def plans() -> ResponseReturnValue:
-    """List plans a page at a time with their patient, status and sync state; ?state= filters by sync
-    state, ?after= starts the page after that plan id."""
+    """List plans a page at a time with their patient, status, sync state and open conflicts, those with open
+    conflicts first; ?state= filters by sync state, ?q= finds a plan id (or part of one) or an MRN, ?part=
+    and ?after= start the page after that plan id in that part of the list."""
     wanted = request.args.get("state") or None
     if wanted is not None and wanted not in SYNC_STATES:
         wanted = None
+    search = request.args.get("q", "").strip()[: listing.SEARCH_MAX]
     after = request.args.get("after", "")
-    if len(after) > PLAN_ID_MAX:
-        after = ""  # no plan id is that long: start from the first
+    part = request.args.get("part", listing.PARTS[0])
+    if len(after) > PLAN_ID_MAX or part not in listing.PARTS:
+        after, part = "", listing.PARTS[0]  # no plan id is that long: start from the first
     c = container()
     with c.uow() as uow:
-        summaries, total = uow.plans.page(after=after, limit=PAGE_SIZE + 1, sync_status=wanted)
-        shown = summaries[:PAGE_SIZE]
-        conflicts = uow.sync.open_conflict_counts([s.plan.id for s in shown])
+        assert uow.session is not None
+        page = listing.plans_page(
+            uow.session, limit=PAGE_SIZE, part=part, after=after, sync_status=wanted, search=search
+        )
     rows = [
         {
             "id": s.plan.id,
@@ -182,18 +217,19 @@ def plans() -> ResponseReturnValue:
             "status": s.plan.status,
             "sync": s.sync_status,
             "last_synced": _instant(s.last_synced),
-            "conflicts": conflicts.get(s.plan.id, 0),
+            "conflicts": s.open_conflicts,
         }
-        for s in shown
+        for s in page.rows
     ]
-    following = shown[-1].plan.id if len(summaries) > PAGE_SIZE else None
     return render_template(
         "plans.html",
         rows=rows,
-        total=total,
+        total=page.total,
+        conflicted=page.conflicted,
         after=after,
-        following=following,
+        following=page.following,
         wanted=wanted,
+        search=search,
         states=SYNC_STATES,
         words=STATE_WORDS,
         signed_in=True,
@@ -240,6 +276,10 @@ def _target_rows(goal: Goal) -> list[dict[str, str]]:
     return rows
 
 
+def _strict(subscribers: dict[int, tuple[str, str]], delivery: dict[str, Any]) -> bool:
+    return subscribers.get(delivery["subscription_id"], ("", ""))[1] == "strict"
+
+
 def _pretty(value: Any) -> str:
     return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True, default=str)
 
@@ -257,7 +297,7 @@ def plan(plan_id: str) -> ResponseReturnValue:
         outbox = [outbox_dict(r) for r in entries]
         sent, older_delivered = uow.deliveries.for_plan(plan_id, delivered_shown=DONE_SHOWN)
         deliveries = [subscription_use.delivery_dict(r) for r in sent]
-        urls = {s.id: s.url for s in uow.subscriptions.list()}
+        subscribers = {s.id: (s.url, s.ordering) for s in uow.subscriptions.list()}
         outcome = uow.sync.state(plan_id).last_outcome  # read only: this unit of work is never committed
     status = sync_status(c.uow(), plan_id)
     goals = []
@@ -313,7 +353,10 @@ def plan(plan_id: str) -> ResponseReturnValue:
         outbox=outbox,
         older_done=older_done,
         older_delivered=older_delivered,
-        deliveries=[{**d, "url": urls.get(d["subscription_id"], "")} for d in deliveries],
+        deliveries=[
+            {**d, "url": subscribers.get(d["subscription_id"], ("", ""))[0], "strict": _strict(subscribers, d)}
+            for d in deliveries
+        ],
         signed_in=True,
     )
 
@@ -326,8 +369,8 @@ def resolve(conflict_id: int) -> ResponseReturnValue:
         return render_template("error.html", title="Not done", message="choose ours or theirs", signed_in=True), 400
     c = container()
     done = resolve_conflict(c.uow(), c.clock, _bounded("conflict", conflict_id), take)
-    flash(f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="sync"))
+    flash(f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.", "conflicts")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
 
 
 @bp.post("/outbox/<int:entry_id>/replay")
@@ -335,8 +378,8 @@ def replay_outbox(entry_id: int) -> ResponseReturnValue:
     """Queue a dead outbox entry again (the API's use case); back to the plan."""
     c = container()
     done = replay_outbox_entry(c.uow(), _bounded("outbox entry", entry_id), c.clock())
-    flash(f"Outbox entry {entry_id} queued again.")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="outbox"))
+    flash(f"Outbox entry {entry_id} queued again.", "outbox")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")
@@ -344,5 +387,14 @@ def replay_delivery(delivery_id: int) -> ResponseReturnValue:
     """Queue a dead or failed delivery again (the API's use case); back to the plan."""
     c = container()
     done = subscription_use.replay_delivery(c.uow(), _bounded("delivery", delivery_id), c.clock())
-    flash(f"Delivery {delivery_id} queued again.")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor="deliveries"))
+    flash(f"Delivery {delivery_id} queued again.", "deliveries")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
+
+
+@bp.post("/deliveries/<int:delivery_id>/skip")
+def skip_delivery(delivery_id: int) -> ResponseReturnValue:
+    """Give up on a dead or failed delivery (the API's use case); back to the plan."""
+    c = container()
+    done = subscription_use.skip_delivery(c.uow(), _bounded("delivery", delivery_id), c.clock())
+    flash(f"Delivery {delivery_id} skipped: it will not be sent, and holds back nothing.", "deliveries")
+    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))

@@ -9,7 +9,10 @@ from service.domain.errors import InvalidInput, RuleViolation
 from service.notify.changes import EVENT_TYPES
 from service.notify.ssrf import OutboundGuard
 from service.signing import new_secret
-from service.store.uow import UnitOfWork
+from service.store.uow import DeliveryRepository, UnitOfWork
+
+ORDERINGS = DeliveryRepository.ORDERINGS
+DEFAULT_ORDERING = "best-effort"
 
 
 def iso_date(value: datetime | None) -> str | None:
@@ -25,6 +28,7 @@ def subscription_dict(row: Any) -> dict[str, Any]:
         "status": row.status,
         "disabled_reason": row.disabled_reason,
         "description": row.description,
+        "ordering": row.ordering or DEFAULT_ORDERING,
         "created_at": iso_date(row.created_at),
         "updated_at": iso_date(row.updated_at),
     }
@@ -41,7 +45,9 @@ def delivery_dict(row: Any) -> dict[str, Any]:
         "webhook_id": row.webhook_id,
         "status": row.status,
         "attempts": row.attempts,
+        "attempts_since_replay": row.attempts - (row.attempts_before_replay or 0),
         "next_attempt_at": iso_date(row.next_attempt_at),
+        "claimed_at": iso_date(row.claimed_at),  # set while a worker sends it (until next_attempt_at)
         "last_status_code": row.last_status_code,
         "last_error": row.last_error,
         "attempt_log": row.attempt_log or [],
@@ -63,17 +69,42 @@ def check_event_types(event_types: list[str]) -> list[str]:
     return sorted(set(event_types))
 
 
+def check_ordering(ordering: str) -> str:
+    """Return the ordering, refusing one that is neither `best-effort` nor `strict`."""
+    if ordering not in ORDERINGS:
+        raise InvalidInput("ordering must be best-effort or strict", {"ordering": [f"one of {', '.join(ORDERINGS)}"]})
+    return ordering
+
+
 def subscribe(
-    uow: UnitOfWork, guard: OutboundGuard, url: str, event_types: list[str], description: str | None, now: datetime
+    uow: UnitOfWork,
+    guard: OutboundGuard,
+    url: str,
+    event_types: list[str],
+    description: str | None,
+    now: datetime,
+    ordering: str = DEFAULT_ORDERING,
 ) -> dict[str, Any]:
     """Register a subscription after checking its URL; return it with its secret (shown this once)."""
     event_types = check_event_types(event_types)
+    ordering = check_ordering(ordering)
     guard.check(url)
     secret = new_secret()
     with uow:
         row = uow.subscriptions.add(url.strip(), event_types, secret, description, now)
+        row.ordering = ordering
         uow.commit()
         return {**subscription_dict(row), "secret": secret}
+
+
+def set_ordering(uow: UnitOfWork, subscription_id: int, ordering: str, now: datetime) -> dict[str, Any]:
+    """Change how a subscription's deliveries wait behind a dead one (`strict`) or not (`best-effort`)."""
+    ordering = check_ordering(ordering)
+    with uow:
+        row = uow.subscriptions.get(subscription_id)
+        row.ordering, row.updated_at = ordering, now
+        uow.commit()
+        return subscription_dict(row)
 
 
 def set_enabled(uow: UnitOfWork, subscription_id: int, enabled: bool, now: datetime) -> dict[str, Any]:
@@ -96,12 +127,29 @@ def unsubscribe(uow: UnitOfWork, subscription_id: int) -> None:
         uow.commit()
 
 
+def _closable(uow: UnitOfWork, delivery_id: int, now: datetime, doing: str) -> Any:
+    row = uow.deliveries.get(delivery_id)
+    if row.status not in ("dead", "failed"):
+        raise RuleViolation(f"delivery {delivery_id} is {row.status}; only dead or failed ones are {doing}")
+    if uow.deliveries.in_flight(row, now):
+        raise RuleViolation(f"delivery {delivery_id} is being sent now; try again once the attempt is recorded")
+    return row
+
+
 def replay_delivery(uow: UnitOfWork, delivery_id: int, now: datetime) -> dict[str, Any]:
-    """Queue a dead or failed delivery again, due now, with its attempts reset."""
+    """Queue a dead or failed delivery again, due now, with a full set of attempts (its count and log go on)."""
     with uow:
-        row = uow.deliveries.get(delivery_id)
-        if row.status not in ("dead", "failed"):
-            raise RuleViolation(f"delivery {delivery_id} is {row.status}; only dead or failed ones are replayed")
+        row = _closable(uow, delivery_id, now, "replayed")
         uow.deliveries.replay(row, now)
+        uow.commit()
+        return delivery_dict(row)
+
+
+def skip_delivery(uow: UnitOfWork, delivery_id: int, now: datetime) -> dict[str, Any]:
+    """Give up on a dead or failed delivery: it is not sent again, and under `strict` ordering the plan's
+    later deliveries to that subscription go on."""
+    with uow:
+        row = _closable(uow, delivery_id, now, "skipped")
+        uow.deliveries.skip(row)
         uow.commit()
         return delivery_dict(row)

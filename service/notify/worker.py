@@ -1,10 +1,14 @@
 """The delivery worker: POSTs each plan change to its subscribers, signed, in order, with retries.
 
-Like the outbox worker, a delivery is claimed by moving its due time one lease ahead in a short
-transaction (SKIP LOCKED on PostgreSQL), so no lock is held while the receiver answers. One plan's
-deliveries to one subscription go strictly in sequence order (see DeliveryRepository.claim_next).
-Every retry carries the same `webhook-id`; a receiver dedupes on it (a worker killed after sending
-but before recording sends again after the lease: at least once, never out of order).
+Subscribers are served side by side: the worker claims due deliveries and hands each to a bounded pool
+of sender threads (`PLANBRIDGE_DELIVERY_CONCURRENCY`), at most one delivery in flight per subscription,
+so an endpoint that is slow, failing or gone holds one sender and delays only itself. Like the outbox
+worker, a delivery is claimed by moving its due time one lease ahead in a short transaction (SKIP
+LOCKED on PostgreSQL, where several workers may run), so no lock is held while the receiver answers.
+One plan's deliveries to one subscription go strictly in sequence order (see
+DeliveryRepository.claim_next). Every retry carries the same `webhook-id`; a receiver dedupes on it (a
+worker killed after sending but before recording sends again after the lease: at least once, never out
+of order).
 """
 
 from __future__ import annotations
@@ -12,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -71,7 +77,7 @@ class Attempt:
 
 
 class DeliveryWorker(PollingWorker):
-    """Drains due deliveries to their subscribers."""
+    """Sends due deliveries to their subscribers, several subscribers at once."""
 
     name = "delivery worker"
 
@@ -82,19 +88,28 @@ class DeliveryWorker(PollingWorker):
         clock: Callable[[], datetime],
         guard: OutboundGuard | None = None,
         send: Sender = http.post,
+        concurrency: int | None = None,
     ) -> None:
         self.uow, self.settings, self.clock, self.send = uow, settings, clock, send
         self.guard = guard or OutboundGuard(settings.outbound_allow)
         self.poll_seconds = settings.worker_poll_seconds
         self.lease = timedelta(seconds=max(settings.outbox_lease_seconds, 2 * settings.delivery_timeout + 10))
+        self.concurrency = max(1, concurrency or settings.delivery_concurrency)
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: dict[Future[None], Claimed] = {}
+        self._dispatch = threading.Lock()  # one dispatcher at a time per worker
 
-    def _claim(self) -> Claimed | None:
+    def _unit(self) -> UnitOfWork:
+        """A unit of work of its own (a UnitOfWork holds one session: one per thread)."""
+        return UnitOfWork(self.uow.engine)
+
+    def _claim(self, busy: frozenset[int] = frozenset()) -> Claimed | None:
         with self.uow:
             now = self.clock()
-            row = self.uow.deliveries.claim_next(now)
+            row = self.uow.deliveries.claim_next(now, busy)
             if row is None:
                 return None
-            row.next_attempt_at = now + self.lease
+            self.uow.deliveries.lease(row, now, now + self.lease)
             subscription = self.uow.subscriptions.get(row.subscription_id)
             claimed = Claimed(
                 row.id, row.subscription_id, row.plan_id, row.sequence, subscription.url, subscription.secret,
@@ -129,34 +144,111 @@ class DeliveryWorker(PollingWorker):
         wait = retry_after_seconds(answer.retry_after, time.time()) if answer.status in (429, 503) else None
         return Attempt(answer.status, f"HTTP {answer.status}", None if wait is None else min(wait, RETRY_AFTER_CAP))
 
-    def process_one(self) -> bool:
-        """Attempt one due delivery; return False when none was due."""
-        claimed = self._claim()
-        if claimed is None:
-            return False
+    def deliver(self, claimed: Claimed) -> None:
+        """Attempt one claimed delivery and record how it went (in a unit of work of its own)."""
         started = time.monotonic()
         result = self.attempt(claimed)
         elapsed_ms = int((time.monotonic() - started) * 1000)
-        with self.uow:
-            row = self.uow.deliveries.find(claimed.delivery_id)
+        with self._unit() as uow:
+            row = uow.deliveries.find(claimed.delivery_id)
             if row is None:  # the subscription was deleted meanwhile
-                return True
+                return
             now = self.clock()
-            self.uow.deliveries.record_attempt(row, now, result.status_code, result.error, elapsed_ms)
+            uow.deliveries.record_attempt(row, now, result.status_code, result.error, elapsed_ms)
             if result.delivered:
-                self.uow.deliveries.mark_delivered(row, now)
+                uow.deliveries.mark_delivered(row, now)
             else:
                 if result.status_code == 410:
-                    subscription = self.uow.subscriptions.get(claimed.subscription_id)
+                    subscription = uow.subscriptions.get(claimed.subscription_id)
                     reason = f"the endpoint answered 410 Gone at {now.isoformat()}"
-                    self.uow.subscriptions.set_status(subscription, "disabled", reason, now)
+                    uow.subscriptions.set_status(subscription, "disabled", reason, now)
                 delay = backoff(row.attempts) if result.retry_after is None else timedelta(seconds=result.retry_after)
-                self.uow.deliveries.mark_failed(row, self.settings.delivery_max_attempts, now + delay)
+                uow.deliveries.mark_failed(row, self.settings.delivery_max_attempts, now + delay)
             status = row.status
-            self.uow.commit()
+            uow.commit()
         log.info(
             "delivery %s subscription %s plan %s sequence %s: %s (%s)",
             claimed.delivery_id, claimed.subscription_id, claimed.plan_id, claimed.sequence, status,
             result.status_code or (result.error or "").split(":")[0],
         )  # fmt: skip
+
+    def _deliver_safely(self, claimed: Claimed) -> None:
+        try:
+            self.deliver(claimed)
+        except Exception:  # e.g. the database went away: the lease runs out and the delivery is sent again
+            log.exception("delivery %s: its attempt could not be recorded", claimed.delivery_id)
+
+    def process_one(self) -> bool:
+        """Attempt one due delivery in this thread; return False when none was due."""
+        claimed = self._claim()
+        if claimed is None:
+            return False
+        self._deliver_safely(claimed)
         return True
+
+    def _fill(self) -> int:
+        """Hand due deliveries to free senders, one per subscription; return how many were handed out."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="planbridge-delivery")
+        handed = 0
+        while len(self._in_flight) < self.concurrency:
+            busy = frozenset(c.subscription_id for c in self._in_flight.values())
+            claimed = self._claim(busy)
+            if claimed is None:
+                break
+            self._in_flight[self._pool.submit(self._deliver_safely, claimed)] = claimed
+            handed += 1
+        return handed
+
+    def _settle(self, timeout: float | None) -> int:
+        """Wait up to `timeout` (None: for ever) for a sender to finish; return how many have finished."""
+        if not self._in_flight:
+            return 0
+        done, _ = wait(list(self._in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            del self._in_flight[future]
+        return len(done)
+
+    def run_until_idle(self, limit: int = 10_000) -> int:
+        """Send what is due, several subscribers at once, until nothing is due or in flight; return how
+        many attempts were made (at most about `limit` handed out)."""
+        with self._dispatch:
+            handed = finished = 0
+            try:
+                while True:
+                    if handed < limit:
+                        handed += self._fill()
+                    if not self._in_flight:
+                        return finished
+                    finished += self._settle(None)
+            finally:
+                while self._in_flight:  # a failed claim must not leave senders unaccounted for
+                    self._settle(None)
+                self.close()
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Send due deliveries until `stop` is set, looking for new ones whenever a sender frees up and at
+        least every `poll_seconds`; on stop, wait for the attempts under way to be recorded."""
+        log.info("%s started (%s senders)", self.name, self.concurrency)
+        with self._dispatch:
+            try:
+                while not stop.is_set():
+                    try:
+                        self._fill()
+                    except Exception:  # the worker must outlive any single failure; the next poll retries
+                        log.exception("%s pass failed", self.name)
+                    if self._in_flight:
+                        self._settle(self.poll_seconds)
+                    else:
+                        stop.wait(self.poll_seconds)
+            finally:
+                while self._in_flight:
+                    self._settle(None)
+                self.close()
+        log.info("%s stopped", self.name)
+
+    def close(self) -> None:
+        """Let the sender threads go (after the attempts under way)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

@@ -320,13 +320,23 @@ def test_the_plans_list_goes_a_page_at_a_time_and_filters_across_pages(console):
         return ids, captions
 
     everything, captions = walk("/console/")
-    assert sorted(everything) == everything and len(everything) == len(set(everything)) == 121
-    assert captions == ["121 plans: 50 on this page", "121 plans: 50 on this page", "121 plans: 21 on this page"]
+    # The plan with an open conflict first, then the rest in id order.
+    assert everything[0] == console.plan.id and sorted(everything[1:]) == everything[1:]
+    assert len(everything) == len(set(everything)) == 121
+    first = "; 1 with open conflicts, listed first"
+    assert captions == [
+        f"121 plans: 50 on this page{first}",
+        f"121 plans: 50 on this page{first}",
+        f"121 plans: 21 on this page{first}",
+    ]
     failed, captions = walk("/console/?state=failed")
     assert failed == [f"page-{n:03d}" for n in range(0, 120, 4)]
     assert captions == ["30 plans with sync state “Failed”"]  # one page: no paging words
     conflicted = http.get(f"{console.url}/console/?state=conflicted", timeout=10).text
-    assert console.plan.id in conflicted and re.search(r"<td>1</td>\s*</tr>", conflicted)  # its open conflict
+    assert (
+        console.plan.id in conflicted and f'/console/plans/{console.plan.id}#conflicts" id="conflicts-of-' in conflicted
+    )
+    assert ">1 open conflict</a>" in conflicted  # its open conflict, a link to it
     too_long = http.get(f"{console.url}/console/?after={'x' * 200}", timeout=10)
     assert too_long.status_code == 200 and "page-000" in too_long.text  # no such id: the first page
 

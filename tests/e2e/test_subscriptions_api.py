@@ -64,6 +64,8 @@ ROUTES = [
     ("POST", "/subscriptions/1/disable"),
     ("GET", "/subscriptions/1/deliveries"),
     ("POST", "/deliveries/1/replay"),
+    ("PATCH", "/subscriptions/1"),
+    ("POST", "/deliveries/1/skip"),
 ]
 
 
@@ -106,10 +108,12 @@ def test_a_dead_delivery_is_replayed_and_a_subscription_disabled_enabled_and_del
         (dead,) = api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()
         assert (dead["status"], dead["last_status_code"], dead["last_error"]) == ("dead", 500, "HTTP 500")
         replayed = api.call("POST", f"/deliveries/{dead['id']}/replay")
+        # The attempt count goes on, as the attempt log does; the replay gives a full set of attempts.
         assert replayed.status_code == 200 and (replayed.json()["status"], replayed.json()["attempts"]) == (
             "pending",
-            0,
+            1,
         )
+        assert replayed.json()["attempts_since_replay"] == 0 and len(replayed.json()["attempt_log"]) == 1
         disabled = api.call("POST", f"/subscriptions/{sub['id']}/disable").json()
         assert disabled["status"] == "disabled" and disabled["disabled_reason"]
         assert api.worker.run_until_idle() == 0
@@ -180,7 +184,8 @@ def test_the_openapi_document_lists_the_subscription_routes(api):
         "/subscriptions/{subscription_id}/deliveries",
         "/deliveries/{delivery_id}/replay",
     } <= set(document["paths"])
-    assert set(document["paths"]["/subscriptions/{subscription_id}"]) == {"get", "delete"}
+    assert set(document["paths"]["/subscriptions/{subscription_id}"]) == {"get", "patch", "delete"}
+    assert "/deliveries/{delivery_id}/skip" in document["paths"]
 
 
 def test_the_notifications_commands_list_show_replay_and_work(database, receiver, monkeypatch):
@@ -231,3 +236,40 @@ def test_the_delivery_log_goes_a_page_at_a_time(api):
     for bad in ("after=-1", "after=²", "limit=²", f"after={2**31}"):
         refused = api.call("GET", f"/subscriptions/{sub['id']}/deliveries?{bad}")
         assert refused.status_code == 400, bad
+
+
+def test_the_ordering_is_chosen_at_subscription_changed_later_and_a_dead_delivery_skipped(engine, receiver):
+    api = Api(engine, delivery_max_attempts=1)
+    try:
+        default = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["*"]}).json()
+        assert default["ordering"] == "best-effort"
+        body = {"url": receiver.url, "event_types": ["*"], "ordering": "strict"}
+        sub = api.call("POST", "/subscriptions", body).json()
+        assert (
+            sub["ordering"] == "strict"
+            and api.call("GET", f"/subscriptions/{sub['id']}").json()["ordering"] == "strict"
+        )
+        refused = api.call("POST", "/subscriptions", {**body, "ordering": "loose"})
+        assert refused.status_code == 400 and "ordering" in refused.json()["errors"]
+        api.call("DELETE", f"/subscriptions/{default['id']}")
+        api.change("plan-a", 1)
+        api.change("plan-a", 2)
+        api.worker.run_until_idle()  # the receiver answers 500 once: the first is dead, the second held back
+        dead, held = api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()
+        assert (dead["status"], held["status"]) == ("dead", "pending")
+        assert api.call("GET", f"/subscriptions/{sub['id']}/deliveries?status=skipped").json() == []
+        skipped = api.call("POST", f"/deliveries/{dead['id']}/skip")
+        assert skipped.status_code == 200 and skipped.json()["status"] == "skipped"
+        assert api.call("POST", f"/deliveries/{dead['id']}/skip").status_code == 422
+        assert api.call("POST", f"/deliveries/{held['id']}/skip").status_code == 422  # pending: not dead or failed
+        assert api.worker.run_until_idle() == 1
+        assert [d["status"] for d in api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()] == [
+            "skipped",
+            "delivered",
+        ]
+        changed = api.call("PATCH", f"/subscriptions/{sub['id']}", {"ordering": "best-effort"})
+        assert changed.status_code == 200 and changed.json()["ordering"] == "best-effort"
+        assert api.call("PATCH", f"/subscriptions/{sub['id']}", {"url": "http://127.0.0.1:9/"}).status_code == 400
+        assert api.call("PATCH", "/subscriptions/999999", {"ordering": "strict"}).status_code == 404
+    finally:
+        api.server.shutdown()

@@ -1,8 +1,13 @@
 """SMART Backend Services against a local token endpoint that checks assertions as an EHR would."""
 
+import json
+import os
 import secrets
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -11,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask, jsonify, request
 from werkzeug.serving import make_server
 
-from service.fhir.auth import SmartBackendAuth, SmartConfig
+from service.domain.errors import ConfigurationError
+from service.fhir.auth import SmartBackendAuth, SmartConfig, check_signing_key, scopes_for
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirAuthError
 
@@ -25,7 +31,8 @@ def keypair(alg: str) -> tuple[str, object]:
 class AuthServer:
     """A token endpoint, its discovery document, and one protected FHIR read."""
 
-    def __init__(self) -> None:
+    def __init__(self, expires_in: int = 300, capabilities: list[str] | None = None) -> None:
+        self.expires_in, self.capabilities = expires_in, capabilities
         self.keys: dict[str, tuple[str, object]] = {}  # kid -> (alg, public key)
         self.seen_jti: set[str] = set()
         self.tokens: dict[str, float] = {}  # token -> expiry
@@ -35,12 +42,14 @@ class AuthServer:
         app.add_url_rule("/fhir/.well-known/smart-configuration", view_func=self.discovery)
         app.add_url_rule("/token", view_func=self.token, methods=["POST"])
         app.add_url_rule("/fhir/Goal/<gid>", view_func=self.goal)
+        app.add_url_rule("/fhir/metadata", view_func=self.metadata)
         self.server = make_server("127.0.0.1", 0, app, threaded=True)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def discovery(self):
-        return jsonify(token_endpoint=f"{self.url}/token", grant_types_supported=["client_credentials"])
+        extra = {} if self.capabilities is None else {"capabilities": self.capabilities}
+        return jsonify(token_endpoint=f"{self.url}/token", grant_types_supported=["client_credentials"], **extra)
 
     def token(self):
         form = request.form
@@ -62,8 +71,8 @@ class AuthServer:
         self.seen_jti.add(claims["jti"])
         self.assertions.append({"claims": claims, "scope": form.get("scope")})
         token = secrets.token_urlsafe(16)
-        self.tokens[token] = time.time() + 300
-        return jsonify(access_token=token, token_type="bearer", expires_in=300, scope=form.get("scope"))
+        self.tokens[token] = time.time() + self.expires_in
+        return jsonify(access_token=token, token_type="bearer", expires_in=self.expires_in, scope=form.get("scope"))
 
     def goal(self, gid: str):
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -73,6 +82,11 @@ class AuthServer:
         if token not in self.tokens:
             return jsonify(resourceType="OperationOutcome", issue=[{"severity": "error", "code": "login"}]), 401
         return jsonify(resourceType="Goal", id=gid)
+
+    def metadata(self):
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in self.tokens:
+            return jsonify(resourceType="OperationOutcome", issue=[{"severity": "error", "code": "login"}]), 401
+        return jsonify(resourceType="CapabilityStatement", fhirVersion="4.0.1", rest=[])
 
 
 @pytest.fixture
@@ -135,3 +149,158 @@ def test_an_unknown_key_is_refused_with_a_clear_error(server):
     server.keys.clear()
     with pytest.raises(FhirAuthError, match="token request refused"):
         client.read("Goal", "1")
+
+
+def test_tokens_that_live_60_seconds_are_reused_until_near_their_end():
+    server = AuthServer(expires_in=60)
+    try:
+        clock = Clock()
+        client, auth = smart_client(server, "ES384", clock)
+        for _ in range(20):  # 20 requests over 47.5 s of the token's 60: one token
+            client.read("Goal", "1")
+            clock.now += 2.5
+        assert auth.tokens_fetched == 1 and len(server.assertions) == 1
+        clock.now += 1  # 48.5 s: under a fifth of its lifetime left, so it is renewed before use
+        client.read("Goal", "1")
+        assert auth.tokens_fetched == 2
+        for _ in range(10):
+            client.read("Goal", "1")
+        assert auth.tokens_fetched == 2
+    finally:
+        server.server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "version", "asked"),
+    [
+        (
+            ["permission-v2", "client-confidential-asymmetric"],
+            "v2",
+            "system/Patient.rs system/Goal.cruds system/Observation.cud",
+        ),
+        (["permission-v1"], "v1", "system/Patient.read system/Goal.* system/Observation.write"),
+        (None, "v1", "system/Patient.read system/Goal.* system/Observation.write"),
+    ],
+)
+def test_scopes_are_asked_in_v2_syntax_only_when_the_server_advertises_permission_v2(capabilities, version, asked):
+    server = AuthServer(capabilities=capabilities)
+    try:
+        pem, public = keypair("RS384")
+        server.keys["k"] = ("RS384", public)
+        config = SmartConfig(
+            "planbridge", pem, "k", "RS384", "system/Patient.read system/Goal.* system/Observation.write"
+        )
+        auth = SmartBackendAuth(config, f"{server.url}/fhir")
+        FhirClient(f"{server.url}/fhir", auth=auth, sleep=lambda _s: None).read("Goal", "1")
+        assert (server.assertions[0]["scope"], auth.scope_version) == (asked, version)
+    finally:
+        server.server.shutdown()
+
+
+def test_scope_syntax_translates_both_ways_and_leaves_what_has_no_counterpart():
+    assert (
+        scopes_for("system/*.read system/Goal.write user/Goal.*", True) == "system/*.rs system/Goal.cud user/Goal.cruds"
+    )
+    assert scopes_for("system/Goal.rs system/Goal.cud system/Goal.cruds", False) == (
+        "system/Goal.read system/Goal.write system/Goal.*"
+    )
+    assert scopes_for("system/Goal.rs launch/patient system/Observation.rs?category=vital-signs", True) == (
+        "system/Goal.rs launch/patient system/Observation.rs?category=vital-signs"
+    )
+    assert scopes_for("system/Goal.read system/Goal.rs", False) == "system/Goal.read"  # the same scope once
+
+
+def pem_of(key, encryption=None) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption or serialization.NoEncryption()
+    ).decode()
+
+
+@pytest.mark.parametrize(
+    ("make", "algorithm", "words"),
+    [
+        (
+            lambda: pem_of(rsa.generate_private_key(65537, 2048)),
+            "ES384",
+            "ES384 needs an EC private key on the curve P-384",
+        ),
+        (
+            lambda: pem_of(ec.generate_private_key(ec.SECP384R1())),
+            "RS384",
+            "RS384 needs an RSA private key of 2048 bits",
+        ),
+        (lambda: pem_of(ec.generate_private_key(ec.SECP256R1())), "ES384", "holds an EC key on the curve secp256r1"),
+        (lambda: pem_of(rsa.generate_private_key(65537, 1024)), "RS384", "holds an RSA key of 1024 bits"),
+        (
+            lambda: pem_of(rsa.generate_private_key(65537, 2048), serialization.BestAvailableEncryption(b"pw")),
+            "RS384",
+            "encrypted private key",
+        ),
+        (
+            lambda: (
+                rsa.generate_private_key(65537, 2048)
+                .public_key()
+                .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+                .decode()
+            ),
+            "RS384",
+            "not a PEM private key",
+        ),
+    ],
+)
+def test_a_key_that_cannot_sign_with_the_algorithm_is_refused_when_the_client_is_made(make, algorithm, words):
+    pem = make()
+    with pytest.raises(ConfigurationError, match=words) as refused:
+        SmartBackendAuth(SmartConfig("planbridge", pem, "k", algorithm), "http://127.0.0.1:9/fhir")
+    assert "\n" not in refused.value.detail and refused.value.data["setting"].startswith("SMART_")
+    check_signing_key(pem_of(rsa.generate_private_key(65537, 2048)), "RS384")  # a fitting key passes
+    check_signing_key(pem_of(ec.generate_private_key(ec.SECP384R1())), "ES384")
+
+
+BIN = Path(sys.executable).parent / "planbridge"
+
+
+def smart_env(tmp_path, server_url: str, pem: str, algorithm: str) -> dict[str, str]:
+    key_file = tmp_path / "smart.pem"
+    key_file.write_text(pem)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRIDGE_", "FHIR_", "SMART_", "DATABASE_URL"))}
+    return {
+        **env,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'planbridge.db'}",
+        "FHIR_BASE_URL": f"{server_url}/fhir",
+        "FHIR_AUTH": "smart",
+        "SMART_CLIENT_ID": "planbridge",
+        "SMART_KEY_ID": "k",
+        "SMART_PRIVATE_KEY_FILE": str(key_file),
+        "SMART_ALGORITHM": algorithm,
+    }
+
+
+@pytest.mark.parametrize("command", [("fhir", "check"), ("worker", "--once")])
+def test_the_commands_refuse_a_mismatched_key_at_start_up_in_one_line(tmp_path, server, command):
+    env = smart_env(tmp_path, server.url, pem_of(rsa.generate_private_key(65537, 2048)), "ES384")
+    subprocess.run([str(BIN), "db", "upgrade"], env=env, capture_output=True, timeout=60, check=True)
+    done = subprocess.run([str(BIN), *command], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line == (
+        "Error: SMART_ALGORITHM=ES384 needs an EC private key on the curve P-384 (secp384r1), but "
+        "SMART_PRIVATE_KEY_FILE holds an RSA key of 2048 bits (or set SMART_ALGORITHM=RS384)"
+    )
+    assert server.assertions == []  # nothing was asked of the token endpoint
+
+
+def test_fhir_check_fetches_a_token_and_says_which_scope_syntax_the_server_takes(tmp_path):
+    server = AuthServer(expires_in=60, capabilities=["permission-v2"])
+    try:
+        pem, public = keypair("ES384")
+        server.keys["k"] = ("ES384", public)
+        env = smart_env(tmp_path, server.url, pem, "ES384")
+        subprocess.run([str(BIN), "db", "upgrade"], env=env, capture_output=True, timeout=60, check=True)
+        done = subprocess.run([str(BIN), "fhir", "check"], env=env, capture_output=True, text=True, timeout=60)
+        smart = json.loads(done.stdout)["smart"]
+        assert smart["token_endpoint"] == f"{server.url}/token" and smart["scopes"] == "v2"
+        assert "system/Goal.cruds" in smart["scope"] and smart["token_lifetime_seconds"] == 60
+        assert server.assertions[0]["scope"] == smart["scope"]
+    finally:
+        server.server.shutdown()
