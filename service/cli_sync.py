@@ -141,13 +141,20 @@ def fhir() -> None:
 @fhir.command("check")
 def fhir_check() -> None:
     """Read the server's CapabilityStatement and name what planbridge needs that it lacks (exit 1 if any)."""
+    from service.fhir.auth import SmartBackendAuth
     from service.fhir.capabilities import missing_capabilities
 
     engine = _engine()
     settings = engine.pusher.settings
-    statement = _run(engine.pusher.client.capabilities)
+    statement = _run(engine.pusher.client.capabilities)  # with SMART, a token is fetched first: its failure is one line
     missing = missing_capabilities(statement, create_patients=settings.create_patients)
-    _emit({"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion"), "missing": missing})
+    found = {"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion"), "missing": missing}
+    auth = engine.pusher.client.session.auth
+    if isinstance(auth, SmartBackendAuth):  # its key was checked against SMART_ALGORITHM when the client was made
+        scope = auth.scope()
+        found["smart"] = {"token_endpoint": auth.token_url(), "scopes": auth.scope_version, "scope": scope}
+        found["smart"]["token_lifetime_seconds"] = auth.token_lifetime
+    _emit(found)
     if missing:
         raise SystemExit(1)
 

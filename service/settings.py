@@ -190,8 +190,11 @@ class Settings:
     outbound_allow: tuple[str, ...] = field(default_factory=tuple)
     delivery_timeout: float = 10.0
     delivery_max_attempts: int = 10
+    delivery_concurrency: int = 8  # deliveries a notification worker sends at once (one per subscription)
     session_secret: str | None = None
     console_show_names: bool = False
+    auth_max_failures: int = 10  # failed API keys per client address or key prefix before a lockout (0: off)
+    auth_lockout_seconds: float = 60.0  # the counting window, and how long a lockout lasts
 
     @cached_property
     def signing_secrets(self) -> tuple[tuple[str, str], ...]:
@@ -252,9 +255,18 @@ class Settings:
             delivery_max_attempts=int(
                 _number("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", env.get("PLANBRIDGE_DELIVERY_MAX_ATTEMPTS", "10"), int, 1)
             ),
+            delivery_concurrency=int(
+                _number("PLANBRIDGE_DELIVERY_CONCURRENCY", env.get("PLANBRIDGE_DELIVERY_CONCURRENCY", "8"), int, 1)
+            ),
             session_secret=_session_secret(env),
             console_show_names=_bool(
                 "PLANBRIDGE_CONSOLE_SHOW_NAMES", env.get("PLANBRIDGE_CONSOLE_SHOW_NAMES", "false")
+            ),
+            auth_max_failures=int(
+                _number("PLANBRIDGE_AUTH_MAX_FAILURES", env.get("PLANBRIDGE_AUTH_MAX_FAILURES", "10"), int, 0)
+            ),
+            auth_lockout_seconds=float(
+                _number("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", env.get("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", "60"), float, 1)
             ),
             **_auth(env),
         )

@@ -8,6 +8,7 @@ from sqlalchemy.engine import Engine
 from service import console
 from service.api import errors, fhir_notifications, health, metrics, openapi, plans, subscriptions, webhooks
 from service.api.container import Container
+from service.api.digits import AsciiIntConverter
 from service.domain.errors import ConfigurationError
 from service.settings import Settings
 from service.store.db import create_engine
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             setting="PLANBRIDGE_WEBHOOK_SECRET",
         )
     app = Flask("planbridge")
+    app.url_map.converters["int"] = AsciiIntConverter  # <int:...> reads ASCII digits only (before any route)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     engine = engine or create_engine(settings.database_url)
     app.extensions["planbridge"] = Container(settings=settings, engine=engine)

@@ -7,9 +7,11 @@ from typing import Any
 from flask import Response, json, request, url_for
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
+from service.api.digits import AsciiInteger
+from service.api.schemas.fhirtypes import ID as PLAN_ID
 from service.domain.errors import InvalidInput
 
-MAX_ID = 2**63 - 1  # larger ids name nothing (and would overflow the database's integers)
+MAX_ID = 2**31 - 1  # row ids are INTEGER (32 bits on PostgreSQL): a larger one names nothing, and overflows there
 
 
 def json_response(body: Any, status: int = 200, content_type: str = "application/json") -> Response:
@@ -44,9 +46,9 @@ class PageQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    plan = fields.String(validate=validate.Length(min=1, max=128))
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
-    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    plan = fields.String(validate=PLAN_ID)  # a plan id, as events name it: no NUL reaches PostgreSQL
+    after = AsciiInteger(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
+    limit = AsciiInteger(load_default=100, validate=validate.Range(min=1, max=1000))
 
 
 def page_response(rows: list[dict[str, Any]], limit: int, endpoint: str, **path: Any) -> Response:

@@ -21,8 +21,17 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from service import logs
+from service.api.throttle import AuthThrottle
 from service.store.committer import committer_for
-from service.store.tables import ConflictRow, InboundEventRow, OutboxRow, PlanRow, SyncStateRow
+from service.store.tables import (
+    ConflictRow,
+    DeliveryRow,
+    InboundEventRow,
+    OutboxRow,
+    PlanRow,
+    SubscriptionRow,
+    SyncStateRow,
+)
 
 bp = Blueprint("metrics", __name__)
 
@@ -105,6 +114,45 @@ class StoreCollector(Collector):
         yield from (events, by_sender, outbox, conflicts, plans, failed, lag, sync_lag)
 
 
+class DeliveryCollector(Collector):
+    """Notifications to team systems, per subscription: how far behind each is, what is in flight, by status."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """Yield the per-subscription lag, in-flight and status counts (one grouped scan each)."""
+        lag = GaugeMetricFamily(
+            "planbridge_delivery_lag_seconds",
+            "Age of the oldest plan change not yet delivered to the subscription (pending or failed; 0 when none)",
+            labels=["subscription"],
+        )
+        in_flight = GaugeMetricFamily(
+            "planbridge_deliveries_in_flight", "Deliveries being sent now", labels=["subscription"]
+        )
+        by_status = GaugeMetricFamily(
+            "planbridge_deliveries",
+            "Deliveries by subscription and status (pending, failed, delivered, dead, skipped)",
+            labels=["subscription", "status"],
+        )
+        row, now = DeliveryRow, datetime.now(UTC)
+        with self.engine.connect() as conn:
+            subscriptions = list(conn.scalars(sa.select(SubscriptionRow.id).order_by(SubscriptionRow.id)))
+            open_ = row.status.in_(("pending", "failed"))
+            per_subscription = sa.select(row.subscription_id).group_by(row.subscription_id)
+            oldest = dict(conn.execute(per_subscription.add_columns(sa.func.min(row.created_at)).where(open_)).all())
+            sending = sa.and_(open_, row.claimed_at.is_not(None), row.next_attempt_at > now)
+            flying = dict(conn.execute(per_subscription.add_columns(sa.func.count()).where(sending)).all())
+            for sub_id, status, n in conn.execute(
+                sa.select(row.subscription_id, row.status, sa.func.count()).group_by(row.subscription_id, row.status)
+            ):
+                by_status.add_metric([str(sub_id), status], n)
+        for sub_id in subscriptions:
+            lag.add_metric([str(sub_id)], _age(oldest.get(sub_id)))
+            in_flight.add_metric([str(sub_id)], flying.get(sub_id, 0))
+        yield from (lag, in_flight, by_status)
+
+
 class CommitCollector(Collector):
     """How many team events this process's commits carried (more than one each when grouped)."""
 
@@ -126,11 +174,41 @@ class CommitCollector(Collector):
         yield from (commits, works)
 
 
+class AuthCollector(Collector):
+    """Refused keys and sign-ins (per process) and the lockouts in force (from the database)."""
+
+    def __init__(self, throttle: AuthThrottle) -> None:
+        self.throttle = throttle
+        self.pid = str(os.getpid())
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        """Yield the refusal counts of this process and the lockouts now in force."""
+        refused = CounterMetricFamily(
+            "planbridge_auth_refused",
+            "API keys and console sign-ins refused by this process: a wrong key (invalid-key) or a lockout (throttled)",
+            labels=["via", "reason", "pid"],
+        )
+        for via in ("api", "console"):
+            for reason in ("invalid-key", "throttled"):
+                refused.add_metric([via, reason, self.pid], self.throttle.refused[(via, reason)])
+        lockouts = GaugeMetricFamily(
+            "planbridge_auth_lockouts",
+            "Client addresses and key prefixes locked out now after too many failed keys",
+            labels=["scope"],
+        )
+        counts = self.throttle.blocked_counts()
+        for scope in ("address", "key"):
+            lockouts.add_metric([scope], counts.get(scope, 0))
+        yield from (refused, lockouts)
+
+
 def init_app(app: Flask, engine: Engine) -> None:
     """Register the registry, per-process request metrics and the /metrics route."""
     registry = CollectorRegistry()
     registry.register(StoreCollector(engine))
     registry.register(CommitCollector(engine))
+    registry.register(DeliveryCollector(engine))
+    registry.register(AuthCollector(app.extensions["planbridge"].throttle))
     requests_total = Counter(
         "planbridge_http_requests",
         "HTTP requests served by this process",

@@ -14,6 +14,7 @@ from flask import Blueprint, Response, current_app
 
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
 from service.planschema import plan_schema
+from service.services.events import WEBHOOK_ID_MAX_LENGTH
 
 bp = Blueprint("openapi", __name__)
 
@@ -51,6 +52,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         {"name": h, "in": "header", "required": True, "schema": {"type": "string"}}
         for h in ("webhook-id", "webhook-timestamp", "webhook-signature")
     ]
+    webhook_headers[0]["schema"] = {"type": "string", "minLength": 1, "maxLength": WEBHOOK_ID_MAX_LENGTH}
     spec.path(
         "/webhooks/team",
         operations={
@@ -60,7 +62,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "requestBody": {"required": True, "content": {JSON_BODY: {"schema": {"oneOf": event_refs}}}},
                 "responses": {
                     "202": _ok("accepted", {"$ref": "#/components/schemas/Accepted"}),
-                    "400": _problem("malformed body"),
+                    "400": _problem("malformed body, or a webhook-id over 256 characters"),
                     "401": _problem("missing or bad signature"),
                     "404": _problem("unknown plan or goal"),
                     "409": _problem("conflicts with what is recorded"),
@@ -196,7 +198,11 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
     row_id = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
     subscription_id = {"name": "subscription_id", "in": "path", "required": True, "schema": row_id}
     delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": row_id}
-    subscription = {"type": "object", "description": "id, url, event_types, status, disabled_reason, description"}
+    subscription = {
+        "type": "object",
+        "description": "id, url, event_types, status, disabled_reason, description, ordering (strict|best-effort)",
+    }
+    ordering = {"type": "string", "enum": ["best-effort", "strict"]}
     subscribe_body = {
         "type": "object",
         "required": ["url", "event_types"],
@@ -204,6 +210,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
             "url": {"type": "string", "format": "uri", "maxLength": 2048},
             "event_types": {"type": "array", "minItems": 1, "items": {"type": "string"}},
             "description": {"type": ["string", "null"], "maxLength": 512},
+            "ordering": {**ordering, "default": "best-effort"},
         },
     }
     spec.path(
@@ -235,6 +242,21 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "security": KEYED,
                 "parameters": [subscription_id],
                 "responses": {"200": _ok("the subscription", subscription), **denied},
+            },
+            "patch": {
+                "summary": "Change a subscription's ordering: strict (a dead delivery holds back its plan's later "
+                "ones until replayed or skipped) or best-effort",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON_BODY: {
+                            "schema": {"type": "object", "required": ["ordering"], "properties": {"ordering": ordering}}
+                        }
+                    },
+                },
+                "responses": {"200": _ok("the subscription", subscription), "400": _problem("bad ordering"), **denied},
             },
             "delete": {
                 "summary": "Delete a subscription and its delivery log",
@@ -282,12 +304,87 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
             }
         },
     )
+    spec.path(
+        "/deliveries/{delivery_id}/skip",
+        operations={
+            "post": {
+                "summary": "Give up on a dead or failed delivery (under strict ordering, its plan's later ones go on)",
+                "security": KEYED,
+                "parameters": [delivery_id],
+                "responses": {"200": _ok("skipped"), **denied, "422": _problem("not dead or failed")},
+            }
+        },
+    )
+
+
+def _notification_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The shapes planbridge reads from the FHIR server: a resource (its id, version and identifiers) and a
+    Subscriptions Backport `history` Bundle (R4 Parameters or R4B/R5 SubscriptionStatus first)."""
+    text = {"type": "string"}
+    reference = {"type": "object", "properties": {"reference": text}}
+    count = {"type": "string", "pattern": "^[0-9]{1,19}$"}  # ASCII digits, up to 2^63-1
+    resource = {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"enum": ["Goal", "CarePlan", "CareTeam", "Observation"]},
+            "id": text,
+            "meta": {"type": "object", "properties": {"versionId": text}},
+            "identifier": {"type": "array", "items": {"type": "object", "properties": {"system": text, "value": text}}},
+        },
+    }
+    part = {
+        "type": "object",
+        "properties": {"name": {"enum": ["event-number", "focus"]}, "valueString": count, "valueReference": reference},
+    }
+    names = ["subscription", "topic", "type", "events-since-subscription-start", "notification-event"]
+    parameter = {
+        "type": "object",
+        "properties": {
+            "name": {"enum": names},
+            "valueString": text,
+            "valueCode": {"enum": ["handshake", "heartbeat", "event-notification", "query-status"]},
+            "valueReference": reference,
+            "part": {"type": "array", "items": part},
+        },
+    }
+    parameters = {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {"resourceType": {"const": "Parameters"}, "parameter": {"type": "array", "items": parameter}},
+    }
+    status = {
+        "type": "object",
+        "required": ["resourceType"],
+        "properties": {
+            "resourceType": {"const": "SubscriptionStatus"},
+            "type": {"enum": ["handshake", "heartbeat", "event-notification"]},
+            "subscription": reference,
+            "eventsSinceSubscriptionStart": count,
+            "notificationEvent": {
+                "type": "array",
+                "items": {"type": "object", "properties": {"eventNumber": count, "focus": reference}},
+            },
+        },
+    }
+    entry = {"type": "object", "properties": {"resource": {"anyOf": [parameters, status, resource]}}}
+    bundle = {
+        "type": "object",
+        "required": ["resourceType", "type", "entry"],
+        "properties": {
+            "resourceType": {"const": "Bundle"},
+            "type": {"const": "history"},
+            "entry": {"type": "array", "items": entry},
+        },
+    }
+    return resource, bundle
 
 
 def _fhir_notification_paths(spec: APISpec) -> None:
     outcome = {"description": "OperationOutcome", "content": {"application/fhir+json": {"schema": {"type": "object"}}}}
     secret = [{"name": "X-Planbridge-Notify-Secret", "in": "header", "required": True, "schema": {"type": "string"}}]
     answers = {"200": outcome, "400": outcome, "401": outcome}
+    resource, bundle = _notification_schemas()
     spec.path(
         "/fhir-notifications",
         operations={
@@ -295,7 +392,7 @@ def _fhir_notification_paths(spec: APISpec) -> None:
                 "summary": "From the FHIR server: an empty rest-hook ping, or a Backport notification Bundle",
                 "parameters": secret,
                 "responses": answers,
-                "requestBody": {"content": {"application/fhir+json": {"schema": {"type": "object"}}}},
+                "requestBody": {"content": {"application/fhir+json": {"schema": bundle}}},
             }
         },
     )
@@ -306,11 +403,16 @@ def _fhir_notification_paths(spec: APISpec) -> None:
                 "summary": "From the FHIR server: a rest-hook notification carrying the changed resource",
                 "parameters": [
                     *secret,
-                    {"name": "resource_type", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {
+                        "name": "resource_type",
+                        "in": "path",
+                        "required": True,
+                        "schema": resource["properties"]["resourceType"],
+                    },
                     {"name": "resource_id", "in": "path", "required": True, "schema": {"type": "string"}},
                 ],
                 "responses": answers,
-                "requestBody": {"content": {"application/fhir+json": {"schema": {"type": "object"}}}},
+                "requestBody": {"content": {"application/fhir+json": {"schema": resource}}},
             }
         },
     )
@@ -384,6 +486,12 @@ def build_spec() -> dict[str, Any]:
     _paths(spec, event_refs)
     _fhir_notification_paths(spec)
     document = json.loads(json.dumps(spec.to_dict(), default=float))  # Decimal bounds become JSON numbers
+    throttled = _problem("too many failed API keys from this client address or with this key prefix (Retry-After)")
+    throttled["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            if operation.get("security") == KEYED:
+                operation["responses"].setdefault("429", throttled)
     document["info"]["description"] = "Shared care plans between team systems and FHIR R4 servers. " + (
         f"Event envelope fields: {', '.join(sorted(EventSchema().fields))}."
     )
@@ -417,12 +525,15 @@ def docs() -> Response:
                 f"<td>{html.escape(op.get('summary', ''))}</td><td>{needs}</td><td>{codes}</td></tr>"
             )
     events = "".join(f"<li><code>{html.escape(t)}</code></li>" for t in sorted(EVENT_DATA_SCHEMAS))
-    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>planbridge API</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#111}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3rem .5rem;text-align:left}}</style></head>
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>planbridge API</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#111}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #999;padding:.3rem .5rem;text-align:left}}
+.scroll{{overflow-x:auto}}code{{overflow-wrap:anywhere}}</style></head>
 <body><main><h1>planbridge API {html.escape(document["info"]["version"])}</h1>
 <p>The machine-readable document is <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).</p>
+<div class="scroll" role="region" aria-label="Operations" tabindex="0">
 <table><thead><tr><th scope="col">Operation</th><th scope="col">What it does</th><th scope="col">Auth</th>
-<th scope="col">Answers</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
+<th scope="col">Answers</th></tr></thead><tbody>{"".join(rows)}</tbody></table></div>
 <h2>Team event types</h2><ul>{events}</ul></main></body></html>"""
     return Response(page, mimetype="text/html")

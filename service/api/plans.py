@@ -11,14 +11,32 @@ from marshmallow import Schema, fields, validate
 
 from mappings.bundle import plan_to_bundle
 from service.api.auth import require_api_key
-from service.api.bodies import MAX_ID, PageQuerySchema, json_response, load_body, load_query, page_response
+from service.api.bodies import (
+    MAX_ID,
+    PLAN_ID,
+    PageQuerySchema,
+    json_response,
+    load_body,
+    load_query,
+    page_response,
+)
 from service.api.container import container
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
+from service.domain.model import Plan
 from service.store.uow import UnitOfWork
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 bp = Blueprint("plans", __name__)
+
+
+def _plan(uow: UnitOfWork, plan_id: str) -> Plan:
+    """Return the plan, or raise NotFound; what is not a plan id (a FHIR id) is not looked up (PostgreSQL
+    refuses a NUL in a query)."""
+    plan = uow.plans.get(plan_id) if PLAN_ID.regex.fullmatch(plan_id) else None
+    if plan is None:
+        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+    return plan
 
 
 def _bounded(kind: str, value: int) -> int:
@@ -60,9 +78,7 @@ def replay_outbox_entry(uow: UnitOfWork, entry_id: int, now: datetime) -> dict[s
 def get_plan(plan_id: str) -> ResponseReturnValue:
     """Return the shared plan in the plan JSON format."""
     with container().uow() as uow:
-        plan = uow.plans.get(plan_id)
-    if plan is None:
-        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+        plan = _plan(uow, plan_id)
     return json_response(codec.to_dict(plan))
 
 
@@ -72,10 +88,8 @@ def get_plan_fhir(plan_id: str) -> ResponseReturnValue:
     """Return the plan as the FHIR transaction Bundle planbridge would send."""
     c = container()
     with c.uow() as uow:
-        plan = uow.plans.get(plan_id)
+        plan = _plan(uow, plan_id)
         patient = uow.links.get(plan_id, "patient")
-    if plan is None:
-        raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
     ref = f"Patient/{patient.fhir_id}" if patient else None
     bundle = plan_to_bundle(plan, c.settings.identifier_base, c.settings.mrn_system, ref)
     return json_response(bundle, content_type="application/fhir+json")
@@ -87,8 +101,7 @@ def get_plan_sync(plan_id: str) -> ResponseReturnValue:
     """Return where the plan stands with the FHIR server."""
     c = container()
     with c.uow() as uow:
-        if uow.plans.get(plan_id) is None:
-            raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+        _plan(uow, plan_id)
     return json_response(sync_status(c.uow(), plan_id).__dict__)
 
 
@@ -103,8 +116,7 @@ def post_plan_sync(plan_id: str) -> ResponseReturnValue:
     direction = load_body(SyncRequestSchema())["direction"]
     c = container()
     with c.uow() as uow:
-        if uow.plans.get(plan_id) is None:
-            raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
+        _plan(uow, plan_id)
         if direction == "push":
             uow.outbox.add(plan_id, "push_plan", None, None, c.clock())
             uow.commit()

@@ -6,24 +6,40 @@ from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
 from marshmallow import Schema, fields, validate
 
+from mappings.fhirtext import FORBIDDEN
 from service.api.auth import require_api_key
 from service.api.bodies import PageQuerySchema, json_response, load_body, load_query, page_response
 from service.api.container import container
+from service.api.digits import AsciiInteger
+from service.api.schemas.fhirtypes import FullMatch, fhir_uri
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
 from service.notify.ssrf import OutboundGuard
 from service.store.uow import MAX_ROW_ID
 
 bp = Blueprint("subscriptions", __name__)
-DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead")
+DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead", "skipped")
+
+
+CONTROL = "must hold no control character other than tab, CR and LF"
 
 
 class SubscriptionSchema(Schema):
-    url = fields.String(required=True, validate=validate.Length(min=1, max=2048))
+    # No NUL or other control character reaches the database (PostgreSQL refuses a NUL): 400, not 500.
+    url = fields.String(required=True, validate=fhir_uri(2048))
     event_types = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), required=True, validate=validate.Length(min=1, max=64)
     )
-    description = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=512))
+    description = fields.String(
+        load_default=None, allow_none=True, validate=[validate.Length(max=512), FullMatch(f"[^{FORBIDDEN}]*", CONTROL)]
+    )
+    ordering = fields.String(load_default=use.DEFAULT_ORDERING, validate=validate.OneOf(use.ORDERINGS))
+
+
+class SubscriptionChangeSchema(Schema):
+    """PATCH /subscriptions/{id}: what may change on a subscription (its URL and secret may not)."""
+
+    ordering = fields.String(required=True, validate=validate.OneOf(use.ORDERINGS))
 
 
 @bp.post("/subscriptions")
@@ -33,7 +49,9 @@ def create_subscription() -> ResponseReturnValue:
     body = load_body(SubscriptionSchema(), required=True)
     c = container()
     guard = OutboundGuard(c.settings.outbound_allow)
-    created = use.subscribe(c.uow(), guard, body["url"], body["event_types"], body["description"], c.clock())
+    created = use.subscribe(
+        c.uow(), guard, body["url"], body["event_types"], body["description"], c.clock(), body["ordering"]
+    )
     return json_response(created, 201)
 
 
@@ -54,6 +72,15 @@ def get_subscription(subscription_id: int) -> ResponseReturnValue:
     """Return one subscription (without its secret)."""
     with container().uow() as uow:
         return json_response(use.subscription_dict(uow.subscriptions.get(subscription_id)))
+
+
+@bp.patch("/subscriptions/<int:subscription_id>")
+@require_api_key
+def change_subscription(subscription_id: int) -> ResponseReturnValue:
+    """Change a subscription's ordering (`strict` or `best-effort`)."""
+    body = load_body(SubscriptionChangeSchema(), required=True)
+    c = container()
+    return json_response(use.set_ordering(c.uow(), subscription_id, body["ordering"], c.clock()))
 
 
 @bp.delete("/subscriptions/<int:subscription_id>")
@@ -84,8 +111,8 @@ class DeliveryQuerySchema(PageQuerySchema):
     """GET /subscriptions/{id}/deliveries' query (delivery ids are INTEGERs: at most 2**31 - 1)."""
 
     status = fields.String(validate=validate.OneOf(DELIVERY_STATUSES))
-    after = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ROW_ID))
-    limit = fields.Integer(load_default=200, validate=validate.Range(min=1, max=1000))
+    after = AsciiInteger(load_default=0, validate=validate.Range(min=0, max=MAX_ROW_ID))
+    limit = AsciiInteger(load_default=200, validate=validate.Range(min=1, max=1000))
 
 
 @bp.get("/subscriptions/<int:subscription_id>/deliveries")
@@ -108,6 +135,14 @@ def list_deliveries(subscription_id: int) -> ResponseReturnValue:
 @bp.post("/deliveries/<int:delivery_id>/replay")
 @require_api_key
 def replay_delivery(delivery_id: int) -> ResponseReturnValue:
-    """Queue a dead or failed delivery again, due now, with its attempts reset."""
+    """Queue a dead or failed delivery again, due now, with a full set of attempts (the count goes on)."""
     c = container()
     return json_response(use.replay_delivery(c.uow(), delivery_id, c.clock()))
+
+
+@bp.post("/deliveries/<int:delivery_id>/skip")
+@require_api_key
+def skip_delivery(delivery_id: int) -> ResponseReturnValue:
+    """Give up on a dead or failed delivery; under strict ordering the plan's later ones go on."""
+    c = container()
+    return json_response(use.skip_delivery(c.uow(), delivery_id, c.clock()))

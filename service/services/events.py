@@ -11,17 +11,46 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from service.domain.changes import Command, ProposeGoal, ProposerSpec, apply_command
-from service.domain.errors import Conflict, NotFound, PlanbridgeError, RuleViolation
+from service.domain.errors import Conflict, InvalidInput, NotFound, PlanbridgeError, RuleViolation
 from service.domain.model import Plan
 from service.notify.changes import record_change
 from service.problems import problem
+from service.services.deliverable import Undeliverable, check_deliverable
+from service.settings import Settings
 from service.signing import DEFAULT_SENDER
 from service.store.committer import committer_for
+from service.store.tables import InboundEventRow
 from service.store.uow import StaleVersion, UnitOfWork
 
-__all__ = ["Command", "Envelope", "Outcome", "ProposeGoal", "ProposerSpec", "ReusedWebhookId", "handle_event"]
+__all__ = [
+    "Command",
+    "Envelope",
+    "FhirNames",
+    "Outcome",
+    "ProposeGoal",
+    "ProposerSpec",
+    "ReusedWebhookId",
+    "check_webhook_id",
+    "handle_event",
+    "seen_answer",
+]
 log = logging.getLogger(__name__)
-REFUSALS: list[tuple[type[PlanbridgeError], int]] = [(NotFound, 404), (Conflict, 409), (RuleViolation, 422)]
+# The idempotency key's column: a longer webhook-id is refused (400) on every database, not cut or failed.
+WEBHOOK_ID_MAX_LENGTH: int = InboundEventRow.__table__.c.webhook_id.type.length  # 256
+REFUSALS: list[tuple[type[PlanbridgeError], int]] = [
+    (Undeliverable, 400),
+    (NotFound, 404),
+    (Conflict, 409),
+    (RuleViolation, 422),
+]
+
+
+@dataclass(frozen=True)
+class FhirNames:
+    """What the push names FHIR content with; the backstop maps the changed plan with the same."""
+
+    identifier_base: str = Settings.identifier_base
+    mrn_system: str = Settings.mrn_system
 
 
 @dataclass(frozen=True)
@@ -50,8 +79,11 @@ class ReusedWebhookId(Conflict):
     code = "webhook-id-reused"
 
 
-def _apply(uow: UnitOfWork, command: Command, now: datetime) -> Plan:
-    plan = apply_command(command, uow.plans.get(command.plan_id), now.isoformat())
+def _apply(uow: UnitOfWork, command: Command, now: datetime, names: FhirNames) -> Plan:
+    before = uow.deliveries.plans_before[command.plan_id] = uow.plans.get(command.plan_id)  # for the change's paths
+    plan = apply_command(command, before, now.isoformat())
+    # Accepted only if the push can send it: what FHIR refuses would be refused on every retry.
+    check_deliverable(before, plan, names.identifier_base, names.mrn_system)
     uow.plans.save(plan)
     uow.outbox.add(plan.id, "push_plan", None, None, now)
     return plan
@@ -84,10 +116,36 @@ def _replay(uow: UnitOfWork, envelope: Envelope) -> Outcome | None:
     return Outcome(seen.response_status, seen.response_body, replayed=True)
 
 
+def check_webhook_id(webhook_id: str) -> None:
+    """Refuse (400) a webhook-id that cannot be the idempotency key: over 256 characters, or with a control
+    character (PostgreSQL stores no NUL)."""
+    if len(webhook_id) > WEBHOOK_ID_MAX_LENGTH:
+        raise InvalidInput(
+            f"the webhook-id is {len(webhook_id)} characters long, over the {WEBHOOK_ID_MAX_LENGTH} allowed",
+            {"webhook-id": [f"at most {WEBHOOK_ID_MAX_LENGTH} characters"]},
+        )
+    if not webhook_id.isprintable():
+        raise InvalidInput("the webhook-id holds a control character", {"webhook-id": ["printable characters only"]})
+
+
+def seen_answer(engine: Engine, sender: str, webhook_id: str, body_sha256: str) -> Outcome | None:
+    """Return the recorded answer to this sender's webhook-id, None when it is new; raise ReusedWebhookId
+    when it came with another body. Asked when a body is refused before it reaches `handle_event`, so that
+    the reuse of an id (409), or the replay of its first answer, wins over the body's own fault."""
+    with UnitOfWork(engine) as uow:
+        return _replay(uow, Envelope(webhook_id, body_sha256, {}, sender))
+
+
 def handle_event(
-    engine: Engine, envelope: Envelope, event_type: str, command: Command, clock: Callable[[], datetime]
+    engine: Engine,
+    envelope: Envelope,
+    event_type: str,
+    command: Command,
+    clock: Callable[[], datetime],
+    names: FhirNames | None = None,
 ) -> Outcome:
     """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
+    names = names or FhirNames()
 
     def work(uow: UnitOfWork) -> Outcome:
         replay = _replay(uow, envelope)
@@ -97,7 +155,7 @@ def handle_event(
         try:
             # Refusals come from the domain, before anything is written, so a refused event leaves
             # only its recorded answer behind.
-            plan = _apply(uow, command, now)
+            plan = _apply(uow, command, now, names)
             # Subscribed team systems hear of the change; numbered and queued in this transaction.
             record_change(
                 uow,
@@ -125,7 +183,7 @@ def handle_event(
                     "plan_version": plan.version,
                 },
             )
-        except (NotFound, RuleViolation, Conflict) as refusal:
+        except (NotFound, RuleViolation, Conflict, Undeliverable) as refusal:
             if isinstance(refusal, StaleVersion):
                 raise  # the plan changed under us: the committer runs this again on fresh reads
             outcome = _refusal(refusal, envelope, event_type)

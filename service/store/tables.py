@@ -177,6 +177,9 @@ class SubscriptionRow(Base):
     description: Mapped[str | None] = mapped_column(sa.String(512), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # "best-effort": a dead delivery stops holding back its plan's later ones; "strict": it holds them back
+    # until it is replayed or skipped.
+    ordering: Mapped[str] = mapped_column(sa.String(16), default="best-effort", server_default="best-effort")
 
 
 class DeliveryRow(Base):
@@ -200,6 +203,8 @@ class DeliveryRow(Base):
     attempt_log: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)  # in flight until next_attempt_at
+    attempts_before_replay: Mapped[int] = mapped_column(sa.Integer, server_default="0")  # see DeliveryRepository
 
 
 class PlanSequenceRow(Base):
@@ -209,3 +214,27 @@ class PlanSequenceRow(Base):
 
     plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     last_sequence: Mapped[int] = mapped_column(sa.Integer)
+
+
+class ConsoleSessionRow(Base):
+    """A signed-in console session, known by a digest of the id its cookie carries; signing out deletes it."""
+
+    __tablename__ = "console_sessions"
+
+    id_digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
+class AuthFailureRow(Base):
+    """Failed API keys from one client address, or with one key prefix, in the current counting window.
+
+    Instants are Unix seconds: the row is read on every API request, by a plain statement.
+    """
+
+    __tablename__ = "auth_failures"
+
+    scope: Mapped[str] = mapped_column(sa.String(80), primary_key=True)  # "address:…" or "key:<keyed digest>"
+    window_start: Mapped[float] = mapped_column(sa.Float)
+    failures: Mapped[int] = mapped_column(sa.Integer)
+    blocked_until: Mapped[float] = mapped_column(sa.Float)  # 0 when not blocked
