@@ -60,12 +60,20 @@ class Puller:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
         self.base = settings.identifier_base
         self.page_size = 200
+        self._linked: frozenset[str] = frozenset()  # check-ins linked to the plans being pulled (see fetch)
 
     def _system(self, kind: str) -> str:
         return codes.identifier_system(self.base, kind)
 
-    def fetch(self, params: list[tuple[str, str]], result: PullResult) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """Search CarePlans with everything a plan needs; return (CarePlan, index of resources)."""
+    def fetch(
+        self, params: list[tuple[str, str]], result: PullResult, linked: frozenset[str] = frozenset()
+    ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """Search CarePlans with everything a plan needs; return (CarePlan, index of resources).
+
+        `linked`: `Observation/id` of check-ins the plans' links name, read even when no Goal names them
+        any more (their Goal deleted in the EHR): their versions must stay known, or a push that brings
+        the goal back would name a stale version on every try.
+        """
         before = self.client.requests_sent
         includes = [
             ("_include", "CarePlan:goal"),
@@ -84,6 +92,7 @@ class Puller:
                 for ref in e["resource"].get("outcomeReference", [])
                 if ref.get("reference", "").startswith("Observation/") and ref["reference"] not in index
             }
+            | {ref.split("/")[1] for ref in linked if ref not in index}
         )
         for chunk in _chunks(wanted):
             params = {"_id": ",".join(chunk), "_count": str(len(chunk))}  # one page, not the server's default 20
@@ -105,8 +114,16 @@ class Puller:
         result = PullResult()
         for chunk in _chunks(sorted(set(plan_ids))):
             condition = ",".join(f"{self._system('plan')}|{plan_id}" for plan_id in chunk)
-            for careplan, index in self.fetch([("identifier", condition)], result):
+            with self.uow:
+                self._linked = frozenset(
+                    f"Observation/{link.fhir_id}"
+                    for plan_id in chunk
+                    for link in self.uow.links.for_plan(plan_id)
+                    if link.resource_type == "Observation"
+                )
+            for careplan, index in self.fetch([("identifier", condition)], result, self._linked):
                 self.merge(careplan, index, result, queue_push=queue_push)
+            self._linked = frozenset()
         for plan_id in plan_ids:
             result.outcomes.setdefault(plan_id, "not-on-server")
         return result
@@ -328,6 +345,7 @@ class Puller:
         unless the plan kept them (a conflict resolved in favour of the team's change).
         """
         named = {r.get("reference", "") for r in [*careplan.get("goal", []), *careplan.get("careTeam", [])]}
+        named |= self._linked  # asked for by id: not returned means deleted
         for resource in index.values():
             if resource.get("resourceType") == "Goal":
                 named.update(r.get("reference", "") for r in resource.get("outcomeReference", []))

@@ -124,3 +124,23 @@ def test_pulling_a_conflicted_plan_whose_last_goal_the_ehr_deleted_queues_no_pus
     sent = world.requests_sent
     world.worker.run_until_idle()
     assert waiting == [] or world.requests_sent > sent, "the pull queued a push that had nothing to send"
+
+
+def test_a_goal_brought_back_after_the_ehr_deleted_it_names_its_check_ins_current_versions(world):
+    """Found by the model's soak run: a push whose outcome was lost rewrote a goal's check-ins; the EHR then
+    deleted the goal, so no pull could reach those Observations and their links kept the old versions. When
+    the team took its goal back, every push named a stale Observation version: 409, re-read, 409, forever."""
+    plan_id = _pushed_plan(world, "young-person-anxiety.json")
+    assert world.team("note.added", plan_id=plan_id, text="Team note", author="patient")[0] == 202
+    assert world.kill_push(plan_id) == "200"  # applied (the check-ins rewritten too), never recorded
+    goal = world.ehr_goal(plan_id, "goal-bus")
+    world.ehr_delete(f"Goal/{goal['id']}")
+
+    assert world.sync.push(plan_id).status == "conflicted"  # reconciled first: the goal is held
+    (conflict,) = world.open_conflicts(plan_id)
+    assert conflict["path"] == "goals[id=goal-bus]"
+    world.sync.resolve(conflict["id"], "ours")
+    result = world.sync.push(plan_id)
+    assert (result.status, result.requests) == ("in_sync", 1), result
+    assert world.ehr_goal(plan_id, "goal-bus")["id"] != goal["id"]  # written again, as a new Goal
+    assert _differences(world, plan_id) == []
