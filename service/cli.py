@@ -31,7 +31,17 @@ def _logging(settings: Settings) -> None:
     configure(settings.log_level, settings.log_format)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("planbridge")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(version=_version(), prog_name="planbridge", message="%(prog)s %(version)s")
 def main() -> None:
     """planbridge: shared care plans between team systems and FHIR R4 servers."""
 
@@ -84,8 +94,19 @@ def db_current() -> None:
 
 
 @main.command()
-@click.option("--host", default=lambda: os.environ.get("PLANBRIDGE_HOST", "127.0.0.1"), show_default="127.0.0.1")
-@click.option("--port", type=int, default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")), show_default="8000")
+@click.option(
+    "--host",
+    default=lambda: os.environ.get("PLANBRIDGE_HOST", "127.0.0.1"),
+    show_default="PLANBRIDGE_HOST, else 127.0.0.1",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")),
+    show_default="PLANBRIDGE_PORT, else 8000",
+    help="Port to listen on.",
+)
 @click.option(
     "--workers",
     type=int,
@@ -97,7 +118,9 @@ def db_current() -> None:
     "--threads", type=int, default=None, show_default="8 on SQLite, 4 on PostgreSQL", help="Threads per worker."
 )
 def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
-    """Serve the API under gunicorn (worker processes and threads: see default_shape)."""
+    """Serve the API under gunicorn: 2 worker processes, of 8 threads on SQLite and of 4 on PostgreSQL,
+    unless told. Without PLANBRIDGE_SESSION_SECRET, the console's session key is made once and shared
+    by the workers (on SQLite kept in `session-secret` beside the database file)."""
     from service.gunicorn_app import default_shape, run
 
     settings = _settings()
@@ -264,9 +287,33 @@ def schema() -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=8000, show_default=True)
-def dev(port: int) -> None:
-    """Run everything locally: migrate, start a local FHIR server if none is set, a worker and the API."""
+@click.option(
+    "--port",
+    type=int,
+    default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")),
+    show_default="PLANBRIDGE_PORT, else 8000",
+    help="Port the API listens on (127.0.0.1); the local FHIR server notifies planbridge there.",
+)
+@click.option(
+    "--env",
+    "print_env",
+    is_flag=True,
+    help='Print the running dev setup (var/dev.json) as shell exports and exit: eval "$(planbridge dev --env)".',
+)
+def dev(port: int, print_env: bool) -> None:
+    """Run everything locally: migrate, start a local FHIR server if none is set, the workers and the API."""
+    if print_env:
+        import shlex
+
+        from service.cli_sync import DEV_SETUP, dev_setup
+
+        found = dev_setup()
+        if not found and not (Path.cwd() / DEV_SETUP).exists():
+            raise click.ClickException(f"no running `planbridge dev` here: {Path.cwd() / DEV_SETUP} does not exist")
+        for name, value in found.items():
+            if name != "PLANBRIDGE_FHIR_NOTIFY_SECRET":
+                click.echo(f"export {name}={shlex.quote(value)}")
+        return
     from service.devrun import run_dev
 
     run_dev(Path.cwd(), port)

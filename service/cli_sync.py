@@ -4,12 +4,54 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+from pathlib import Path
 from typing import Any
 
 import click
 
 from service.domain.errors import PlanbridgeError
 from service.settings import Settings
+
+DEV_SETUP = Path("var") / "dev.json"  # written by `planbridge dev` while it runs, in the directory it runs in
+NOT_SET = (
+    "FHIR_BASE_URL is not set, and no running `planbridge dev` was found (no var/dev.json in {cwd}): "
+    "export FHIR_BASE_URL (and DATABASE_URL, if not the default), or run this in the directory where "
+    "`planbridge dev` runs"
+)
+
+
+def dev_setup(root: Path | None = None) -> dict[str, str]:
+    """Return the settings `planbridge dev` recorded in var/dev.json (under root, by default the current
+    directory) for the variables the environment leaves unset; empty when there is no such file."""
+    path = (root or Path.cwd()) / DEV_SETUP
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    found = {
+        "FHIR_BASE_URL": recorded.get("fhir_base_url"),
+        "DATABASE_URL": recorded.get("database_url"),
+        "PLANBRIDGE_PUBLIC_URL": recorded.get("api"),
+    }
+    notify = path.parent / "notify-secret"
+    if notify.exists():
+        found["PLANBRIDGE_FHIR_NOTIFY_SECRET"] = notify.read_text().strip()
+    return {k: str(v) for k, v in found.items() if v and not os.environ.get(k)}
+
+
+def _use_dev_setup() -> None:
+    """When FHIR_BASE_URL is unset, take the running `planbridge dev`'s settings from var/dev.json, and say so."""
+    if os.environ.get("FHIR_BASE_URL"):
+        return
+    found = dev_setup()
+    if "FHIR_BASE_URL" not in found:
+        return
+    os.environ.update(found)
+    shown = ", ".join(f"{k}={v}" for k, v in found.items() if k != "PLANBRIDGE_FHIR_NOTIFY_SECRET")
+    click.echo(f"planbridge: using the running `planbridge dev` setup from {DEV_SETUP}: {shown}", err=True)
 
 
 def _engine() -> Any:
@@ -19,8 +61,11 @@ def _engine() -> Any:
     from service.store.uow import UnitOfWork
     from service.sync.engine import SyncEngine
 
+    _use_dev_setup()
     try:
         settings = Settings.from_env()
+        if not settings.fhir_base_url:
+            raise click.ClickException(NOT_SET.format(cwd=Path.cwd()))
         client = client_from_settings(settings)
     except PlanbridgeError as exc:
         raise click.ClickException(exc.detail) from None
@@ -168,6 +213,7 @@ def _uow() -> Any:
     from service.store.db import create_engine
     from service.store.uow import UnitOfWork
 
+    _use_dev_setup()
     try:
         settings = Settings.from_env()
     except PlanbridgeError as exc:
@@ -211,17 +257,52 @@ def outbox_replay(entry_ids: tuple[int, ...], all_dead: bool) -> None:
 
 @click.command()
 @click.option("--status", "show_status", is_flag=True, help="Show the Subscriptions' state instead of writing them.")
-def subscribe(show_status: bool) -> None:
-    """Create or update the FHIR Subscriptions that notify planbridge of changes (rest-hook to our public URL)."""
+@click.option(
+    "--rotate",
+    is_flag=True,
+    help="Give every Subscription a new secret; the previous ones are accepted for one more hour, then refused.",
+)
+def subscribe(show_status: bool, rotate: bool) -> None:
+    """Create or update the FHIR Subscriptions that notify planbridge of changes (rest-hook to our public URL).
+
+    Each carries a secret of its own in channel.header (derived from PLANBRIDGE_FHIR_NOTIFY_SECRET, readable
+    by whoever may read Subscriptions on the server); --rotate replaces them."""
+    from service.api.container import utcnow
     from service.sync import subscriptions
 
+    if show_status and rotate:
+        raise click.UsageError("give --status or --rotate, not both")
     engine = _engine()
     client, settings = engine.pusher.client, engine.pusher.settings
     if show_status:
         _emit(_run(lambda: subscriptions.status(client, settings)))
         return
-    held = _run(lambda: subscriptions.subscribe(client, settings))
-    _emit([{"id": s.get("id"), "criteria": s.get("criteria"), "status": s.get("status")} for s in held])
+    if rotate and not settings.fhir_notify_secret:
+        _run(lambda: subscriptions.desired(settings))  # names the missing setting
+    if rotate:
+        state = subscriptions.rotate(engine.uow, utcnow())
+        click.echo(
+            f"planbridge: notify secrets now generation {state.current}; generation {state.previous} is accepted "
+            f"until {state.previous_until:%Y-%m-%dT%H:%M:%SZ}",
+            err=True,
+        )
+    generation = subscriptions.current_generation(engine.uow)
+    try:
+        held = subscriptions.subscribe(client, settings, generation)
+    except PlanbridgeError as exc:
+        hint = " (run `planbridge subscribe` again before the previous secrets expire)" if rotate else ""
+        raise click.ClickException(f"{exc.code}: {exc.detail}{hint}") from None
+    _emit(
+        [
+            {
+                "id": s.get("id"),
+                "criteria": s.get("criteria"),
+                "status": s.get("status"),
+                "secret_generation": generation,
+            }
+            for s in held
+        ]
+    )
 
 
 @click.command()

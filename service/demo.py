@@ -110,6 +110,7 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
     """Tell the story, step by step."""
     demo = Demo(url, fhir, secret, api_key, say)
     receiver = Receiver()
+    subscription_id: int | None = None
     try:
         say(f"1. A team system subscribes to plan changes at {receiver.url}")
         sub = demo.http.post(
@@ -120,7 +121,7 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
         )
         if sub.status_code != 201:
             raise click.ClickException(f"subscription refused: {sub.status_code} {sub.text}")
-        sub_secret = sub.json()["secret"]
+        sub_secret, subscription_id = sub.json()["secret"], sub.json()["id"]
         say(f"2. The team opens plan {demo.plan_id} and the patient proposes a goal")
         demo.event(
             "plan.created",
@@ -186,7 +187,27 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
         say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}/sync')
         say(f"   curl '{demo.fhir}/Goal/{goal['id']}/_history'")
     finally:
+        if subscription_id is not None:
+            _unsubscribe(demo, subscription_id, say)
         receiver.close()
+
+
+def _unsubscribe(demo: Demo, subscription_id: int, say: Callable[[str], None]) -> None:
+    """Remove the demo's subscription: its endpoint goes with the demo, and every later delivery would fail."""
+    try:
+        gone = demo.http.delete(f"{demo.url}/subscriptions/{subscription_id}", headers=demo.api, timeout=10)
+    except requests.RequestException as exc:
+        gone = None
+        reason = type(exc).__name__
+    else:
+        reason = f"{gone.status_code} {gone.text[:200]}"
+    if gone is not None and gone.status_code in (200, 204, 404):
+        say(f"The demo's team-system subscription {subscription_id} is removed (its endpoint is gone with it).")
+    else:
+        say(
+            f"Could not remove the demo's subscription {subscription_id} ({reason}): "
+            f"DELETE {demo.url}/subscriptions/{subscription_id} with the API key"
+        )
 
 
 def _await_ehr_change(receiver: Receiver, secret: str, say: Callable[[str], None], timeout: float = 30) -> None:

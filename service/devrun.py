@@ -45,13 +45,16 @@ def _subscribe_when_up(port: int) -> None:
     """Once the API answers, ask the local FHIR server to notify it of changes (rest-hook)."""
     from service.fhir.factory import client_from_settings
     from service.settings import Settings
-    from service.sync.subscriptions import subscribe
+    from service.store.db import create_engine
+    from service.store.uow import UnitOfWork
+    from service.sync.subscriptions import current_generation, subscribe
 
     for _ in range(100):
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                 settings = Settings.from_env()
-                subscribe(client_from_settings(settings), settings)
+                generation = current_generation(UnitOfWork(create_engine(settings.database_url)))
+                subscribe(client_from_settings(settings), settings, generation)
                 return
         except requests.RequestException:
             time.sleep(0.2)
@@ -85,7 +88,8 @@ def run_dev(root: Path, port: int) -> None:
         os.environ["FHIR_BASE_URL"] = fhir.start()
         os.environ.setdefault("PLANBRIDGE_CREATE_PATIENTS", "true")
     base = os.environ["FHIR_BASE_URL"]
-    (var_dir / "dev.json").write_text(json.dumps({"api": f"http://127.0.0.1:{port}", "fhir_base_url": base}))
+    setup = {"api": f"http://127.0.0.1:{port}", "fhir_base_url": base, "database_url": settings.database_url}
+    (var_dir / "dev.json").write_text(json.dumps(setup))  # read by the CLI in a second shell, and `dev --env`
     workers = [subprocess.Popen([sys.executable, "-m", "service.cli", *args]) for args in WORKERS]
     if fhir:
         threading.Thread(target=_subscribe_when_up, args=(port,), daemon=True).start()
@@ -106,7 +110,8 @@ Send a signed example event (from another terminal, in this directory):
 or with curl (the signature is valid for 5 minutes):
   {_example(port, os.environ["PLANBRIDGE_WEBHOOK_SECRET"])}
 Then see the Goal on the FHIR server, and the plan and its sync state through the API:
-  curl '{base}/Goal?_count=5'
+  eval "$(.venv/bin/planbridge dev --env)"    # FHIR_BASE_URL={base}, DATABASE_URL, ...
+  curl "$FHIR_BASE_URL/Goal?_count=5"
   curl -H "Authorization: Bearer $(cat var/api-key)" http://127.0.0.1:{port}/plans/plan-ed-0001/sync
 Or watch a whole collaborative story, EHR edit and team notification included:
   .venv/bin/planbridge demo
@@ -121,3 +126,4 @@ Or watch a whole collaborative story, EHR edit and team notification included:
             worker.wait(timeout=10)
         if fhir:
             fhir.stop()
+        (var_dir / "dev.json").unlink(missing_ok=True)  # nothing runs any more: a second shell must not find it

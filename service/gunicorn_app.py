@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from gunicorn import glogging
@@ -10,6 +15,7 @@ from gunicorn.app.base import BaseApplication
 
 from service.api.app import create_app
 from service.api.digits import is_ascii_integer
+from service.domain.errors import ConfigurationError
 from service.logs import EscapingFormatter
 from service.settings import Settings
 
@@ -148,9 +154,67 @@ def _freeze_loaded_objects(_worker: Any) -> None:
     gc.freeze()
 
 
+SESSION_SECRET_FILE = "session-secret"  # noqa: S105  (a file name, not a secret)
+
+
+def _sqlite_dir(database_url: str) -> Path | None:
+    """Return the directory of a SQLite database file (the data volume in the image), or None."""
+    if not database_url.startswith("sqlite"):
+        return None
+    from sqlalchemy.engine import make_url
+
+    database = make_url(database_url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).parent
+
+
+def _kept_secret(path: Path) -> str:
+    """Return the secret kept in `path`, creating it (mode 0600) if no process has yet; concurrent starts agree."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another process may be writing it this instant
+            kept = path.read_text().strip()
+            if len(kept) >= 32:
+                return kept
+            time.sleep(0.02)
+        raise ConfigurationError(
+            f"{path} does not hold a session secret of 32+ characters: remove it or set PLANBRIDGE_SESSION_SECRET",
+            setting="PLANBRIDGE_SESSION_SECRET",
+        ) from None
+    value = secrets.token_urlsafe(48)
+    with os.fdopen(fd, "w") as out:
+        out.write(value + "\n")
+    return value
+
+
+def share_session_secret(settings: Settings) -> None:
+    """Give every gunicorn worker the same console session key when PLANBRIDGE_SESSION_SECRET is unset.
+
+    Each worker would otherwise sign cookies with a random key of its own, and a sign-in would work only
+    when the next request happened to reach the same process. On SQLite the key is kept in
+    `session-secret` beside the database file (the image's volume), so it outlives restarts; otherwise it
+    is made once for this `serve` (its workers share it through the environment), and said so.
+    """
+    if settings.session_secret:
+        return
+    directory = _sqlite_dir(settings.database_url)
+    if directory is not None:
+        os.environ["PLANBRIDGE_SESSION_SECRET"] = _kept_secret(directory / SESSION_SECRET_FILE)
+        return
+    os.environ["PLANBRIDGE_SESSION_SECRET"] = secrets.token_urlsafe(48)
+    print(
+        "planbridge: PLANBRIDGE_SESSION_SECRET is not set: console sessions are signed with a key made for this "
+        "process, shared by its workers; they end when it restarts and do not work across replicas",
+        file=sys.stderr,
+    )
+
+
 def run(host: str, port: int, workers: int, threads: int = 4) -> None:
     """Serve the API on host:port with `workers` gthread workers of `threads` threads each."""
-    Settings.from_env()  # fail fast on bad settings, before forking
+    share_session_secret(Settings.from_env())  # fail fast on bad settings, before forking
     create_app()  # and on a missing secret
     _Gunicorn(
         {

@@ -60,7 +60,11 @@ def _planbridge_error(error: PlanbridgeError) -> Response:
 def _http_error(error: HTTPException) -> Response:
     status = error.code or 500
     code = (error.name or "error").lower().replace(" ", "-")
-    return problem_response(problem(code, error.name, status, error.description or error.name))
+    headers = None
+    allowed = getattr(error, "valid_methods", None)
+    if status == 405 and allowed:  # RFC 9110: a 405 names the methods the resource has
+        headers = {"Allow": ", ".join(sorted(set(allowed)))}
+    return problem_response(problem(code, error.name, status, error.description or error.name), headers)
 
 
 def _unexpected(error: Exception) -> Response:

@@ -4,7 +4,6 @@ Answers are OperationOutcomes: this endpoint speaks FHIR."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
@@ -20,9 +19,9 @@ from service.sync.notifications import (
     receive_ping,
     receive_resource,
 )
+from service.sync.subscriptions import SECRET_HEADER, is_accepted, rotation
 
 bp = Blueprint("fhir_notifications", __name__)
-SECRET_HEADER = "X-Planbridge-Notify-Secret"  # noqa: S105  (a header name, not a secret)
 
 
 def _outcome(status: int, severity: str, code: str, diagnostics: str, expression: list[str] | None = None) -> Response:
@@ -38,16 +37,22 @@ def _invalid(error: InvalidInput) -> Response:
     return _outcome(400, "error", "invalid", error.detail, [str(path) for path in error.errors])
 
 
-def _refusal() -> Response | None:
-    secret = container().settings.fhir_notify_secret
+def _refusal(resource_type: str | None = None) -> Response | None:
+    """Refuse a notification without a secret planbridge gave one of its Subscriptions (for `resource_type`,
+    when the notification carries one): the current generation's, or the previous one's within its grace."""
+    c = container()
+    secret = c.settings.fhir_notify_secret
     presented = request.headers.get(SECRET_HEADER, "")
     if not secret:
         return _outcome(
             401, "error", "security", "FHIR notifications are off: PLANBRIDGE_FHIR_NOTIFY_SECRET is not set"
         )
-    if not hmac.compare_digest(presented.encode(), secret.encode()):
-        return _outcome(401, "error", "security", f"the {SECRET_HEADER} header is missing or wrong")
-    return None
+    if presented:
+        with c.uow() as uow:
+            state = rotation(uow)
+        if is_accepted(secret, presented, state, c.clock(), resource_type):
+            return None
+    return _outcome(401, "error", "security", f"the {SECRET_HEADER} header is missing, wrong or retired")
 
 
 def _answer(received: Received) -> Response:
@@ -90,7 +95,7 @@ def notified() -> Response:
 @bp.put("/fhir-notifications/<resource_type>/<resource_id>")
 def notified_with_resource(resource_type: str, resource_id: str) -> Response:
     """A rest-hook notification carrying the resource (payload application/fhir+json)."""
-    refused = _refusal()
+    refused = _refusal(resource_type)
     if refused is not None:
         return refused
     c = container()

@@ -511,6 +511,18 @@ def openapi_json() -> Response:
     return Response(json.dumps(spec(), indent=1), mimetype="application/json")
 
 
+def _auth_needed(path: str, operation: dict[str, Any]) -> str:
+    """Name what an operation needs to be let in, as the README's table does."""
+    if operation.get("security"):
+        return "API key"
+    if path.startswith("/webhooks"):
+        return "signature"
+    headers = {p.get("name", "").lower() for p in operation.get("parameters", []) if p.get("in") == "header"}
+    if "x-planbridge-notify-secret" in headers:
+        return "notify secret (X-Planbridge-Notify-Secret)"
+    return "none"
+
+
 @bp.get("/docs")
 def docs() -> Response:
     """Serve a readable page of the API: operations, security and the event types."""
@@ -518,7 +530,7 @@ def docs() -> Response:
     rows = []
     for path, operations in document["paths"].items():
         for method, op in operations.items():
-            needs = "API key" if op.get("security") else ("signature" if path.startswith("/webhooks") else "none")
+            needs = _auth_needed(path, op)
             codes = ", ".join(sorted(op.get("responses", {})))
             rows.append(
                 f"<tr><td><code>{method.upper()} {html.escape(path)}</code></td>"

@@ -4,11 +4,27 @@ R4 Subscription resources have no identifier, so planbridge finds its own by the
 parameter `url`) and criteria, and marks them with a `meta.tag`
 (https://hl7.org/fhir/R4/subscription.html). One Subscription per watched resource type; each is a
 rest-hook with the resource as payload, pointed at `{PLANBRIDGE_PUBLIC_URL}/fhir-notifications`, and
-carrying the shared secret in `channel.header`.
+carrying a secret in `channel.header`.
+
+That header is stored in plain text on the FHIR server: anyone who may read Subscriptions there can read
+it. So the header never holds PLANBRIDGE_FHIR_NOTIFY_SECRET itself but a secret of its own subscription,
+derived from it: `pbn<generation>.<ResourceType>.<HMAC-SHA256(setting, generation|type)>`. A secret
+read from one Subscription authenticates only notifications for that resource type (a PUT of a Goal
+needs the Goal Subscription's), and `planbridge subscribe --rotate` moves every Subscription to the next
+generation: the generation is recorded in the database (table sync_cursors) before the Subscriptions
+are updated, and the previous generation's secrets are still accepted for ROTATION_GRACE after the
+rotation (what the server queued or retries with them), then refused; a second rotation retires them at
+once. Until the first rotation, the setting itself is also accepted in the header, as it was sent by
+planbridge before per-subscription secrets.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from mappings import codes
@@ -18,9 +34,87 @@ from service.settings import Settings
 
 TAG_SYSTEM = "http://planbridge.org/fhir/CodeSystem/subscription"
 WATCHED = {"CarePlan": "plan", "Goal": "goal", "CareTeam": "careteam"}
+SECRET_HEADER = "X-Planbridge-Notify-Secret"  # noqa: S105  (a header name, not a secret)
+ROTATION_GRACE = timedelta(hours=1)  # the previous generation's secrets stay accepted this long after a rotation
+GENERATION = "fhir-notify:generation"  # cursor names (sync_cursors): the current generation,
+PREVIOUS = "fhir-notify:previous"  # and "<generation>|<ISO instant until which it is accepted>"
 
 
-def desired(settings: Settings) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Rotation:
+    """Which generations of notify secrets are accepted: the current one, and the previous one until a time."""
+
+    current: int = 0
+    previous: int | None = None
+    previous_until: datetime | None = None
+
+    def accepted(self, now: datetime) -> set[int]:
+        """Return the generations accepted at `now`."""
+        live = self.previous is not None and self.previous_until is not None and now < self.previous_until
+        return {self.current} | ({self.previous} if live and self.previous is not None else set())
+
+
+def notify_secret(setting: str, generation: int, resource_type: str) -> str:
+    """Return the secret the Subscription for `resource_type` carries in the given generation."""
+    mac = hmac.new(setting.encode(), f"planbridge-notify|{generation}|{resource_type}".encode(), hashlib.sha256)
+    return f"pbn{generation}.{resource_type}.{base64.urlsafe_b64encode(mac.digest()).rstrip(b'=').decode()}"
+
+
+def _generation_of(presented: str) -> tuple[int, str] | None:
+    prefix, _, rest = presented.partition(".")
+    resource_type, _, _ = rest.partition(".")
+    digits = prefix.removeprefix("pbn")
+    if not prefix.startswith("pbn") or not digits.isascii() or not digits.isdigit() or len(digits) > 9:
+        return None
+    return int(digits), resource_type
+
+
+def is_accepted(
+    setting: str, presented: str, rotation: Rotation, now: datetime, resource_type: str | None = None
+) -> bool:
+    """Tell whether a presented header authenticates a notification (for `resource_type`, when it names one)."""
+    if rotation.current == 0 and hmac.compare_digest(presented.encode(), setting.encode()):
+        return True  # the setting itself, as planbridge sent it before per-subscription secrets; never rotated
+    found = _generation_of(presented)
+    if found is None:
+        return False
+    generation, kind = found
+    if kind not in WATCHED or (resource_type is not None and kind != resource_type):
+        return False
+    if generation not in rotation.accepted(now):
+        return False
+    return hmac.compare_digest(presented.encode(), notify_secret(setting, generation, kind).encode())
+
+
+def rotation(uow: Any) -> Rotation:
+    """Return the rotation state recorded in the database (read inside an open unit of work)."""
+    cursors = uow.sync.cursors("fhir-notify:")
+    current = int(cursors.get(GENERATION, "0"))
+    previous, _, until = cursors.get(PREVIOUS, "").partition("|")
+    if not previous:
+        return Rotation(current)
+    return Rotation(current, int(previous), datetime.fromisoformat(until))
+
+
+def current_generation(uow: Any) -> int:
+    """Return the generation the Subscriptions should carry now (`uow`: a UnitOfWork, not yet open)."""
+    with uow as opened:
+        return rotation(opened).current
+
+
+def rotate(uow: Any, now: datetime, grace: timedelta = ROTATION_GRACE) -> Rotation:
+    """Move to the next generation of secrets, accepting the previous one for `grace`; committed at once, so
+    every planbridge process accepts the new secrets before the FHIR server is told to send them."""
+    with uow as opened:
+        before = rotation(opened)
+        after = Rotation(before.current + 1, before.current, now + grace)
+        opened.sync.set_cursor(GENERATION, str(after.current))
+        opened.sync.set_cursor(PREVIOUS, f"{after.previous}|{(now + grace).isoformat()}")
+        opened.commit()
+    return after
+
+
+def desired(settings: Settings, generation: int = 0) -> list[dict[str, Any]]:
     """Return the Subscriptions planbridge wants on the server."""
     if not settings.fhir_notify_secret:
         raise ConfigurationError(
@@ -41,17 +135,20 @@ def desired(settings: Settings) -> list[dict[str, Any]]:
                     "type": "rest-hook",
                     "endpoint": f"{settings.public_url}/fhir-notifications",
                     "payload": "application/fhir+json",
-                    "header": [f"X-Planbridge-Notify-Secret: {settings.fhir_notify_secret}"],
+                    "header": [
+                        f"{SECRET_HEADER}: {notify_secret(settings.fhir_notify_secret, generation, resource_type)}"
+                    ],
                 },
             }
         )
     return out
 
 
-def subscribe(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
-    """Create each Subscription, or update the one planbridge made before; return what the server holds."""
+def subscribe(client: FhirClient, settings: Settings, generation: int = 0) -> list[dict[str, Any]]:
+    """Create each Subscription, or update the one planbridge made before, carrying the secrets of
+    `generation` (current_generation()); return what the server holds."""
     held = []
-    for subscription in desired(settings):
+    for subscription in desired(settings, generation):
         found = _ours(client, settings, subscription["criteria"])
         if found:
             subscription["id"] = found[0]["id"]
@@ -73,7 +170,8 @@ def _ours(client: FhirClient, settings: Settings, criteria: str | None = None) -
 
 
 def status(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
-    """Return planbridge's Subscriptions on the server: criteria, status, error, endpoint (secret left out)."""
+    """Return planbridge's Subscriptions on the server: criteria, status, error, endpoint, and which secret
+    generation the header carries (the secret itself left out)."""
     found = _ours(client, settings)
     return [
         {
@@ -82,6 +180,16 @@ def status(client: FhirClient, settings: Settings) -> list[dict[str, Any]]:
             "status": s.get("status"),
             "error": s.get("error"),
             "endpoint": s.get("channel", {}).get("endpoint"),
+            "secret_generation": _header_generation(s),
         }
         for s in found
     ]
+
+
+def _header_generation(subscription: dict[str, Any]) -> int | str | None:
+    for header in subscription.get("channel", {}).get("header", []):
+        name, _, value = str(header).partition(":")
+        if name.strip().lower() == SECRET_HEADER.lower():
+            found = _generation_of(value.strip())
+            return found[0] if found else "the setting itself (run planbridge subscribe)"
+    return None

@@ -116,3 +116,8 @@ def test_the_demo_tells_the_whole_story(running, fhir_base_url):
     assert "agreements: Sam Example: agree, Owen Hughes: agree, Dr Ana Ruiz: agree; check-ins: 1" in story
     assert "received ehr.plan_changed" in story and "signature verified" in story
     assert "goals[id=goal-walk].lifecycle_status" in story
+    # the demo's listener is gone with it: its subscription goes too, or every later delivery would fail
+    left = requests.get(f"{running.url}/subscriptions", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert left.status_code == 200
+    assert [s for s in left.json() if s.get("description") == "demo team system"] == []
+    assert "subscription" in lines[-1] and "removed" in lines[-1]
