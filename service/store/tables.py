@@ -135,6 +135,7 @@ class SyncStateRow(Base):
     # Set just before a push is sent, cleared once its outcome is recorded: still set means the
     # server may hold what the plan's links and merge base do not know about yet.
     push_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    push_sent_document: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)  # what it sent
 
 
 class ConflictRow(Base):

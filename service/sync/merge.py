@@ -220,3 +220,32 @@ def hold_deleted_goals(
         order = [*ours_goals, *(g for g in kept if g not in ours_goals)]
         merged["goals"] = [kept[g] for g in order if g in kept]
     return added
+
+
+def unsure_paths(
+    merged: dict[str, Any],
+    other: dict[str, Any],
+    base: dict[str, Any],
+    ours: dict[str, Any],
+    found: list[FieldConflict],
+) -> list[FieldConflict]:
+    """Return a conflict for each path where two readings of the server's history merge differently.
+
+    After a push whose answer was lost, `merged` takes the last recorded state as the base and
+    `other` what the push sent. Where they disagree, the server's value may be the EHR's change or
+    our own lost write: the plan keeps ours and the team decides, rather than planbridge guessing
+    (and perhaps writing over a clinician's edit). `merged` is changed in place.
+    """
+    known = [c.path for c in found]
+    added: list[FieldConflict] = []
+    for path in changed_paths(merged, other):
+        if any(under(path, k) or under(k, path) for k in known):
+            continue
+        mine = get_path(ours, path)
+        added.append(FieldConflict(path, get_path(base, path), mine, get_path(other, path)))
+        known.append(path)
+        try:
+            set_path(merged, path, copy.deepcopy(mine))
+        except (KeyError, TypeError):
+            continue
+    return added

@@ -32,6 +32,7 @@ from service.sync.merge import (
     set_path,
     strip_bookkeeping,
     three_way_merge,
+    unsure_paths,
 )
 from service.sync.push import bundle_digest, local_key, sendable
 
@@ -211,6 +212,10 @@ class Puller:
         with self.uow:
             ours = self.uow.plans.get(theirs.id)
             state = self.uow.sync.state(theirs.id)
+            # A push whose answer was lost: the server may hold what it sent, or not. Unless nothing
+            # moved on the server since the last recorded versions, merge against both readings.
+            sent = state.push_sent_document if self._server_moved(theirs.id, careplan, index) else None
+            state.push_started_at, state.push_sent_document = None, None  # this read settles it
             self._record_versions(theirs.id, careplan, index, now)
             if ours is None:
                 theirs.touch(now.isoformat())
@@ -219,7 +224,7 @@ class Puller:
                 changed = ["*"]
             else:
                 outcome, merged_doc, saved, queued, opened = self._merge_into(
-                    ours, state, theirs_doc, now, queue_push, set(gone.values())
+                    ours, state, theirs_doc, now, queue_push, set(gone.values()), sent
                 )
                 changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
             if saved is not None or opened:  # subscribed team systems hear of a change, and of a new conflict
@@ -257,6 +262,18 @@ class Puller:
         ours = [i.get("value") for i in careplan.get("identifier", []) if i.get("system") == self._system("plan")]
         return ours[0] if ours and ours[0] else f"careplan-{careplan.get('id', 'new')}"
 
+    def _server_moved(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any]) -> bool:
+        """Tell whether any of the plan's resources on the server is at another version than recorded."""
+        for resource in [careplan, *index.values()]:
+            if resource.get("resourceType") not in ("CarePlan", "CareTeam", "Goal", "Observation"):
+                continue
+            if resource is not careplan and not self._belongs(resource, plan_id):
+                continue
+            link = self.uow.links.get(plan_id, local_key(resource, self.base))
+            if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
+                return True
+        return False
+
     def _held(self, plan_id: str, document: dict[str, Any], theirs_doc: dict[str, Any]) -> dict[str, Any]:
         """Return what a push would send: the document with each open conflict's path at the server's value."""
         rows = self.uow.sync.conflicts(plan_id)
@@ -270,6 +287,7 @@ class Puller:
         now: datetime,
         queue_push: bool = True,
         deleted: frozenset[str] | set[str] = frozenset(),
+        sent: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any], int | None, bool, list[str]]:
         """Merge the server's plan into ours.
 
@@ -283,6 +301,8 @@ class Puller:
         base_doc = state.base_document if state.base_document is not None else ours_doc
         merged_doc, found = three_way_merge(base_doc, ours_doc, theirs_doc)
         found += hold_deleted_goals(deleted, base_doc, ours_doc, merged_doc, found)
+        if sent is not None:
+            found += unsure_paths(merged_doc, three_way_merge(sent, ours_doc, theirs_doc)[0], base_doc, ours_doc, found)
         open_rows = self.uow.sync.conflicts(ours.id)
         for row in open_rows:
             mine, server = get_path(ours_doc, row.path), get_path(theirs_doc, row.path)

@@ -185,9 +185,11 @@ class Pusher:
             _pin_versions(bundle, links, self.settings.identifier_base)
             return _Snapshot(plan, sent, bundle, digest, spent, patient_ref)
 
-    def _mark_in_flight(self, plan_id: str, started: datetime | None) -> None:
+    def _mark_in_flight(self, plan_id: str, started: datetime | None, sent: Plan | None = None) -> None:
         with self.uow:
-            self.uow.sync.state(plan_id).push_started_at = started
+            state = self.uow.sync.state(plan_id)
+            state.push_started_at = started
+            state.push_sent_document = strip_bookkeeping(codec.to_dict(sent)) if sent is not None else None
             self.uow.commit()
 
     def push(self, plan_id: str) -> PushResult:
@@ -219,7 +221,7 @@ class Pusher:
             assert isinstance(snapshot, PushResult)
             return PushResult(plan_id, snapshot.status, spent + snapshot.requests)
         spent += snapshot.requests
-        self._mark_in_flight(plan_id, self.clock())
+        self._mark_in_flight(plan_id, self.clock(), snapshot.sent)
         try:
             answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
         except FhirTransportError as exc:
@@ -288,5 +290,6 @@ class Pusher:
             else:  # changed since, or a conflict was resolved since: a push is queued for it
                 state.status = "pending"
             state.last_pushed_at, state.last_error, state.push_started_at = now, None, None
+            state.push_sent_document = None
             state.last_outcome = None
             self.uow.commit()

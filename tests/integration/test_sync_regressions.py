@@ -144,3 +144,26 @@ def test_a_goal_brought_back_after_the_ehr_deleted_it_names_its_check_ins_curren
     assert (result.status, result.requests) == ("in_sync", 1), result
     assert world.ehr_goal(plan_id, "goal-bus")["id"] != goal["id"]  # written again, as a new Goal
     assert _differences(world, plan_id) == []
+
+
+def test_an_ehr_edit_that_puts_back_the_value_a_lost_push_replaced_is_not_written_over(world):
+    """Found by the model's soak run: a push's answer was lost after it set a goal to `cancelled`; the EHR then
+    saved an older copy of the Goal (its status `on-hold` again). The re-read took `on-hold` for the value both
+    sides last agreed on, so the next push wrote `cancelled` over the clinician's save. When the outcome of a
+    push is unknown, a field the two readings (applied or not) merge differently is a conflict."""
+    plan_id, goal_id = _plan_with_a_proposed_goal(world)
+    assert world.team("goal.status_changed", plan_id=plan_id, goal_id=goal_id, lifecycle_status="on-hold")[0] == 202
+    assert world.sync.push(plan_id).status == "in_sync"
+    goal = world.ehr_goal(plan_id, goal_id)
+    older = dict(goal)  # the EHR's copy of the Goal, read now: on-hold
+    assert world.team("goal.status_changed", plan_id=plan_id, goal_id=goal_id, lifecycle_status="cancelled")[0] == 202
+    assert world.kill_push(plan_id) == "200"  # applied: the server says cancelled; its answer never came back
+    assert world.ehr_goal(plan_id, goal_id)["lifecycleStatus"] == "cancelled"
+    world.ehr_put({**older, "statusReason": "saved from an older screen"}, None)  # no If-Match: on-hold again
+
+    world.sync.push(plan_id)
+    assert world.ehr_goal(plan_id, goal_id)["lifecycleStatus"] == "on-hold", "the push wrote over the EHR's save"
+    (conflict,) = world.open_conflicts(plan_id)
+    assert conflict["path"] == f"goals[id={goal_id}].lifecycle_status"
+    assert (conflict["ours"], conflict["theirs"]) == ("cancelled", "on-hold")
+    assert world.sync.status(plan_id).status == "conflicted"
