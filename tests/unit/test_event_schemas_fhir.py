@@ -73,3 +73,15 @@ FINE = [
 @pytest.mark.parametrize(("name", "path", "value"), FINE)
 def test_what_fhir_carries_is_kept(name, path, value):
     assert errors_of(_set(example(name), path, value)) == {}
+
+
+def test_a_review_interval_is_a_json_number_never_digits_in_a_string():
+    """ASCII digits only, everywhere: "١٢" (Arabic-Indic) or "12" as a string is not a number of weeks."""
+    from marshmallow import ValidationError
+
+    from service.api.schemas.plan import DurationSchema
+
+    assert DurationSchema().load({"value": 12, "unit": "wk"}).value == 12
+    for value in ("١٢", "12", 12.5):
+        with pytest.raises(ValidationError):
+            DurationSchema().load({"value": value, "unit": "wk"})

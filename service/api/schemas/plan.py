@@ -46,7 +46,7 @@ class PeriodSchema(Schema):
 
 
 class DurationSchema(Schema):
-    value = fields.Integer(required=True, validate=validate.Range(min=1, max=120))
+    value = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=120))  # a JSON number
     unit = fields.String(required=True, validate=validate.OneOf(("d", "wk", "mo", "a")))
 
     @post_load
