@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import requests
 from selenium import webdriver
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as until
@@ -133,9 +134,21 @@ def browser():
 
 
 def _click(driver, by: str, what: str, *, url: str | None = None, text: str | None = None) -> None:
-    """Click, then wait until the next page's URL or text is there (a click does not wait for the page)."""
+    """Click, then wait until the next page's URL or text is there (a click does not wait for the page).
+
+    Every click here submits a form or follows a link, so the old document must go first: it is marked
+    before the click and the wait holds until a document without the mark is loaded, so the later checks
+    never read (or race) the page being torn down. Chromium may answer with an error while it swaps the
+    document; such answers only mean "not yet".
+    """
+    driver.execute_script("document.documentElement.dataset.leaving = '1'")
     driver.find_element(by, what).click()
-    wait = WebDriverWait(driver, 10)
+    wait = WebDriverWait(driver, 10, ignored_exceptions=(WebDriverException,))
+    wait.until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete' && !document.documentElement.dataset.leaving"
+        )
+    )
     if url is not None:
         wait.until(until.url_contains(url))
     if text is not None:
