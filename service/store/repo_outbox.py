@@ -1,0 +1,148 @@
+"""The outbox: pending pushes to the FHIR server."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, aliased
+
+from service.domain.errors import NotFound
+from service.store.repo_common import _OUTBOX, _delete_oldest, _insert, _open_and_latest
+from service.store.tables import OutboxRow
+
+_OUTBOX_INSERT = _insert(
+    _OUTBOX,
+    "plan_id",
+    "kind",
+    "subject_id",
+    "event_id",
+    "status",
+    "attempts",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
+
+
+PUSH_KINDS = ("push_plan", "push_goal")  # outbox entries that write to the FHIR server
+
+
+class OutboxRepository:
+    """Pending pushes to the FHIR server."""
+
+    def __init__(self, session: Session) -> None:
+        self._session = session
+
+    def add(self, plan_id: str, kind: str, subject_id: str | None, event_id: str | None, now: datetime) -> None:
+        """Queue work, due now (one INSERT, sent at once)."""
+        _OUTBOX_INSERT.execute(
+            self._session,
+            {
+                "plan_id": plan_id,
+                "kind": kind,
+                "subject_id": subject_id,
+                "event_id": event_id,
+                "status": "pending",
+                "attempts": 0,
+                "next_attempt_at": now,
+                "created_at": now,
+                "updated_at": now,
+            },
+        )
+
+    def get(self, entry_id: int) -> OutboxRow:
+        """Return an entry by id."""
+        row = self._session.get(OutboxRow, entry_id)
+        if row is None:
+            raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
+        return row
+
+    def claim_next(self, now: datetime) -> OutboxRow | None:
+        """Lock and return the oldest due pending entry that no other worker holds, of a plan that no
+        worker is working on (a held entry whose lease ran out is due again, and still its plan's)."""
+        other = aliased(OutboxRow)
+        plan_held = sa.select(other.id).where(
+            other.plan_id == OutboxRow.plan_id,
+            other.status == "pending",
+            other.claimed_at.is_not(None),
+            other.id != OutboxRow.id,
+        )
+        # A push of a plan whose earlier push is backing off waits too: every team event queues a
+        # push, and a refusal that retrying cannot fix must not be met again once per event.
+        backing_off = sa.select(other.id).where(
+            other.plan_id == OutboxRow.plan_id,
+            other.status == "pending",
+            other.kind.in_(PUSH_KINDS),
+            other.attempts > 0,
+            other.next_attempt_at > now,
+            other.id < OutboxRow.id,
+        )
+        query = (
+            sa.select(OutboxRow)
+            .where(
+                OutboxRow.status == "pending",
+                OutboxRow.next_attempt_at <= now,
+                ~plan_held.exists(),
+                sa.or_(OutboxRow.kind.not_in(PUSH_KINDS), ~backing_off.exists()),
+            )
+            .order_by(OutboxRow.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+        return self._session.scalars(query).first()
+
+    def lease(self, row: OutboxRow, now: datetime, seconds: float) -> None:
+        """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first."""
+        row.claimed_at, row.next_attempt_at = now, now + timedelta(seconds=seconds)
+
+    def mark_done(self, row: OutboxRow, now: datetime) -> None:
+        """Record a successful push."""
+        row.status, row.attempts, row.last_error, row.updated_at = "done", row.attempts + 1, None, now
+        row.claimed_at = None
+
+    def mark_failed(self, row: OutboxRow, error: str, now: datetime, max_attempts: int, delay: timedelta) -> None:
+        """Record a failed push: retry later, or park it as dead after the last attempt."""
+        row.attempts += 1
+        row.last_error = error[:2000]
+        row.updated_at, row.claimed_at = now, None
+        if row.attempts >= max_attempts:
+            row.status = "dead"
+        else:
+            row.next_attempt_at = now + delay
+
+    def pending_exists(self, plan_id: str, kind: str, *, waiting_only: bool = False) -> bool:
+        """Tell whether an entry of this kind for this plan is pending; with `waiting_only`, one no worker
+        has started on (an entry in flight may already have read what a newer change replaces)."""
+        query = sa.select(OutboxRow.id).where(
+            OutboxRow.plan_id == plan_id, OutboxRow.kind == kind, OutboxRow.status == "pending"
+        )
+        if waiting_only:
+            query = query.where(OutboxRow.claimed_at.is_(None))
+        return self._session.scalars(query.limit(1)).first() is not None
+
+    def replay(self, row: OutboxRow, now: datetime) -> None:
+        """Queue a dead entry again, due now, with its attempts reset."""
+        row.status, row.attempts, row.next_attempt_at, row.updated_at = "pending", 0, now, now
+        row.claimed_at = None
+
+    def prune_done(self, before: datetime, batch: int) -> int:
+        """Delete up to `batch` done entries last touched before `before`, oldest first; return how many."""
+        finished = OutboxRow.status == "done"
+        return _delete_oldest(self._session, OutboxRow, finished, OutboxRow.updated_at < before, batch=batch)
+
+    def for_plan(self, plan_id: str, done_shown: int) -> tuple[list[OutboxRow], int]:
+        """Return a plan's entries not done (waiting or dead) and its `done_shown` latest done ones,
+        oldest first, and how many older done entries were left out."""
+        return _open_and_latest(self._session, OutboxRow, plan_id, "done", done_shown)
+
+    def list(
+        self, plan_id: str | None = None, status: str | None = None, *, after: int = 0, limit: int | None = None
+    ) -> list[OutboxRow]:
+        """Return entries with ids above `after`, oldest first, optionally filtered, at most `limit` of them."""
+        query = sa.select(OutboxRow).where(OutboxRow.id > after).order_by(OutboxRow.id).limit(limit)
+        if plan_id is not None:
+            query = query.where(OutboxRow.plan_id == plan_id)
+        if status is not None:
+            query = query.where(OutboxRow.status == status)
+        return list(self._session.scalars(query))
