@@ -51,3 +51,21 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
+
+
+def wait_until_healthy(url: str, server: Any, seconds: float, why: Any = "the service did not come up") -> None:
+    """Poll `url`/healthz until it answers OK; fail with `why` (a string, or a callable giving one) when
+    `server` (a Popen) exits or `seconds` pass first."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, why() if callable(why) else why
+        time.sleep(0.1)

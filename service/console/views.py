@@ -361,6 +361,12 @@ def plan(plan_id: str) -> ResponseReturnValue:
     )
 
 
+def _back_to_plan(plan_id: str, message: str, category: str) -> ResponseReturnValue:
+    """Say what was done (on the plan page's notice) and go back to the plan."""
+    flash(message, category)
+    return redirect(url_for("console.plan", plan_id=plan_id, _anchor=NOTICE))
+
+
 @bp.post("/conflicts/<int:conflict_id>/resolve")
 def resolve(conflict_id: int) -> ResponseReturnValue:
     """Resolve a conflict by taking ours or theirs (the API's use case); back to the plan."""
@@ -369,8 +375,9 @@ def resolve(conflict_id: int) -> ResponseReturnValue:
         return render_template("error.html", title="Not done", message="choose ours or theirs", signed_in=True), 400
     c = container()
     done = resolve_conflict(c.uow(), c.clock, _bounded("conflict", conflict_id), take)
-    flash(f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.", "conflicts")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
+    return _back_to_plan(
+        done["plan_id"], f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.", "conflicts"
+    )
 
 
 @bp.post("/outbox/<int:entry_id>/replay")
@@ -378,8 +385,7 @@ def replay_outbox(entry_id: int) -> ResponseReturnValue:
     """Queue a dead outbox entry again (the API's use case); back to the plan."""
     c = container()
     done = replay_outbox_entry(c.uow(), _bounded("outbox entry", entry_id), c.clock())
-    flash(f"Outbox entry {entry_id} queued again.", "outbox")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
+    return _back_to_plan(done["plan_id"], f"Outbox entry {entry_id} queued again.", "outbox")
 
 
 @bp.post("/deliveries/<int:delivery_id>/replay")
@@ -387,8 +393,7 @@ def replay_delivery(delivery_id: int) -> ResponseReturnValue:
     """Queue a dead or failed delivery again (the API's use case); back to the plan."""
     c = container()
     done = subscription_use.replay_delivery(c.uow(), _bounded("delivery", delivery_id), c.clock())
-    flash(f"Delivery {delivery_id} queued again.", "deliveries")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
+    return _back_to_plan(done["plan_id"], f"Delivery {delivery_id} queued again.", "deliveries")
 
 
 @bp.post("/deliveries/<int:delivery_id>/skip")
@@ -396,5 +401,6 @@ def skip_delivery(delivery_id: int) -> ResponseReturnValue:
     """Give up on a dead or failed delivery (the API's use case); back to the plan."""
     c = container()
     done = subscription_use.skip_delivery(c.uow(), _bounded("delivery", delivery_id), c.clock())
-    flash(f"Delivery {delivery_id} skipped: it will not be sent, and holds back nothing.", "deliveries")
-    return redirect(url_for("console.plan", plan_id=done["plan_id"], _anchor=NOTICE))
+    return _back_to_plan(
+        done["plan_id"], f"Delivery {delivery_id} skipped: it will not be sent, and holds back nothing.", "deliveries"
+    )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.support import FIXTURES, SECRET
+from tests.support import FIXTURES, SECRET, wait_until_healthy
 
 BIN = Path(sys.executable).parent / "planbridge"
 
@@ -80,15 +80,7 @@ def test_serve_and_worker_carry_a_sent_event_to_the_fhir_server(env, fhir_base_u
         text=True,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "gunicorn did not come up"
-            time.sleep(0.1)
+        wait_until_healthy(f"http://127.0.0.1:{port}", server, 20, "gunicorn did not come up")
         assert requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json()["database"] == "ok"
         sent = run(
             "webhook",

@@ -20,7 +20,7 @@ import requests
 from service.store.db import create_engine, upgrade
 from tests.e2e.test_cli import BIN, free_port
 from tests.live import Live
-from tests.support import SECRET, goal_event, signed
+from tests.support import SECRET, goal_event, signed, wait_until_healthy
 
 KEY = "serve-hardening-key-0123456789"
 LIMIT = 4
@@ -84,15 +84,7 @@ def served(tmp_path_factory):
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/healthz", timeout=1).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, log_path.read_text()
-            time.sleep(0.1)
+        wait_until_healthy(url, server, 30, log_path.read_text)
         yield Served(url, log_path, hang)
     finally:
         server.terminate()

@@ -65,19 +65,6 @@ class Receiver:
         self.server.server_close()
 
 
-@pytest.fixture
-def receivers():
-    started: list[Receiver] = []
-
-    def start(**kwargs) -> Receiver:
-        started.append(Receiver(**kwargs))
-        return started[-1]
-
-    yield start
-    for receiver in started:
-        receiver.stop()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,23 +16,10 @@ from service.notify import subscriptions as use
 from service.store.uow import UnitOfWork
 from service.sync.merge import changed_paths, strip_bookkeeping
 from tests.e2e.test_event_catalogue import STORY
-from tests.integration.test_notify import Notify, Receiver
+from tests.integration.test_notify import Notify
 from tests.support import FIXTURES, settings, signed
 
 KEY = "ordering-key-0123456789abcdef"
-
-
-@pytest.fixture
-def receivers():
-    started: list[Receiver] = []
-
-    def start(**kwargs) -> Receiver:
-        started.append(Receiver(**kwargs))
-        return started[-1]
-
-    yield start
-    for receiver in started:
-        receiver.stop()
 
 
 def sent(receiver, plan_id: str) -> list[int]:
