@@ -1,17 +1,19 @@
 #!/usr/bin/env node
 // planbridge local FHIR R4 server: node:http in front of Medplum's FhirRouter + MemoryRepository.
-// Usage: node server.mjs [--host 127.0.0.1] [--port 8090] [--page-size 20] [--subscription-retry-delays 1,2,4,8,15,30]
-//        [--quiet] [--exit-on-stdin-close]
+// Usage: node server.mjs [--profile medplum|hapi] [--host 127.0.0.1] [--port 8090] [--page-size 20]
+//        [--subscription-retry-delays 1,2,4,8,15,30] [--quiet] [--exit-on-stdin-close]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
-const USAGE = 'usage: node server.mjs [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
+const PROFILE_NAMES = ['medplum', 'hapi']; // lib/app.mjs PROFILES (not imported: core needs the WebSocket stub first)
+const USAGE = 'usage: node server.mjs [--profile medplum|hapi (default medplum: Medplum\'s transaction limits)] [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
   '[--subscription-retry-delays S1,S2,... (seconds between delivery attempts)] [--quiet] [--exit-on-stdin-close]';
 
 function options() {
   try {
     const { values } = parseArgs({
       options: {
+        profile: { type: 'string', default: 'medplum' },
         host: { type: 'string', default: '127.0.0.1' },
         port: { type: 'string', default: '8090' },
         'page-size': { type: 'string', default: '20' },
@@ -27,6 +29,9 @@ function options() {
     }
     const port = Number(values.port);
     const pageSize = Number(values['page-size']);
+    if (!PROFILE_NAMES.includes(values.profile)) {
+      throw new Error(`invalid --profile ${values.profile} (use ${PROFILE_NAMES.join(' or ')})`);
+    }
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`invalid --port ${values.port}`);
     if (!Number.isInteger(pageSize) || pageSize < 1) throw new Error(`invalid --page-size ${values['page-size']}`);
     const rawDelays = values['subscription-retry-delays'].trim();
@@ -54,7 +59,10 @@ const { loadDefinitions, loadTerminology } = await import('./lib/schema.mjs');
 const { createApp, BASE_PATH } = await import('./lib/app.mjs');
 
 loadDefinitions();
-const app = createApp({ pageSize: opts.pageSize, log, subscriptionRetryDelaysMs: opts.retryDelaysMs });
+const app = createApp({
+  pageSize: opts.pageSize, log, subscriptionRetryDelaysMs: opts.retryDelaysMs, profile: opts.profile,
+});
+log(`profile ${opts.profile}`);
 const server = http.createServer((req, res) => {
   app.handle(req, res).catch((err) => {
     log(`error: ${err?.stack ?? err}`);

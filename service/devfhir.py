@@ -14,6 +14,16 @@ SERVER_DIR: Path = Path(
     os.environ.get("PLANBRIDGE_FHIR_SERVER_DIR") or Path(__file__).resolve().parent.parent / "fhir-server"
 )
 LISTENING_PREFIX = "planbridge-fhir listening on "
+PROFILES = ("medplum", "hapi")  # fhir-server/lib/app.mjs PROFILES; medplum (its transaction limits) is the default
+PROFILE_ENV = "PLANBRIDGE_FHIR_PROFILE"
+
+
+def default_profile() -> str:
+    """The profile named by PLANBRIDGE_FHIR_PROFILE, else "medplum"; a RuntimeError names a wrong value."""
+    profile = (os.environ.get(PROFILE_ENV) or "medplum").strip().lower()
+    if profile not in PROFILES:
+        raise RuntimeError(f"{PROFILE_ENV}={profile!r} is not a local FHIR server profile: use medplum or hapi")
+    return profile
 
 
 def _require(tool: str) -> str:
@@ -66,8 +76,13 @@ class LocalFhirServer:
         port: int = 0,
         server_dir: Path = SERVER_DIR,
         log_path: Path | None = None,
+        profile: str | None = None,
     ) -> None:
-        """Configure the server; nothing starts until start()."""
+        """Configure the server; nothing starts until start(). profile is "medplum" (Medplum's transaction
+        limits, 412 on a stale If-Match) or "hapi" (no limits, 409); by default PLANBRIDGE_FHIR_PROFILE or medplum."""
+        if profile is not None and profile not in PROFILES:
+            raise ValueError(f"unknown local FHIR server profile {profile!r}: use medplum or hapi")
+        self.profile = profile or default_profile()
         self.host = host
         self.port = port
         self.server_dir = Path(server_dir)
@@ -87,7 +102,8 @@ class LocalFhirServer:
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path.open("a", encoding="utf-8")
-        args = [node, "server.mjs", "--host", self.host, "--port", str(self.port), "--exit-on-stdin-close"]
+        args = [node, "server.mjs", "--profile", self.profile, "--host", self.host, "--port", str(self.port)]
+        args.append("--exit-on-stdin-close")
         if self._log_file is None:
             args.append("--quiet")
         self.process = subprocess.Popen(

@@ -99,7 +99,7 @@ def run_dev(root: Path, port: int) -> None:
 planbridge is starting
   API              http://127.0.0.1:{port}   (health: http://127.0.0.1:{port}/healthz, docs: /docs)
   team webhooks    POST http://127.0.0.1:{port}/webhooks/team
-  FHIR server      {base}{"   (local, in-memory; notifies planbridge of changes)" if fhir else ""}
+  FHIR server      {base}{f"   (local, in-memory, {fhir.profile} profile; notifies planbridge)" if fhir else ""}
   database         {settings.database_url}
   webhook secret   {"var/webhook-secret (generated)" if generated else "from PLANBRIDGE_WEBHOOK_SECRET"}
   API key          var/api-key unless PLANBRIDGE_API_KEYS is set

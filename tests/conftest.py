@@ -4,21 +4,86 @@ import os
 
 import pytest
 
-from service.devfhir import LocalFhirServer
+from service.devfhir import PROFILES, LocalFhirServer, default_profile
+
+
+class LocalFhirServers:
+    """The local FHIR servers of a test session, one per profile, each started when first asked for."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.servers: dict[str, LocalFhirServer] = {}
+        self.urls: dict[str, str] = {}
+
+    def url(self, profile: str) -> str:
+        """Base URL of the session's server with this profile ("medplum" or "hapi"), started if need be."""
+        if profile not in self.urls:
+            log = self.tmp_path_factory.mktemp(f"fhir-server-{profile}") / "fhir-server.log"
+            server = LocalFhirServer(profile=profile, log_path=log)
+            self.servers[profile] = server
+            self.urls[profile] = server.start()
+        return self.urls[profile]
+
+    def stop(self) -> None:
+        """Stop every server started."""
+        for server in self.servers.values():
+            server.stop()
 
 
 @pytest.fixture(scope="session")
-def fhir_base_url(tmp_path_factory):
-    """Base URL of a FHIR R4 server: $FHIR_TEST_SERVER_URL, else one local server for the session."""
-    external = os.environ.get("FHIR_TEST_SERVER_URL")
-    if external:
-        yield external.rstrip("/")
-        return
-    server = LocalFhirServer(log_path=tmp_path_factory.mktemp("fhir-server") / "fhir-server.log")
+def local_fhir_servers(tmp_path_factory):
+    """The session's local FHIR servers by profile (started lazily, stopped at the end)."""
+    servers = LocalFhirServers(tmp_path_factory)
     try:
-        yield server.start()
+        yield servers
     finally:
-        server.stop()
+        servers.stop()
+
+
+def _external() -> str | None:
+    url = os.environ.get("FHIR_TEST_SERVER_URL")
+    return url.rstrip("/") if url else None
+
+
+@pytest.fixture(scope="session")
+def fhir_base_url(local_fhir_servers):
+    """Base URL of a FHIR R4 server: $FHIR_TEST_SERVER_URL, else the session's local server with the
+    profile PLANBRIDGE_FHIR_PROFILE names, by default "medplum" (Medplum's transaction limits, the strictest)."""
+    return _external() or local_fhir_servers.url(default_profile())
+
+
+@pytest.fixture(scope="session")
+def fhir_medplum_url(local_fhir_servers):
+    """Base URL of the session's local server in the medplum profile (skipped with $FHIR_TEST_SERVER_URL)."""
+    if _external():
+        pytest.skip("FHIR_TEST_SERVER_URL is set: the local server's profiles are not in use")
+    return local_fhir_servers.url("medplum")
+
+
+@pytest.fixture(scope="session")
+def fhir_hapi_url(local_fhir_servers):
+    """Base URL of the session's local server in the hapi profile (skipped with $FHIR_TEST_SERVER_URL)."""
+    if _external():
+        pytest.skip("FHIR_TEST_SERVER_URL is set: the local server's profiles are not in use")
+    return local_fhir_servers.url("hapi")
+
+
+@pytest.fixture(params=PROFILES, ids=PROFILES)
+def fhir_profile(request) -> str:
+    """Each local FHIR server profile in turn ("medplum", "hapi"): a test asking for it runs once per profile."""
+    return request.param
+
+
+@pytest.fixture
+def fhir_profile_url(fhir_profile, local_fhir_servers) -> str:
+    """Base URL of the session's local server in fhir_profile's profile, for tests that run against both.
+    With $FHIR_TEST_SERVER_URL the external server is used for the "medplum" run and "hapi" is skipped."""
+    external = _external()
+    if external:
+        if fhir_profile != PROFILES[0]:
+            pytest.skip("FHIR_TEST_SERVER_URL is set: one external server, run once")
+        return external
+    return local_fhir_servers.url(fhir_profile)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -20,16 +20,19 @@ const WRITE_METHODS = new Set(['POST', 'PUT', 'PATCH']);
 const BUNDLE_ACTIONS = { PUT: 'UPDATE', DELETE: 'DELETE', PATCH: 'PATCH' }; // HAPI's verbs in its messages
 
 /**
- * Medplum caps transactions that need strict isolation (any conditional entry) at 8 entries and at
- * 50 updates, limits meant for its PostgreSQL backend. This server handles one request at a time, so
- * every transaction is already isolated; HAPI has no such caps, and a plan Bundle is usually larger.
+ * The server's profiles: which real server's limits it copies. Everything else is HAPI-like in both.
+ * - `medplum` (the default): Medplum 5.2.13's transaction caps, as its BatchProcessor enforces them:
+ *   400 `Transaction contains more update operations than allowed` for more than 50 updates (PUTs),
+ *   400 `Transaction requires strict isolation but has too many entries` for more than 8 entries
+ *   when any entry needs strict isolation (a POST with ifNoneExist, a PUT or DELETE whose URL has a
+ *   `?`); and a stale If-Match answers 412 `Precondition Failed`, as Medplum does.
+ * - `hapi`: no caps (HAPI has none), and a stale If-Match answers 409 HAPI-0989.
  */
-class SerializedBatchProcessor extends BatchProcessor {
-  async preprocessBundle() {
-    const info = await super.preprocessBundle();
-    return { ...info, requiresStrongTransaction: false, updates: 0 };
-  }
+export const PROFILES = ['medplum', 'hapi'];
+export const MEDPLUM_LIMITS = { maxStrictEntries: 8, maxUpdates: 50 }; // fhir-router's own constants
 
+/** Medplum's BatchProcessor, with HAPI's answer for a conditional entry that matches several resources. */
+class HapiLikeBatchProcessor extends BatchProcessor {
   // Medplum resolves `PUT/DELETE/PATCH Type?query` entries up front and answers 400 `invalid`
   // ("Conditional PUT matched multiple resources"); HAPI answers 412 HAPI-0988/0962/0972.
   async resolveModificationIdentity(entry, index) {
@@ -38,6 +41,17 @@ class SerializedBatchProcessor extends BatchProcessor {
       this.repo.assertSingleMatch(BUNDLE_ACTIONS[method], parseSearchRequest(url), url);
     }
     return super.resolveModificationIdentity(entry, index);
+  }
+}
+
+/**
+ * The `hapi` profile: no transaction caps. Medplum's caps are meant for its PostgreSQL backend; this
+ * server handles one request at a time, so every transaction is already isolated, and HAPI has none.
+ */
+class UncappedBatchProcessor extends HapiLikeBatchProcessor {
+  async preprocessBundle() {
+    const info = await super.preprocessBundle();
+    return { ...info, requiresStrongTransaction: false, updates: 0 };
   }
 }
 
@@ -83,8 +97,13 @@ function readBody(req) {
   });
 }
 
-export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDelaysMs } = {}) {
-  const repo = new HapiLikeRepository({ validate: (r) => { validate(r); validateSubscription(r); } });
+export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDelaysMs, profile = 'medplum' } = {}) {
+  if (!PROFILES.includes(profile)) throw new Error(`unknown profile ${profile}; use one of ${PROFILES.join(', ')}`);
+  const repo = new HapiLikeRepository({
+    validate: (r) => { validate(r); validateSubscription(r); },
+    staleVersion: profile === 'medplum' ? 'medplum' : 'hapi',
+  });
+  const Processor = profile === 'medplum' ? HapiLikeBatchProcessor : UncappedBatchProcessor;
   const router = new FhirRouter();
   const pager = new SearchPager(repo, { defaultPageSize: pageSize });
   const startedAt = new Date().toISOString();
@@ -123,7 +142,7 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
     const method = req.method === 'HEAD' ? 'GET' : req.method; // node sends no body for HEAD
 
     if (first === 'metadata' && segments.length === 1 && method === 'GET') {
-      return { status: 200, resource: capabilityStatement(base, startedAt) };
+      return { status: 200, resource: capabilityStatement(base, startedAt, profile, MEDPLUM_LIMITS) };
     }
     if (!first && method === 'GET' && query._getpages) return { status: 200, resource: await pager.page(query, base, selfUrl) };
     if (first && !isResourceType(first)) {
@@ -148,7 +167,7 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
       // Medplum reports inside a 200 response) is rolled back completely.
       return repo.withTransaction(async () => {
         const [outcome, bundle] = ['transaction', 'batch'].includes(body?.type)
-          ? [allOk, await new SerializedBatchProcessor(router, repo, body, fhirRequest).run()]
+          ? [allOk, await new Processor(router, repo, body, fhirRequest).run()]
           : await router.handleRequest(fhirRequest, repo);
         if (getStatus(outcome) >= 400) throw new OperationOutcomeError(outcome);
         const failed = body.type === 'transaction' &&
@@ -261,5 +280,5 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
     }
   }
 
-  return { handle, repo, notifier };
+  return { handle, repo, notifier, profile };
 }

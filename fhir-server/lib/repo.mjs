@@ -1,5 +1,5 @@
 // A MemoryRepository with HAPI's observable habits: numeric ids, versions "1", "2", ..., 409 on a
-// stale If-Match, 412 when a conditional write matches several resources, 410 for deleted
+// stale If-Match (412 like Medplum with `staleVersion: 'medplum'`), 412 when a conditional write matches several resources, 410 for deleted
 // resources, validation on every write, all-or-nothing transactions (undo journal) and an
 // identifier index that narrows `identifier=` searches.
 import { MemoryRepository } from '@medplum/fhir-router';
@@ -40,10 +40,11 @@ function coalesce(writes) {
 }
 
 export class HapiLikeRepository extends MemoryRepository {
-  /** @param {{ validate?: (resource: object) => void }} [options] */
+  /** @param {{ validate?: (resource: object) => void, staleVersion?: 'hapi' | 'medplum' }} [options] */
   constructor(options = {}) {
     super();
     this.validateFn = options.validate ?? (() => {});
+    this.staleVersion = options.staleVersion ?? 'hapi'; // how a stale If-Match is answered
     this.nextId = 1;
     this.versions = new Map(); // "Type/id" -> last version number (deletes count, like HAPI)
     this.deleted = new Set(); // "Type/id" of deleted resources (read -> 410)
@@ -121,6 +122,8 @@ export class HapiLikeRepository extends MemoryRepository {
 
   checkVersion(existing, ifMatch, action) {
     if (existing.meta?.versionId !== ifMatch) {
+      // Medplum: core's `preconditionFailed` (412, issue code `processing`, "Precondition Failed").
+      if (this.staleVersion === 'medplum') throw fail('precondition-failed', 'processing', 'Precondition Failed');
       const ref = `${existing.resourceType}/${existing.id}/_history/${ifMatch}`;
       // HAPI: a ResourceVersionConflictException without its own outcome, so issue code `processing`.
       throw fail('conflict', 'processing', `HAPI-0989: Trying to ${action} ${ref} but this is not the current version`);

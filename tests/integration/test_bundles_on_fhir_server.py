@@ -7,6 +7,7 @@ the same Bundle twice must change nothing: every entry is conditional on an iden
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -29,6 +30,15 @@ def http():
     with requests.Session() as session:
         session.headers.update({"Content-Type": FHIR_JSON, "Accept": FHIR_JSON})
         yield session
+
+
+@pytest.fixture(scope="module")
+def fhir_base_url(request) -> str:
+    """A server without transaction caps ($FHIR_TEST_SERVER_URL, else the local server's hapi profile): each plan
+    goes as one whole Bundle here, and the medplum profile refuses one with more than 8 conditional entries
+    (tests/integration/test_server_profiles.py); pushes split theirs to fit."""
+    external = os.environ.get("FHIR_TEST_SERVER_URL")
+    return external.rstrip("/") if external else request.getfixturevalue("fhir_hapi_url")
 
 
 def fresh_plan(path: Path) -> tuple[Plan, str]:
