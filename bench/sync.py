@@ -11,7 +11,13 @@
     one paged `_include` search reading every plan (no merge). The 5,000 are loaded fast: transaction
     Bundles of 25 plans POSTed directly, their links and sync state written as a push would, and the pull
     cursor set to the load's newest lastModified; a push of a loaded plan costing 0 requests checks that.
-Run: `.venv/bin/python bench/sync.py [--plans 200] [--pull-plans 5000] [--changed 10] [--latency-ms 20]`.
+(d) Plans pushed per second by one outbox worker pushing PLANBRIDGE_PUSH_CONCURRENCY plans at once (default
+    8) vs the same worker one plan at a time: each a fresh batch of plans, Patients pre-linked as in (b),
+    one push queued per plan, drained by `OutboxWorker.run_until_idle` (claim, push, record, all included).
+The local FHIR server runs the hapi profile (no transaction size limit): (c) loads 25 plans per Bundle
+and every plan of (b) and (d) is one transaction.
+Run: `.venv/bin/python bench/sync.py [--plans 200] [--pull-plans 5000] [--changed 10] [--latency-ms 20]
+[--concurrency 8]`.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +49,7 @@ from service.sync.engine import SyncEngine
 from service.sync.merge import strip_bookkeeping
 from service.sync.pull import CURSOR
 from service.sync.push import bundle_digest, local_key, parse_location
+from service.sync.worker import OutboxWorker
 
 FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures" / "plans").glob("*.json"))
 MRN = "http://hospital.example.org/mrn"
@@ -204,6 +212,24 @@ def push_rate(bench: Bench, count: int) -> dict[str, float]:
     }
 
 
+def worker_rate(bench: Bench, count: int, concurrency: int, tag: str) -> dict[str, float]:
+    """(d) Plans per second through the proxy: one outbox worker draining `count` queued pushes."""
+    plans = make_plans(count, tag)
+    bench.save(plans)
+    bench.create_patients(plans, link=True)
+    with UnitOfWork(bench.db) as uow:
+        for plan in plans:
+            uow.outbox.add(plan.id, "push_plan", None, None, now())
+        uow.commit()
+    settings = replace(bench.settings, push_concurrency=concurrency)
+    worker = OutboxWorker(UnitOfWork(bench.db), bench.client, settings, now)
+    taken, sent, wire, seconds = bench.counted(worker.run_until_idle)
+    with UnitOfWork(bench.db) as uow:
+        done = [row for row in uow.outbox.list(status="done") if row.plan_id.startswith(f"{tag}-")]
+    assert (taken, len(done)) == (count, count), (taken, len(done))  # requests: one transaction each
+    return {"rate": count / seconds, "requests": sent / count, "wire": wire / count}
+
+
 def load_synced(bench: Bench, plans: list[Plan], per_bundle: int = 25) -> tuple[str, dict[str, dict[str, str]]]:
     """Put plans on the server as synced, fast; return the newest lastModified and each plan's links."""
     bench.save(plans)
@@ -308,15 +334,21 @@ def main() -> None:
     parser.add_argument("--pull-plans", type=int, default=5000, help="synced plans on the server in (c)")
     parser.add_argument("--changed", type=int, default=10, help="plans the EHR changes in (c)")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="latency the proxy adds per request")
+    parser.add_argument("--concurrency", type=int, default=8, help="pushes one worker makes at once in (d)")
     args = parser.parse_args()
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp, LocalFhirServer(log_path=Path(tmp) / "fhir.log") as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LocalFhirServer(log_path=Path(tmp) / "fhir.log", profile="hapi") as server,
+    ):
         with LatencyProxy.for_url(server.base_url, args.latency_ms / 1000) as proxy:
             db = create_engine(f"sqlite:///{tmp}/bench.db")
             upgrade(db)
             bench = Bench(db, server.base_url, proxy)
             a = round_trips(bench)
             b = push_rate(bench, args.plans)
+            d1 = worker_rate(bench, args.plans, 1, "one")
+            d = worker_rate(bench, args.plans, args.concurrency, "pool")
             c = pull_changed(bench, args.pull_plans, args.changed)
             db.dispose()
     ms, ok = args.latency_ms, lambda good: "ok" if good else "FAILED"
@@ -362,6 +394,13 @@ def main() -> None:
             f"{c['full_seconds']:.2f}",
             f"{c['full_seconds'] / c['seconds']:.1f}x faster",
         ),
+        (
+            f"(d) plans pushed per second, one worker, {args.concurrency} at once (+{ms:g} ms)",
+            f"{d['rate']:.1f}",
+            f"{d1['rate']:.1f}",
+            f"{d['rate'] / d1['rate']:.1f}x",
+        ),
+        ("    requests per plan, by FhirClient / on the wire", f"{d['requests']:.2f} / {d['wire']:.2f}", "", ""),
     ]
     print(table(rows))
     print()
@@ -370,6 +409,8 @@ def main() -> None:
     print(
         f"           (c) one paged _include search reading every plan of ours ({c['full_plans']} CarePlans), no merge."
     )
+    print("           (d) the same worker pushing one plan at a time (PLANBRIDGE_PUSH_CONCURRENCY=1).")
+    print("local FHIR server: hapi profile (no transaction size limit); store: SQLite.")
     total = time.perf_counter() - started
     print(f"(c) loaded {args.pull_plans} plans directly in {c['load_s']:.1f} s ({c['load_rate']:.0f} plans/s).")
     print(f"whole run: {total:.0f} s")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
@@ -83,7 +84,8 @@ class FhirClient:
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "planbridge"})
         self.session.auth = auth
         self.max_retries, self.backoff_base, self.max_wait, self.sleep = max_retries, backoff_base, max_wait, sleep
-        self.requests_sent = 0
+        self.requests_sent = 0  # every attempt, whichever thread sent it (a worker pushes from several)
+        self._count_lock = threading.Lock()
 
     def _url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -119,7 +121,8 @@ class FhirClient:
         refreshed = reached = False
         for attempt in range(self.max_retries + 1):
             try:
-                self.requests_sent += 1
+                with self._count_lock:
+                    self.requests_sent += 1
                 response = self.session.request(
                     method, self._url(path), json=json, params=params, headers=send_headers, timeout=self.timeout
                 )

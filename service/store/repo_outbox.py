@@ -78,12 +78,23 @@ class OutboxRepository:
             other.next_attempt_at > now,
             other.id < OutboxRow.id,
         )
+        # An earlier due entry of the plan is being claimed by another worker right now (SKIP LOCKED
+        # passed over its locked row): a push must not overtake it, nor a re-read an earlier re-read.
+        # (One worker alone never meets this: it takes the oldest first.)
+        earlier_due = sa.select(other.id).where(
+            other.plan_id == OutboxRow.plan_id,
+            other.status == "pending",
+            other.next_attempt_at <= now,
+            other.id < OutboxRow.id,
+            sa.or_(OutboxRow.kind.in_(PUSH_KINDS), other.kind.not_in(PUSH_KINDS)),
+        )
         query = (
             sa.select(OutboxRow)
             .where(
                 OutboxRow.status == "pending",
                 OutboxRow.next_attempt_at <= now,
                 ~plan_held.exists(),
+                ~earlier_due.exists(),
                 sa.or_(OutboxRow.kind.not_in(PUSH_KINDS), ~backing_off.exists()),
             )
             .order_by(OutboxRow.id)

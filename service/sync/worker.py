@@ -3,16 +3,26 @@
 An entry is claimed by moving its due time one lease ahead in a short transaction, so no database
 lock is held while talking to the FHIR server; a worker killed mid-push leaves the entry to come
 due again, and the push is a conditional update on our identifier, so repeating it is harmless.
+
+One worker pushes up to `PLANBRIDGE_PUSH_CONCURRENCY` entries at once, one per plan: each in-flight push has
+a slot of its own (a database session and a sync engine; the FHIR client and its keep-alive HTTP session
+are shared, its request count is the worker's total), the claims stay short transactions made by the
+dispatching thread, and the held-plan index keeps every plan to one entry in flight, across the slots of
+one worker as across workers.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from requests.adapters import DEFAULT_POOLSIZE, HTTPAdapter
 from sqlalchemy.exc import IntegrityError
 
 from service.domain.errors import PlanbridgeError
@@ -27,6 +37,7 @@ from service.sync.notifications import silent_subscriptions
 log = logging.getLogger(__name__)
 CLAIM_TRIES = 3
 PRUNE_SECONDS = 3600.0  # how often the worker deletes finished work past PLANBRIDGE_RETAIN_DAYS
+Claimed = tuple[int, str, str, str | None]  # entry id, plan id, kind, subject id
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
@@ -34,19 +45,50 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
     return timedelta(seconds=random.uniform(base**attempt / 2, min(cap, base**attempt)))
 
 
+@dataclass
+class _Slot:
+    """What one in-flight push works with: a database session and a sync engine of its own (the FHIR
+    client, its HTTP session and its request count are shared)."""
+
+    engine: SyncEngine
+    uow: UnitOfWork
+
+
+def _widen_http_pool(client: FhirClient | None, size: int) -> None:
+    """Let the client's HTTP session keep `size` connections to the FHIR server (requests keeps 10)."""
+    if client is None or size <= DEFAULT_POOLSIZE:
+        return
+    adapter = client.session.get_adapter(client.base_url)
+    if isinstance(adapter, HTTPAdapter) and getattr(adapter, "_pool_maxsize", DEFAULT_POOLSIZE) >= size:
+        return
+    client.session.mount(client.base_url, HTTPAdapter(pool_connections=1, pool_maxsize=size))
+
+
 class OutboxWorker(PollingWorker):
-    """Drains the outbox into one FHIR server."""
+    """Drains the outbox into one FHIR server, up to `concurrency` plans at once."""
 
     name = "outbox worker"
 
-    def __init__(self, uow: UnitOfWork, client: FhirClient, settings: Settings, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        uow: UnitOfWork,
+        client: FhirClient,
+        settings: Settings,
+        clock: Callable[[], datetime],
+        concurrency: int | None = None,
+    ) -> None:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
         self.engine = SyncEngine(UnitOfWork(uow.engine), client, settings, clock)
         self.poll_seconds = settings.worker_poll_seconds
+        self.concurrency = max(1, settings.push_concurrency if concurrency is None else concurrency)
         self._last_resync = -float("inf")
         self._last_prune = -float("inf")
+        self._local = threading.local()  # the engine of the slot this thread is working in
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: dict[Future[None], _Slot] = {}
+        self._idle: list[_Slot] = []
 
-    def _claim(self) -> tuple[int, str, str, str | None] | None:
+    def _claim(self) -> Claimed | None:
         for _ in range(CLAIM_TRIES):
             try:
                 with self.uow:
@@ -65,12 +107,13 @@ class OutboxWorker(PollingWorker):
         return None
 
     def _run(self, kind: str, plan_id: str) -> None:
+        engine = getattr(self._local, "engine", None) or self.engine
         if kind in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
-            self.engine.push(plan_id)
+            engine.push(plan_id)
         elif kind == "pull_plan":
-            self.engine.pull_plans([plan_id])
+            engine.pull_plans([plan_id])
         elif kind == "pull_changed":
-            self.engine.pull_changed()
+            engine.pull_changed()
         else:
             raise PlanbridgeError(f"unknown outbox entry kind {kind}")
 
@@ -82,10 +125,15 @@ class OutboxWorker(PollingWorker):
                 self.uow.commit()
 
     def process_one(self) -> bool:
-        """Push one due entry; return False when none was due."""
+        """Push one due entry in this thread; return False when none was due."""
         claimed = self._claim()
         if claimed is None:
             return False
+        self._handle(claimed, self.uow)
+        return True
+
+    def _handle(self, claimed: Claimed, uow: UnitOfWork) -> None:
+        """Run a claimed entry and record how it went (done, or failed with a retry due later)."""
         entry_id, plan_id, kind, _subject = claimed
         error: str | None = None
         try:
@@ -94,25 +142,22 @@ class OutboxWorker(PollingWorker):
             error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, PlanbridgeError):
                 log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
-        with self.uow:
-            row = self.uow.outbox.get(entry_id)
+        with uow:
+            row = uow.outbox.get(entry_id)
             now = self.clock()
             if error is None:
-                self.uow.outbox.mark_done(row, now)
+                uow.outbox.mark_done(row, now)
             else:
-                if kind.startswith("push") and self.uow.plans.get(plan_id) is not None:
-                    state = self.uow.sync.state(plan_id)
+                if kind.startswith("push") and uow.plans.get(plan_id) is not None:
+                    state = uow.sync.state(plan_id)
                     state.last_error = error[:2000]
                     if state.status != "conflicted":
                         state.status = "failed"
-                self.uow.outbox.mark_failed(
-                    row, error, now, self.settings.outbox_max_attempts, backoff(row.attempts + 1)
-                )
+                uow.outbox.mark_failed(row, error, now, self.settings.outbox_max_attempts, backoff(row.attempts + 1))
                 log.warning(
                     "outbox %s plan %s attempt %s failed: %s", entry_id, plan_id, row.attempts, error.split(":")[0]
                 )
-            self.uow.commit()
-        return True
+            uow.commit()
 
     def before_pass(self) -> None:
         """The safety net: FHIR servers give up retrying notifications, so look for changes now and then;
@@ -127,3 +172,95 @@ class OutboxWorker(PollingWorker):
             if any(removed.values()):
                 log.info("pruned %s done outbox entries, %s deliveries", removed["outbox"], removed["deliveries"])
         silent_subscriptions(UnitOfWork(self.uow.engine), self.clock(), self.settings.heartbeat_timeout_seconds)
+
+    # ---- several entries at once ----
+
+    def _slot(self) -> _Slot:
+        if self._idle:
+            return self._idle.pop()
+        engine = SyncEngine(UnitOfWork(self.uow.engine), self.client, self.settings, lambda: self.clock())
+        return _Slot(engine, UnitOfWork(self.uow.engine))
+
+    def _work(self, slot: _Slot, claimed: Claimed) -> None:
+        self._local.engine = slot.engine
+        try:
+            self._handle(claimed, slot.uow)
+        except Exception:  # e.g. the database went away: the lease runs out and the entry comes due again
+            log.exception("outbox %s plan %s: its outcome could not be recorded", claimed[0], claimed[1])
+        finally:
+            self._local.engine = None
+
+    def _fill(self, room: int, stop: threading.Event | None) -> int:
+        """Claim due entries for free slots (at most `room`); return how many were handed out."""
+        if self._pool is None:
+            _widen_http_pool(self.client, self.concurrency)
+            self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="planbridge-push")
+        handed = 0
+        while handed < room and len(self._in_flight) < self.concurrency and not (stop and stop.is_set()):
+            claimed = self._claim()
+            if claimed is None:
+                break
+            slot = self._slot()
+            self._in_flight[self._pool.submit(self._work, slot, claimed)] = slot
+            handed += 1
+        return handed
+
+    def _settle(self, timeout: float | None) -> int:
+        """Wait up to `timeout` (None: for ever) for a push to finish; return how many have finished."""
+        if not self._in_flight:
+            return 0
+        done, _ = wait(list(self._in_flight), timeout=timeout, return_when=FIRST_COMPLETED)
+        for future in done:
+            self._idle.append(self._in_flight.pop(future))
+        return len(done)
+
+    def close(self) -> None:
+        """Wait for the pushes under way, then let the slots and their threads go."""
+        while self._in_flight:
+            self._settle(None)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self._idle = []  # the next run builds its slots from the client and clock as they are then
+
+    def run_until_idle(self, limit: int = 10_000, stop: threading.Event | None = None) -> int:
+        """Process due entries, `concurrency` plans at once, until none is due or in flight (or `stop` is
+        set); return how many were taken (at most `limit`). An entry whose plan is in flight waits for it."""
+        if self.concurrency <= 1:
+            return super().run_until_idle(limit)
+        handed = 0
+        try:
+            while True:
+                if handed < limit:
+                    handed += self._fill(limit - handed, stop)
+                if not self._in_flight:
+                    return handed
+                self._settle(None)
+        finally:
+            self.close()
+
+    def run_forever(self, stop: threading.Event) -> None:
+        """Push due entries until `stop` is set, claiming another whenever a slot frees up and looking for
+        new ones at least every `poll_seconds`; on stop, take nothing more and let the pushes under way
+        finish (a push cut short by a harder kill is retried when its lease runs out)."""
+        if self.concurrency <= 1:
+            super().run_forever(stop)
+            return
+        log.info("%s started (%s pushes at once)", self.name, self.concurrency)
+        last_pass = -float("inf")
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() - last_pass >= self.poll_seconds:
+                        last_pass = time.monotonic()
+                        self.before_pass()
+                    self._fill(self.concurrency, stop)
+                except Exception:  # the worker must outlive any single failure; the next poll retries
+                    log.exception("%s pass failed", self.name)
+                if self._in_flight:
+                    self._settle(self.poll_seconds)
+                else:
+                    stop.wait(self.poll_seconds)
+        finally:
+            self.close()
+        log.info("%s stopped", self.name)
