@@ -12,15 +12,22 @@ from urllib.parse import quote
 
 from mappings import codes
 from mappings import datatypes as dt
-from mappings.careplan import CAREPLAN_EXTENSIONS, CAREPLAN_KEYS, careplan_to_fhir, read_plan_extensions, step_from_fhir
-from mappings.careteam import careteam_from_fhir, careteam_to_fhir, person_resource
+from mappings.careplan import (
+    CAREPLAN_EXTENSIONS,
+    CAREPLAN_KEYS,
+    CONTAINED_ORDER,
+    careplan_to_fhir,
+    read_plan_extensions,
+    step_from_fhir,
+)
+from mappings.careteam import careteam_from_fhir, careteam_to_fhir, person_resource, writes_careteam
 from mappings.checkin import checkin_to_fhir
 from mappings.datatypes import Json
 from mappings.goal import goal_fits, goal_from_fhir, goal_to_fhir
 from mappings.notes import note_from_fhir, note_is_modelled
-from mappings.refs import Refs, Resolver, member_identifier, refs_for_bundle, urn_for
+from mappings.refs import CONTAINED, IMPLIED, Refs, Resolver, contained_id, member_identifier, refs_for_bundle, urn_for
 from service.domain.errors import MappingError
-from service.domain.model import Goal, Patient, Plan
+from service.domain.model import Goal, Member, Patient, Plan
 
 
 def _condition(system: str, value: str) -> str:
@@ -51,14 +58,21 @@ def plan_resources(plan: Plan, refs: Refs) -> list[tuple[str, Json, str, str]]:
         if g.replaces:
             replaced_by.setdefault(g.replaces, []).append(g.id)
     out: list[tuple[str, Json, str, str]] = []
-    if any(m.in_team for m in plan.team):
-        out.append(
-            (refs.careteam or "", careteam_to_fhir(plan, refs), codes.identifier_system(base, "careteam"), plan.id)
-        )
+    contained: list[Json] = []  # the CareTeam and Goals the EHR sent inside its CarePlan go back inside it
+    if writes_careteam(plan):
+        team, system = careteam_to_fhir(plan, refs), codes.identifier_system(base, "careteam")
+        if contained_id(plan.careteam_extra):
+            contained.append(_as_contained(team, contained_id(plan.careteam_extra) or "", system))
+        else:
+            out.append((refs.careteam or "", team, system, plan.id))
     for i, goal in enumerate(plan.goals):
         value = codes.goal_identifier_value(plan.id, goal.id)
         resource = goal_to_fhir(goal, plan.id, refs, f"goals[{i}]", replaced_by.get(goal.id))
-        out.append((refs.goals[goal.id], resource, codes.identifier_system(base, "goal"), value))
+        system = codes.identifier_system(base, "goal")
+        if contained_id(goal.fhir_extra):
+            contained.append(_as_contained(resource, contained_id(goal.fhir_extra) or "", system))
+        else:
+            out.append((refs.goals[goal.id], resource, system, value))
         for j, check_in in enumerate(goal.check_ins):
             observation = checkin_to_fhir(check_in, goal.id, plan.id, refs, f"goals[{i}].check_ins[{j}]")
             out.append(
@@ -69,21 +83,40 @@ def plan_resources(plan: Plan, refs: Refs) -> list[tuple[str, Json, str, str]]:
                     codes.scoped_value(plan.id, goal.id, check_in.id),
                 )
             )
-    out.append((refs.careplan or "", careplan_to_fhir(plan, refs), codes.identifier_system(base, "plan"), plan.id))
+    careplan = careplan_to_fhir(plan, refs, contained)
+    out.append((refs.careplan or "", careplan, codes.identifier_system(base, "plan"), plan.id))
     return out
+
+
+def _as_contained(resource: Json, element_id: str, ours: str) -> Json:
+    """Return a resource as it goes inside `CarePlan.contained`: its element id, no identifier of planbridge's."""
+    rest = {k: v for k, v in resource.items() if k not in ("resourceType", "id")}
+    kept = [i for i in rest.pop("identifier", []) if i.get("system") != ours]
+    if kept:
+        rest["identifier"] = kept
+    return {"resourceType": resource["resourceType"], "id": element_id, **rest}
 
 
 def plan_to_bundle(plan: Plan, identifier_base: str, mrn_system: str, patient_ref: str | None = None) -> Json:
     """Return the plan as one transaction Bundle.
 
     With `patient_ref` (e.g. "Patient/12", found beforehand) the Bundle points at that Patient;
-    without, it carries a conditional create of the Patient by MRN.
+    without, it carries a conditional create of the Patient by MRN, under the plan's `mrn_system`
+    (default `mrn_system`). A plan holding the EHR's reference to its Patient (`patient.fhir_reference`)
+    uses that reference as it is, and the Bundle never carries the Patient.
     """
     entries: list[Json] = []
-    if patient_ref is None:
-        patient_ref = urn_for(mrn_system, plan.patient.mrn)
-        patient = {"resourceType": "Patient", "identifier": [{"system": mrn_system, "value": plan.patient.mrn}]}
-        entries.append(_create(patient_ref, patient, mrn_system, plan.patient.mrn))
+    if plan.patient.fhir_reference:
+        patient_ref = plan.patient.fhir_reference  # the EHR's own reference, used as it came
+    elif patient_ref is None:
+        system, mrn = plan.patient.mrn_system or mrn_system, plan.patient.mrn
+        if not mrn:
+            raise MappingError(
+                "the plan's patient has neither an MRN nor a FHIR reference", errors={"patient.mrn": "required"}
+            )
+        patient_ref = urn_for(system, mrn)
+        patient = {"resourceType": "Patient", "identifier": [{"system": system, "value": mrn}]}
+        entries.append(_create(patient_ref, patient, system, mrn))
     refs = refs_for_bundle(plan, identifier_base, patient_ref)
     for member in plan.team:
         if member.kind != "patient" and not member.fhir_reference:
@@ -126,15 +159,45 @@ def index_entries(entries: list[Json]) -> dict[str, Json]:
     return index
 
 
-def _patient(subject: Json, index: dict[str, Json], mrn_system: str) -> Patient:
-    resource = index.get(subject.get("reference", ""))
-    idents = (resource or {}).get("identifier", []) or ([subject["identifier"]] if "identifier" in subject else [])
-    mrn = next((i.get("value") for i in idents if i.get("system") == mrn_system and i.get("value")), None)
-    if mrn is None and idents:
-        mrn = idents[0].get("value")
-    if not mrn:
+MR_TYPE = ("http://terminology.hl7.org/CodeSystem/v2-0203", "MR")
+
+
+def _mrn_identifier(idents: list[Any], mrn_system: str) -> Json | None:
+    """Return the identifier that is the MRN: the one under `mrn_system`, else one typed MR (v2-0203),
+    else the first with a value."""
+    usable = [i for i in idents if isinstance(i, dict) and isinstance(i.get("value"), str) and i["value"]]
+    typed = [
+        i
+        for i in usable
+        if any(
+            (c.get("system"), c.get("code")) == MR_TYPE
+            for c in ((i.get("type") or {}).get("coding") or [])
+            if isinstance(c, dict)
+        )
+    ]
+    ours = [i for i in usable if i.get("system") == mrn_system]
+    return (ours or typed or usable or [None])[0]
+
+
+def _patient(subject: Json, index: dict[str, Json], mrn_system: str, ehr_authored: bool = False) -> Patient:
+    """Return the plan's patient: the MRN's system and value as the EHR has them, and the EHR's literal
+    reference to the Patient when the plan is the EHR's own (its id is `careplan-{CarePlan.id}`) or the
+    input does not carry the Patient's MRN (a Patient referenced but not included)."""
+    reference = subject.get("reference")
+    resource = index.get(reference or "")
+    idents = (resource or {}).get("identifier") or ([subject["identifier"]] if "identifier" in subject else [])
+    mrn = _mrn_identifier(idents, mrn_system)
+    literal = reference if isinstance(reference, str) and not reference.startswith(("urn:", "#")) else None
+    if mrn is None and literal is None:
         raise MappingError("the CarePlan's patient has no MRN in the Bundle", errors={"CarePlan.subject": mrn_system})
-    return Patient(mrn=mrn, display_name=subject.get("display"))
+    system = mrn.get("system") if mrn is not None else None
+    return Patient(
+        mrn=mrn["value"] if mrn is not None else None,
+        display_name=subject.get("display"),
+        mrn_system=system if isinstance(system, str) and system and system != mrn_system else None,
+        fhir_reference=literal if ehr_authored or resource is None or mrn is None else None,
+        fhir_extra={k: v for k, v in subject.items() if k not in ("reference", "display")} or None,
+    )
 
 
 def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
@@ -153,13 +216,13 @@ def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
 def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_system: str) -> Plan:
     """Return the plan for a CarePlan, reading its team, goals and check-ins from `index`."""
     subject = resource.get("subject", {})
-    resolver = Resolver(index, subject.get("reference"), base)
+    contained = {f"#{c['id']}": c for c in resource.get("contained", []) if dt.resource_type(c) and c.get("id")}
+    resolver = Resolver({**index, **contained} if contained else index, subject.get("reference"), base)
     ours = codes.identifier_system(base, "plan")
     plan_ids = [i for i in resource.get("identifier", []) if i.get("system") == ours and i.get("value")]
-    plan = Plan(
-        id=plan_ids[0]["value"] if plan_ids else f"careplan-{resource.get('id', 'new')}",
-        patient=_patient(subject, index, mrn_system),
-    )
+    plan_id = plan_ids[0]["value"] if plan_ids else f"careplan-{resource.get('id', 'new')}"
+    ehr_authored = plan_id == f"careplan-{resource.get('id')}"
+    plan = Plan(id=plan_id, patient=_patient(subject, index, mrn_system, ehr_authored))
     extra = dt.residual(resource, CAREPLAN_KEYS, CAREPLAN_EXTENSIONS)
     others = [i for i in resource.get("identifier", []) if not (plan_ids and i is plan_ids[0])]
     plan.identifiers = dt.read_identifiers(others, extra)
@@ -168,9 +231,26 @@ def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_sy
     _read_fields(plan, resource, resolver, extra)
     _read_activities(plan, resource, resolver, extra, goal_ids)
     plan.team = list(resolver.members.values())
+    _take_contained(plan, resource, extra)
+    if plan.id == f"careplan-{resource.get('id')}":  # a plan the EHR authored: its patient is always on its team
+        _patient_on_team(plan)
     dt.remember_source(extra, resource, bool(plan_ids))
     plan.careplan_extra = extra
     return plan
+
+
+def _patient_on_team(plan: Plan) -> None:
+    """Put the patient on the team (first, as `patient` unless that id is taken), or back in it."""
+    member = plan.patient_member()
+    if member is not None:
+        if not member.in_team:  # on the plan's team, not written into the EHR's CareTeam (careteam.py)
+            member.in_team = True
+            member.fhir_extra[IMPLIED] = True
+        return
+    taken = {m.id for m in plan.team}
+    member_id = next(c for c in ("patient", *(f"patient-{n}" for n in range(2, len(taken) + 3))) if c not in taken)
+    member = Member(id=member_id, kind="patient", name=plan.patient.display_name, fhir_extra={IMPLIED: True})
+    plan.team.insert(0, member)
 
 
 def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
@@ -178,6 +258,9 @@ def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base
     team = resolver.lookup(teams[0].get("reference")) if teams else None
     if team is not None and set(teams[0]) == {"reference"} and team.get("resourceType") == "CareTeam":
         _, plan.careteam_extra = careteam_from_fhir(team, resolver, base)
+        if teams[0]["reference"].startswith("#"):  # contained in the CarePlan: written back there
+            plan.careteam_extra.pop(dt.SOURCE, None)
+            plan.careteam_extra[CONTAINED] = teams[0]["reference"][1:]
         teams = teams[1:]
     if teams:
         extra["careTeam"] = teams
@@ -196,6 +279,9 @@ def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, bas
         if plan.goal(read.goal.id) is not None:
             unresolved.append(ref)  # a second Goal with the same identifier: kept as it came
             continue
+        if ref["reference"].startswith("#"):  # contained in the CarePlan: written back there
+            read.goal.fhir_extra.pop(dt.SOURCE, None)
+            read.goal.fhir_extra[CONTAINED] = ref["reference"][1:]
         plan.goals.append(read.goal)
         goal_ids[ref["reference"]] = read.goal.id
         replacements += [(read.goal, new_id, ext) for new_id, ext in read.replaced_by]
@@ -208,6 +294,22 @@ def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, bas
     if unresolved:
         extra["goal"] = unresolved
     return goal_ids
+
+
+def _take_contained(plan: Plan, resource: Json, extra: Json) -> None:
+    """Drop from the kept `contained` the CareTeam and Goals the plan now holds (they are rebuilt from it),
+    remembering the order the EHR gave them all in."""
+    taken = {contained_id(plan.careteam_extra): "CareTeam"} | {contained_id(g.fhir_extra): "Goal" for g in plan.goals}
+    taken.pop(None, None)
+    if not taken:
+        return
+    everything = extra.get("contained", [])
+    extra[CONTAINED_ORDER] = [c.get("id") for c in everything]
+    kept = [c for c in everything if taken.get(c.get("id")) != c.get("resourceType")]
+    if kept:
+        extra["contained"] = kept
+    else:
+        del extra["contained"]
 
 
 def _read_fields(plan: Plan, resource: Json, resolver: Resolver, extra: Json) -> None:

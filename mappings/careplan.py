@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from mappings import codes
 from mappings import datatypes as dt
+from mappings.careteam import writes_careteam
 from mappings.datatypes import Json
 from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
 from mappings.refs import Refs, Resolver
@@ -32,6 +33,7 @@ CAREPLAN_KEYS = {
 CAREPLAN_EXTENSIONS = {codes.EXT_WHAT_MATTERS, codes.EXT_GOAL_SETTING, codes.EXT_REVIEW}
 GOAL_SETTING_PARTS = {"status": "valueCode", "date": "valueDateTime", "note": "valueString"}
 REVIEW_PARTS = {"every": "valueDuration", "next": "valueDate"}
+CONTAINED_ORDER = "_planbridge_contained_order"  # in careplan_extra: the ids of `contained` as the EHR ordered them
 ACTIVITY_KEYS = {"id", "detail", "progress"}
 DETAIL_KEYS = {"code", "status", "description", "goal", "performer", "scheduledPeriod", "scheduledString"}
 
@@ -132,12 +134,13 @@ def step_from_fhir(activity: Json, index: int, resolver: Resolver, goal_ids: dic
     )
 
 
-def careplan_to_fhir(plan: Plan, refs: Refs) -> Json:
-    """Return the CarePlan for a plan."""
+def careplan_to_fhir(plan: Plan, refs: Refs, contained: list[Json] | None = None) -> Json:
+    """Return the CarePlan for a plan; `contained` are the CareTeam and Goals that go inside it, as the EHR had them."""
     ours = {"system": codes.identifier_system(refs.identifier_base, "plan"), "value": plan.id}
     built = dt.prune(
         {
             "resourceType": "CarePlan",
+            "contained": contained or [],
             "extension": _plan_extensions(plan),
             "identifier": [*(dt.identifier_to_fhir(i) for i in plan.identifiers), ours],
             "status": plan.status,
@@ -149,13 +152,18 @@ def careplan_to_fhir(plan: Plan, refs: Refs) -> Json:
             "created": plan.created_at,
             "author": refs.member(plan.author, "author") if plan.author else None,
             "contributor": [refs.member(c, f"contributors[{i}]") for i, c in enumerate(plan.contributors)],
-            "careTeam": [{"reference": refs.careteam}] if refs.careteam and any(m.in_team for m in plan.team) else [],
+            "careTeam": [{"reference": refs.careteam}] if refs.careteam and writes_careteam(plan) else [],
             "goal": [refs.goal(g.id, f"goals[{i}]") for i, g in enumerate(plan.goals)],
             "activity": [step_to_fhir(s, refs, f"steps[{i}]") for i, s in enumerate(plan.steps)],
             "note": [note_to_fhir(n, refs, f"notes[{i}]") for i, n in enumerate(plan.notes)],
         }
     )
-    return dt.merge(built, plan.careplan_extra)
+    out = dt.merge(built, plan.careplan_extra)
+    order = plan.careplan_extra.get(CONTAINED_ORDER)
+    if isinstance(order, list) and len(out.get("contained", [])) > 1:  # back in the order the EHR gave them
+        rank = {element_id: i for i, element_id in enumerate(order)}
+        out["contained"] = sorted(out["contained"], key=lambda c: rank.get(c.get("id"), len(rank)))
+    return out
 
 
 def read_plan_extensions(plan: Plan, resource: Json, extra: Json) -> None:

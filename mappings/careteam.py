@@ -6,11 +6,20 @@ from __future__ import annotations
 from mappings import codes
 from mappings import datatypes as dt
 from mappings.datatypes import Json
-from mappings.refs import Refs, Resolver, member_identifier
+from mappings.refs import IMPLIED, Refs, Resolver, member_identifier
 from service.domain.model import Member, Plan
 
 CARETEAM_KEYS = {"resourceType", "id", "meta", "identifier", "subject", "participant"}
 PARTICIPANT_KEYS = {"id", "role", "member"}
+NO_SUBJECT = "_planbridge_no_subject"  # in careteam_extra: the EHR's CareTeam named no subject (kept so)
+
+
+def writes_careteam(plan: Plan) -> bool:
+    """Tell whether the plan has a CareTeam to write: someone is on the team as a participant of it.
+
+    The patient put on an EHR-authored plan's team by planbridge (so the patient may act on it) is
+    on the plan's team without being written into the EHR's CareTeam (`IMPLIED`)."""
+    return any(m.in_team and not m.fhir_extra.get(IMPLIED) for m in plan.team)
 
 
 def careteam_to_fhir(plan: Plan, refs: Refs) -> Json:
@@ -27,13 +36,13 @@ def careteam_to_fhir(plan: Plan, refs: Refs) -> Json:
             m.fhir_extra,
         )
         for i, m in enumerate(plan.team)
-        if m.in_team
+        if m.in_team and not m.fhir_extra.get(IMPLIED)
     ]
     built = dt.prune(
         {
             "resourceType": "CareTeam",
             "identifier": [{"system": codes.identifier_system(refs.identifier_base, "careteam"), "value": plan.id}],
-            "subject": refs.subject(),
+            "subject": None if plan.careteam_extra.get(NO_SUBJECT) else refs.subject(),
             "participant": participants,
         }
     )
@@ -71,6 +80,8 @@ def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[l
         members.append(member)
     if kept_participants:
         extra["participant"] = kept_participants
+    if "subject" not in resource:
+        extra[NO_SUBJECT] = True
     dt.remember_source(extra, resource, len(others) != len(resource.get("identifier", [])))
     return members, extra
 

@@ -29,10 +29,12 @@ OBSERVATION_KEYS = {
 
 def checkin_to_fhir(check_in: CheckIn, goal_id: str, plan_id: str, refs: Refs, path: str) -> Json:
     """Return the Observation recording one check-in on a goal."""
+    goal = refs.goal(goal_id, path)
     built = dt.prune(
         {
             "resourceType": "Observation",
-            "extension": [{"url": codes.PERTAINS_TO_GOAL, "valueReference": refs.goal(goal_id, path)}],
+            # a goal contained in the CarePlan ("#goal") cannot be referenced from another resource
+            "extension": [{"url": codes.PERTAINS_TO_GOAL, "valueReference": goal}] if not _contained(goal) else [],
             "identifier": [
                 {
                     "system": codes.identifier_system(refs.identifier_base, "checkin"),
@@ -52,6 +54,10 @@ def checkin_to_fhir(check_in: CheckIn, goal_id: str, plan_id: str, refs: Refs, p
         }
     )
     return dt.merge(built, check_in.fhir_extra)
+
+
+def _contained(reference: Json) -> bool:
+    return str(reference.get("reference", "")).startswith("#")
 
 
 def checkin_fits(resource: Json) -> bool:

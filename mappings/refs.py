@@ -24,6 +24,7 @@ class Refs:
     identifier_base: str
     patient: str
     patient_display: str | None = None
+    patient_extra: Json = field(default_factory=dict)
     careteam: str | None = None
     careplan: str | None = None
     members: dict[str, str] = field(default_factory=dict)
@@ -32,8 +33,9 @@ class Refs:
     check_ins: dict[str, str] = field(default_factory=dict)
 
     def subject(self) -> Json:
-        """Return the Reference to the patient."""
-        return prune({"reference": self.patient, "display": self.patient_display})
+        """Return the Reference to the patient, with what the EHR's own reference carried besides (kept)."""
+        built = prune({"reference": self.patient, "display": self.patient_display})
+        return {**built, **{k: v for k, v in self.patient_extra.items() if k not in built}}
 
     def member(self, member_id: str, path: str) -> Json:
         """Return the Reference to a team member; an unknown member is a mapping error naming `path`."""
@@ -55,10 +57,29 @@ def member_identifier(plan_id: str, member: Member, base: str) -> tuple[str, str
     return codes.identifier_system(base, "member"), codes.scoped_value(plan_id, member.id)
 
 
+CONTAINED = "_planbridge_contained"  # in a *_extra: the element id under which the resource was contained
+IMPLIED = (
+    "_planbridge_implied"  # in a member's fhir_extra: on the plan's team, but not a participant of the EHR's CareTeam
+)
+
+
+def contained_id(extra: Json) -> str | None:
+    """Return the id a goal or CareTeam had inside `CarePlan.contained`, if the EHR sent it contained."""
+    found = extra.get(CONTAINED)
+    return found if isinstance(found, str) and found else None
+
+
 def refs_for_bundle(plan: Plan, base: str, patient_ref: str) -> Refs:
     """Return references for a transaction Bundle: urn:uuids for what the Bundle carries."""
-    refs = Refs(identifier_base=base, patient=patient_ref, patient_display=plan.patient.display_name)
+    refs = Refs(
+        identifier_base=base,
+        patient=patient_ref,
+        patient_display=plan.patient.display_name,
+        patient_extra=plan.patient.fhir_extra or {},
+    )
     refs.careteam = urn_for(codes.identifier_system(base, "careteam"), plan.id)
+    if contained_id(plan.careteam_extra):
+        refs.careteam = f"#{contained_id(plan.careteam_extra)}"
     refs.careplan = urn_for(codes.identifier_system(base, "plan"), plan.id)
     for m in plan.team:
         if m.kind == "patient":
@@ -73,6 +94,8 @@ def refs_for_bundle(plan: Plan, base: str, patient_ref: str) -> Refs:
     checkin_system = codes.identifier_system(base, "checkin")
     for g in plan.goals:
         refs.goals[g.id] = urn_for(goal_system, codes.goal_identifier_value(plan.id, g.id))
+        if contained_id(g.fhir_extra):
+            refs.goals[g.id] = f"#{contained_id(g.fhir_extra)}"
         for c in g.check_ins:
             refs.check_ins[f"{g.id}/{c.id}"] = urn_for(checkin_system, codes.scoped_value(plan.id, g.id, c.id))
     return refs
@@ -142,8 +165,11 @@ class Resolver:
         if identifier is not None and identifier.system == self.member_system:
             identifier = None  # ours, derived from the member id: not part of the plan
         # A person known by an identifier is found again by it (conditional create); only someone
-        # with no identifier is pinned to the literal reference the server gave.
+        # with no identifier is pinned to the literal reference the server gave. A person contained
+        # in the CarePlan ("#pr1") stays contained: always named by that reference.
         literal = reference if reference and not reference.startswith("urn:") and not usable else None
+        if reference and reference.startswith("#"):
+            literal = reference
         return Member(
             id=member_id,
             kind=codes.RESOURCE_MEMBER[rtype],
@@ -156,7 +182,7 @@ class Resolver:
     def _member_id(self, rtype: str, reference: str | None, identifier: Any) -> str:
         if identifier is not None and identifier.system == self.member_system and "/" in identifier.value:
             return identifier.value.rsplit("/", 1)[1]
-        return self._unused(f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1][:40]}")
+        return self._unused(f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1].lstrip('#')[:40]}")
 
     def _unused(self, base: str) -> str:
         candidate, n = base, 1

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.domain import model
-from service.domain.model import Agreement, Goal, Member, Plan, Step
+from service.domain.model import Agreement, Goal, Member, Plan, Removal, Step
 from service.domain.rules import Issue
 from service.domain.types import Quantity
 
@@ -34,8 +34,11 @@ ENUMS: dict[tuple[type, str], tuple[str, ...]] = {
     (Agreement, "status"): model.AGREEMENT_STATUSES,
     (Goal, "lifecycle_status"): model.GOAL_LIFECYCLE_STATUSES,
     (Step, "status"): model.STEP_STATUSES,
+    (Removal, "how"): model.REMOVAL_KINDS,
     (Quantity, "comparator"): model.COMPARATORS,
 }
+# Objects that need at least one of some optional fields (an `anyOf` of `required`s).
+AT_LEAST_ONE: dict[type, tuple[str, ...]] = {model.Patient: ("mrn", "fhir_reference")}
 SCALARS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", Decimal: "number"}
 EXTRA_DESCRIPTION = (
     "FHIR content the model does not name, kept as it came so it can be written back unchanged; "
@@ -87,6 +90,7 @@ def _field_schema(cls: type, name: str, tp: Any, defs: dict[str, Any]) -> dict[s
 def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)
+    one_of = {"anyOf": [{"required": [name]} for name in AT_LEAST_ONE[cls]]} if cls in AT_LEAST_ONE else {}
     return {
         "title": cls.__name__,
         "description": inspect.cleandoc(cls.__doc__ or ""),
@@ -96,6 +100,7 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
             f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ],
         "additionalProperties": False,
+        **one_of,
     }
 
 
@@ -143,9 +148,12 @@ def _check(value: Any, schema: dict[str, Any], path: str, out: list[Issue]) -> N
             tried.append([])
             _check(value, branch, path, tried[-1])
             if not tried[-1]:
-                return
-        out += tried[0]
-        return
+                break
+        else:
+            out += tried[0]
+            return
+        if "properties" not in schema:
+            return
     allowed = schema.get("type")
     allowed = [allowed] if isinstance(allowed, str) else allowed or []
     if allowed and not any(_is(value, t) for t in allowed):
@@ -154,6 +162,8 @@ def _check(value: Any, schema: dict[str, Any], path: str, out: list[Issue]) -> N
     if "enum" in schema and value not in schema["enum"]:
         choices = ", ".join(str(v) for v in schema["enum"] if v is not None)
         out.append(Issue(path, f"{value!r} is not one of {choices}", code="code-invalid"))
+    if isinstance(value, dict) and "required" in schema and "properties" not in schema:  # an anyOf branch
+        out += [Issue(_at(path, k), f"needs {k!r}", code="required") for k in schema["required"] if k not in value]
     if isinstance(value, dict) and "properties" in schema:
         properties = schema["properties"]
         what = schema.get("title", "this object")

@@ -56,13 +56,41 @@ COMPARATORS = ("<", "<=", ">=", ">")
 CLOSED_GOAL_STATUSES = ("completed", "cancelled", "entered-in-error", "rejected")
 
 
+REMOVAL_KINDS = ("deleted", "removed")
+
+
+@dataclass
+class Removal:
+    """How the EHR took an item out of the plan, recorded by a pull instead of dropping the item.
+
+    `how` is "deleted" (the Goal was deleted on the server) or "removed" (the CarePlan or CareTeam no
+    longer names it); `at` is when planbridge learnt of it, `version` the last version of the resource
+    it knew. Such an item stays in the plan, with its agreements and notes, and is never written to
+    the server again.
+    """
+
+    at: str
+    how: str
+    version: str | None = None
+
+
 @dataclass
 class Patient:
-    """The person the plan belongs to: known to the hospital by their MRN."""
+    """The person the plan belongs to: known to the hospital by their MRN.
 
-    mrn: str
+    `mrn_system` is the system of the MRN's identifier when it is not `PLANBRIDGE_MRN_SYSTEM`
+    (absent: that one). `fhir_reference` ("Patient/123") is the EHR's own reference to the Patient,
+    kept when the input did not carry the Patient's MRN (a Bundle whose Patient is referenced but
+    absent); then `mrn` may be unknown. `fhir_extra` holds what the EHR's `subject` Reference carried
+    besides `reference` and `display` (an `identifier`, a `type`...), written back unchanged.
+    """
+
+    mrn: str | None = None
     display_name: str | None = None
     id: str | None = None
+    mrn_system: str | None = None
+    fhir_reference: str | None = None
+    fhir_extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -81,6 +109,7 @@ class Member:
     fhir_reference: str | None = None
     in_team: bool = True
     fhir_extra: dict[str, Any] = field(default_factory=dict)
+    removed_in_ehr: Removal | None = None
 
 
 @dataclass
@@ -154,6 +183,7 @@ class Goal:
     replaces: str | None = None
     identifiers: list[Identifier] = field(default_factory=list)
     fhir_extra: dict[str, Any] = field(default_factory=dict)
+    removed_in_ehr: Removal | None = None
 
     def agreement(self, member_id: str) -> Agreement | None:
         """Return this member's agreement, or None when they have not given one."""
@@ -177,6 +207,7 @@ class Step:
     progress: list[Note] = field(default_factory=list)
     fhir_extra: dict[str, Any] = field(default_factory=dict)
     detail_extra: dict[str, Any] = field(default_factory=dict)
+    removed_in_ehr: Removal | None = None
 
 
 @dataclass
@@ -231,8 +262,9 @@ class Plan:
         return next((m for m in self.team if m.kind == "patient"), None)
 
     def touch(self, at: str) -> None:
-        """Record that the plan changed: bump the version and the update time."""
+        """Record that the plan changed: bump the version and the update time (and the creation time of a
+        new plan; a plan read from the EHR keeps the CarePlan's `created`, none if it had none)."""
+        if self.created_at is None and self.version == 0:
+            self.created_at = at
         self.version += 1
         self.updated_at = at
-        if self.created_at is None:
-            self.created_at = at

@@ -108,7 +108,7 @@ class PlanRepository:
                 self._session,
                 {
                     "id": plan.id,
-                    "patient_mrn": plan.patient.mrn,
+                    "patient_mrn": plan.patient.mrn or "",  # unknown for a plan whose Patient was referenced only
                     "version": plan.version,
                     "document": document,
                     "created_at": created_at,

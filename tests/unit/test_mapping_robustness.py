@@ -505,6 +505,18 @@ def test_an_mrn_identifier_without_value_is_no_mrn():
     bundle = copy.deepcopy(SOURCES["ehr-minimal-goal"])
     del _first(bundle, "Patient")["identifier"][0]["value"]
     validate_bundle(bundle)
+    # the EHR's literal reference still names the Patient: kept, the MRN unknown (looked up when syncing)
+    plan = bundle_to_plan(copy.deepcopy(bundle), BASE, MRN_SYSTEM)
+    assert plan.patient.mrn is None
+    assert plan.patient.fhir_reference == _first(bundle, "CarePlan")["subject"]["reference"]
+    # named by nothing but a urn (inside a transaction), the Patient has no MRN and no reference: refused
+    old = _first(bundle, "CarePlan")["subject"]["reference"]
+    for entry in bundle["entry"]:
+        if entry["resource"]["resourceType"] == "Patient":
+            entry["fullUrl"] = "urn:uuid:9a0b6a52-2a1b-4c47-9b1c-6d2f7c0e5a11"
+    for entry in bundle["entry"]:
+        if entry["resource"].get("subject", {}).get("reference") == old:
+            entry["resource"]["subject"]["reference"] = "urn:uuid:9a0b6a52-2a1b-4c47-9b1c-6d2f7c0e5a11"
     with pytest.raises(MappingError, match="no MRN") as err:
         bundle_to_plan(bundle, BASE, MRN_SYSTEM)
     assert "CarePlan.subject" in err.value.data["errors"]
