@@ -129,6 +129,26 @@ def sync_pull(plan_ids: tuple[str, ...], mrn: str | None, since: str | None) -> 
     _emit(result)
 
 
+@sync.command("repair")
+@click.option("--plan", "plan_ids", multiple=True, help="A plan id (repeatable).")
+@click.option("--all", "repair_all", is_flag=True, help="Every plan.")
+def sync_repair(plan_ids: tuple[str, ...], repair_all: bool) -> None:
+    """Put back plans the server lost (a restored backup, a purge, a restarted in-memory server).
+
+    Checks each plan's linked CarePlan (one search per 50 plans); a plan whose CarePlan is gone is
+    relinked by planbridge's identifier or, when nothing carries it, its links are forgotten and it is
+    pushed again at once. Prints {plan id: "present" | "relinked" | "recreated" | "not-linked" | "failed"}.
+    """
+    from service.sync.recovery import repair_plans
+
+    if bool(plan_ids) == repair_all:
+        raise click.UsageError("give --plan ID (one or more) or --all")
+    engine = _engine()
+    ids = _run(engine.plan_ids) if repair_all else list(plan_ids)
+    puller = engine.puller
+    _emit(_run(lambda: repair_plans(engine.uow, puller.client, puller.settings, engine.clock, ids, engine.push)))
+
+
 @sync.command("status")
 @click.option("--plan", "plan_id", help="One plan (default: every plan).")
 def sync_status(plan_id: str | None) -> None:
@@ -184,17 +204,37 @@ def fhir() -> None:
 
 
 @fhir.command("check")
-def fhir_check() -> None:
-    """Read the server's CapabilityStatement and name what planbridge needs that it lacks (exit 1 if any)."""
+@click.option(
+    "--no-probe",
+    is_flag=True,
+    help="Only read the CapabilityStatement: write no scratch resources (features are then not probed).",
+)
+def fhir_check(no_probe: bool) -> None:
+    """Probe the server for everything sync relies on and name what planbridge needs that it lacks (exit 1 if
+    anything required is missing). Probes write scratch Basic resources with a probe identifier, then delete them."""
     from service.fhir.auth import SmartBackendAuth
-    from service.fhir.capabilities import missing_capabilities
+    from service.fhir.capabilities import check_server, missing_capabilities
 
     engine = _engine()
     settings = engine.pusher.settings
-    statement = _run(engine.pusher.client.capabilities)  # with SMART, a token is fetched first: its failure is one line
+    client = engine.pusher.client
+    statement = _run(client.capabilities)  # with SMART, a token is fetched first: its failure is one line
     missing = missing_capabilities(statement, create_patients=settings.create_patients)
-    found = {"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion"), "missing": missing}
-    auth = engine.pusher.client.session.auth
+    checked = check_server(client, statement, probe=not no_probe)
+    missing += [gap for gap in checked.missing() if gap not in missing]
+    found: dict[str, Any] = {"server": settings.fhir_base_url, "fhirVersion": statement.get("fhirVersion")}
+    found["software"] = (statement.get("software") or {}).get("name")
+    found["missing"] = missing
+    found["features"] = {
+        name: {"ok": f.ok, "required": f.required, "probed": f.probed, "detail": f.detail, "without_it": f.without_it}
+        for name, f in checked.features.items()
+    }
+    found["limits"] = {
+        "max_strict_entries": checked.limits.max_strict_entries,
+        "max_updates": checked.limits.max_updates,
+        "stale_version_status": checked.stale_version_status,
+    }
+    auth = client.session.auth
     if isinstance(auth, SmartBackendAuth):  # its key was checked against SMART_ALGORITHM when the client was made
         scope = auth.scope()
         found["smart"] = {"token_endpoint": auth.token_url(), "scopes": auth.scope_version, "scope": scope}

@@ -41,6 +41,12 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
     return value
 
 
+def _cap(name: str, env: Mapping[str, str]) -> int | None:
+    """Read an optional positive whole number (unset or empty: None, no cap)."""
+    raw = env.get(name, "").strip()
+    return int(_number(name, raw, int, 1)) if raw else None
+
+
 AUTH_KINDS = ("none", "bearer", "basic", "smart")
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
@@ -175,6 +181,7 @@ class Settings:
     retain_days: float = 30.0  # done outbox entries and delivered notifications are kept this long (0: always)
     heartbeat_timeout_seconds: float = 600.0
     worker_poll_seconds: float = 1.0
+    push_concurrency: int = 8  # outbox entries one worker pushes at once, one per plan
     log_level: str = "INFO"
     log_format: str = "json"
     fhir_auth: str = "none"
@@ -195,6 +202,8 @@ class Settings:
     console_show_names: bool = False
     auth_max_failures: int = 10  # failed API keys per client address or key prefix before a lockout (0: off)
     auth_lockout_seconds: float = 60.0  # the counting window, and how long a lockout lasts
+    fhir_max_transaction_entries: int | None = None  # a transaction with conditional entries: most entries
+    fhir_max_transaction_updates: int | None = None  # most PUT entries in one transaction
 
     @cached_property
     def signing_secrets(self) -> tuple[tuple[str, str], ...]:
@@ -246,6 +255,9 @@ class Settings:
             worker_poll_seconds=float(
                 _number("PLANBRIDGE_WORKER_POLL_SECONDS", env.get("PLANBRIDGE_WORKER_POLL_SECONDS", "1"), float, 0.05)
             ),
+            push_concurrency=int(
+                _number("PLANBRIDGE_PUSH_CONCURRENCY", env.get("PLANBRIDGE_PUSH_CONCURRENCY", "8"), int, 1)
+            ),
             log_level=env.get("PLANBRIDGE_LOG_LEVEL", "INFO").upper(),
             log_format=_choice("PLANBRIDGE_LOG_FORMAT", env.get("PLANBRIDGE_LOG_FORMAT", "json"), ("json", "text")),
             outbound_allow=_outbound_allow(env),
@@ -265,6 +277,8 @@ class Settings:
             auth_max_failures=int(
                 _number("PLANBRIDGE_AUTH_MAX_FAILURES", env.get("PLANBRIDGE_AUTH_MAX_FAILURES", "10"), int, 0)
             ),
+            fhir_max_transaction_entries=_cap("PLANBRIDGE_FHIR_MAX_TRANSACTION_ENTRIES", env),
+            fhir_max_transaction_updates=_cap("PLANBRIDGE_FHIR_MAX_TRANSACTION_UPDATES", env),
             auth_lockout_seconds=float(
                 _number("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", env.get("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", "60"), float, 1)
             ),

@@ -313,13 +313,62 @@ def without_refs_to(document: dict[str, Any], live: set[str] | dict[str, Any]) -
     return out
 
 
+REMOVED = "removed_in_ehr"  # service.domain.model.Removal: an item the plan records as deleted in the EHR
+
+
+def without_removed(document: dict[str, Any]) -> dict[str, Any]:
+    """Return the plan document without the items it records as deleted or removed in the EHR (`removed_in_ehr`),
+    and without references to such goals: they stay in the plan, and are by design never on the server.
+
+    A member so marked who is still named elsewhere in the plan stays, off the team (as the server names them).
+    """
+    marked = {
+        key: {i.get("id") for i in document.get(key, []) if isinstance(i, dict) and i.get(REMOVED)}
+        for key in ("goals", "steps", "team")
+    }
+    if not any(marked.values()):
+        return document
+    out = copy.deepcopy(document)
+    for key in ("goals", "steps"):
+        kept = [i for i in out.get(key, []) if i.get("id") not in marked[key]]
+        if kept:
+            out[key] = kept
+        else:
+            out.pop(key, None)
+    rest = json.dumps({k: v for k, v in out.items() if k != "team"})
+    team = []
+    for member in out.get("team", []):
+        if member.get("id") in marked["team"]:
+            if f'"{member["id"]}"' not in rest:
+                continue
+            member = {k: v for k, v in member.items() if k != REMOVED}
+            member["in_team"] = False
+        team.append(member)
+    if team:
+        out["team"] = team
+    else:
+        out.pop("team", None)
+    for step in out.get("steps", []):
+        kept = [g for g in step.get("goal_ids", []) if g not in marked["goals"]]
+        if kept:
+            step["goal_ids"] = kept
+        else:
+            step.pop("goal_ids", None)
+    for goal in out.get("goals", []):
+        if goal.get("replaces") in marked["goals"]:
+            del goal["replaces"]
+    return out
+
+
 def held_out(document: dict[str, Any], open_conflicts: list[dict[str, Any]], server: dict[str, Any]) -> dict[str, Any]:
-    """Return the plan document without references to goals an open conflict holds off the server.
+    """Return the plan document without references to goals an open conflict holds off the server, and without
+    the items the plan records as removed in the EHR (`without_removed`).
 
     A goal the EHR deleted stays in the plan while its conflict (`goals[id=g]`) is open, and cannot be
     named on the server: what refers to it there (a step's goals, a revision's `replaces`) lies under
     that conflict too.
     """
+    document = without_removed(document)
     held = {
         c["path"][len("goals[id=") : -1]
         for c in open_conflicts
@@ -338,6 +387,22 @@ def held_out(document: dict[str, Any], open_conflicts: list[dict[str, Any]], ser
     for goal in out.get("goals", []):
         if goal.get("replaces") in held:
             del goal["replaces"]
+    # People off the team whom only a held goal names (its proposer, an agreement's author...): the plan keeps
+    # them with the goal, the server cannot name them any more. They lie under that goal's conflict too.
+    rest = json.dumps(
+        {
+            **{k: v for k, v in out.items() if k != "team"},
+            "goals": [g for g in out.get("goals", []) if g["id"] not in held],
+        }
+    )
+    on_server = {m.get("id") for m in (server or {}).get("team", [])}
+    team = [
+        m for m in out.get("team", []) if m.get("in_team", True) or m.get("id") in on_server or f'"{m["id"]}"' in rest
+    ]
+    if team:
+        out["team"] = team
+    else:
+        out.pop("team", None)
     return out
 
 

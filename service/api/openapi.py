@@ -21,7 +21,7 @@ bp = Blueprint("openapi", __name__)
 
 def build_spec() -> dict[str, Any]:
     """Return the OpenAPI document."""
-    from service.api.plans import ResolveSchema, SyncRequestSchema
+    from service.api.plans import AdoptSchema, ResolveSchema, SyncRequestSchema
 
     try:
         release = version("planbridge")
@@ -61,6 +61,7 @@ def build_spec() -> dict[str, Any]:
     )
     spec.components.schema("SyncRequestSchema", schema=SyncRequestSchema)
     spec.components.schema("ResolveSchema", schema=ResolveSchema)
+    spec.components.schema("AdoptSchema", schema=AdoptSchema)
     _plan_components(spec)
     event_refs = []
     for event_type, schema in sorted(EVENT_DATA_SCHEMAS.items()):

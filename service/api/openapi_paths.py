@@ -62,6 +62,27 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         },
     )
     spec.path(
+        "/plans/adopt",
+        operations={
+            "post": {
+                "summary": "Adopt EHR-authored CarePlans (a patient's, or one by reference or URL) as shared plans",
+                "description": "Give exactly one of patient_mrn, careplan (`CarePlan/123` or `123`) or url "
+                "(`[base]/CarePlan/123` on the configured FHIR server). Each CarePlan becomes the plan "
+                "`careplan-<id>`, tracked by resource id; adopting again re-reads it (`unchanged` when "
+                "nothing moved). Answers `{adopted: [{plan_id, outcome}], requests}`.",
+                "security": KEYED,
+                "requestBody": {"required": True, "content": {JSON_BODY: {"schema": "AdoptSchema"}}},
+                "responses": {
+                    "200": _ok("adopted: each plan id and its outcome (new, unchanged, updated, merged, conflicted)"),
+                    "400": _problem("not exactly one of patient_mrn, careplan, url; or a URL off the FHIR server"),
+                    "401": _problem("no valid API key"),
+                    "404": _problem("no such patient, or no CarePlan found"),
+                    "502": _problem("the FHIR server failed"),
+                },
+            }
+        },
+    )
+    spec.path(
         "/plans/{plan_id}",
         operations={
             "get": {

@@ -25,9 +25,11 @@ from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
 from service.domain.model import Plan
 from service.store.uow import UnitOfWork
+from service.sync.adopt import Target, careplan_target
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 bp = Blueprint("plans", __name__)
+MAX_REFERENCE = 2048  # an MRN, a CarePlan reference or URL
 
 
 def _plan(uow: UnitOfWork, plan_id: str) -> Plan:
@@ -123,6 +125,35 @@ def post_plan_sync(plan_id: str) -> ResponseReturnValue:
             return json_response({"plan_id": plan_id, "queued": "push"}, 202)
     result = c.sync_engine().pull_plans([plan_id])
     return json_response({"plan_id": plan_id, "outcome": result.outcomes.get(plan_id), "requests": result.requests})
+
+
+class AdoptSchema(Schema):
+    """POST /plans/adopt's body: one of a patient's MRN, a CarePlan (`CarePlan/123`, `123`) or its URL."""
+
+    patient_mrn = fields.String(validate=validate.Length(min=1, max=MAX_REFERENCE))
+    careplan = fields.String(validate=validate.Length(min=1, max=MAX_REFERENCE))
+    url = fields.String(validate=validate.Length(min=1, max=MAX_REFERENCE))
+
+
+@bp.post("/plans/adopt")
+@require_api_key
+def post_adopt() -> ResponseReturnValue:
+    """Adopt EHR-authored CarePlans as shared plans, tracked by resource id; again, it is a pull."""
+    body = load_body(AdoptSchema())
+    given = [key for key in ("patient_mrn", "careplan", "url") if key in body]
+    if len(given) != 1:
+        raise InvalidInput(
+            "give exactly one of patient_mrn, careplan or url",
+            {"patient_mrn": "an MRN", "careplan": "CarePlan/<id>", "url": "[base]/CarePlan/<id>"},
+        )
+    c = container()
+    if given == ["patient_mrn"]:
+        target = Target(mrn=body["patient_mrn"])
+    else:
+        target = careplan_target(body[given[0]], c.settings.fhir_base_url or "")
+    result = c.sync_engine().adopt(target)
+    adopted = [{"plan_id": plan_id, "outcome": outcome} for plan_id, outcome in sorted(result.outcomes.items())]
+    return json_response({"adopted": adopted, "requests": result.requests})
 
 
 @bp.get("/conflicts")

@@ -6,6 +6,7 @@ Every class says what a sync client should do about it in `decision`:
   re-read it, merge, then maybe try again.
 - ``"retry"``: transient (no answer, 5xx): the same request may succeed later.
 - ``"stop"``: a data or configuration problem that sending the request again never fixes.
+- ``"split"``: the transaction was too big for the server: send it again as smaller transactions.
 
 Which class a refusal becomes is decided in `service.fhir.refusals` (status and outcome issue code).
 """
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from service.domain.errors import PlanbridgeError
 
-Decision = Literal["merge", "retry", "stop"]
+Decision = Literal["merge", "retry", "stop", "split"]
 
 
 class FhirError(PlanbridgeError):
@@ -81,6 +82,13 @@ class FhirRefused(FhirError):
 
 class FhirValidationFailed(FhirError):
     """400 or 422: the server found the resource or request invalid."""
+
+
+class FhirTransactionTooLarge(FhirValidationFailed):
+    """400 from Medplum: a transaction over its caps (strict isolation with more than 8 entries, or more
+    than 50 updates). Sent again split into smaller transactions, once; refused again, it is a stop."""
+
+    decision: Decision = "split"
 
 
 class FhirAuthError(FhirError):

@@ -6,7 +6,8 @@ refusals that are not version conflicts: HAPI answers 412 when a conditional cre
 matches several resources (HAPI-0958/0988/0962) and 409 when a delete is blocked by references
 (HAPI-0550/0515). The issue codes are the R4 IssueType value set
 (https://hl7.org/fhir/R4/valueset-issue-type.html). HAPI sends `processing` for nearly every
-refusal, so for 409 and 412 the diagnostics (HAPI's message codes) are read first.
+refusal, so for 409 and 412 the diagnostics (HAPI's message codes) are read first. Medplum refuses a
+transaction over its caps with 400 `invalid` and a fixed message (TOO_LARGE), read before anything else.
 
 The table, with each class's `decision`, is also in docs/fhir-refusals.md; keep the two in step.
 """
@@ -25,6 +26,7 @@ from service.fhir.errors import (
     FhirReferenceConflict,
     FhirRefused,
     FhirServerError,
+    FhirTransactionTooLarge,
     FhirValidationFailed,
     FhirVersionConflict,
 )
@@ -89,11 +91,23 @@ BY_DIAGNOSTICS: tuple[tuple[re.Pattern[str], ErrorKind], ...] = (
 )
 REFUSAL_STATUSES = frozenset({409, 412})
 
+# Medplum's refusals of a transaction over its caps (@medplum/fhir-router BatchProcessor.preprocess, 400
+# `invalid`): strict isolation (any conditional entry) with more than 8 entries; more than 50 updates.
+TOO_LARGE = re.compile(
+    r"Transaction requires strict isolation but has too many entries"
+    r"|Transaction contains more update operations than allowed",
+    re.I,
+)
+
 
 def _issues(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:
     issues = [i for i in (outcome or {}).get("issue") or [] if isinstance(i, dict)]
     errors = [i for i in issues if i.get("severity") in ("error", "fatal")]
     return errors or issues
+
+
+def _text(issue: dict[str, Any]) -> str:
+    return f"{issue.get('diagnostics') or ''} {(issue.get('details') or {}).get('text') or ''}"
 
 
 def diagnostics(outcome: dict[str, Any] | None) -> str:
@@ -108,6 +122,8 @@ def diagnostics(outcome: dict[str, Any] | None) -> str:
 def classify(status: int, outcome: dict[str, Any] | None) -> ErrorKind:
     """Return the FhirError subclass for a non-2xx answer with this status and OperationOutcome."""
     issues = _issues(outcome)
+    if 400 <= status < 500 and any(TOO_LARGE.search(_text(i)) for i in issues):
+        return FhirTransactionTooLarge
     if status in REFUSAL_STATUSES:
         text = " ".join(str(i.get("diagnostics") or (i.get("details") or {}).get("text") or "") for i in issues)
         for pattern, kind in BY_DIAGNOSTICS:

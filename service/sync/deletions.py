@@ -5,12 +5,17 @@ it cannot see). Absence alone cannot tell "deleted in the EHR" from "not pushed 
 answer was lost may have created X just before the EHR deleted it), so the Goal's history is read
 (`GET Goal/X/_history`, https://hl7.org/fhir/R4/http.html#history: a deleted resource keeps its
 versions) to learn which of the plan's goals it was. Such a goal is never dropped silently nor
-written again unseen: the merge makes it a conflict for the team to decide.
+written again unseen: the merge records it as deleted in the EHR (`removed_in_ehr`, see
+service.sync.merge.record_removals), or makes it a conflict when the team changed it too.
+
+An item recorded as removed in the EHR stays in the plan and is never sent: `on_server` is the plan
+document as the server should hold it.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Any
 
@@ -27,22 +32,34 @@ def unresolved_goal_refs(careplan: dict[str, Any], index: dict[str, Any]) -> lis
     return [ref for ref in refs if ref.startswith("Goal/") and ref.count("/") == 1 and ref not in index]
 
 
-def deleted_goals(client: FhirClient, refs: list[str], goal_system: str, plan_id: str) -> dict[str, str]:
-    """Return {`Goal/id`: goal id in the plan} for the references whose history shows one of the plan's goals."""
-    found: dict[str, str] = {}
+REMOVED = "removed_in_ehr"  # the plan JSON key of an item the EHR deleted or removed (service.domain.model.Removal)
+
+
+def deleted_goals(
+    client: FhirClient, refs: list[str], goal_system: str, plan_id: str
+) -> dict[str, tuple[str, str | None]]:
+    """Return {`Goal/id`: (goal id in the plan, last version seen)} for the references whose history shows
+    one of the plan's goals."""
+    found: dict[str, tuple[str, str | None]] = {}
     for ref in refs[:MAX_LOOKUPS]:
         try:
             history = client.request("GET", f"{ref}/_history").json()
         except FhirError as exc:  # a server without instance history, or a Goal it never had
             log.info("plan %s: the history of a deleted goal could not be read: %s", plan_id, exc.code)
             continue
+        versions = [
+            str((entry.get("resource") or {}).get("meta", {}).get("versionId", ""))
+            for entry in history.get("entry", [])
+            if isinstance(entry, dict)
+        ]
+        last = max((v for v in versions if v.isdigit()), key=int, default=None)
         for entry in history.get("entry", []):
             resource = entry.get("resource") or {}
             value = next(
                 (i.get("value", "") for i in resource.get("identifier", []) if i.get("system") == goal_system), ""
             )
             if value.startswith(f"{plan_id}/"):
-                found[ref] = value.split("/", 1)[1]
+                found[ref] = (value.split("/", 1)[1], last)
                 break
     return found
 
@@ -84,3 +101,67 @@ def prune_goal_references(document: dict[str, Any]) -> dict[str, Any]:
         if goal.get("replaces") not in (None, *ids):
             del goal["replaces"]
     return out
+
+
+def on_server(document: dict[str, Any]) -> dict[str, Any]:
+    """Return the plan document without the items recorded as removed in the EHR (`removed_in_ehr`).
+
+    Goals and steps so marked are left out (and references to such goals pruned); a member so marked
+    is left out unless something else in the plan still names them (then they stay, off the team).
+    The document itself is returned when nothing is marked.
+    """
+    marked = {
+        key: [i.get("id") for i in document.get(key, []) if isinstance(i, dict) and i.get(REMOVED)]
+        for key in ("goals", "steps", "team")
+    }
+    if not any(marked.values()):
+        return document
+    out = copy.deepcopy(document)
+    for key in ("goals", "steps"):
+        if marked[key]:
+            kept = [i for i in out.get(key, []) if not i.get(REMOVED)]
+            if kept:
+                out[key] = kept
+            else:
+                out.pop(key, None)
+    if marked["team"]:
+        rest = json.dumps({k: v for k, v in out.items() if k != "team"})
+        team = []
+        for member in out.get("team", []):
+            if member.get(REMOVED):
+                if f'"{member.get("id")}"' not in rest:
+                    continue
+                member = {k: v for k, v in member.items() if k != REMOVED}
+                member.pop("in_team", None)
+                member["in_team"] = False
+            team.append(member)
+        if team:
+            out["team"] = team
+        else:
+            out.pop("team", None)
+    return prune_goal_references(out)
+
+
+_ITEM_KINDS = {"goals": ("deleted", "lifecycle_status"), "steps": ("removed", None), "team": ("removed", None)}
+
+
+def accept_removal(document: dict[str, Any], path: str, theirs: Any, at: str) -> bool:
+    """Take the EHR's side of a conflict on a whole item it deleted or removed (`goals[id=g]`, theirs null):
+    mark the item `removed_in_ehr` in the plan document instead of dropping it, so it keeps its
+    agreements and notes. Return False (nothing done) for any other conflict."""
+    name, _, rest = path.partition("[id=")
+    if theirs is not None or name not in _ITEM_KINDS or not rest.endswith("]") or "]" in rest[:-1]:
+        return False
+    item_id = rest[:-1]
+    items = document.get(name, [])
+    at_index = next((n for n, i in enumerate(items) if isinstance(i, dict) and str(i.get("id")) == item_id), None)
+    if at_index is None:
+        return False
+    how, status = _ITEM_KINDS[name]
+    item = {**items[at_index], REMOVED: {"at": at, "how": how}}
+    if status is not None:
+        item[status] = "entered-in-error"
+    if name == "team":
+        item["in_team"] = False
+    items[at_index] = item
+    return True

@@ -8,16 +8,17 @@ from datetime import datetime
 from typing import Any
 
 from service.domain import codec
-from service.domain.errors import Conflict, RuleViolation
+from service.domain.errors import Conflict, NotFound, RuleViolation
 from service.domain.model import Plan
 from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.deletions import prune_goal_references
+from service.sync.adopt import Target
+from service.sync.deletions import accept_removal, prune_goal_references
 from service.sync.merge import get_path, set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
-from service.sync.push import Pusher, PushResult
+from service.sync.push import Pusher, PushResult, sendable
 
 CHOICES = ("ours", "theirs", "value")
 
@@ -81,6 +82,21 @@ class SyncEngine:
         """Pull a patient's plans."""
         return self.puller.pull_patient(mrn)
 
+    def adopt(self, target: Target) -> PullResult:
+        """Adopt EHR-authored CarePlans (every one of a patient, or one by id) as shared plans, tracked by
+        resource id from now on; adopting again is a pull ("unchanged" when nothing moved). Nothing found
+        is NotFound."""
+        if target.mrn is not None:
+            result = self.puller.pull_patient(target.mrn)
+            if not result.outcomes:
+                raise NotFound(f"no CarePlan found for the patient with MRN {target.mrn}", mrn=target.mrn)
+            return result
+        assert target.careplan_id is not None
+        result = self.puller.pull_careplans([target.careplan_id])
+        if not result.outcomes:
+            raise NotFound(f"CarePlan/{target.careplan_id} is not on the FHIR server", careplan=target.careplan_id)
+        return result
+
     def pull_changed(self, since: str | None = None) -> PullResult:
         """Pull what changed since the last pull (or `since`)."""
         return self.puller.pull_changed(since)
@@ -105,7 +121,8 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
         # the outbox and the plan differs from what the server was last given.
         if status == "in_sync" and uow.outbox.pending_exists(plan_id, "push_plan"):
             plan = uow.plans.get(plan_id)
-            if plan is not None and strip_bookkeeping(codec.to_dict(plan)) != state.base_document:
+            # (items recorded as removed in the EHR are never sent: sendable leaves them out)
+            if plan is not None and strip_bookkeeping(sendable(codec.to_dict(plan), {})) != state.base_document:
                 status = "pending"
         return SyncStatus(
             plan_id=plan_id,
@@ -138,7 +155,9 @@ def resolve_conflict(
         # "ours" is the plan's value now: the team may have changed it again since the conflict arose.
         chosen = {"ours": get_path(document, conflict.path), "theirs": conflict.theirs, "value": value}[choice]
         try:
-            set_path(document, conflict.path, chosen)
+            # Accepting the EHR's deletion of a whole goal, step or member keeps the item, marked as removed.
+            if not (choice == "theirs" and accept_removal(document, conflict.path, chosen, now.isoformat())):
+                set_path(document, conflict.path, chosen)
             resolved = codec.from_dict(Plan, prune_goal_references(document))  # a goal given up leaves no links
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RuleViolation(f"that value does not fit {conflict.path}: {type(exc).__name__}") from None

@@ -9,6 +9,7 @@ document keeps our value there until someone resolves it.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,29 +198,128 @@ def changed_paths(before: Any, after: Any, path: str = "") -> list[str]:
     return [path]
 
 
-def hold_deleted_goals(
-    deleted: set[str] | frozenset[str],
+REMOVED = "removed_in_ehr"  # service.domain.model.Removal: an item the EHR deleted, recorded as such
+ITEM_LISTS = (("goals", "goal"), ("steps", "step"), ("team", "member"))
+ERROR_STATUS = {"goals": "lifecycle_status", "steps": "status"}  # where "entered-in-error" marks an item
+
+
+def _referenced(document: dict[str, Any], member_id: str) -> bool:
+    rest = {k: v for k, v in document.items() if k != "team"}
+    return f'"{member_id}"' in json.dumps(rest)
+
+
+def record_removals(
+    deleted: dict[str, str | None],
     base: dict[str, Any],
     ours: dict[str, Any],
+    theirs: dict[str, Any],
     merged: dict[str, Any],
     found: list[FieldConflict],
-) -> list[FieldConflict]:
-    """Keep each goal the EHR deleted in the merged plan and return a conflict for it (unless one is found).
+    at: str,
+    deleted_only: bool = False,
+) -> tuple[list[FieldConflict], list[dict[str, str]]]:
+    """Record in the merged plan what the EHR deleted, removed or marked entered-in-error; return the new
+    conflicts and the removals (`{"kind", "id", "how"}`) for the change event. `merged` is changed in place.
 
-    A deletion in the EHR is the team's to accept (take theirs) or undo (take ours): never silent,
-    whether or not the team changed the goal since.
+    `deleted`: goal id -> last version seen, for Goals the server deleted (their history says so).
+    An item the EHR took out (a Goal deleted, a goal or step the CarePlan no longer names, a member
+    gone from the CareTeam) that the team did not change since the last sync stays in the plan,
+    marked `removed_in_ehr` (a goal also `entered-in-error`, a member off the team); one the team
+    changed too is a conflict on the whole item (`goals[id=…]`, theirs null), the plan keeping the
+    team's version. An item the EHR marked entered-in-error that the team changed since is a
+    conflict on the whole item as well; otherwise the status merges like any other field.
+    `deleted_only`: record only the Goals the server deleted (for a second reading of the server's
+    history, whose base is not what the server last held for sure).
     """
     added: list[FieldConflict] = []
-    ours_goals = {g["id"]: g for g in ours.get("goals", []) if isinstance(g, dict) and "id" in g}
-    for goal_id in sorted(deleted & set(ours_goals)):
-        path = f"goals[id={goal_id}]"
-        if not any(c.path == path for c in found):
-            added.append(FieldConflict(path, get_path(base, path), ours_goals[goal_id], None))
-        kept = {g["id"]: g for g in merged.get("goals", [])}
-        kept[goal_id] = ours_goals[goal_id]
-        order = [*ours_goals, *(g for g in kept if g not in ours_goals)]
-        merged["goals"] = [kept[g] for g in order if g in kept]
-    return added
+    removals: list[dict[str, str]] = []
+    gone: set[str] = set()  # goals the EHR deleted or removed that the plan keeps (marked, or held by a conflict)
+    for key, kind in ITEM_LISTS:
+        b, o, t = (_keyed(d.get(key, []), "id") for d in (base, ours, theirs))
+        m = _keyed(merged.get(key, []), "id")
+        untouched = dict(m)
+        for item_id, item in o.items():
+            if not isinstance(item, dict) or item.get(REMOVED):
+                continue
+            path = f"{key}[id={item_id}]"
+            changed = b.get(item_id) != item
+            status = ERROR_STATUS.get(key)
+            if key == "goals" and item_id in deleted:
+                how, version = "deleted", deleted[item_id]
+            elif deleted_only:
+                continue
+            elif item_id not in t and item_id in b:
+                if key == "team" and not item.get("in_team", True):
+                    if item_id not in m and _referenced(merged, str(item_id)):
+                        m[item_id] = item  # off the team and still named by the plan: kept
+                    continue
+                how, version = "removed", None
+            elif (
+                status is not None
+                and (t.get(item_id) or {}).get(status) == "entered-in-error"
+                and (b.get(item_id) or {}).get(status) != "entered-in-error"
+                and item.get(status) != "entered-in-error"
+            ):
+                if changed:  # the team changed it too: the team decides, on the whole item
+                    found[:] = [c for c in found if not under(c.path, path)]
+                    added.append(FieldConflict(path, b.get(item_id), item, t[item_id]))
+                    m[item_id] = item
+                else:
+                    removals.append({"kind": kind, "id": str(item_id), "how": "entered-in-error"})
+                continue
+            elif key == "team" and item.get("in_team", True) and (t.get(item_id) or {}).get("in_team") is False:
+                if (m.get(item_id) or {}).get("in_team") is False:
+                    removals.append({"kind": kind, "id": str(item_id), "how": "removed"})
+                continue
+            else:
+                continue
+            if changed:
+                if not any(c.path == path for c in found):
+                    added.append(FieldConflict(path, b.get(item_id), item, None))
+                m[item_id] = item
+                if key == "goals":
+                    gone.add(str(item_id))
+                continue
+            marked = {**item, REMOVED: {k: v for k, v in (("at", at), ("how", how), ("version", version)) if v}}
+            if key == "goals":
+                marked["lifecycle_status"] = "entered-in-error"
+            if key == "team":
+                marked["in_team"] = False
+            m[item_id] = marked
+            removals.append({"kind": kind, "id": str(item_id), "how": how})
+        if m.keys() == untouched.keys() and all(m[i] is untouched[i] for i in m):
+            continue  # as merged (in the server's order when only the server changed the list)
+        order = list(untouched)  # the merged order, each item kept back placed after the one before it in ours
+        ids = list(o)
+        for n, item_id in enumerate(ids):
+            if item_id in m and item_id not in order:
+                before = next((ids[j] for j in range(n - 1, -1, -1) if ids[j] in order), None)
+                order.insert(order.index(before) + 1 if before is not None else 0, item_id)
+        items = [m[i] for i in order if i in m]
+        if items:
+            merged[key] = items
+        else:
+            merged.pop(key, None)
+    gone |= {r["id"] for r in removals if r["kind"] == "goal" and r["how"] != "entered-in-error"}
+    _keep_step_goals(ours, merged, gone)
+    return added, removals
+
+
+def _keep_step_goals(ours: dict[str, Any], merged: dict[str, Any], kept_goals: set[str]) -> None:
+    """Let steps keep naming the goals the EHR deleted that the plan keeps (the CarePlan lost those links with
+    them); a push leaves such links out (service.sync.deletions.on_server, and the held goal's conflict)."""
+    if not kept_goals or not merged.get("steps"):
+        return
+    mine = _keyed(ours.get("steps", []), "id")
+    steps = list(merged.get("steps", []))  # new lists and dicts: the merged document shares them with its sources
+    merged["steps"] = steps
+    for n, step in enumerate(steps):
+        ours_ids = (mine.get(step.get("id")) or {}).get("goal_ids", [])
+        now = step.get("goal_ids", [])
+        back = [g for g in ours_ids if g in kept_goals and g not in now]
+        if back:
+            ids = [g for g in ours_ids if g in now or g in back] + [g for g in now if g not in ours_ids]
+            steps[n] = {**step, "goal_ids": ids}
 
 
 def unsure_paths(

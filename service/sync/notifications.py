@@ -19,6 +19,7 @@ from mappings import codes, fhirtext
 from service.domain.errors import InvalidInput
 from service.store.tables import SyncCursorRow
 from service.store.uow import UnitOfWork
+from service.sync.adopt import links_to
 from service.sync.push import local_key
 
 log = logging.getLogger(__name__)
@@ -127,10 +128,12 @@ def receive_resource(uow: UnitOfWork, resource: dict[str, Any], base: str, now: 
     plans = plan_ids_of(resource, base)
     version = resource.get("meta", {}).get("versionId")
     with uow:
-        if not plans:
+        # An adopted plan's resources may carry no identifier of ours: their plans are known by link.
+        linked = {link.plan_id: link for link in links_to(uow, resource.get("resourceType"), resource.get("id"))}
+        if not plans and not linked:
             _queue(uow, EVERYTHING, now, result.queued)  # not ours by identifier: look at what changed
-        for plan_id in sorted(plans):
-            link = uow.links.get(plan_id, local_key(resource, base))
+        for plan_id in sorted(plans | set(linked)):
+            link = linked.get(plan_id) or uow.links.get(plan_id, local_key(resource, base))
             if link is not None and version is not None and link.version_id == version:
                 continue  # the echo of our own push, or a version already pulled
             _queue(uow, plan_id, now, result.queued)
@@ -281,8 +284,10 @@ def _queue_focus(
         if isinstance(e, dict) and isinstance((r := e.get("resource")), dict) and "resourceType" in r
     }
     for event in status["notification-event"]:
-        resource = carried.get(_type_id((event.get("focus") or {}).get("reference", "")))
+        focus = _type_id((event.get("focus") or {}).get("reference", ""))
+        resource = carried.get(focus)
         plans = plan_ids_of(resource, base) if resource else set()
+        plans |= {link.plan_id for link in links_to(uow, *focus.split("/"))} if focus.count("/") == 1 else set()
         if not plans:
             _queue(uow, EVERYTHING, now, result.queued)  # id-only or empty payload: ask what changed
         for plan_id in sorted(plans):

@@ -24,11 +24,12 @@ from service.fhir.client import FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
+from service.sync.adopt import TRACKED, adopted_links, reachable, source_keys
 from service.sync.deletions import MAX_LOOKUPS, deleted_goals, unresolved_goal_refs, without_refs
 from service.sync.merge import (
     changed_paths,
     get_path,
-    hold_deleted_goals,
+    record_removals,
     set_path,
     strip_bookkeeping,
     three_way_merge,
@@ -62,6 +63,10 @@ class Puller:
         self.base = settings.identifier_base
         self.page_size = 200
         self._linked: frozenset[str] = frozenset()  # check-ins linked to the plans being pulled (see fetch)
+        # Of the CarePlan being merged: link keys of parts read from EHR resources (see adopt.source_keys),
+        # and `Type/id` of what the CarePlan reaches (only those can be its parts when they carry no identifier).
+        self._keys: dict[str, str] = {}
+        self._owned: set[str] = set()
 
     def _system(self, kind: str) -> str:
         return codes.identifier_system(self.base, kind)
@@ -109,25 +114,39 @@ class Puller:
     def pull_plans(self, plan_ids: list[str], *, queue_push: bool = True) -> PullResult:
         """Pull the named plans and merge each into its shared plan.
 
+        Plans planbridge authored are searched by planbridge's identifier; adopted plans (see
+        service.sync.adopt) by their CarePlan's id, so they are found before planbridge ever wrote to them.
         `queue_push=False` when the caller pushes right after (a push re-reading after a refusal),
         so what the merge leaves to send is not queued a second time.
         """
         result = PullResult()
-        for chunk in _chunks(sorted(set(plan_ids))):
+        with self.uow:
+            adopted = {
+                plan_id: next(link.fhir_id for link in links if link.local_key == "careplan")
+                for plan_id, links in adopted_links(self.uow, plan_ids).items()
+            }
+        for chunk in _chunks(sorted(set(plan_ids) - set(adopted))):
             condition = ",".join(f"{self._system('plan')}|{plan_id}" for plan_id in chunk)
-            with self.uow:
-                self._linked = frozenset(
-                    f"Observation/{link.fhir_id}"
-                    for plan_id in chunk
-                    for link in self.uow.links.for_plan(plan_id)
-                    if link.resource_type == "Observation"
-                )
-            for careplan, index in self.fetch([("identifier", condition)], result, self._linked):
-                self.merge(careplan, index, result, queue_push=queue_push)
-            self._linked = frozenset()
+            self._pull_chunk(chunk, [("identifier", condition)], result, queue_push)
+        for chunk in _chunks(sorted(adopted)):
+            self._pull_chunk(chunk, [("_id", ",".join(adopted[plan_id] for plan_id in chunk))], result, queue_push)
         for plan_id in plan_ids:
             result.outcomes.setdefault(plan_id, "not-on-server")
         return result
+
+    def _pull_chunk(
+        self, chunk: list[str], params: list[tuple[str, str]], result: PullResult, queue_push: bool
+    ) -> None:
+        with self.uow:
+            self._linked = frozenset(
+                f"Observation/{link.fhir_id}"
+                for plan_id in chunk
+                for link in self.uow.links.for_plan(plan_id)
+                if link.resource_type == "Observation"
+            )
+        for careplan, index in self.fetch(params, result, self._linked):
+            self.merge(careplan, index, result, queue_push=queue_push)
+        self._linked = frozenset()
 
     def pull_patient(self, mrn: str) -> PullResult:
         """Pull every CarePlan of the patient with this MRN (plans the EHR authored included)."""
@@ -136,6 +155,14 @@ class Puller:
         result.requests += 1
         if patient is not None:
             for careplan, index in self.fetch([("subject", f"Patient/{patient['id']}")], result):
+                self.merge(careplan, index, result)
+        return result
+
+    def pull_careplans(self, careplan_ids: list[str]) -> PullResult:
+        """Pull CarePlans by server id (`CarePlan?_id=`), whoever authored them: adoption by id."""
+        result = PullResult()
+        for chunk in _chunks(sorted(set(careplan_ids))):
+            for careplan, index in self.fetch([("_id", ",".join(chunk))], result):
                 self.merge(careplan, index, result)
         return result
 
@@ -168,7 +195,32 @@ class Puller:
                     link = self.uow.links.get(plan_id, local_key(resource, self.base))
                     if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
                         plan_ids.add(plan_id)
+        newest = self._changed_adopted(since, newest, plan_ids, result)
         return plan_ids, newest
+
+    def _changed_adopted(self, since: str, newest: str, plan_ids: set[str], result: PullResult) -> str:
+        """Add the adopted plans whose resources someone else changed after `since`; return the newest
+        `lastUpdated` seen. Their resources may carry no planbridge identifier: they are searched by the
+        ids their links name (`_id`, 50 a request, per type). No request at all when no plan was adopted."""
+        with self.uow:
+            versions: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+            for plan_id, links in adopted_links(self.uow).items():
+                for link in links:
+                    if link.resource_type in TRACKED:
+                        versions.setdefault((link.resource_type, link.fhir_id), []).append((plan_id, link.version_id))
+        for rtype in TRACKED:
+            ids = sorted(fhir_id for kind, fhir_id in versions if kind == rtype)
+            for chunk in _chunks(ids):
+                params = {"_id": ",".join(chunk), "_lastUpdated": f"gt{since}", "_count": str(len(chunk))}
+                before = self.client.requests_sent
+                found = self.client.search(rtype, params)
+                result.requests += self.client.requests_sent - before
+                for resource in found:
+                    newest = max(newest, resource.get("meta", {}).get("lastUpdated", since))
+                    for plan_id, version in versions.get((rtype, str(resource.get("id"))), []):
+                        if version != resource.get("meta", {}).get("versionId"):
+                            plan_ids.add(plan_id)
+        return newest
 
     def pull_changed(self, since: str | None = None) -> PullResult:
         """Pull what others changed since `since` (default: the last successful pull) and move the cursor."""
@@ -209,6 +261,8 @@ class Puller:
             return
         theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
         now = self.clock()
+        self._removed: list[dict[str, str]] = []  # what the EHR deleted or removed, as _merge_into recorded it
+        self._keys, self._owned = source_keys(theirs), reachable(careplan, index) | {f"CarePlan/{careplan.get('id')}"}
         with self.uow:
             ours = self.uow.plans.get(theirs.id)
             state = self.uow.sync.state(theirs.id)
@@ -218,19 +272,23 @@ class Puller:
             state.push_started_at, state.push_sent_document = None, None  # this read settles it
             self._record_versions(theirs.id, careplan, index, now)
             if ours is None:
-                theirs.touch(now.isoformat())
+                # First read: the plan is as the EHR has it. No `created` is invented (touch() would set one):
+                # it stays what the CarePlan says, possibly none, so a push never writes the import time.
+                theirs.version, theirs.updated_at = 1, now.isoformat()
                 self.uow.plans.save(theirs)
                 outcome, merged_doc, saved, queued, opened = "new", theirs_doc, theirs.version, False, []
                 changed = ["*"]
             else:
                 outcome, merged_doc, saved, queued, opened = self._merge_into(
-                    ours, state, theirs_doc, now, queue_push, set(gone.values()), sent
+                    ours, state, theirs_doc, now, queue_push, dict(gone.values()), sent
                 )
                 changed = changed_paths(strip_bookkeeping(codec.to_dict(ours)), merged_doc)
             if saved is not None or opened:  # subscribed team systems hear of a change, and of a new conflict
                 change = {"outcome": outcome, "careplan_id": careplan.get("id"), "paths": changed[:50]}
                 if opened:
                     change["conflicts"] = opened[:50]
+                if self._removed:  # items the EHR deleted, removed or marked entered-in-error, kept in the plan
+                    change["removed"] = self._removed[:50]
                 version = saved if saved is not None else ours.version if ours is not None else theirs.version
                 record_change(
                     self.uow,
@@ -269,10 +327,14 @@ class Puller:
                 continue
             if resource is not careplan and not self._belongs(resource, plan_id):
                 continue
-            link = self.uow.links.get(plan_id, local_key(resource, self.base))
+            link = self.uow.links.get(plan_id, self._key(resource))
             if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
                 return True
         return False
+
+    def _key(self, resource: dict[str, Any]) -> str:
+        """Return a pulled resource's link key: as a push keys the resource it builds for that part."""
+        return self._keys.get(f"{resource.get('resourceType')}/{resource.get('id')}") or local_key(resource, self.base)
 
     def _held(self, plan_id: str, document: dict[str, Any], theirs_doc: dict[str, Any]) -> dict[str, Any]:
         """Return what a push would send: the document with each open conflict's path at the server's value."""
@@ -286,7 +348,7 @@ class Puller:
         theirs_doc: dict[str, Any],
         now: datetime,
         queue_push: bool = True,
-        deleted: frozenset[str] | set[str] = frozenset(),
+        deleted: dict[str, str | None] | None = None,
         sent: dict[str, Any] | None = None,
     ) -> tuple[str, dict[str, Any], int | None, bool, list[str]]:
         """Merge the server's plan into ours.
@@ -300,9 +362,15 @@ class Puller:
         ours_doc = strip_bookkeeping(codec.to_dict(ours))
         base_doc = state.base_document if state.base_document is not None else ours_doc
         merged_doc, found = three_way_merge(base_doc, ours_doc, theirs_doc)
-        found += hold_deleted_goals(deleted, base_doc, ours_doc, merged_doc, found)
+        added, self._removed = record_removals(
+            deleted or {}, base_doc, ours_doc, theirs_doc, merged_doc, found, now.isoformat()
+        )
+        found += added
         if sent is not None:
-            found += unsure_paths(merged_doc, three_way_merge(sent, ours_doc, theirs_doc)[0], base_doc, ours_doc, found)
+            other, _ = three_way_merge(sent, ours_doc, theirs_doc)
+            # a Goal the server deleted is recorded alike in both readings
+            record_removals(deleted or {}, sent, ours_doc, theirs_doc, other, [], now.isoformat(), deleted_only=True)
+            found += unsure_paths(merged_doc, other, base_doc, ours_doc, found)
         open_rows = self.uow.sync.conflicts(ours.id)
         for row in open_rows:
             mine, server = get_path(ours_doc, row.path), get_path(theirs_doc, row.path)
@@ -352,7 +420,7 @@ class Puller:
                 continue
             version = resource.get("meta", {}).get("versionId")
             rtype, fhir_id = ref.split("/")
-            key = "patient" if rtype == "Patient" else local_key(resource, self.base)
+            key = "patient" if rtype == "Patient" else self._key(resource)
             if rtype != "Patient" and not self._belongs(resource, plan_id):
                 continue
             self.uow.links.record(plan_id, key, rtype, fhir_id, version, now)
@@ -377,4 +445,6 @@ class Puller:
     def _belongs(self, resource: dict[str, Any], plan_id: str) -> bool:
         systems = {self._system(k) for k in ("plan", "careteam", "goal", "checkin")}
         ours = [i.get("value", "") for i in resource.get("identifier", []) if i.get("system") in systems]
-        return not ours or any(v == plan_id or v.startswith(f"{plan_id}/") for v in ours)
+        if not ours:  # the EHR's: part of this plan only when its CarePlan reaches it (not any CarePlan's of the pull)
+            return f"{resource.get('resourceType')}/{resource.get('id')}" in self._owned
+        return any(v == plan_id or v.startswith(f"{plan_id}/") for v in ours)

@@ -5,6 +5,8 @@ pushed costs zero requests. Resources the server already holds are written with 
 `If-Match` on the version last seen, so a change made in the EHR since is never overwritten: the
 server refuses (409/412), the plan is pulled and merged, and pushed again only if that was clean.
 Reading and recording happen in short database transactions; none is held while the server works.
+A Bundle over the server's transaction limits goes as several dependency-ordered transactions
+(service.sync.split), each recorded as it lands.
 """
 
 from __future__ import annotations
@@ -23,12 +25,30 @@ from mappings.fhir import validate_bundle
 from service.domain import codec
 from service.domain.errors import NotFound, PlanbridgeError
 from service.domain.model import Plan
+from service.fhir.capabilities import Limits, server_limits
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError, FhirTransportError
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.deletions import prune_goal_references
+from service.sync.adopt import is_adopted
+from service.sync.deletions import on_server, prune_goal_references
+from service.sync.delta import only_changes
 from service.sync.merge import mask, strip_bookkeeping
+from service.sync.recovery import RECREATED, RELINKED, recover_links
+from service.sync.split import (
+    LEARNED,
+    MEDPLUM_LIMITS,
+    UNASKED_ENTRIES,
+    decode_limits,
+    encode_limits,
+    fits,
+    landed,
+    limits_cursor,
+    location_of,
+    realize,
+    split_bundle,
+    tightest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +97,12 @@ def local_key(resource: dict[str, Any], identifier_base: str) -> str:
 
 def sendable(document: dict[str, Any], held: dict[str, Any]) -> dict[str, Any]:
     """Return what a push sends for a plan document with conflicts open: each held path at the server's
-    value (`held`: path -> value), no link to a goal held out, in the codec's own shape (no empty lists)."""
-    if not held:
+    value (`held`: path -> value), no link to a goal held out, in the codec's own shape (no empty lists).
+    Items recorded as removed in the EHR are never sent (service.sync.deletions.on_server)."""
+    stripped = on_server(document)
+    if not held and stripped is document:
         return document
-    masked = prune_goal_references(mask(document, held))
+    masked = on_server(prune_goal_references(mask(document, held))) if held else stripped
     return {**strip_bookkeeping(codec.to_dict(codec.from_dict(Plan, masked))), **_bookkeeping(document)}
 
 
@@ -102,17 +124,25 @@ def _patient_reference(
 ) -> tuple[str | None, int]:
     """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it).
 
+    A plan holding the EHR's own reference to its Patient (`patient.fhir_reference`, e.g. imported
+    from a Bundle whose Patient was referenced but absent) is pushed with that reference as it is,
+    and its MRN need not be known. Otherwise the Patient is found by the plan's MRN under the plan's
+    `mrn_system` (default `PLANBRIDGE_MRN_SYSTEM`): the identifier as the EHR has it, never rewritten.
     Call it outside any database transaction: finding the Patient may take a request.
     """
+    if plan.patient.fhir_reference:
+        parts = plan.patient.fhir_reference.rstrip("/").split("/")
+        return "/".join(parts[-2:]), 0  # the Bundle names the Patient by the reference itself (plan_to_bundle)
     if linked_id is not None:
         return f"Patient/{linked_id}", 0
-    found = client.find_one("Patient", {"identifier": f"{settings.mrn_system}|{plan.patient.mrn}"})
+    system = plan.patient.mrn_system or settings.mrn_system
+    found = client.find_one("Patient", {"identifier": f"{system}|{plan.patient.mrn}"})
     if found is not None:
         return f"Patient/{found['id']}", 1
     if settings.create_patients:
         return None, 1
     raise PatientNotOnServer(
-        f"no Patient with an MRN of system {settings.mrn_system} for plan {plan.id}; PLANBRIDGE_CREATE_PATIENTS is off",
+        f"no Patient with an MRN of system {system} for plan {plan.id}; PLANBRIDGE_CREATE_PATIENTS is off",
         plan_id=plan.id,
     )
 
@@ -137,9 +167,16 @@ class _Snapshot:
     digest: str
     requests: int
     patient_ref: str | None
+    held: bool = False  # some open conflict's path went out at the server's value
 
 
 RECONCILE = "reconcile"  # an earlier push's outcome was never recorded: read the server first
+
+
+@dataclass
+class _Tally:
+    requests: int = 0  # HTTP requests one attempt to send cost (the CapabilityStatement read included)
+    transactions: int = 0
 
 
 class Pusher:
@@ -170,9 +207,12 @@ class Pusher:
         with self.uow:
             state = self.uow.sync.state(plan_id)
             held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
-            sent = plan
-            if held:  # conflicted paths go out as the server has them, so it keeps them until resolved
-                sent = codec.from_dict(Plan, sendable(codec.to_dict(plan), held))
+            sent, document = plan, codec.to_dict(plan)
+            # Conflicted paths go out as the server has them, so it keeps them until resolved; items
+            # the EHR deleted or removed (recorded in the plan) do not go out at all.
+            out = sendable(document, held)
+            if out is not document:
+                sent = codec.from_dict(Plan, out)
             bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
             digest = bundle_digest(bundle)
             if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
@@ -183,7 +223,35 @@ class Pusher:
                 for link in self.uow.links.for_plan(plan_id)
             }
             _pin_versions(bundle, links, self.settings.identifier_base)
-            return _Snapshot(plan, sent, bundle, digest, spent, patient_ref)
+            # An adopted plan's resources are the EHR's: only what the plan changed is written (service.sync.delta).
+            careplan = links.get("careplan")
+            adopted = careplan is not None and is_adopted(plan_id, careplan[1])
+            base = self._base_bundle(state.base_document, links, patient_ref) if adopted else None
+            if base is not None:
+                bundle = only_changes(bundle, base)
+            snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held))
+        if not bundle["entry"]:  # the server already holds all of it: nothing to send
+            self._record(snapshot, {})
+            return PushResult(plan_id, self._status(plan_id), spent)
+        return snapshot
+
+    def _base_bundle(
+        self,
+        base_document: dict[str, Any] | None,
+        links: dict[str, tuple[str, str, str | None]],
+        patient_ref: str | None,
+    ) -> dict[str, Any] | None:
+        """Return the Bundle of what the server held after the last sync (the merge base), pinned as a push
+        pins; None when there is no base or it does not map (then the whole plan is sent)."""
+        if base_document is None:
+            return None
+        try:
+            base_plan = codec.from_dict(Plan, base_document)
+            bundle = plan_to_bundle(base_plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+        except (PlanbridgeError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+        _pin_versions(bundle, links, self.settings.identifier_base)
+        return bundle
 
     def _mark_in_flight(self, plan_id: str, started: datetime | None, sent: Plan | None = None) -> None:
         with self.uow:
@@ -222,8 +290,9 @@ class Pusher:
             return PushResult(plan_id, snapshot.status, spent + snapshot.requests)
         spent += snapshot.requests
         self._mark_in_flight(plan_id, self.clock(), snapshot.sent)
+        tally = _Tally()
         try:
-            answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
+            self._send(snapshot, tally)
         except FhirTransportError as exc:
             if exc.sent:
                 raise  # the server may have applied it: the in-flight mark stays, the next push reads first
@@ -233,17 +302,106 @@ class Pusher:
             self._mark_in_flight(plan_id, None)  # the server answered: a transaction is all or nothing
             if exc.decision != "merge" or self.on_conflict is None:
                 raise
+            if exc.status in (404, 410) and retry_after_merge:  # lost by the server, or deleted in the EHR?
+                before = self.client.requests_sent
+                recovered = recover_links(self.uow, self.client, self.settings, plan_id, self.clock)
+                spent += self.client.requests_sent - before
+                if recovered in (RELINKED, RECREATED):  # the links changed: send again, once
+                    again = self._push(plan_id, retry_after_merge=False)
+                    return PushResult(plan_id, again.status, spent + tally.requests + again.requests, again.resources)
             log.info("plan %s: the server changed since the last sync (HTTP %s); reading it", plan_id, exc.status)
             if not self.on_conflict(plan_id):
                 raise
             if not retry_after_merge:
-                return PushResult(plan_id, self._status(plan_id), spent + 1)
+                return PushResult(plan_id, self._status(plan_id), spent + tally.requests)
             again = self._push(plan_id, retry_after_merge=False)
-            return PushResult(plan_id, again.status, spent + 1 + again.requests, again.resources)
-        self._record(snapshot, answer)
+            return PushResult(plan_id, again.status, spent + tally.requests + again.requests, again.resources)
         count = len(snapshot.bundle["entry"])
-        log.info("plan %s pushed: %d resources in one transaction", plan_id, count)
-        return PushResult(plan_id, self._status(plan_id), spent + 1, count)
+        log.info("plan %s pushed: %d resources in %d transaction(s)", plan_id, count, tally.transactions)
+        return PushResult(plan_id, self._status(plan_id), spent + tally.requests, count)
+
+    def _limits(self, entries: list[dict[str, Any]], tally: _Tally) -> Limits:
+        """Return the server's transaction limits as far as they are known: the settings, what its
+        refusals taught, and its CapabilityStatement, read once per process when a Bundle is larger
+        than any known server refuses (so a small push costs no extra request)."""
+        base = self.client.base_url
+        configured = Limits(self.settings.fhir_max_transaction_entries, self.settings.fhir_max_transaction_updates)
+        refused = LEARNED.refused(base)
+        if refused is None:  # once per process: what an earlier process learned from this server's refusals
+            with self.uow:
+                stored = decode_limits(self.uow.sync.cursor(limits_cursor(base)))
+            refused = LEARNED.learn(base, stored or Limits())
+        limits = tightest(configured, refused)
+        if len(entries) <= UNASKED_ENTRIES or None not in (configured.max_strict_entries, configured.max_updates):
+            return limits
+        published = LEARNED.read(base)
+        if published is None:
+            tally.requests += 1
+            try:
+                published = server_limits(self.client.capabilities())
+            except FhirTransportError:
+                return limits  # not remembered: asked again next time
+            except FhirError as exc:
+                log.warning("could not read the FHIR server's limits (%s); assuming none", type(exc).__name__)
+                published = Limits()
+            LEARNED.remember_read(base, published)
+        return tightest(limits, published)
+
+    def _send(self, snapshot: _Snapshot, tally: _Tally) -> None:
+        """Send the snapshot's Bundle and record what landed: one transaction when the server's limits
+        allow it, else dependency-ordered transactions (service.sync.split), each recorded as it lands.
+
+        A refusal for size (Medplum's caps, `decision == "split"`) teaches the server's limits and the
+        Bundle goes again at once, split; a size refusal of a split push is a stop (no retry storm).
+        """
+        entries = snapshot.bundle["entry"]
+        limits = self._limits(entries, tally)
+        if fits(entries, limits):
+            tally.requests, tally.transactions = tally.requests + 1, tally.transactions + 1
+            try:
+                answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
+            except FhirError as exc:
+                if exc.decision != "split":
+                    raise
+                learned = LEARNED.learn(self.client.base_url, MEDPLUM_LIMITS)
+                with self.uow:  # kept for the next process too
+                    self.uow.sync.set_cursor(limits_cursor(self.client.base_url), encode_limits(learned))
+                    self.uow.commit()
+                limits = tightest(limits, learned)
+                if fits(entries, limits):
+                    exc.decision = "stop"  # within the caps it names already: splitting cannot help
+                    raise
+                log.info("plan %s: the server refused the transaction as too large; splitting it", snapshot.plan.id)
+            else:
+                self._record(snapshot, answer)
+                return
+        split = split_bundle(snapshot.bundle, limits)
+        known = dict(split.known)
+        log.info("plan %s: %d resources in %d transactions", snapshot.plan.id, len(entries), len(split.chunks))
+        for steps in split.chunks:
+            chunk = realize(steps, known)
+            tally.requests, tally.transactions = tally.requests + 1, tally.transactions + 1
+            try:
+                answer = self.client.transaction(chunk, idempotent=True)
+            except FhirError as exc:
+                if exc.decision == "split":
+                    exc.decision = "stop"  # refused after splitting: not tried again at once
+                raise
+            known.update(landed(chunk, answer))
+            self._record_links(snapshot.plan.id, chunk, answer)  # a crash after this loses nothing
+        self._record(snapshot, {})
+
+    def _record_links(self, plan_id: str, bundle: dict[str, Any], answer: dict[str, Any]) -> None:
+        """Record the id and version of every resource one transaction wrote (fhir_links)."""
+        with self.uow:
+            self._link(plan_id, bundle, answer, self.clock())
+            self.uow.commit()
+
+    def _link(self, plan_id: str, bundle: dict[str, Any], answer: dict[str, Any], now: datetime) -> None:
+        for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
+            at = location_of(result) if isinstance(result, dict) else None
+            if at is not None:
+                self.uow.links.record(plan_id, local_key(entry["resource"], self.settings.identifier_base), *at, now)
 
     def _record_failure(self, plan_id: str, exc: PlanbridgeError) -> None:
         with self.uow:
@@ -264,12 +422,7 @@ class Pusher:
     def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> None:
         now = self.clock()
         with self.uow:
-            for entry, result in zip(snapshot.bundle["entry"], answer.get("entry", []), strict=False):
-                parsed = parse_location(result.get("response", {}).get("location", ""))
-                if parsed is not None:
-                    self.uow.links.record(
-                        snapshot.plan.id, local_key(entry["resource"], self.settings.identifier_base), *parsed, now
-                    )
+            self._link(snapshot.plan.id, snapshot.bundle, answer, now)  # a split push recorded them as they landed
             if snapshot.patient_ref and self.uow.links.get(snapshot.plan.id, "patient") is None:
                 rtype, fhir_id = snapshot.patient_ref.split("/")
                 self.uow.links.record(snapshot.plan.id, "patient", rtype, fhir_id, None, now)
@@ -285,7 +438,7 @@ class Pusher:
             )
             if self.uow.sync.conflicts(snapshot.plan.id):
                 state.status = "conflicted"
-            elif current and current.version == snapshot.plan.version and snapshot.sent is snapshot.plan:
+            elif current and current.version == snapshot.plan.version and not snapshot.held:
                 state.status = "in_sync"
             else:  # changed since, or a conflict was resolved since: a push is queued for it
                 state.status = "pending"

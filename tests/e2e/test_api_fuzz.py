@@ -16,7 +16,7 @@ from tests.support import settings as make_settings
 KEY = "fuzz-key-0123456789abcdef"
 NOTIFY_SECRET = "fuzz-notify-secret-0123456789"
 # 5xx answers the document promises, because the FHIR server in this test is down: never a 500.
-DOCUMENTED_5XX = {("GET", "/readyz", 503), ("POST", "/plans/{plan_id}/sync", 502)}
+DOCUMENTED_5XX = {("GET", "/readyz", 503), ("POST", "/plans/{plan_id}/sync", 502), ("POST", "/plans/adopt", 502)}
 
 
 @pytest.fixture

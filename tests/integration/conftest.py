@@ -2,8 +2,17 @@
 
 import pytest
 
+from service.sync.split import LEARNED
 from tests.db_fixtures import database, engine, postgres  # noqa: F401
 from tests.integration.test_notify import Receiver
+
+
+@pytest.fixture(autouse=True)
+def _unlearned_fhir_limits():
+    """What a process learns of a FHIR server's transaction limits lasts the process (service.sync.split);
+    every test starts as a fresh process, so the requests a push costs do not depend on the test order."""
+    LEARNED.forget()
+    yield
 
 
 @pytest.fixture

@@ -9,9 +9,11 @@ from service.api.container import utcnow
 from service.domain import codec
 from service.domain.model import Plan
 from service.domain.types import Note
+from service.fhir.capabilities import Limits
 from service.fhir.client import FhirClient
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
+from service.sync.split import LEARNED
 from tests.support import FIXTURES, settings
 
 KNEE = "knee-rehabilitation.json"
@@ -68,7 +70,16 @@ def world(engine, fhir_base_url):
     return World(engine, fhir_base_url)
 
 
-def test_a_changed_plan_costs_one_transaction_and_an_unchanged_one_nothing(world):
+@pytest.fixture
+def hapi_world(engine, fhir_hapi_url):
+    """A world on the hapi profile (no transaction limits), in a process that has read its CapabilityStatement
+    already (it publishes no limits): a push costs exactly its Patient lookup and one transaction."""
+    LEARNED.remember_read(fhir_hapi_url, Limits())
+    return World(engine, fhir_hapi_url)
+
+
+def test_a_changed_plan_costs_one_transaction_and_an_unchanged_one_nothing(hapi_world):
+    world = hapi_world
     plan = world.add_plan()
     first = world.sync.push(plan.id)
     assert (first.status, first.requests) == ("in_sync", 2)  # patient lookup + one transaction
@@ -81,6 +92,28 @@ def test_a_changed_plan_costs_one_transaction_and_an_unchanged_one_nothing(world
     status = world.sync.status(plan.id)
     goal_link = next(r for r in status.resources if r["key"] == f"goal:{plan.goals[0].id}")
     assert goal_link["version"] == "2"
+
+
+def test_on_medplum_a_plan_over_its_limits_costs_its_split_transactions_and_an_unchanged_one_nothing(
+    engine, fhir_medplum_url
+):
+    """The same pushes on the medplum profile (8 entries once any is conditional). The knee plan's first Bundle
+    is 13 conditional creates: the Patient, 4 people and the CareTeam, then its 4 Goals, 2 check-ins and the
+    CarePlan. An update still carries the people as conditional creates (12 entries): two transactions too."""
+    world = World(engine, fhir_medplum_url)
+    plan = world.add_plan()
+    first = world.sync.push(plan.id)
+    # the Patient lookup, the CapabilityStatement (read once: the Bundle is over 8 entries), two transactions
+    assert (first.status, first.requests) == ("in_sync", 1 + 1 + 2)
+    assert world.sync.push(plan.id).requests == 0
+    world.change(plan.id, lambda p: setattr(p.goals[0], "status_reason", "knee swelling"))
+    changed = world.sync.push(plan.id)
+    assert (changed.status, changed.requests) == ("in_sync", 2)  # the limits are known: two transactions
+    assert world.server_goal(plan.id, plan.goals[0].id)["statusReason"] == "knee swelling"
+    assert world.sync.push(plan.id).requests == 0
+    status = world.sync.status(plan.id)
+    goal_link = next(r for r in status.resources if r["key"] == f"goal:{plan.goals[0].id}")
+    assert goal_link["version"] == "2"  # created whole in one transaction, then changed once
 
 
 def test_pushing_twice_never_duplicates(world):

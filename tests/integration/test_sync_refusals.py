@@ -23,17 +23,19 @@ from service.sync.worker import OutboxWorker
 from tests.support import FIXTURES, Clock, settings
 
 
-def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_off(engine, fhir_base_url):
-    config = settings(fhir_base_url=fhir_base_url)
+def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_off(
+    engine, fhir_profile, fhir_profile_url
+):
+    config = settings(fhir_base_url=fhir_profile_url)
     clock = Clock()
-    client = FhirClient(fhir_base_url, timeout=10, sleep=lambda _s: None)
+    client = FhirClient(fhir_profile_url, timeout=10, sleep=lambda _s: None)
     worker = OutboxWorker(UnitOfWork(engine), client, config, clock)
     plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
     plan.id = f"plan-dup-{uuid.uuid4().hex[:6]}"
     plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
     goal = plan.goals[0]
     # The EHR (or a server's concurrency bug) holds two Goals with the identifier of one of ours.
-    ehr = FhirClient(fhir_base_url, timeout=10)
+    ehr = FhirClient(fhir_profile_url, timeout=10)
     for _ in range(2):
         ehr.request(
             "POST",
@@ -59,7 +61,12 @@ def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_o
         worker.run_until_idle()
         windows.append(client.requests_sent - before)
         clock.now += timedelta(minutes=20)  # past any backoff so far (capped at 15 minutes)
-    assert all(1 <= n <= 3 for n in windows), windows  # a Patient lookup and the one transaction
+    # One attempt a window. The first: the Patient lookup, the CapabilityStatement (read once: the Bundle has
+    # 13 entries), then on hapi the one transaction, refused; on medplum (8 entries once any is conditional) the
+    # Patient, people and CareTeam land in a first transaction and the goals' is refused. Later attempts: on hapi
+    # the lookup again (no Patient was created) and the transaction; on medplum one transaction, refused (the
+    # Patient and team are known: what remains starts with the duplicated Goal's).
+    assert windows == {"hapi": [3, 2, 2, 2], "medplum": [4, 1, 1, 1]}[fhir_profile], windows
 
     status = sync_status(UnitOfWork(engine), plan.id)
     assert status.status == "failed"
@@ -69,7 +76,7 @@ def test_a_conditional_update_matching_several_resources_is_recorded_and_backs_o
         entries = uow.outbox.list(plan.id)
     assert sorted(e.attempts for e in entries) == [0, 0, 0, 0, 0, 4]  # the others wait behind it
     assert all(e.status == "pending" for e in entries)
-    # nothing was written: the two copies are untouched and no third one appeared
+    # nothing was written to them: the two copies are untouched and no third one appeared
     copies = ehr.search("Goal", {"identifier": f"{config.identifier_base}/goal|{plan.id}/{goal.id}"})
     assert [c["meta"]["versionId"] for c in copies] == ["1", "1"]
 
@@ -133,7 +140,8 @@ def test_a_push_to_a_goal_the_ehr_deleted_becomes_a_conflict_the_team_hears_of(e
     if take == "ours":  # the team keeps its goal: it is written again (a new resource), once
         assert [g["statusReason"] for g in found] == ["the team's change"]
         assert found[0]["id"] != on_server["id"]
-    else:
+    else:  # the team accepts the deletion: the goal stays in the plan, marked, and is not written again
         assert found == [] and sync.status(plan.id).status == "in_sync"
         with UnitOfWork(engine) as uow:
-            assert uow.plans.get(plan.id).goal(goal.id) is None
+            kept = uow.plans.get(plan.id).goal(goal.id)
+        assert kept.removed_in_ehr is not None and kept.lifecycle_status == "entered-in-error"

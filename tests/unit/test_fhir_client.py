@@ -341,6 +341,7 @@ def test_every_error_class_has_a_decision():
         "FhirReferenceConflict": "stop",
         "FhirRefused": "stop",
         "FhirValidationFailed": "stop",
+        "FhirTransactionTooLarge": "split",
         "FhirAuthError": "stop",
         "FhirServerError": "retry",
         "FhirAmbiguous": "stop",

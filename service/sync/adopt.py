@@ -1,0 +1,164 @@
+"""Adopting a CarePlan the EHR authored: reading it into a shared plan and tracking it by resource id.
+
+An EHR-authored CarePlan carries no planbridge identifier, so the searches by identifier that pulls,
+incremental pulls and notifications use for planbridge's own plans never find it. An adopted plan is
+named `careplan-<server id>` (see `mappings.bundle.careplan_from_fhir`) and its CarePlan link
+(`fhir_links`, key `careplan`) names that same server id: that is what marks it as adopted, from the
+first read on, whether or not planbridge has written to it since. Its resources are found by `_id`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+
+from mappings import datatypes as dt
+from service.domain import codec
+from service.domain.errors import Conflict, InvalidInput
+from service.domain.model import Plan
+from service.settings import Settings
+from service.store.tables import FhirLinkRow
+from service.store.uow import UnitOfWork
+
+PREFIX = "careplan-"  # an adopted plan's id: this and its CarePlan's server id
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+TRACKED = ("CarePlan", "CareTeam", "Goal", "Observation")
+
+
+def adopted_plan_id(careplan_id: str) -> str:
+    """Return the id of the plan adopted from `CarePlan/<careplan_id>`."""
+    return f"{PREFIX}{careplan_id}"
+
+
+def is_adopted(plan_id: str, careplan_link_id: str | None) -> bool:
+    """Tell whether a plan was adopted: its id names the server id of the CarePlan it is linked to."""
+    return careplan_link_id is not None and plan_id == adopted_plan_id(careplan_link_id)
+
+
+def adopted_links(uow: UnitOfWork, plan_ids: Iterable[str] | None = None) -> dict[str, list[FhirLinkRow]]:
+    """Return the links of adopted plans (all of them, or those among `plan_ids`), by plan id.
+
+    One query, however many plans there are; none when no plan was ever adopted.
+    """
+    assert uow.session is not None
+    careplans = sa.select(FhirLinkRow.plan_id).where(
+        FhirLinkRow.local_key == "careplan", FhirLinkRow.plan_id == sa.literal(PREFIX) + FhirLinkRow.fhir_id
+    )
+    if plan_ids is not None:
+        wanted = sorted(set(plan_ids))
+        if not wanted:
+            return {}
+        careplans = careplans.where(FhirLinkRow.plan_id.in_(wanted))
+    rows = uow.session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id.in_(careplans)))
+    found: dict[str, list[FhirLinkRow]] = {}
+    for row in rows:
+        found.setdefault(row.plan_id, []).append(row)
+    return found
+
+
+def links_to(uow: UnitOfWork, resource_type: Any, fhir_id: Any) -> list[FhirLinkRow]:
+    """Return the links naming `resource_type/fhir_id`, whatever their plan (how an EHR resource that
+    carries no identifier of planbridge's is traced to the plans holding it); none for a malformed id."""
+    assert uow.session is not None
+    if not (isinstance(resource_type, str) and isinstance(fhir_id, str) and FHIR_ID.fullmatch(fhir_id)):
+        return []
+    if resource_type not in TRACKED:
+        return []
+    query = sa.select(FhirLinkRow).where(FhirLinkRow.resource_type == resource_type, FhirLinkRow.fhir_id == fhir_id)
+    return list(uow.session.scalars(query))
+
+
+def source_keys(plan: Plan) -> dict[str, str]:
+    """Return `Type/id` -> link key for the plan's parts read from resources without planbridge's identifier.
+
+    A check-in is keyed by its goal and its own id (`observation:goal-7/obs-12`), as the key of the
+    Observation a push builds for it; so the EHR's Observation is written by id, never copied.
+    """
+    keys: dict[str, str] = {}
+    if plan.careplan_extra.get(dt.SOURCE):
+        keys[plan.careplan_extra[dt.SOURCE]] = "careplan"
+    if plan.careteam_extra.get(dt.SOURCE):
+        keys[plan.careteam_extra[dt.SOURCE]] = "careteam"
+    for goal in plan.goals:
+        if goal.fhir_extra.get(dt.SOURCE):
+            keys[goal.fhir_extra[dt.SOURCE]] = f"goal:{goal.id}"
+        for check_in in goal.check_ins:
+            if check_in.fhir_extra.get(dt.SOURCE):
+                keys[check_in.fhir_extra[dt.SOURCE]] = f"observation:{goal.id}/{check_in.id}"
+    return keys
+
+
+def reachable(careplan: dict[str, Any], index: dict[str, Any]) -> set[str]:
+    """Return `Type/id` of what a CarePlan reaches: its Goals and CareTeams, and the Goals' outcomes."""
+    refs = {r.get("reference", "") for r in [*careplan.get("goal", []), *careplan.get("careTeam", [])]}
+    for ref in list(refs):
+        goal = index.get(ref)
+        if isinstance(goal, dict) and goal.get("resourceType") == "Goal":
+            refs.update(r.get("reference", "") for r in goal.get("outcomeReference", []) if isinstance(r, dict))
+    return {r for r in refs if r.count("/") == 1}
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to adopt: every CarePlan of a patient (by MRN), or one CarePlan (by server id)."""
+
+    mrn: str | None = None
+    careplan_id: str | None = None
+
+
+def careplan_target(value: str, base_url: str) -> Target:
+    """Read `CarePlan/123`, `123` or `[base]/CarePlan/123` (on the configured server) as a CarePlan to adopt.
+
+    Anything else is InvalidInput naming what was expected.
+    """
+    text = value.strip()
+    if "://" in text:
+        parts, base = urlsplit(text), urlsplit(base_url.rstrip("/"))
+        path = parts.path.rstrip("/")
+        same_server = (parts.scheme, parts.netloc) == (base.scheme, base.netloc) and path.startswith(
+            base.path.rstrip("/") + "/"
+        )
+        rest = path[len(base.path.rstrip("/")) + 1 :] if same_server else ""
+        if not same_server or parts.query or parts.fragment:
+            raise InvalidInput(
+                f"{text} is not a CarePlan on the configured FHIR server {base_url}",
+                {"url": f"{base_url.rstrip('/')}/CarePlan/<id>"},
+            )
+        text = rest
+    rtype, _, fhir_id = text.rpartition("/")
+    if rtype not in ("", "CarePlan") or not FHIR_ID.fullmatch(fhir_id):
+        raise InvalidInput(f"{value!r} does not name a CarePlan", {"careplan": "CarePlan/<id>, <id> or its URL"})
+    return Target(careplan_id=fhir_id)
+
+
+def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: datetime, replace: bool = False) -> Plan:
+    """Store the plan in a plan JSON document or a FHIR Bundle around one CarePlan (told apart by content),
+    checked as `convert` checks it (ConversionRefused with every issue), and queue its push.
+
+    A plan id already stored is a Conflict unless `replace`: then the stored plan is replaced (its
+    version and creation time go on).
+    """
+    from service.convert import from_fhir, load_plan
+
+    if isinstance(document, dict) and "resourceType" in document:
+        plan = codec.from_dict(Plan, from_fhir(document, settings)[0])
+    else:
+        plan = load_plan(document)[0]
+    with uow:
+        existing = uow.plans.get(plan.id)
+        if existing is not None and not replace:
+            raise Conflict(f"plan {plan.id} already exists; import with --replace to replace it", plan_id=plan.id)
+        plan.version = existing.version if existing is not None else 0
+        if existing is not None and plan.created_at is None:
+            plan.created_at = existing.created_at
+        plan.touch(now.isoformat())
+        uow.plans.save(plan)
+        uow.outbox.add(plan.id, "push_plan", None, None, now)
+        uow.commit()
+    return plan
