@@ -456,6 +456,14 @@ def _probe_versioned_update(probe: _Probe, first: dict[str, Any]) -> tuple[Featu
     return _feature("versioned_update", False, "the server accepted an update with a stale If-Match"), None
 
 
+def _written_id(probe: _Probe, response: Any, expected: str) -> str | None:
+    """Return the id a conditional write answered with; one other than `expected` is a new scratch resource."""
+    made = _location_id(response.headers.get("Location", "")) or (response.json() if response.content else {}).get("id")
+    if made and made != expected:
+        probe.created.append(made)
+    return made
+
+
 def _probe_conditional(probe: _Probe, first: dict[str, Any]) -> dict[str, Feature]:
     client, rid = probe.client, first["id"]
     condition = f"{probe.system}|first"
@@ -464,11 +472,7 @@ def _probe_conditional(probe: _Probe, first: dict[str, Any]) -> dict[str, Featur
         response = client.request(
             "POST", "Basic", json=probe.basic("first"), headers={"If-None-Exist": f"identifier={condition}"}
         )
-        made = _location_id(response.headers.get("Location", "")) or (response.json() if response.content else {}).get(
-            "id"
-        )
-        if made and made != rid:
-            probe.created.append(made)
+        made = _written_id(probe, response, rid)
         ok = made in (None, rid) and response.status_code == 200
         detail = (
             "If-None-Exist returned the existing resource"
@@ -482,11 +486,7 @@ def _probe_conditional(probe: _Probe, first: dict[str, Any]) -> dict[str, Featur
         body = probe.basic("first")
         body["code"] = {"text": "planbridge fhir check probe (conditionally updated, deleted afterwards)"}
         response = client.request("PUT", "Basic", params={"identifier": condition}, json=body)
-        made = _location_id(response.headers.get("Location", "")) or (response.json() if response.content else {}).get(
-            "id"
-        )
-        if made and made != rid:
-            probe.created.append(made)
+        made = _written_id(probe, response, rid)
         ok = made in (None, rid) and response.status_code == 200
         detail = (
             "`PUT Basic?identifier=` updated the one match"
