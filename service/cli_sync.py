@@ -234,6 +234,9 @@ def fhir_check(no_probe: bool) -> None:
         "max_updates": checked.limits.max_updates,
         "stale_version_status": checked.stale_version_status,
     }
+    transaction = checked.features.get("transaction")
+    if transaction is not None and transaction.ok and transaction.probed:
+        found["limits_remembered"] = _remember_limits(engine.pusher.uow, client.base_url, checked.limits)
     auth = client.session.auth
     if isinstance(auth, SmartBackendAuth):  # its key was checked against SMART_ALGORITHM when the client was made
         scope = auth.scope()
@@ -242,6 +245,24 @@ def fhir_check(no_probe: bool) -> None:
     _emit(found)
     if missing:
         raise SystemExit(1)
+
+
+def _remember_limits(uow: Any, base_url: str, limits: Any) -> bool:
+    """Keep the transaction limits a probe measured where pushes look for what they learned of this server
+    (replacing what a refusal taught earlier: the probe measured the server as it is now). False when the
+    database cannot take it (not upgraded yet)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from service.sync.split import LEARNED, encode_limits, limits_cursor
+
+    try:
+        with uow:
+            uow.sync.set_cursor(limits_cursor(base_url), encode_limits(limits))
+            uow.commit()
+    except SQLAlchemyError:
+        return False
+    LEARNED.forget(base_url)
+    return True
 
 
 @click.group()

@@ -121,3 +121,30 @@ def test_probe_limits_learns_the_caps_from_the_refusals_alone(fhir_profile, fhir
 
     assert learned == (Limits(8, 50) if fhir_profile == "medplum" else Limits())
     assert basics(fhir_profile_url) == before
+
+
+def test_fhir_check_keeps_the_measured_limits_where_pushes_look_for_them(tmp_path, fhir_profile, fhir_profile_url):
+    import sqlalchemy as sa
+
+    from service.sync.split import decode_limits, limits_cursor
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRIDGE_", "FHIR_", "DATABASE_URL", "SMART_"))}
+    database = f"sqlite:///{tmp_path / 'planbridge.db'}"
+    env.update(DATABASE_URL=database)
+    not_upgraded = fhir_check(tmp_path, fhir_profile_url)
+    assert not_upgraded.returncode == 0 and json.loads(not_upgraded.stdout)["limits_remembered"] is False
+    subprocess.run([str(BIN), "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
+    with sa.create_engine(database).begin() as db:  # an earlier refusal taught a tighter cap than the server has
+        db.execute(
+            sa.text("INSERT INTO sync_cursors (name, value) VALUES (:n, '3,7')"), {"n": limits_cursor(fhir_profile_url)}
+        )
+
+    out = json.loads(fhir_check(tmp_path, fhir_profile_url).stdout)
+
+    assert out["limits_remembered"] is True
+    with sa.create_engine(database).connect() as db:
+        kept = db.execute(
+            sa.text("SELECT value FROM sync_cursors WHERE name = :n"), {"n": limits_cursor(fhir_profile_url)}
+        )
+        expected = EXPECTED[fhir_profile]
+        assert decode_limits(kept.scalar_one()) == Limits(expected["max_strict_entries"], expected["max_updates"])
