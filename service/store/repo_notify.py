@@ -220,7 +220,21 @@ class DeliveryRepository:
             .limit(1)
             .with_for_update(skip_locked=True, key_share=True, of=(DeliveryRow, SubscriptionRow))
         )
-        return self._session.scalars(query).first()
+        row = self._session.scalars(query).first()
+        if row is not None and self._session.get_bind().dialect.name == "postgresql":
+            # The lock can be granted just after another worker committed its claim on this subscription;
+            # the query above then judged "nothing in flight" by a snapshot taken before that commit.
+            # A new statement sees the commit: one delivery in flight per subscription, across workers.
+            claimed = sa.select(DeliveryRow.id).where(
+                DeliveryRow.subscription_id == row.subscription_id,
+                DeliveryRow.id != row.id,
+                DeliveryRow.claimed_at.is_not(None),
+                DeliveryRow.next_attempt_at > now,
+                DeliveryRow.status.in_(OPEN_DELIVERY),
+            )
+            if self._session.scalar(sa.select(claimed.exists())):
+                return None
+        return row
 
     def lease(self, row: DeliveryRow, now: datetime, until: datetime) -> None:
         """Hold a claimed delivery until `until`: it comes due again then unless its attempt is recorded first."""

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -738,8 +739,15 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
             )
             if outcome == "resolved":
                 stats["resolved"] += 1
+                # Taking ours (or a value) for a goal the EHR deleted brings the goal back, and with it the
+                # links to it the deletion took from the server's reading (a step's goal_ids): resolved too.
+                revived = re.fullmatch(r"goals\[id=(.+)\]", conflict["path"]) if choice != "theirs" else None
+                plan_now = self.world.plan_doc(plan_id) if revived else {}
                 for path, held in self.protected[plan_id].items():
-                    if held.seen and related(path, conflict["path"]):
+                    if held.seen and (
+                        related(path, conflict["path"])
+                        or (revived and names_goal(get_at(plan_now, path), held.value, revived.group(1)))
+                    ):
                         held.resolved = True
             self.done()
 
@@ -847,6 +855,12 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
                 self.settle()
 
     return SyncModel
+
+
+def names_goal(plan_value: Any, server_value: Any, goal_id: str) -> bool:
+    """True when a list of goal ids in the plan names `goal_id` and the server's reading of it does not."""
+    listed = plan_value if isinstance(plan_value, list) else []
+    return goal_id in listed and goal_id not in (server_value if isinstance(server_value, list) else [])
 
 
 def test_the_sync_keeps_its_promises_whatever_the_interleaving(engine, fhir_base_url, record_property, request):

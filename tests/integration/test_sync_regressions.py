@@ -197,3 +197,33 @@ def test_recording_deletes_does_not_reorder_a_list_only_the_server_changed(world
     sent = world.requests_sent
     world.worker.run_until_idle()
     assert world.sync.push(plan_id).requests == 0 and world.requests_sent == sent
+
+
+def test_taking_ours_for_a_goal_the_ehr_deleted_brings_back_the_goal_and_the_steps_links_to_it(world):
+    """Found by the model (its oracle, not the service): the team changed a goal, the EHR deleted it, the
+    conflict was resolved taking ours. The push recreates the goal and puts back the step's link to it,
+    which the deletion had taken from the server's reading: that is the resolution, not an overwrite."""
+    plan_id = _pushed_plan(world, "eating-disorder-recovery.json")
+    status, _ = world.team("goal.status_changed", plan_id=plan_id, goal_id="goal-meals", lifecycle_status="on-hold")
+    assert status == 202
+    deleted = world.ehr_goal(plan_id, "goal-meals")
+    world.ehr_delete(f"Goal/{deleted['id']}")
+
+    world.sync.pull_plans([plan_id])
+    [conflict] = world.open_conflicts(plan_id)
+    assert conflict["path"] == "goals[id=goal-meals]"  # both changed it: held, not dropped
+
+    world.sync.resolve(conflict["id"], "ours")
+    assert world.sync.push(plan_id).status == "in_sync"
+
+    again = world.ehr_goal(plan_id, "goal-meals")
+    assert again["id"] != deleted["id"] and again["lifecycleStatus"] == "on-hold"
+    step = next(s for s in world.plan_doc(plan_id)["steps"] if s["id"] == "step-meal-plan")
+    assert step["goal_ids"] == ["goal-weight", "goal-meals"]
+    assert get_goal_ids(world, plan_id, "step-meal-plan") == ["goal-weight", "goal-meals"]
+    assert world.open_conflicts(plan_id) == []
+
+
+def get_goal_ids(world: SyncWorld, plan_id: str, step_id: str) -> list[str]:
+    """The goal ids a step names on the server, as planbridge reads the server back."""
+    return next(s for s in world.server(plan_id).doc["steps"] if s["id"] == step_id)["goal_ids"]
