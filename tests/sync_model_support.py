@@ -320,7 +320,8 @@ def without_removed(document: dict[str, Any]) -> dict[str, Any]:
     """Return the plan document without the items it records as deleted or removed in the EHR (`removed_in_ehr`),
     and without references to such goals: they stay in the plan, and are by design never on the server.
 
-    A member so marked who is still named elsewhere in the plan stays, off the team (as the server names them).
+    A member so marked who is still named elsewhere in the plan stays, off the team (as the server names them);
+    someone off the team whom only the removed items named is not on the server either.
     """
     marked = {
         key: {i.get("id") for i in document.get(key, []) if isinstance(i, dict) and i.get(REMOVED)}
@@ -336,8 +337,12 @@ def without_removed(document: dict[str, Any]) -> dict[str, Any]:
         else:
             out.pop(key, None)
     rest = json.dumps({k: v for k, v in out.items() if k != "team"})
+    named_before = json.dumps({k: v for k, v in document.items() if k != "team"})
     team = []
     for member in out.get("team", []):
+        named = f'"{member["id"]}"'
+        if member.get("in_team") is False and named in named_before and named not in rest:
+            continue  # off the team and named only by what the EHR removed: nothing on the server names them
         if member.get("id") in marked["team"]:
             if f'"{member["id"]}"' not in rest:
                 continue

@@ -107,7 +107,8 @@ def on_server(document: dict[str, Any]) -> dict[str, Any]:
     """Return the plan document without the items recorded as removed in the EHR (`removed_in_ehr`).
 
     Goals and steps so marked are left out (and references to such goals pruned); a member so marked
-    is left out unless something else in the plan still names them (then they stay, off the team).
+    is left out unless something else in the plan still names them (then they stay, off the team), and so
+    is anyone off the team whom only the left-out items named (the server has no trace of them).
     The document itself is returned when nothing is marked.
     """
     marked = {
@@ -124,21 +125,25 @@ def on_server(document: dict[str, Any]) -> dict[str, Any]:
                 out[key] = kept
             else:
                 out.pop(key, None)
-    if marked["team"]:
-        rest = json.dumps({k: v for k, v in out.items() if k != "team"})
-        team = []
-        for member in out.get("team", []):
-            if member.get(REMOVED):
-                if f'"{member.get("id")}"' not in rest:
-                    continue
-                member = {k: v for k, v in member.items() if k != REMOVED}
-                member.pop("in_team", None)
-                member["in_team"] = False
-            team.append(member)
-        if team:
-            out["team"] = team
-        else:
-            out.pop("team", None)
+    # people off the team whom only the left-out items named go too
+    rest = json.dumps({k: v for k, v in out.items() if k != "team"})
+    named_before = json.dumps({k: v for k, v in document.items() if k != "team"})
+    team = []
+    for member in out.get("team", []):
+        named = f'"{member.get("id")}"'
+        if member.get("in_team") is False and named in named_before and named not in rest:
+            continue  # off the team, and only what the EHR removed named them: the server has no trace
+        if member.get(REMOVED):
+            if named not in rest:
+                continue
+            member = {k: v for k, v in member.items() if k != REMOVED}
+            member.pop("in_team", None)
+            member["in_team"] = False
+        team.append(member)
+    if team:
+        out["team"] = team
+    else:
+        out.pop("team", None)
     return prune_goal_references(out)
 
 

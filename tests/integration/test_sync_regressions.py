@@ -227,3 +227,21 @@ def test_taking_ours_for_a_goal_the_ehr_deleted_brings_back_the_goal_and_the_ste
 def get_goal_ids(world: SyncWorld, plan_id: str, step_id: str) -> list[str]:
     """The goal ids a step names on the server, as planbridge reads the server back."""
     return next(s for s in world.server(plan_id).doc["steps"] if s["id"] == step_id)["goal_ids"]
+
+
+def test_a_person_only_a_deleted_goal_named_does_not_keep_every_pull_pushing(world):
+    """Found by the model: the EHR deleted two goals; the plan kept them (recorded as removed) and with them a
+    practitioner off the team whom only one of them named. Each push left that person out (nothing on the
+    server names them), each pull saw the plan "differ" and queued a push: a request per pull, for ever."""
+    plan_id = _pushed_plan(world)
+    world.ehr_add_goal(plan_id, "EHR goal 1")
+    for goal_id in ("goal-exercise", "goal-flexion"):
+        world.ehr_delete(f"Goal/{world.ehr_goal(plan_id, goal_id)['id']}")
+
+    world.sync.pull_plans([plan_id])
+    world.sync.push(plan_id)
+
+    assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
+    assert world.sync.push(plan_id).requests == 0
+    kept = {g["id"]: g for g in world.plan_doc(plan_id)["goals"]}
+    assert kept["goal-flexion"]["removed_in_ehr"]["how"] == "deleted"  # kept in the plan, recorded as removed
