@@ -22,8 +22,10 @@ def plans() -> None:
 def plans_adopt(mrn: str | None, careplan: str | None, url: str | None) -> None:
     """Adopt EHR-authored CarePlans: each becomes a shared plan (`careplan-<id>`), tracked by resource id.
 
-    Adopting again re-reads them ("unchanged" when nothing moved). Prints each plan id and its outcome.
+    Adopting again re-reads them ("unchanged" when nothing moved). Prints each plan id and its outcome, and
+    (`notifications`) the Subscriptions that tell planbridge of the EHR's edits to them, or why there are none.
     """
+    from service.cli_sync import _follow_adopted
     from service.sync.adopt import Target, careplan_target
 
     if sum(x is not None for x in (mrn, careplan, url)) != 1:
@@ -36,6 +38,7 @@ def plans_adopt(mrn: str | None, careplan: str | None, url: str | None) -> None:
         {
             "adopted": [{"plan_id": k, "outcome": v} for k, v in sorted(result.outcomes.items())],
             "requests": result.requests,
+            "notifications": _follow_adopted(engine, result),
         }
     )
 

@@ -123,10 +123,24 @@ def sync_pull(plan_ids: tuple[str, ...], mrn: str | None, since: str | None) -> 
     if plan_ids:
         result = _run(lambda: engine.pull_plans(list(plan_ids)))
     elif mrn:
+        from service.sync.subscriptions import NOTHING_ADOPTED
+
         result = _run(lambda: engine.pull_patient(mrn))
+        followed = _follow_adopted(engine, result)
+        if followed["detail"] != NOTHING_ADOPTED:  # the patient's CarePlans included some the EHR authored
+            _emit({**dataclasses.asdict(result), "notifications": followed})
+            return
     else:
         result = _run(lambda: engine.pull_changed(since))
     _emit(result)
+
+
+def _follow_adopted(engine: Any, result: Any) -> dict[str, Any]:
+    """After an adoption: the Subscriptions that notify planbridge of EHR edits to the adopted plans
+    (service.sync.subscriptions.follow_adopted); what is not subscribed is said, never an error."""
+    from service.sync.subscriptions import follow_adopted
+
+    return follow_adopted(engine.uow, engine.puller.client, engine.puller.settings, result.outcomes)
 
 
 @sync.command("repair")
@@ -324,7 +338,8 @@ def outbox_replay(entry_ids: tuple[int, ...], all_dead: bool) -> None:
     help="Give every Subscription a new secret; the previous ones are accepted for one more hour, then refused.",
 )
 def subscribe(show_status: bool, rotate: bool) -> None:
-    """Create or update the FHIR Subscriptions that notify planbridge of changes (rest-hook to our public URL).
+    """Create or update the FHIR Subscriptions that notify planbridge of changes (rest-hook to our public URL),
+    those watching the patients of adopted plans included.
 
     Each carries a secret of its own in channel.header (derived from PLANBRIDGE_FHIR_NOTIFY_SECRET, readable
     by whoever may read Subscriptions on the server); --rotate replaces them."""
@@ -348,8 +363,9 @@ def subscribe(show_status: bool, rotate: bool) -> None:
             err=True,
         )
     generation = subscriptions.current_generation(engine.uow)
+    patients = _run(lambda: subscriptions.adopted_patient_ids(engine.uow))  # those of adopted plans
     try:
-        held = subscriptions.subscribe(client, settings, generation)
+        held = subscriptions.subscribe(client, settings, generation, patients)
     except PlanbridgeError as exc:
         hint = " (run `planbridge subscribe` again before the previous secrets expire)" if rotate else ""
         raise click.ClickException(f"{exc.code}: {exc.detail}{hint}") from None
@@ -360,6 +376,7 @@ def subscribe(show_status: bool, rotate: bool) -> None:
                 "criteria": s.get("criteria"),
                 "status": s.get("status"),
                 "secret_generation": generation,
+                "adopted_patient": subscriptions.patient_of(s),
             }
             for s in held
         ]

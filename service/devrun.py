@@ -47,14 +47,15 @@ def _subscribe_when_up(port: int) -> None:
     from service.settings import Settings
     from service.store.db import create_engine
     from service.store.uow import UnitOfWork
-    from service.sync.subscriptions import current_generation, subscribe
+    from service.sync.subscriptions import adopted_patient_ids, current_generation, subscribe
 
     for _ in range(100):
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).ok:
                 settings = Settings.from_env()
-                generation = current_generation(UnitOfWork(create_engine(settings.database_url)))
-                subscribe(client_from_settings(settings), settings, generation)
+                uow = UnitOfWork(create_engine(settings.database_url))
+                # planbridge's own Subscriptions, and those watching the patients of adopted plans
+                subscribe(client_from_settings(settings), settings, current_generation(uow), adopted_patient_ids(uow))
                 return
         except requests.RequestException:
             time.sleep(0.2)

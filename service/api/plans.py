@@ -27,6 +27,7 @@ from service.domain.model import Plan
 from service.store.uow import UnitOfWork
 from service.sync.adopt import Target, careplan_target
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
+from service.sync.subscriptions import follow_adopted
 
 bp = Blueprint("plans", __name__)
 MAX_REFERENCE = 2048  # an MRN, a CarePlan reference or URL
@@ -153,7 +154,9 @@ def post_adopt() -> ResponseReturnValue:
         target = careplan_target(body[given[0]], c.settings.fhir_base_url or "")
     result = c.sync_engine().adopt(target)
     adopted = [{"plan_id": plan_id, "outcome": outcome} for plan_id, outcome in sorted(result.outcomes.items())]
-    return json_response({"adopted": adopted, "requests": result.requests})
+    # The Subscriptions that notify planbridge of the EHR's edits to them (never an error: said when absent).
+    notifications = follow_adopted(c.uow(), c.fhir(), c.settings, result.outcomes)
+    return json_response({"adopted": adopted, "requests": result.requests, "notifications": notifications})
 
 
 @bp.get("/conflicts")

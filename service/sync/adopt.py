@@ -62,6 +62,32 @@ def adopted_links(uow: UnitOfWork, plan_ids: Iterable[str] | None = None) -> dic
     return found
 
 
+def adopted_patients(uow: UnitOfWork, plan_ids: Iterable[str] | None = None) -> dict[str, str | None]:
+    """Return the server id of each adopted plan's Patient (all adopted plans, or those among `plan_ids`),
+    by plan id: the `patient` link a pull records from the CarePlan's subject; None when there is none (a
+    subject that is not a `Patient/<id>` on the server). One query for the plans, one for their patients."""
+    assert uow.session is not None
+    careplans = sa.select(FhirLinkRow.plan_id).where(
+        FhirLinkRow.local_key == "careplan", FhirLinkRow.plan_id == sa.literal(PREFIX) + FhirLinkRow.fhir_id
+    )
+    if plan_ids is not None:
+        wanted = sorted(set(plan_ids))
+        if not wanted:
+            return {}
+        careplans = careplans.where(FhirLinkRow.plan_id.in_(wanted))
+    found: dict[str, str | None] = dict.fromkeys(uow.session.scalars(careplans))
+    if not found:
+        return {}
+    patients = sa.select(FhirLinkRow.plan_id, FhirLinkRow.fhir_id).where(
+        FhirLinkRow.local_key == "patient",
+        FhirLinkRow.resource_type == "Patient",
+        FhirLinkRow.plan_id.in_(careplans),
+    )
+    for plan_id, fhir_id in uow.session.execute(patients):
+        found[plan_id] = fhir_id if FHIR_ID.fullmatch(fhir_id) else None
+    return found
+
+
 def links_to(uow: UnitOfWork, resource_type: Any, fhir_id: Any) -> list[FhirLinkRow]:
     """Return the links naming `resource_type/fhir_id`, whatever their plan (how an EHR resource that
     carries no identifier of planbridge's is traced to the plans holding it); none for a malformed id."""
