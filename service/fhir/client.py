@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 import urllib3
@@ -26,6 +26,27 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 SAFE_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+BATCH_REFUSALS = frozenset({400, 404, 405, 501})  # a server that does not take `batch` Bundles answers so
+
+
+class BatchUnsupported(errors.FhirError):
+    """The server does not take a `batch` Bundle: it refused it (400/404/405/501) or answered something other
+    than a `batch-response` with one entry per request."""
+
+
+def search_url(resource_type: str, params: dict[str, str] | list[tuple[str, str]]) -> str:
+    """Return a search as a relative URL (`Goal?identifier=s%7C&_count=200`), encoded as a GET's query is."""
+    return f"{resource_type}?{urlencode(params)}"
+
+
+def _matches(bundle: dict[str, Any]) -> int:
+    return sum(
+        1 for e in bundle.get("entry", []) if "resource" in e and e.get("search", {}).get("mode", "match") == "match"
+    )
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    return next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
 
 
 def _target(method: str, path: str) -> str:
@@ -173,14 +194,71 @@ class FhirClient:
         self, resource_type: str, params: dict[str, str] | list[tuple[str, str]]
     ) -> list[dict[str, Any]]:
         """Return every entry (matches and `_include`d resources) of a search, page after page."""
+        return self.pages_from(self.request("GET", resource_type, params=params).json())
+
+    def pages_from(self, bundle: dict[str, Any]) -> list[dict[str, Any]]:
+        """Return every entry of a search from its first page on, following `next` links exactly as given."""
         found: list[dict[str, Any]] = []
-        bundle = self.request("GET", resource_type, params=params).json()
         while True:
             found.extend(e for e in bundle.get("entry", []) if "resource" in e)
-            next_url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
+            next_url = _next_link(bundle)
             if not next_url:
                 return found
             bundle = self.request("GET", next_url).json()
+
+    def batch(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """POST a `batch` Bundle of read-only entries (`{"method": "GET", "url": ...}`); return the answer's
+        entries, one per request, in order. Retried like a GET (reads only). A server without batch raises
+        BatchUnsupported; any other refusal of the whole Bundle raises as `request` does."""
+        bundle = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": r} for r in requests]}
+        try:
+            answer = self.request("POST", "", json=bundle, idempotent=True).json()
+        except errors.FhirError as exc:
+            if exc.status in BATCH_REFUSALS:
+                raise BatchUnsupported(exc.detail, status=exc.status, outcome=exc.outcome) from exc
+            raise
+        except ValueError:
+            answer = None
+        entries = answer.get("entry") if isinstance(answer, dict) else None
+        if (
+            not isinstance(answer, dict)
+            or answer.get("type") != "batch-response"
+            or not isinstance(entries, list)
+            or len(entries) != len(requests)
+            or not all(isinstance(e, dict) for e in entries)
+        ):
+            kind = answer.get("type") if isinstance(answer, dict) else "no JSON object"
+            raise BatchUnsupported(f"POST [base] (batch) answered {kind!s:.40}, not a batch-response", status=200)
+        return entries
+
+    def search_batch(
+        self, searches: list[tuple[str, dict[str, str] | list[tuple[str, str]]]]
+    ) -> list[list[dict[str, Any]] | None]:
+        """Run several searches in one `batch` request; return, per search, every entry (a `next` link in its
+        answer is followed exactly, page after page), or None where the batch did not answer it completely:
+        an error status for that entry, no searchset, or a page short of its `total` (or as full as `_count`
+        asks, with no total) that gives no `next` link. Search those on their own. Raises BatchUnsupported
+        when the server does not take batches."""
+        requests = [{"method": "GET", "url": search_url(rtype, params)} for rtype, params in searches]
+        out: list[list[dict[str, Any]] | None] = []
+        for (_, params), entry in zip(searches, self.batch(requests), strict=True):
+            status = str((entry.get("response") or {}).get("status", ""))
+            bundle = entry.get("resource")
+            if not status.startswith("2") or not isinstance(bundle, dict) or bundle.get("type") != "searchset":
+                out.append(None)
+                continue
+            if not _next_link(bundle):
+                asked = dict(params)
+                count, ids = asked.get("_count"), asked.get("_id")
+                total, matched = bundle.get("total"), _matches(bundle)
+                short = isinstance(total, int) and total > matched
+                full = total is None and count is not None and count.isdigit() and matched >= int(count)
+                full = full and not (ids and matched >= len(ids.split(",")))  # every id asked for: nothing more
+                if short or full:
+                    out.append(None)
+                    continue
+            out.append(self.pages_from(bundle))
+        return out
 
     def find_one(self, resource_type: str, params: dict[str, str]) -> dict[str, Any] | None:
         """Return the single match, None when there is none; several raise FhirAmbiguous."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from service.fhir.errors import FhirError, FhirVersionConflict
 from service.fhir.limits import Limits, _location_id, _Probe, _probe_limits, _refusal_text, server_limits
@@ -59,7 +60,13 @@ FEATURES: dict[str, tuple[bool, str]] = {
         "a pulled CarePlan naming a Goal that no longer resolves is matched to the plan's goal through the "
         "Goal's `_history`; without it the goal is only seen as missing, and left to a later pull",
     ),
-    "batch": (False, "nothing: sync sends transactions, never batches"),
+    "batch": (
+        False,
+        "an incremental pull sends its `_lastUpdated` searches (CarePlan, CareTeam, Goal, Observation, and the "
+        "adopted plans' `_id` searches) in one `batch` request; without it each goes as a search of its own "
+        "(four requests or more instead of one), and pulls remember the refusal for a day instead of trying "
+        "a batch every time",
+    ),
     "subscriptions_rest_hook": (
         False,
         "`planbridge subscribe` makes R4 rest-hook Subscriptions so the server tells planbridge of changes; "
@@ -312,19 +319,30 @@ def _probe_history_and_batch(probe: _Probe, first: dict[str, Any]) -> dict[str, 
     except FhirError as exc:
         found["instance_history"] = _feature("instance_history", False, _failed(exc))
     try:
+        search = f"Basic?{urlencode({'identifier': f'{probe.system}|', '_count': '1'})}"
         bundle = {
             "resourceType": "Bundle",
             "type": "batch",
-            "entry": [{"request": {"method": "GET", "url": f"Basic/{first['id']}"}}],
+            "entry": [
+                {"request": {"method": "GET", "url": f"Basic/{first['id']}"}},
+                {"request": {"method": "GET", "url": search}},  # as an incremental pull searches
+            ],
         }
         answer = client.request("POST", "", json=bundle).json()
-        statuses = [str((e.get("response") or {}).get("status", "")) for e in answer.get("entry") or []]
-        ok = answer.get("type") == "batch-response" and len(statuses) == 1 and statuses[0].startswith("200")
-        found["batch"] = _feature(
-            "batch",
-            ok,
-            "a batch answers entry by entry" if ok else f"a batch answered {statuses or answer.get('type')}",
-        )
+        entries = [e for e in answer.get("entry") or [] if isinstance(e, dict)]
+        statuses = [str((e.get("response") or {}).get("status", "")) for e in entries]
+        ok = answer.get("type") == "batch-response" and len(statuses) == 2 and all(s.startswith("2") for s in statuses)
+        detail = "a batch answers entry by entry" if ok else f"a batch answered {statuses or answer.get('type')}"
+        if ok:
+            page = entries[1].get("resource") or {}
+            if any(link.get("relation") == "next" for link in page.get("link") or []):
+                detail += "; a search in it pages with `next` links"
+            elif isinstance(page.get("total"), int) and page["total"] > len(_matches(page)):
+                detail += (
+                    f"; a search in it answered {len(_matches(page))} of {page['total']} with no `next` link "
+                    "(a pull searches such a type again on its own)"
+                )
+        found["batch"] = _feature("batch", ok, detail)
     except FhirError as exc:
         found["batch"] = _feature("batch", False, _failed(exc))
     return found

@@ -3,16 +3,18 @@
 A pull reads CarePlans by planbridge's identifier with their Goals, CareTeam, Patient and team
 members in one search (`_include`, `_include:iterate`), and the check-in Observations the Goals
 name in one more. Incremental pulls first ask which plans changed since the last successful pull
-(`_lastUpdated`), so ten changed plans among thousands cost a handful of requests.
+(`_lastUpdated`, every search in one `batch` request), so ten changed plans among thousands cost three
+requests. A server that refuses batches is searched one type a request, and that is remembered a while.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from mappings import codes
@@ -20,7 +22,7 @@ from mappings.bundle import careplan_from_fhir, index_entries, plan_to_bundle
 from service.domain import codec
 from service.domain.errors import PlanbridgeError
 from service.domain.model import Plan
-from service.fhir.client import FhirClient
+from service.fhir.client import BatchUnsupported, FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
@@ -40,6 +42,14 @@ from service.sync.push import bundle_digest, local_key, sendable
 log = logging.getLogger(__name__)
 CHUNK = 50
 CURSOR = "pull"
+BATCH_ENTRIES = 100  # searches per batch request
+BATCH_RETRY = timedelta(hours=24)  # after a server refused a batch, pulls search one by one for this long
+
+
+def batch_cursor(base_url: str) -> str:
+    """Return the name under which a server's refusal of batches is remembered (sync_cursors, 64 characters):
+    its value is `refused <instant>`, or `accepted <instant>` once a later batch went through."""
+    return f"fhir-batch:{hashlib.sha256(base_url.encode()).hexdigest()[:40]}"
 
 
 @dataclass
@@ -67,6 +77,7 @@ class Puller:
         # and `Type/id` of what the CarePlan reaches (only those can be its parts when they carry no identifier).
         self._keys: dict[str, str] = {}
         self._owned: set[str] = set()
+        self._batch_state = ""  # this server's batch cursor as last read (see _batch_allowed)
 
     def _system(self, kind: str) -> str:
         return codes.identifier_system(self.base, kind)
@@ -170,22 +181,31 @@ class Puller:
         """Return the plans whose CarePlan, CareTeam, Goals or check-ins someone else changed after `since`,
         and the newest `lastUpdated` seen (the next cursor, in the server's own clock).
 
-        A resource whose version is the one planbridge last wrote or read is not a change to pull.
+        A resource whose version is the one planbridge last wrote or read is not a change to pull. Every
+        search (the four by planbridge's identifiers, and the adopted plans' by `_id`) goes in one `batch`
+        request when the server takes batches (see `_search_all`).
         """
+        kinds = (("plan", "CarePlan"), ("careteam", "CareTeam"), ("goal", "Goal"), ("checkin", "Observation"))
+        searches: list[tuple[str, dict[str, str]]] = [
+            (
+                rtype,
+                {"identifier": f"{self._system(kind)}|", "_lastUpdated": f"gt{since}", "_count": str(self.page_size)},
+            )
+            for kind, rtype in kinds
+        ]
+        versions = self._adopted_versions()
+        for rtype in TRACKED:
+            ids = sorted(fhir_id for kind, fhir_id in versions if kind == rtype)
+            for chunk in _chunks(ids):
+                searches.append(
+                    (rtype, {"_id": ",".join(chunk), "_lastUpdated": f"gt{since}", "_count": str(len(chunk))})
+                )
+        answers = self._search_all(searches, result)
         plan_ids: set[str] = set()
         newest = since
-        for kind, rtype in (
-            ("plan", "CarePlan"),
-            ("careteam", "CareTeam"),
-            ("goal", "Goal"),
-            ("checkin", "Observation"),
-        ):
-            system = self._system(kind)
-            params = {"identifier": f"{system}|", "_lastUpdated": f"gt{since}", "_count": str(self.page_size)}
-            before = self.client.requests_sent
-            found = self.client.search(rtype, params)
-            result.requests += self.client.requests_sent - before
-            with self.uow:
+        with self.uow:
+            for (kind, _), found in zip(kinds, answers, strict=False):
+                system = self._system(kind)
                 for resource in found:
                     newest = max(newest, resource.get("meta", {}).get("lastUpdated", since))
                     value = next(
@@ -195,32 +215,81 @@ class Puller:
                     link = self.uow.links.get(plan_id, local_key(resource, self.base))
                     if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
                         plan_ids.add(plan_id)
-        newest = self._changed_adopted(since, newest, plan_ids, result)
+        # The adopted plans' resources may carry no planbridge identifier: searched by the ids their links name.
+        for (rtype, _), found in zip(searches[len(kinds) :], answers[len(kinds) :], strict=True):
+            for resource in found:
+                newest = max(newest, resource.get("meta", {}).get("lastUpdated", since))
+                for plan_id, version in versions.get((rtype, str(resource.get("id"))), []):
+                    if version != resource.get("meta", {}).get("versionId"):
+                        plan_ids.add(plan_id)
         return plan_ids, newest
 
-    def _changed_adopted(self, since: str, newest: str, plan_ids: set[str], result: PullResult) -> str:
-        """Add the adopted plans whose resources someone else changed after `since`; return the newest
-        `lastUpdated` seen. Their resources may carry no planbridge identifier: they are searched by the
-        ids their links name (`_id`, 50 a request, per type). No request at all when no plan was adopted."""
+    def _adopted_versions(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
+        """Return (type, id) -> [(plan, version last seen)] of the resources adopted plans link (none: no
+        search at all). They are searched by `_id`, 50 a search, per type."""
         with self.uow:
             versions: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
             for plan_id, links in adopted_links(self.uow).items():
                 for link in links:
                     if link.resource_type in TRACKED:
                         versions.setdefault((link.resource_type, link.fhir_id), []).append((plan_id, link.version_id))
-        for rtype in TRACKED:
-            ids = sorted(fhir_id for kind, fhir_id in versions if kind == rtype)
-            for chunk in _chunks(ids):
-                params = {"_id": ",".join(chunk), "_lastUpdated": f"gt{since}", "_count": str(len(chunk))}
-                before = self.client.requests_sent
-                found = self.client.search(rtype, params)
-                result.requests += self.client.requests_sent - before
-                for resource in found:
-                    newest = max(newest, resource.get("meta", {}).get("lastUpdated", since))
-                    for plan_id, version in versions.get((rtype, str(resource.get("id"))), []):
-                        if version != resource.get("meta", {}).get("versionId"):
-                            plan_ids.add(plan_id)
-        return newest
+        return versions
+
+    def _search_all(self, searches: list[tuple[str, dict[str, str]]], result: PullResult) -> list[list[dict[str, Any]]]:
+        """Run the searches; return each one's matches, every page (`next` links followed exactly).
+
+        One `batch` request carries them all (up to BATCH_ENTRIES a request), unless this server refused a
+        batch within BATCH_RETRY (remembered in sync_cursors, see `batch_cursor`): then, and for any search
+        the batch did not answer completely (an error for that entry, a page short of its total with no
+        `next` link), each goes as a search of its own, whose refusal fails the pull (the cursor stays).
+        """
+        before = self.client.requests_sent
+        answers: list[list[dict[str, Any]] | None] = [None] * len(searches)
+        if searches and self._batch_allowed():
+            try:
+                for start in range(0, len(searches), BATCH_ENTRIES):
+                    part = searches[start : start + BATCH_ENTRIES]
+                    answers[start : start + len(part)] = self.client.search_batch(part)
+            except BatchUnsupported as exc:
+                self._remember_batch(f"refused {self.clock().isoformat()}")
+                log.warning(
+                    "the FHIR server does not take batch searches (HTTP %s); pulls search one by one for %d h",
+                    exc.status,
+                    BATCH_RETRY.total_seconds() // 3600,
+                )
+            else:
+                if self._batch_state.startswith("refused"):
+                    self._remember_batch(f"accepted {self.clock().isoformat()}")
+                    log.info("the FHIR server takes batch searches again")
+        out: list[list[dict[str, Any]]] = []
+        for (rtype, params), entries in zip(searches, answers, strict=True):
+            if entries is None:
+                out.append(self.client.search(rtype, params))
+            else:
+                out.append([e["resource"] for e in entries if e.get("search", {}).get("mode", "match") == "match"])
+        result.requests += self.client.requests_sent - before
+        return out
+
+    def _batch_allowed(self) -> bool:
+        """Tell whether to send searches as a batch: yes unless this server refused one within BATCH_RETRY."""
+        with self.uow:
+            self._batch_state = self.uow.sync.cursor(batch_cursor(self.client.base_url)) or ""
+        word, _, when = self._batch_state.partition(" ")
+        if word != "refused":
+            return True
+        try:
+            refused = datetime.fromisoformat(when)
+        except ValueError:
+            return True
+        with contextlib.suppress(TypeError):  # a naive instant against an aware clock: try the batch
+            return self.clock() - refused >= BATCH_RETRY
+        return True
+
+    def _remember_batch(self, value: str) -> None:
+        with self.uow:
+            self.uow.sync.set_cursor(batch_cursor(self.client.base_url), value[:64])
+            self.uow.commit()
+        self._batch_state = value
 
     def pull_changed(self, since: str | None = None) -> PullResult:
         """Pull what others changed since `since` (default: the last successful pull) and move the cursor."""
