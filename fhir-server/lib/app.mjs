@@ -162,6 +162,9 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
       method, url: rest + url.search, pathname: '', params: {}, query: {}, body,
       headers: req.headers, config: { transactions: true },
     };
+    if (entryMethods && body?.type === 'batch' && entryMethods.length && entryMethods.every((m) => m === 'GET')) {
+      return { status: 200, resource: await readBatch(req, body.entry, base) };
+    }
     if (entryMethods) {
       // One journal around the whole bundle: a transaction with any failed entry (even one that
       // Medplum reports inside a 200 response) is rolled back completely.
@@ -191,6 +194,35 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
     }
     const createdByUpdate = method === 'PUT' && resource?.meta?.versionId === '1';
     return { status: createdByUpdate ? 201 : status, resource, versioned: true, write: method === 'PUT' || method === 'POST' };
+  }
+
+  /**
+   * A batch of reads and searches, answered entry by entry as HAPI does: each search pages like a
+   * search of its own (first page, `total`, a `next` link to the snapshot) and rejects unknown
+   * parameters; an entry that fails answers its own status and OperationOutcome, the others still run.
+   */
+  async function readBatch(req, entries, base) {
+    const entry = [];
+    for (const e of entries) {
+      const target = String(e?.request?.url ?? '').replace(/^\/+/, '');
+      try {
+        if (!target || /^https?:/i.test(target)) throw oo(400, 'invalid', `Invalid batch entry URL "${target}": expected a relative [type]?[query] or [type]/[id]`);
+        const url = new URL(`${BASE_PATH}/${target}`, 'http://localhost');
+        const answer = await dispatch({ method: 'GET', headers: req.headers }, url, undefined, base);
+        const r = answer.resource;
+        const response = { status: `${answer.status} ${STATUS_CODES[answer.status] ?? ''}`.trim() };
+        if (r?.meta?.versionId && r.resourceType !== 'Bundle') {
+          response.etag = `W/"${r.meta.versionId}"`;
+          response.lastModified = r.meta.lastUpdated;
+        }
+        entry.push({ resource: r, response });
+      } catch (err) {
+        const outcome = normalizeOperationOutcome(err);
+        const status = err?.httpStatus ?? getStatus(outcome);
+        entry.push({ response: { status: `${status} ${STATUS_CODES[status] ?? ''}`.trim(), outcome: wireOutcome(outcome) } });
+      }
+    }
+    return { resourceType: 'Bundle', type: 'batch-response', meta: { lastUpdated: new Date().toISOString() }, entry };
   }
 
   function bundleResponse(bundle, methods, preference) {
