@@ -317,6 +317,44 @@ def test_batch_reports_each_entry(http, fhir_base_url, subject):
     assert result["entry"][1]["response"]["status"].startswith("404")
 
 
+def test_searches_in_a_batch_page_and_refuse_unknown_parameters_entry_by_entry(http, fhir_base_url, subject):
+    """A batch of searches (what an incremental pull sends) is answered as HAPI answers each search on its
+    own: the first page with its total and a `next` link to the rest; an unknown parameter fails only its
+    own entry, with an OperationOutcome."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [{"resource": goal(subject), "request": {"method": "POST", "url": "Goal"}} for _ in range(5)],
+    }
+    assert http.post(fhir_base_url, json=bundle).status_code == 200
+    searches = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Goal?subject={subject}&_count=2"}},
+            {"request": {"method": "GET", "url": "Goal?no-such-parameter=x"}},
+            {"request": {"method": "GET", "url": f"CarePlan?subject={subject}"}},
+        ],
+    }
+    response = http.post(fhir_base_url, json=searches)
+    assert response.status_code == 200, response.text
+    paged, refused, empty = response.json()["entry"]
+    assert paged["response"]["status"].startswith("200")
+    page = paged["resource"]
+    assert (page["type"], page["total"], len(page["entry"])) == ("searchset", 5, 2)
+    ids = [e["resource"]["id"] for e in page["entry"]]
+    next_url = next(link["url"] for link in page["link"] if link["relation"] == "next")
+    while next_url:
+        page = http.get(next_url).json()
+        ids += [e["resource"]["id"] for e in page.get("entry", [])]
+        next_url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+    assert len(set(ids)) == 5
+    assert refused["response"]["status"].startswith("400")
+    assert refused["response"]["outcome"]["resourceType"] == "OperationOutcome"
+    assert "no-such-parameter" in refused["response"]["outcome"]["issue"][0]["diagnostics"]
+    assert empty["response"]["status"].startswith("200") and empty["resource"]["total"] == 0
+
+
 def test_invalid_code_is_rejected_with_operation_outcome(http, fhir_base_url, subject):
     bad = {**goal(subject), "lifecycleStatus": "banana"}
     assert_outcome(http.post(f"{fhir_base_url}/Goal", json=bad), 400, 422)
