@@ -54,6 +54,7 @@ the cases found so far, each reduced to a deterministic test.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from collections import Counter
@@ -746,13 +747,17 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
             if outcome == "resolved":
                 stats["resolved"] += 1
                 # Taking ours (or a value) for a goal the EHR deleted brings the goal back, and with it the
-                # links to it the deletion took from the server's reading (a step's goal_ids): resolved too.
+                # links to it the deletion took from the server's reading (a step's goal_ids) and the people
+                # off the team whom only that goal named (its proposer, an agreement's author): resolved too.
                 revived = re.fullmatch(r"goals\[id=(.+)\]", conflict["path"]) if choice != "theirs" else None
                 plan_now = self.world.plan_doc(plan_id) if revived else {}
+                goal_now = json.dumps(get_at(plan_now, conflict["path"])) if revived else ""
                 for path, held in self.protected[plan_id].items():
+                    person = re.fullmatch(r"team\[id=(.+)\]", path) if revived else None
                     if held.seen and (
                         related(path, conflict["path"])
                         or (revived and names_goal(get_at(plan_now, path), held.value, revived.group(1)))
+                        or (person and held.value is None and f'"{person.group(1)}"' in goal_now)
                     ):
                         held.resolved = True
             self.done()

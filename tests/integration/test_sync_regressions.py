@@ -245,3 +245,37 @@ def test_a_person_only_a_deleted_goal_named_does_not_keep_every_pull_pushing(wor
     assert world.sync.push(plan_id).requests == 0
     kept = {g["id"]: g for g in world.plan_doc(plan_id)["goals"]}
     assert kept["goal-flexion"]["removed_in_ehr"]["how"] == "deleted"  # kept in the plan, recorded as removed
+
+
+def test_taking_a_value_for_a_goal_the_ehr_deleted_brings_back_the_person_off_the_team_only_it_named(world):
+    """Found by the model's soak run (its oracle, not the service): the EHR deleted the only goal naming a
+    surgeon off the team (the author of its note), so the server's reading lost the surgeon too; the team had
+    changed that goal, and the conflict was resolved with a value. The push writes the goal back and, with it,
+    the person it names: part of the resolution, and afterwards the plan and the server agree."""
+    plan_id = _pushed_plan(world)
+    status, _ = world.team("goal.status_changed", plan_id=plan_id, goal_id="goal-flexion", lifecycle_status="on-hold")
+    assert status == 202
+    flexion = next(g for g in world.plan_doc(plan_id)["goals"] if g["id"] == "goal-flexion")
+    others = [g for g in world.plan_doc(plan_id)["goals"] if g["id"] != "goal-flexion"]
+    (surgeon,) = [
+        m["id"]
+        for m in world.plan_doc(plan_id)["team"]
+        if m.get("in_team") is False
+        and f'"{m["id"]}"' in str(flexion).replace("'", '"')
+        and f'"{m["id"]}"' not in str(others).replace("'", '"')
+    ]
+    world.ehr_delete(f"Goal/{world.ehr_goal(plan_id, 'goal-flexion')['id']}")
+    assert surgeon not in {m["id"] for m in world.server(plan_id).doc.get("team", [])}  # nothing names them
+
+    world.sync.pull_plans([plan_id])
+    [conflict] = world.open_conflicts(plan_id)
+    assert conflict["path"] == "goals[id=goal-flexion]"
+    value = {k: v for k, v in conflict["base"].items() if k != "removed_in_ehr"}
+    world.sync.resolve(conflict["id"], "value", value)
+    assert world.sync.push(plan_id).status == "in_sync"
+
+    assert world.ehr_goal(plan_id, "goal-flexion")["lifecycleStatus"] == value["lifecycle_status"]
+    assert surgeon in {m["id"] for m in world.server(plan_id).doc["team"]}  # named again by the goal
+    assert world.open_conflicts(plan_id) == []
+    assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
+    assert world.sync.push(plan_id).requests == 0
