@@ -25,6 +25,7 @@ from mappings.checkin import checkin_to_fhir
 from mappings.datatypes import Json
 from mappings.goal import goal_fits, goal_from_fhir, goal_to_fhir
 from mappings.notes import note_from_fhir, note_is_modelled
+from mappings.outcome import rating_to_fhir
 from mappings.refs import CONTAINED, IMPLIED, Refs, Resolver, contained_id, member_identifier, refs_for_bundle, urn_for
 from service.domain.errors import MappingError
 from service.domain.model import Goal, Member, Patient, Plan
@@ -83,6 +84,16 @@ def plan_resources(plan: Plan, refs: Refs) -> list[tuple[str, Json, str, str]]:
                     codes.scoped_value(plan.id, goal.id, check_in.id),
                 )
             )
+        for j, rating in enumerate(goal.ratings):
+            observation = rating_to_fhir(rating, goal.id, plan.id, refs, f"goals[{i}].ratings[{j}]")
+            out.append(
+                (
+                    refs.check_ins[f"{goal.id}/{rating.id}"],
+                    observation,
+                    codes.identifier_system(base, "checkin"),
+                    codes.scoped_value(plan.id, goal.id, rating.id),
+                )
+            )
     careplan = careplan_to_fhir(plan, refs, contained)
     out.append((refs.careplan or "", careplan, codes.identifier_system(base, "plan"), plan.id))
     return out
@@ -136,7 +147,7 @@ def _moved(plan: Plan, refs: Refs) -> dict[str, str]:
     sources = [(plan.careplan_extra, refs.careplan), (plan.careteam_extra, refs.careteam)]
     for goal in plan.goals:
         sources.append((goal.fhir_extra, refs.goals[goal.id]))
-        sources += [(c.fhir_extra, refs.check_ins[f"{goal.id}/{c.id}"]) for c in goal.check_ins]
+        sources += [(c.fhir_extra, refs.check_ins[f"{goal.id}/{c.id}"]) for c in [*goal.check_ins, *goal.ratings]]
     for extra, new in sources:
         if extra.get(dt.SOURCE) and new:
             moved[extra[dt.SOURCE]] = new

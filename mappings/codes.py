@@ -28,6 +28,15 @@ EXT_WHAT_MATTERS = f"{PLANBRIDGE_EXT}/what-matters"
 EXT_GOAL_SETTING = f"{PLANBRIDGE_EXT}/goal-setting"
 EXT_REVIEW = f"{PLANBRIDGE_EXT}/plan-review"
 EXT_BARRIER = f"{PLANBRIDGE_EXT}/goal-barrier"
+EXT_GAS_LEVEL = f"{PLANBRIDGE_EXT}/goal-gas-level"  # on a Goal: what one GAS level (-2..+2) means for it
+EXT_GAS_WEIGHT = f"{PLANBRIDGE_EXT}/goal-gas-weight"  # on a Goal: its weight in the GAS T-score
+EXT_CONTINGENCY = f"{PLANBRIDGE_EXT}/goal-contingency"  # on a Goal: an "if ..., then ..." plan for a setback
+EXT_OUTCOME_OCCASION = f"{PLANBRIDGE_EXT}/outcome-occasion"  # on a rating's Observation: baseline, review...
+
+# planbridge's own CodeSystems (published in docs/mapping.md)
+PLANBRIDGE_CS = "http://planbridge.org/fhir/CodeSystem"
+OUTCOME_SCALE_SYSTEM = f"{PLANBRIDGE_CS}/outcome-scale"
+OUTCOME_SCALE_DISPLAY = {"gbo": "Goal-Based Outcome rating (0-10)", "gas": "Goal Attainment Scaling level (-2..+2)"}
 
 # Which FHIR resource type holds a member of each kind.
 MEMBER_RESOURCE = {"patient": "Patient", "practitioner": "Practitioner", "related-person": "RelatedPerson"}

@@ -1,8 +1,11 @@
 """Goal <-> FHIR R4 Goal (https://hl7.org/fhir/R4/goal.html), with goal-acceptance per member and
-goal-relationship for revisions; check-ins are Observations named in Goal.outcomeReference."""
+goal-relationship for revisions; check-ins and outcome ratings are Observations named in
+Goal.outcomeReference; barriers, GAS level descriptions and weight, and contingency plans are
+planbridge extensions (docs/mapping.md)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from mappings import codes
@@ -10,9 +13,10 @@ from mappings import datatypes as dt
 from mappings.checkin import checkin_fits, checkin_from_fhir
 from mappings.datatypes import Json
 from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
+from mappings.outcome import rating_fits, rating_from_fhir
 from mappings.refs import Refs, Resolver
 from service.domain.errors import MappingError
-from service.domain.model import Agreement, Goal, Target
+from service.domain.model import GAS_LEVELS, Agreement, Contingency, Goal, Target
 from service.domain.rules import check_target
 
 GOAL_KEYS = {
@@ -35,7 +39,16 @@ GOAL_KEYS = {
     "note",
     "outcomeReference",
 }
-GOAL_EXTENSIONS = {codes.GOAL_ACCEPTANCE, codes.GOAL_RELATIONSHIP, codes.EXT_BARRIER}
+GOAL_EXTENSIONS = {
+    codes.GOAL_ACCEPTANCE,
+    codes.GOAL_RELATIONSHIP,
+    codes.EXT_BARRIER,
+    codes.EXT_GAS_LEVEL,
+    codes.EXT_GAS_WEIGHT,
+    codes.EXT_CONTINGENCY,
+}
+GAS_LEVEL_PARTS = {"level": "valueInteger", "description": "valueString"}
+CONTINGENCY_PARTS = {"if": "valueString", "then": "valueString", "owner": "valueReference"}
 ACCEPTANCE_PARTS = {"individual": "valueReference", "status": "valueCode", "priority": "valueCodeableConcept"}
 RELATIONSHIP_PARTS = {"type": "valueCodeableConcept", "target": "valueReference"}
 REPLACEMENT = {"coding": [{"system": codes.GOAL_RELATIONSHIP_TYPE_SYSTEM, "code": "replacement"}]}
@@ -138,7 +151,28 @@ def _extensions(goal: Goal, refs: Refs, path: str, replaced_by: list[str]) -> li
         for new_id in replaced_by
     ]
     out += [{"url": codes.EXT_BARRIER, "valueString": b} for b in goal.barriers]
+    out += [
+        {
+            "url": codes.EXT_GAS_LEVEL,
+            "extension": [
+                {"url": "level", "valueInteger": int(level)},
+                {"url": "description", "valueString": goal.gas_levels[level]},
+            ],
+        }
+        for level in GAS_LEVELS
+        if level in goal.gas_levels
+    ]
+    if goal.gas_weight is not None:
+        out.append({"url": codes.EXT_GAS_WEIGHT, "valueDecimal": goal.gas_weight})
+    out += [_contingency(c, refs, f"{path}.contingencies[{i}]") for i, c in enumerate(goal.contingencies)]
     return out
+
+
+def _contingency(contingency: Contingency, refs: Refs, path: str) -> Json:
+    parts = [{"url": "if", "valueString": contingency.if_}, {"url": "then", "valueString": contingency.then}]
+    if contingency.owner is not None:
+        parts.append({"url": "owner", "valueReference": refs.member(contingency.owner, f"{path}.owner")})
+    return {"url": codes.EXT_CONTINGENCY, "extension": parts}
 
 
 def goal_to_fhir(
@@ -167,7 +201,9 @@ def goal_to_fhir(
             "expressedBy": refs.member(goal.proposed_by, f"{path}.proposed_by") if goal.proposed_by else None,
             "addresses": [dt.ref_to_fhir(r) for r in goal.addresses],
             "note": [note_to_fhir(n, refs, f"{path}.notes[{i}]") for i, n in enumerate(goal.notes)],
-            "outcomeReference": [{"reference": refs.check_ins[f"{goal.id}/{c.id}"]} for c in goal.check_ins],
+            "outcomeReference": [
+                {"reference": refs.check_ins[f"{goal.id}/{c.id}"]} for c in [*goal.check_ins, *goal.ratings]
+            ],
         }
     )
     return dt.merge(built, goal.fhir_extra)
@@ -274,10 +310,46 @@ def _read_extensions(read: GoalRead, resource: Json, resolver: Resolver, extra: 
             read.replaced_by.append((replacement, ext))
         elif url == codes.EXT_BARRIER and dt.simple_value(ext, "valueString") is not None:
             goal.barriers.append(ext["valueString"])
+        elif url == codes.EXT_GAS_LEVEL and _gas_level(ext, goal) is not None:
+            level, description = _gas_level(ext, goal) or ("", "")
+            goal.gas_levels[level] = description
+        elif url == codes.EXT_GAS_WEIGHT and goal.gas_weight is None and _weight(ext) is not None:
+            goal.gas_weight = _weight(ext)
+        elif url == codes.EXT_CONTINGENCY and _contingency_from(ext, resolver) is not None:
+            goal.contingencies.append(_contingency_from(ext, resolver) or Contingency("", ""))
         elif url in GOAL_EXTENSIONS:
             kept.append(ext)  # a shape we do not read: keep it as it came
     if not kept:
         del extra["extension"]
+
+
+def _gas_level(ext: Json, goal: Goal) -> tuple[str, str] | None:
+    """Return (level, description) of a goal-gas-level extension, None when it does not fit (or repeats a level)."""
+    parts = dt.extension_parts(ext, GAS_LEVEL_PARTS)
+    if parts is None or set(parts) != set(GAS_LEVEL_PARTS) or type(parts["level"]) is not int:
+        return None
+    level = str(parts["level"])
+    if level not in GAS_LEVELS or level in goal.gas_levels or not isinstance(parts["description"], str):
+        return None
+    return level, parts["description"]
+
+
+def _weight(ext: Json) -> float | None:
+    value = dt.simple_value(ext, "valueDecimal")
+    if type(value) not in (int, float) or not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
+def _contingency_from(ext: Json, resolver: Resolver) -> Contingency | None:
+    """Return the contingency a goal-contingency extension records, None when it does not fit the model."""
+    parts = dt.extension_parts(ext, CONTINGENCY_PARTS)
+    if parts is None or "if" not in parts or "then" not in parts:
+        return None
+    owner = parts.get("owner")
+    if owner is not None and not (isinstance(owner, dict) and resolver.is_person(owner)):
+        return None
+    return Contingency(parts["if"], parts["then"], resolver.member_for(owner) if owner is not None else None)
 
 
 def _agreement(ext: Json, resolver: Resolver) -> Agreement | None:
@@ -310,7 +382,9 @@ def _read_outcomes(goal: Goal, resource: Json, resolver: Resolver, extra: Json, 
     other = []
     for ref in resource.get("outcomeReference", []):
         observation = resolver.lookup(ref.get("reference"))
-        if observation is not None and set(ref) == {"reference"} and checkin_fits(observation):
+        if observation is not None and set(ref) == {"reference"} and rating_fits(observation, resolver, resource, base):
+            goal.ratings.append(rating_from_fhir(observation, resolver, base))
+        elif observation is not None and set(ref) == {"reference"} and checkin_fits(observation):
             goal.check_ins.append(checkin_from_fhir(observation, resolver, base))
         else:
             other.append(ref)

@@ -30,7 +30,7 @@ class Refs:
     members: dict[str, str] = field(default_factory=dict)
     member_displays: dict[str, str] = field(default_factory=dict)
     goals: dict[str, str] = field(default_factory=dict)
-    check_ins: dict[str, str] = field(default_factory=dict)
+    check_ins: dict[str, str] = field(default_factory=dict)  # "{goal id}/{id}" of check-ins and ratings
 
     def subject(self) -> Json:
         """Return the Reference to the patient, with what the EHR's own reference carried besides (kept)."""
@@ -96,7 +96,7 @@ def refs_for_bundle(plan: Plan, base: str, patient_ref: str) -> Refs:
         refs.goals[g.id] = urn_for(goal_system, codes.goal_identifier_value(plan.id, g.id))
         if contained_id(g.fhir_extra):
             refs.goals[g.id] = f"#{contained_id(g.fhir_extra)}"
-        for c in g.check_ins:
+        for c in [*g.check_ins, *g.ratings]:  # a rating is an Observation identified like a check-in
             refs.check_ins[f"{g.id}/{c.id}"] = urn_for(checkin_system, codes.scoped_value(plan.id, g.id, c.id))
     return refs
 

@@ -1,7 +1,8 @@
 """`planbridge demo`: a short collaborative story against the running service and its FHIR server.
 
 A team creates a plan, the patient proposes a goal, the dietitian and the psychiatrist agree, a
-check-in is recorded; a clinician then puts the goal on hold in the EHR, and a team endpoint
+check-in is recorded and the patient rates the goal (Goal-Based Outcomes, 0-10) at the start and at a
+review, which `/plans/{id}/outcomes` sums up; a clinician then puts the goal on hold in the EHR, and a team endpoint
 subscribed to plan changes receives it as a signed webhook. The demo's own endpoint is a small HTTP
 server on 127.0.0.1, so the service must admit loopback (`PLANBRIDGE_OUTBOUND_ALLOW`, as `planbridge
 dev` sets it).
@@ -22,6 +23,7 @@ import click
 import requests
 from standardwebhooks.webhooks import Webhook
 
+from mappings.codes import OUTCOME_SCALE_SYSTEM
 from service.signing import sign_headers
 
 
@@ -95,6 +97,28 @@ class Demo:
         ).json()
         return found["entry"][0]["resource"]
 
+    def outcome_observations(self, goal: dict[str, Any]) -> tuple[int, int]:
+        """Return how many of the Goal's outcomeReference Observations are check-ins and how many ratings."""
+        check_ins = ratings = 0
+        for ref in goal.get("outcomeReference", []):
+            observation = self.http.get(f"{self.fhir}/{ref['reference']}", timeout=10).json()
+            systems = {c.get("system") for c in observation.get("code", {}).get("coding", [])}
+            if OUTCOME_SCALE_SYSTEM in systems:
+                ratings += 1
+            else:
+                check_ins += 1
+        return check_ins, ratings
+
+    def outcomes(self) -> dict[str, Any]:
+        answer = self.http.get(f"{self.url}/plans/{self.plan_id}/outcomes", headers=self.api, timeout=10)
+        if answer.status_code != 200:
+            raise click.ClickException(f"/outcomes answered {answer.status_code} {answer.text[:200]}")
+        return answer.json()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
 
 def _acceptances(goal: dict[str, Any]) -> list[str]:
     out = []
@@ -156,7 +180,7 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
                 },
             },
         )
-        say("3. The dietitian and the psychiatrist agree; a check-in is recorded")
+        say("3. The dietitian and the psychiatrist agree; a check-in is recorded, and Sam rates the goal (GBO 0-10)")
         for member_id in ("patient", "dietitian", "psychiatrist"):
             demo.event("agreement.recorded", {"goal_id": "goal-walk", "member_id": member_id, "status": "agree"})
         demo.event(
@@ -171,13 +195,34 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
                 "recorded_by": "patient",
             },
         )
+        six_weeks_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 42 * 86400))
+        for occasion, score, at in (("baseline", 3, six_weeks_ago), ("review", 6, _now())):
+            demo.event(
+                "outcome.recorded",
+                {
+                    "goal_id": "goal-walk",
+                    "scale": "gbo",
+                    "score": score,
+                    "occasion": occasion,
+                    "rated_by": "patient",
+                    "at": at,
+                },
+            )
         demo.wait_in_sync()
         goal = demo.fhir_goal(f"{identifier_base}/goal")
+        check_ins, ratings = demo.outcome_observations(goal)
         say(
             f"4. On the FHIR server: Goal/{goal['id']} version {goal['meta']['versionId']}, "
             f"{goal['lifecycleStatus']}; agreements: {', '.join(_acceptances(goal))}; "
-            f"check-ins: {len(goal.get('outcomeReference', []))}"
+            f"check-ins: {check_ins}; outcome ratings: {ratings} (Observations in outcomeReference)"
         )
+        outcomes = demo.outcomes()
+        for entry in outcomes["goals"]:
+            reliable = "a reliable change" if entry["reliable_change"] else "not yet a reliable change"
+            say(
+                f"   /outcomes: {entry['goal_id']} {entry['scale'].upper()} {entry['baseline']} -> {entry['latest']} "
+                f"({entry['change']:+d}: {reliable}, threshold {outcomes['reliable_change']['gbo']})"
+            )
         say("5. A clinician puts the goal on hold in the EHR")
         goal.update(lifecycleStatus="on-hold", statusReason="knee injury; resume after physiotherapy")
         demo.http.put(f"{demo.fhir}/Goal/{goal['id']}", json=goal, timeout=10).raise_for_status()
@@ -185,6 +230,7 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
         say("7. Look for yourself:")
         say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}')
         say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}/sync')
+        say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}/outcomes')
         say(f"   curl '{demo.fhir}/Goal/{goal['id']}/_history'")
     finally:
         if subscription_id is not None:

@@ -19,7 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from service.domain import model
-from service.domain.model import Agreement, Goal, Member, Plan, Removal, Step
+from service.domain.model import Agreement, Goal, Member, OutcomeRating, Plan, Removal, Step
 from service.domain.rules import Issue
 from service.domain.types import Quantity
 
@@ -36,10 +36,16 @@ ENUMS: dict[tuple[type, str], tuple[str, ...]] = {
     (Step, "status"): model.STEP_STATUSES,
     (Removal, "how"): model.REMOVAL_KINDS,
     (Quantity, "comparator"): model.COMPARATORS,
+    (OutcomeRating, "scale"): model.OUTCOME_SCALES,
+    (OutcomeRating, "occasion"): model.OUTCOME_OCCASIONS,
 }
+# Maps whose keys are a closed set: each key a string property, no other key allowed.
+KEYED_MAPS: dict[tuple[type, str], tuple[str, ...]] = {(Goal, "gas_levels"): model.GAS_LEVELS}
+# Integers bound to a range (the widest: a score's range per scale is checked by `check_plan`).
+INT_RANGES: dict[tuple[type, str], tuple[int, int]] = {(OutcomeRating, "score"): (-2, 10)}
 # Objects that need at least one of some optional fields (an `anyOf` of `required`s).
 AT_LEAST_ONE: dict[type, tuple[str, ...]] = {model.Patient: ("mrn", "fhir_reference")}
-SCALARS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", Decimal: "number"}
+SCALARS: dict[Any, str] = {str: "string", bool: "boolean", int: "integer", Decimal: "number", float: "number"}
 EXTRA_DESCRIPTION = (
     "FHIR content the model does not name, kept as it came so it can be written back unchanged; "
     "planbridge never reads it."
@@ -79,6 +85,13 @@ def _type_schema(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
 
 def _field_schema(cls: type, name: str, tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
     allowed = ENUMS.get((cls, name))
+    if (cls, name) in KEYED_MAPS:
+        keys = KEYED_MAPS[(cls, name)]
+        properties = {k: {"type": "string"} for k in keys}
+        return {"type": "object", "properties": properties, "required": [], "additionalProperties": False}
+    if (cls, name) in INT_RANGES:
+        low, high = INT_RANGES[(cls, name)]
+        return {**_type_schema(tp, defs), "minimum": low, "maximum": high}
     if allowed is None:
         schema = _type_schema(tp, defs)
         return {**schema, "description": EXTRA_DESCRIPTION} if typing.get_origin(tp) is dict else schema
@@ -95,9 +108,11 @@ def _object_schema(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
         "title": cls.__name__,
         "description": inspect.cleandoc(cls.__doc__ or ""),
         "type": "object",
-        "properties": {f.name: _field_schema(cls, f.name, hints[f.name], defs) for f in fields},
+        "properties": {f.metadata.get("json", f.name): _field_schema(cls, f.name, hints[f.name], defs) for f in fields},
         "required": [
-            f.name for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            f.metadata.get("json", f.name)
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
         ],
         "additionalProperties": False,
         **one_of,
@@ -159,6 +174,8 @@ def _check(value: Any, schema: dict[str, Any], path: str, out: list[Issue]) -> N
     if allowed and not any(_is(value, t) for t in allowed):
         out.append(Issue(path, f"expected {' or '.join(allowed)}, got {_json_type(value)}", code="structure"))
         return
+    if "minimum" in schema and isinstance(value, int) and not schema["minimum"] <= value <= schema["maximum"]:
+        out.append(Issue(path, f"{value} is not between {schema['minimum']} and {schema['maximum']}", code="value"))
     if "enum" in schema and value not in schema["enum"]:
         choices = ", ".join(str(v) for v in schema["enum"] if v is not None)
         out.append(Issue(path, f"{value!r} is not one of {choices}", code="code-invalid"))

@@ -204,6 +204,7 @@ class Settings:
     auth_lockout_seconds: float = 60.0  # the counting window, and how long a lockout lasts
     fhir_max_transaction_entries: int | None = None  # a transaction with conditional entries: most entries
     fhir_max_transaction_updates: int | None = None  # most PUT entries in one transaction
+    gbo_reliable_change: float = 2.45  # GBO points of change that count as reliable (GET /plans/{id}/outcomes)
 
     @cached_property
     def signing_secrets(self) -> tuple[tuple[str, str], ...]:
@@ -281,6 +282,9 @@ class Settings:
             fhir_max_transaction_updates=_cap("PLANBRIDGE_FHIR_MAX_TRANSACTION_UPDATES", env),
             auth_lockout_seconds=float(
                 _number("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", env.get("PLANBRIDGE_AUTH_LOCKOUT_SECONDS", "60"), float, 1)
+            ),
+            gbo_reliable_change=float(
+                _number("PLANBRIDGE_GBO_RELIABLE_CHANGE", env.get("PLANBRIDGE_GBO_RELIABLE_CHANGE", "2.45"), float, 0)
             ),
             **_auth(env),
         )

@@ -30,6 +30,7 @@ TYPES = (
     "goal.status_changed",
     "goal.revised",
     "checkin.recorded",
+    "outcome.recorded",
     "step.added",
     "step.updated",
     "step.done",
@@ -169,6 +170,13 @@ class Story:
                 _optional(target, draw, "text", texts)
             _optional(target, draw, "due_date", dates)
             goal["targets"] = [target]
+        if draw(st.booleans()):
+            goal["contingencies"] = [{"if": draw(texts), "then": draw(texts)}]
+            _optional(goal["contingencies"][0], draw, "owner", st.sampled_from(self.members))
+        if draw(st.booleans()):
+            levels = sometimes(st.sampled_from(["-2", "-1", "0", "1", "2"]), st.sampled_from(["3", "+1", " 0"]))
+            goal["gas_levels"] = draw(st.dictionaries(levels, texts, min_size=1, max_size=3))
+        _optional(goal, draw, "gas_weight", sometimes(st.sampled_from([0.5, 1, 2.5]), st.sampled_from([0, -1, 1e9])))
         return goal
 
 
@@ -247,6 +255,15 @@ def _data(draw: st.DrawFn, story: Story, kind: str) -> dict[str, Any]:
             _optional(data, draw, "unit", units)
         _optional(data, draw, "note", texts)
         _optional(data, draw, "recorded_by", st.sampled_from(story.members))
+    elif kind == "outcome.recorded":
+        scale = draw(sometimes(st.sampled_from(["gbo", "gas"]), st.sampled_from(["GBO", "sdq", ""])))
+        in_range = st.integers(0, 10) if scale == "gbo" else st.integers(-2, 2)
+        data.update(goal_id=story.pick(draw, story.goals), scale=scale, rated_by=story.pick(draw, story.members))
+        data["score"] = draw(sometimes(in_range, st.sampled_from([11, -3, 2.5, "4", True, 2**31])))
+        data["occasion"] = draw(sometimes(st.sampled_from(["baseline", "session", "review", "end"]), st.just("later")))
+        data["at"] = draw(instants)
+        _optional(data, draw, "note", texts)
+        _optional(data, draw, "rating_id", sometimes(ids, bad_ids))
     elif kind == "step.added":
         step = draw(sometimes(ids, bad_ids))
         story.steps.append(step)

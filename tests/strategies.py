@@ -16,7 +16,18 @@ from datetime import date
 from hypothesis import strategies as st
 
 from service.domain import model
-from service.domain.model import Agreement, CheckIn, Goal, Member, Patient, Plan, Step, Target
+from service.domain.model import (
+    Agreement,
+    CheckIn,
+    Contingency,
+    Goal,
+    Member,
+    OutcomeRating,
+    Patient,
+    Plan,
+    Step,
+    Target,
+)
 from service.domain.terminology import ROLES
 from service.domain.types import Coding, Concept, Identifier, Note, Quantity, Range, Ratio, Ref
 
@@ -182,6 +193,30 @@ def check_ins(draw: st.DrawFn, member_ids: list[str], check_in_id: str) -> Check
     return check_in
 
 
+@st.composite
+def ratings(draw: st.DrawFn, member_ids: list[str], rating_id: str) -> OutcomeRating:
+    """An outcome rating: a GBO score 0-10 or a GAS level -2..+2, at an occasion, by a member."""
+    scale = draw(st.sampled_from(model.OUTCOME_SCALES))
+    low, high = model.SCORE_RANGES[scale]
+    return OutcomeRating(
+        id=rating_id,
+        scale=scale,
+        score=draw(st.integers(low, high)),
+        occasion=draw(st.sampled_from(model.OUTCOME_OCCASIONS)),
+        rated_by=draw(st.sampled_from(member_ids)),
+        at=draw(date_times),
+        note=draw(st.none() | texts),
+    )
+
+
+def contingencies(member_ids: list[str]) -> st.SearchStrategy[Contingency]:
+    """An "if ..., then ..." plan, owned by a member or nobody."""
+    return st.builds(Contingency, texts, texts, st.none() | st.sampled_from(member_ids))
+
+
+gas_weights = st.floats(min_value=0.001, max_value=1000, allow_nan=False, allow_infinity=False)
+
+
 def _lifecycle_statuses(goal_setting: str, patient_agreement: str | None) -> list[str]:
     """Statuses the collaboration rules allow, given goal setting and the patient's agreement."""
     allowed = list(model.GOAL_LIFECYCLE_STATUSES)
@@ -207,7 +242,8 @@ def goals(draw: st.DrawFn, team: list[Member], goal_id: str, earlier: list[str],
     ]
     patient = next((m.id for m in team if m.kind == "patient"), None)
     patient_agreement = next((a.status for a in agreements if a.member_id == patient), None)
-    check_in_ids = draw(st.lists(short_ids, unique=True, max_size=2))
+    observation_ids = draw(st.lists(short_ids, unique=True, max_size=4))  # check-ins and ratings share ids
+    check_in_ids, rating_ids = observation_ids[:2], observation_ids[2:]
     return Goal(
         id=goal_id,
         description=draw(concepts),
@@ -227,6 +263,10 @@ def goals(draw: st.DrawFn, team: list[Member], goal_id: str, earlier: list[str],
         check_ins=[draw(check_ins(member_ids, c)) for c in check_in_ids],
         replaces=draw(st.none() | st.sampled_from(earlier)) if earlier else None,
         identifiers=draw(st.lists(identifiers, max_size=1)),
+        ratings=[draw(ratings(member_ids, r)) for r in rating_ids],
+        gas_levels=draw(st.dictionaries(st.sampled_from(model.GAS_LEVELS), texts, max_size=5)),
+        gas_weight=draw(st.none() | gas_weights),
+        contingencies=draw(st.lists(contingencies(member_ids), max_size=2)),
     )
 
 

@@ -1,7 +1,9 @@
 """Turn domain dataclasses into JSON-ready dicts and back, guided by their type hints.
 
 This is the plan JSON format's single source: keys are the dataclass field names, dates are ISO
-8601 strings, decimals are JSON numbers, and absent optional values are left out.
+8601 strings, decimals are JSON numbers, and absent optional values are left out. A field's
+metadata may rename its key (`{"json": "if"}`: a Python keyword as a field name) or leave it out
+when empty (`{"omit_empty": True}`: an empty dict is not written).
 """
 
 from __future__ import annotations
@@ -22,9 +24,14 @@ _AS_IS = frozenset({str, int, float, bool, type(None), dict})
 
 
 @functools.cache
-def _field_names(cls: type) -> tuple[str, ...] | None:
-    """Return the field names of a dataclass, None for any other class (looked up once per class)."""
-    return tuple(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
+def _field_names(cls: type) -> tuple[tuple[str, str, bool], ...] | None:
+    """Return (field name, JSON key, omit when empty) of a dataclass's fields, None for any other class
+    (looked up once per class)."""
+    if not dataclasses.is_dataclass(cls):
+        return None
+    return tuple(
+        (f.name, f.metadata.get("json", f.name), bool(f.metadata.get("omit_empty"))) for f in dataclasses.fields(cls)
+    )
 
 
 def to_dict(obj: Any) -> Any:
@@ -35,11 +42,11 @@ def to_dict(obj: Any) -> Any:
     names = _field_names(cls)
     if names is not None:
         out: dict[str, Any] = {}
-        for name in names:
+        for name, key, omit_empty in names:
             value = getattr(obj, name)
-            if value is None or value == []:
+            if value is None or value == [] or (omit_empty and not value):
                 continue
-            out[name] = value if type(value) in _AS_IS else to_dict(value)
+            out[key] = value if type(value) in _AS_IS else to_dict(value)
         return out
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
@@ -85,11 +92,12 @@ def _converter(tp: Any) -> Callable[[Any], Any]:
 
 
 @functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
+def _field_types(cls: type) -> dict[str, tuple[str, Any]]:
+    """Map each JSON key of a dataclass to (field name, type)."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return {f.metadata.get("json", f.name): (f.name, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
 def _build(cls: type, value: dict[str, Any]) -> Any:
     fields = _field_types(cls)
-    return cls(**{k: _convert(fields[k], v) for k, v in value.items() if k in fields})
+    return cls(**{fields[k][0]: _convert(fields[k][1], v) for k, v in value.items() if k in fields})

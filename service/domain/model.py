@@ -58,6 +58,13 @@ CLOSED_GOAL_STATUSES = ("completed", "cancelled", "entered-in-error", "rejected"
 
 REMOVAL_KINDS = ("deleted", "removed")
 
+# Outcome ratings (docs/plan-format.md#outcomerating): Goal-Based Outcomes (GBO, 0-10) and Goal Attainment
+# Scaling (GAS, -2..+2), each on a goal, at an occasion of the work together.
+OUTCOME_SCALES = ("gbo", "gas")
+OUTCOME_OCCASIONS = ("baseline", "session", "review", "end")
+SCORE_RANGES = {"gbo": (0, 10), "gas": (-2, 2)}
+GAS_LEVELS = ("-2", "-1", "0", "1", "2")
+
 
 @dataclass
 class Removal:
@@ -161,6 +168,33 @@ class CheckIn:
 
 
 @dataclass
+class OutcomeRating:
+    """A rating of how far a goal has come: a GBO score (0-10) or a GAS level (-2..+2), by a team member.
+
+    `occasion` is when in the work it was given (baseline, session, review, end); `at` the instant.
+    On FHIR it is an Observation coded from planbridge's outcome-scale CodeSystem (docs/mapping.md).
+    """
+
+    id: str
+    scale: str
+    score: int
+    occasion: str
+    rated_by: str
+    at: str
+    note: str | None = None
+    fhir_extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Contingency:
+    """An "if ..., then ..." plan agreed for a setback on a goal, and who acts on it (a member id)."""
+
+    if_: str = field(metadata={"json": "if"})
+    then: str
+    owner: str | None = None
+
+
+@dataclass
 class Goal:
     """A goal in the patient's own words, who proposed it, who agrees, its targets and progress."""
 
@@ -184,6 +218,11 @@ class Goal:
     identifiers: list[Identifier] = field(default_factory=list)
     fhir_extra: dict[str, Any] = field(default_factory=dict)
     removed_in_ehr: Removal | None = None
+    ratings: list[OutcomeRating] = field(default_factory=list)
+    # What each GAS level means for this goal ("-2" much less than expected ... "2" much more).
+    gas_levels: dict[str, str] = field(default_factory=dict, metadata={"omit_empty": True})
+    gas_weight: float | None = None  # this goal's weight in the plan's GAS T-score (absent: 1)
+    contingencies: list[Contingency] = field(default_factory=list)
 
     def agreement(self, member_id: str) -> Agreement | None:
         """Return this member's agreement, or None when they have not given one."""

@@ -7,15 +7,20 @@ Each problem is an `Issue` naming the element path in the plan JSON, so an API a
 - everyone whose agreement is recorded, who proposed a goal, or owns a step is in the plan's team;
 - a member's agreement is recorded at most once per goal;
 - while the patient has declined to set goals, no goal is `proposed`, `accepted` or `active`.
+Outcome ratings are checked too: a known scale and occasion, a score in the scale's range (GBO 0-10,
+GAS -2..+2), a rater named in the team, ids unique among a goal's check-ins and ratings (both are
+Observations identified by the goal and that id); GAS level descriptions are keyed "-2".."2", a GAS
+weight is positive, a contingency has an "if" and a "then" and an owner named in the team.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 
 from service.domain import model
-from service.domain.model import Goal, Plan, Target
+from service.domain.model import Goal, OutcomeRating, Plan, Target
 
 
 @dataclass(frozen=True)
@@ -66,11 +71,52 @@ def _check_goal(plan: Plan, goal: Goal, path: str) -> list[Issue]:
             issues.append(Issue(f"{path}.agreements[{i}].member_id", "agreement from someone not on the team"))
     issues += _duplicates([a.member_id for a in goal.agreements], f"{path}.agreements")
     issues += _duplicates([c.id for c in goal.check_ins], f"{path}.check_ins")
+    issues += _check_outcomes(goal, members, path)
     if goal.proposed_by is not None and goal.proposed_by not in members:
         issues.append(Issue(f"{path}.proposed_by", "proposed by someone not named in the team"))
     if goal.replaces is not None and plan.goal(goal.replaces) is None:
         issues.append(Issue(f"{path}.replaces", f"replaces unknown goal {goal.replaces!r}"))
     issues += _collaboration(plan, goal, path)
+    return issues
+
+
+def check_rating(rating: OutcomeRating, path: str) -> list[Issue]:
+    """Check one outcome rating on its own: its scale, occasion, and a score in the scale's range."""
+    issues = _enum(rating.scale, model.OUTCOME_SCALES, f"{path}.scale")
+    issues += _enum(rating.occasion, model.OUTCOME_OCCASIONS, f"{path}.occasion")
+    low, high = model.SCORE_RANGES.get(rating.scale, (None, None))
+    if type(rating.score) is not int:
+        issues.append(Issue(f"{path}.score", "a score is a whole number", code="value"))
+    elif low is not None and not low <= rating.score <= high:
+        issues.append(Issue(f"{path}.score", f"a {rating.scale} score is from {low} to {high}", code="value"))
+    return issues
+
+
+def _check_outcomes(goal: Goal, members: set[str], path: str) -> list[Issue]:
+    issues = []
+    for i, rating in enumerate(goal.ratings):
+        issues += check_rating(rating, f"{path}.ratings[{i}]")
+        if rating.rated_by not in members:
+            issues.append(Issue(f"{path}.ratings[{i}].rated_by", f"{rating.rated_by!r} is not in the team"))
+    taken = {c.id for c in goal.check_ins}
+    issues += _duplicates([r.id for r in goal.ratings], f"{path}.ratings")
+    for i, rating in enumerate(goal.ratings):
+        if rating.id in taken:
+            issues.append(
+                Issue(f"{path}.ratings[{i}].id", f"id {rating.id!r} is a check-in's of this goal", code="duplicate")
+            )
+    issues += [
+        Issue(f"{path}.gas_levels.{k}", f"a GAS level is one of {', '.join(model.GAS_LEVELS)}", code="code-invalid")
+        for k in goal.gas_levels
+        if k not in model.GAS_LEVELS
+    ]
+    if goal.gas_weight is not None and not (math.isfinite(goal.gas_weight) and goal.gas_weight > 0):
+        issues.append(Issue(f"{path}.gas_weight", "a GAS weight is a positive number", code="value"))
+    for i, contingency in enumerate(goal.contingencies):
+        if not contingency.if_.strip() or not contingency.then.strip():
+            issues.append(Issue(f"{path}.contingencies[{i}]", "a contingency needs an if and a then", code="required"))
+        if contingency.owner is not None and contingency.owner not in members:
+            issues.append(Issue(f"{path}.contingencies[{i}].owner", f"{contingency.owner!r} is not in the team"))
     return issues
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import validate_bundle
 from service.domain.errors import InvalidInput, MappingError
-from service.domain.model import CheckIn, Plan
+from service.domain.model import CheckIn, OutcomeRating, Plan
 
 
 class Undeliverable(InvalidInput):
@@ -28,14 +28,20 @@ class Undeliverable(InvalidInput):
 
 
 def _touched_only(before: Plan | None, after: Plan) -> Plan:
-    """Return `after` keeping, of its check-ins, only those new or changed since `before`."""
+    """Return `after` keeping, of its check-ins and outcome ratings, only those new or changed since `before`
+    (a rating's Observation, like a check-in's, depends only on the rating)."""
     if before is None:
         return after
     old: dict[tuple[str, str], CheckIn] = {(g.id, c.id): c for g in before.goals for c in g.check_ins}
+    rated: dict[tuple[str, str], OutcomeRating] = {(g.id, r.id): r for g in before.goals for r in g.ratings}
     goals = []
     for goal in after.goals:
         kept = [c for c in goal.check_ins if old.get((goal.id, c.id)) != c]
-        goals.append(goal if len(kept) == len(goal.check_ins) else dataclasses.replace(goal, check_ins=kept))
+        new_ratings = [r for r in goal.ratings if rated.get((goal.id, r.id)) != r]
+        if len(kept) == len(goal.check_ins) and len(new_ratings) == len(goal.ratings):
+            goals.append(goal)
+        else:
+            goals.append(dataclasses.replace(goal, check_ins=kept, ratings=new_ratings))
     return dataclasses.replace(after, goals=goals)
 
 

@@ -24,6 +24,7 @@ STORY = [
     "goal-status-changed",
     "step-added",
     "checkin-recorded",
+    "outcome-recorded",
     "step-updated",
     "note-added",
     "goal-revised",
@@ -163,6 +164,14 @@ def test_a_whole_collaborative_story_reaches_the_fhir_server_event_by_event(live
     assert observation["code"]["coding"][0]["code"] == "41950-7"  # the goal's target measure, by default
     assert s.goal("goal-walk")["outcomeReference"] == [{"reference": f"Observation/{observation['id']}"}]
 
+    s.post("outcome-recorded")
+    s.push()
+    rating = s.find("Observation", "checkin", f"{s.plan_id}/goal-walk/gbo-1")  # the rating's id: its scale, then n
+    assert (rating["status"], rating["valueInteger"], rating["code"]["coding"][0]["code"]) == ("final", 3, "gbo")
+    assert rating["focus"] == [{"reference": f"Goal/{walk['id']}"}]
+    assert _extension(rating, f"{EXT}/outcome-occasion")["valueCode"] == "baseline"
+    assert s.goal("goal-walk")["outcomeReference"][1] == {"reference": f"Observation/{rating['id']}"}
+
     s.post("step-updated")
     s.push()
     (activity,) = s.careplan()["activity"]
@@ -181,6 +190,12 @@ def test_a_whole_collaborative_story_reaches_the_fhir_server_event_by_event(live
     relationship = _parts(_extension(old, RELATIONSHIP))
     assert relationship["target"]["valueReference"]["reference"] == f"Goal/{new['id']}"
     assert s.careplan()["activity"][0]["detail"]["goal"][0]["reference"] == f"Goal/{new['id']}"
+    plan_b = _parts(_extension(new, f"{EXT}/goal-contingency"))
+    assert (plan_b["if"]["valueString"], plan_b["then"]["valueString"]) == (
+        "It rains on Sunday",
+        "Walk round the shopping centre instead",
+    )
+    assert _extension(new, f"{EXT}/goal-barrier")["valueString"] == "Sunday afternoons are busy with family visits"
 
     s.post("step-done")
     s.push()

@@ -114,6 +114,8 @@ def test_the_demo_tells_the_whole_story(running, fhir_base_url):
     run_demo(running.url, fhir_base_url, SECRET, KEY, running.settings.identifier_base, lines.append)
     story = "\n".join(lines)
     assert "agreements: Sam Example: agree, Owen Hughes: agree, Dr Ana Ruiz: agree; check-ins: 1" in story
+    assert "outcome ratings: 2" in story  # the GBO ratings at baseline and review, Observations on the server
+    assert "/outcomes: goal-walk GBO 3 -> 6 (+3: a reliable change, threshold 2.45)" in story
     assert "received ehr.plan_changed" in story and "signature verified" in story
     assert "goals[id=goal-walk].lifecycle_status" in story
     # the demo's listener is gone with it: its subscription goes too, or every later delivery would fail

@@ -1,4 +1,5 @@
-"""Schemas for goal events: goal.proposed/revised/status_changed, agreement.recorded, checkin.recorded."""
+"""Schemas for goal events: goal.proposed/revised/status_changed, agreement.recorded, checkin.recorded,
+outcome.recorded."""
 
 from __future__ import annotations
 
@@ -25,14 +26,20 @@ from service.domain.changes import (
     ProposerSpec,
     RecordAgreement,
     RecordCheckIn,
+    RecordOutcome,
     ReviseGoal,
 )
 from service.domain.model import (
     AGREEMENT_STATUSES,
     COMPARATORS,
+    GAS_LEVELS,
     GOAL_ACHIEVEMENT_STATUSES,
     GOAL_LIFECYCLE_STATUSES,
     GOAL_PRIORITIES,
+    OUTCOME_OCCASIONS,
+    OUTCOME_SCALES,
+    SCORE_RANGES,
+    Contingency,
     Goal,
     Target,
 )
@@ -80,6 +87,18 @@ def priority_concept(code: str | None) -> Concept | None:
     return Concept(codings=[Coding(GOAL_PRIORITY_SYSTEM, code)]) if code else None
 
 
+class ContingencySchema(Schema):
+    """An "if ..., then ..." plan for a setback: `{"if": ..., "then": ..., "owner"?: member id}`."""
+
+    if_ = fields.String(required=True, data_key="if", validate=TEXT)
+    then = fields.String(required=True, validate=TEXT)
+    owner = fields.String(validate=ID)
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> Contingency:
+        return Contingency(data["if_"], data["then"], data.get("owner"))
+
+
 class GoalFieldsSchema(Schema):
     """A goal's own fields, shared by goal.proposed and goal.revised."""
 
@@ -89,6 +108,12 @@ class GoalFieldsSchema(Schema):
     start_date = fields.Date()
     due_date = fields.Date()
     targets = fields.List(fields.Nested(TargetSchema), validate=validate.Length(max=20))
+    barriers = fields.List(fields.String(validate=TEXT), validate=validate.Length(max=20))
+    contingencies = fields.List(fields.Nested(ContingencySchema), validate=validate.Length(max=20))
+    gas_levels = fields.Dict(
+        keys=fields.String(validate=validate.OneOf(GAS_LEVELS)), values=fields.String(validate=TEXT)
+    )
+    gas_weight = fields.Float(allow_nan=False, validate=validate.Range(min=0, max=1000, min_inclusive=False))
 
     def goal(self, data: dict[str, Any]) -> Goal:
         """Return the goal; a goal-level due date fills the targets that have none (or is one target)."""
@@ -102,6 +127,10 @@ class GoalFieldsSchema(Schema):
             priority=priority_concept(data.get("priority")),
             start_date=data["start_date"].isoformat() if "start_date" in data else None,
             targets=targets,
+            barriers=data.get("barriers", []),
+            contingencies=data.get("contingencies", []),
+            gas_levels=data.get("gas_levels", {}),
+            gas_weight=data.get("gas_weight"),
         )
 
 
@@ -219,4 +248,41 @@ class CheckinRecordedDataSchema(Schema):
             text=data.get("text"),
             note=data.get("note"),
             recorded_by=data.get("recorded_by"),
+        )
+
+
+class OutcomeRecordedDataSchema(Schema):
+    plan_id = fields.String(required=True, validate=ID)
+    goal_id = fields.String(required=True, validate=ID)
+    rating_id = fields.String(validate=ID)
+    scale = fields.String(required=True, validate=validate.OneOf(OUTCOME_SCALES))
+    score = fields.Integer(
+        required=True,
+        strict=True,
+        validate=validate.Range(min=-2, max=10, error="a score is a whole number: GBO 0 to 10, GAS -2 to +2"),
+    )
+    occasion = fields.String(required=True, validate=validate.OneOf(OUTCOME_OCCASIONS))
+    rated_by = fields.String(required=True, validate=ID)
+    at = FhirDateTime(required=True)
+    note = fields.String(validate=TEXT)
+
+    @validates_schema
+    def in_range(self, data: dict[str, Any], **_: Any) -> None:
+        low, high = SCORE_RANGES.get(data.get("scale", ""), (None, None))
+        score = data.get("score")
+        if low is not None and score is not None and not low <= score <= high:
+            raise ValidationError(f"a {data['scale']} score is a whole number from {low} to {high}", "score")
+
+    @post_load
+    def make(self, data: dict[str, Any], **_: Any) -> RecordOutcome:
+        return RecordOutcome(
+            plan_id=data["plan_id"],
+            goal_id=data["goal_id"],
+            scale=data["scale"],
+            score=data["score"],
+            occasion=data["occasion"],
+            rated_by=data["rated_by"],
+            at=data["at"].isoformat(),
+            note=data.get("note"),
+            rating_id=data.get("rating_id"),
         )

@@ -25,6 +25,7 @@ from service.domain.changes.goals import (
     ProposeGoal,
     RecordAgreement,
     RecordCheckIn,
+    RecordOutcome,
     ReviseGoal,
     propose_goal,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "ProposerSpec",
     "RecordAgreement",
     "RecordCheckIn",
+    "RecordOutcome",
     "ResumeGoalSetting",
     "ReviewPlan",
     "ReviseGoal",

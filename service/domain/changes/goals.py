@@ -1,4 +1,5 @@
-"""Changes to goals: goal.proposed/revised/status_changed, agreement.recorded and checkin.recorded."""
+"""Changes to goals: goal.proposed/revised/status_changed, agreement.recorded, checkin.recorded and
+outcome.recorded."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from service.domain.changes.base import (
 )
 from service.domain.changes.team import ProposerSpec, join
 from service.domain.errors import Conflict, RuleViolation
-from service.domain.model import Agreement, CheckIn, Goal, Patient, Plan
+from service.domain.model import Agreement, CheckIn, Goal, OutcomeRating, Patient, Plan
+from service.domain.rules import check_rating
 from service.domain.types import Concept, Quantity
 
 
@@ -177,5 +179,42 @@ class RecordCheckIn:
                 self.recorded_by,
             )
         )
+        plan.touch(at)
+        return plan
+
+
+@dataclass(frozen=True)
+class RecordOutcome:
+    """outcome.recorded: a team member rates how far a goal has come (GBO 0-10 or GAS -2..+2)."""
+
+    plan_id: str
+    goal_id: str
+    scale: str
+    score: int
+    occasion: str
+    rated_by: str
+    at: str
+    note: str | None = None
+    rating_id: str | None = None
+
+    def apply(self, plan: Plan | None, at: str) -> Plan:
+        """Add the rating to the goal; its id is given, or the next free `{scale}-{n}` of the goal."""
+        plan = _open_plan(plan, self.plan_id)
+        goal = _goal(plan, self.goal_id)
+        member = _on_team(plan, self.rated_by, "rated_by")
+        taken = {c.id for c in goal.check_ins} | {r.id for r in goal.ratings}
+        rating_id = self.rating_id
+        if rating_id is None:
+            n = sum(1 for r in goal.ratings if r.scale == self.scale) + 1
+            while f"{self.scale}-{n}" in taken:
+                n += 1
+            rating_id = f"{self.scale}-{n}"
+        elif rating_id in taken:
+            raise Conflict(f"rating {rating_id} already exists on goal {goal.id}", goal_id=goal.id)
+        rating = OutcomeRating(rating_id, self.scale, self.score, self.occasion, member.id, self.at, self.note)
+        problems = check_rating(rating, "rating")
+        if problems:
+            raise RuleViolation(problems[0].message, goal_id=goal.id, errors={p.path: p.message for p in problems})
+        goal.ratings.append(rating)
         plan.touch(at)
         return plan
