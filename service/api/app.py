@@ -6,7 +6,8 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from service import console
-from service.api import errors, fhir_notifications, health, metrics, openapi, plans, subscriptions, webhooks
+from service.api import errors, fhir_notifications, health, metrics, openapi, outcomes, plans, subscriptions, webhooks
+from service.api import history as plan_history  # GET /plans/{id}/history
 from service.api.container import Container
 from service.api.digits import AsciiIntConverter
 from service.domain.errors import ConfigurationError
@@ -33,10 +34,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         health.bp,
         webhooks.bp,
         plans.bp,
+        outcomes.bp,
         openapi.bp,
         fhir_notifications.bp,
         subscriptions.bp,
         console.bp,
+        plan_history.bp,
     ):
         app.register_blueprint(blueprint)
     return app

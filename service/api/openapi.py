@@ -12,7 +12,7 @@ from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Blueprint, Response, current_app
 
-from service.api.openapi_paths import _fhir_notification_paths, _paths
+from service.api.openapi_paths import _fhir_notification_paths, _history_paths, _paths
 from service.api.openapi_schemas import KEYED, _plan_components, _problem, _schema_name
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
 
@@ -81,6 +81,7 @@ def build_spec() -> dict[str, Any]:
         event_refs.append({"$ref": f"#/components/schemas/{name}"})
     _paths(spec, event_refs)
     _fhir_notification_paths(spec)
+    _history_paths(spec)
     document = json.loads(json.dumps(spec.to_dict(), default=float))  # Decimal bounds become JSON numbers
     throttled = _problem("too many failed API keys from this client address or with this key prefix (Retry-After)")
     throttled["headers"] = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

@@ -69,7 +69,9 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "description": "Give exactly one of patient_mrn, careplan (`CarePlan/123` or `123`) or url "
                 "(`[base]/CarePlan/123` on the configured FHIR server). Each CarePlan becomes the plan "
                 "`careplan-<id>`, tracked by resource id; adopting again re-reads it (`unchanged` when "
-                "nothing moved). Answers `{adopted: [{plan_id, outcome}], requests}`.",
+                "nothing moved). Answers `{adopted: [{plan_id, outcome}], requests, notifications}`; "
+                "`notifications` (`{subscribed, patients, subscriptions, detail}`) says which FHIR Subscriptions "
+                "notify planbridge of the EHR's edits to the adopted plans, or why none do.",
                 "security": KEYED,
                 "requestBody": {"required": True, "content": {JSON_BODY: {"schema": "AdoptSchema"}}},
                 "responses": {
@@ -125,6 +127,65 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                     "502": _problem("the FHIR server failed"),
                 },
             },
+        },
+    )
+    rating = {
+        "type": "object",
+        "properties": {
+            "id": {"type": "string"},
+            "scale": {"enum": ["gbo", "gas"]},
+            "score": {"type": "integer"},
+            "occasion": {"enum": ["baseline", "session", "review", "end"]},
+            "rated_by": {"type": "string"},
+            "at": {"type": "string"},
+            "note": {"type": "string"},
+        },
+    }
+    outcomes = {
+        "type": "object",
+        "properties": {
+            "plan_id": {"type": "string"},
+            "goals": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "goal_id": {"type": "string"},
+                        "scale": {"enum": ["gbo", "gas"]},
+                        "baseline": {"type": "integer"},
+                        "latest": {"type": "integer"},
+                        "change": {"type": ["integer", "null"]},
+                        "reliable_change": {"type": ["boolean", "null"]},
+                        "ratings": {"type": "array", "items": rating},
+                    },
+                },
+            },
+            "gas": {
+                "type": ["object", "null"],
+                "properties": {
+                    "t_score": {"type": ["number", "null"]},
+                    "baseline_t_score": {"type": ["number", "null"]},
+                    "goals": {"type": "integer"},
+                    "weights": {"type": "object", "additionalProperties": {"type": "number"}},
+                    "rho": {"type": "number"},
+                    "source": {"type": "string"},
+                },
+            },
+            "reliable_change": {
+                "type": "object",
+                "properties": {"gbo": {"type": "number"}, "source": {"type": "string"}},
+            },
+        },
+    }
+    spec.path(
+        "/plans/{plan_id}/outcomes",
+        operations={
+            "get": {
+                "summary": "Outcome ratings per goal and scale (baseline, latest, change) and the GAS T-score",
+                "security": KEYED,
+                "parameters": [plan_id],
+                "responses": {"200": _ok("the plan's outcomes", outcomes), **denied},
+            }
         },
     )
     spec.path(
@@ -340,6 +401,66 @@ def _fhir_notification_paths(spec: APISpec) -> None:
                 ],
                 "responses": answers,
                 "requestBody": {"content": {"application/fhir+json": {"schema": resource}}},
+            }
+        },
+    )
+
+
+def _history_paths(spec: APISpec) -> None:
+    """GET /plans/{plan_id}/history (service.api.history): a plan's accepted changes, a page at a time."""
+    from service.api.history import HistoryQuerySchema
+
+    team = {
+        "type": ["object", "null"],
+        "properties": {
+            "sender": {"type": ["string", "null"]},
+            "event_id": {"type": ["string", "null"]},
+            "members": {"type": "array", "items": {"type": "string"}},
+        },
+    }
+    ehr = {
+        "type": ["object", "null"],
+        "properties": {
+            "resource_type": {"type": ["string", "null"]},
+            "resource_id": {"type": ["string", "null"]},
+            "resource_version": {"type": ["string", "null"]},
+            "outcome": {"type": ["string", "null"]},
+        },
+    }
+    entry = {
+        "type": "object",
+        "required": ["sequence", "at", "plan_version", "source", "event_type", "paths", "paths_total"],
+        "properties": {
+            "sequence": {"type": "integer", "minimum": 1},
+            "at": {"type": "string", "format": "date-time"},
+            "plan_version": {"type": "integer"},
+            "source": {"enum": ["team", "ehr"]},
+            "event_type": {"type": "string"},
+            "paths": {"type": "array", "items": {"type": "string"}, "maxItems": 50},
+            "paths_total": {"type": "integer"},
+            "team": team,
+            "ehr": ehr,
+        },
+    }
+    spec.path(
+        "/plans/{plan_id}/history",
+        operations={
+            "get": {
+                "summary": "Every accepted change of the plan, oldest first, a page at a time (Link: rel=next)",
+                "description": "From the team (sender, event type and id, member ids named) or from the EHR "
+                "(resource, version, outcome), with the plan paths each changed. `?after=<sequence>` and "
+                "`?limit=` (1-1000, default 100). Ids, types and paths only: no value of the plan.",
+                "security": KEYED,
+                "parameters": [
+                    {"name": "plan_id", "in": "path", "required": True, "schema": {"type": "string"}},
+                    {"in": "query", "schema": HistoryQuerySchema},
+                ],
+                "responses": {
+                    "200": _ok("the changes", {"type": "array", "items": entry}),
+                    "400": _problem("a limit or position out of range"),
+                    "401": _problem("no valid API key"),
+                    "404": _problem("no such plan"),
+                },
             }
         },
     )

@@ -136,6 +136,9 @@ class SyncStateRow(Base):
     # server may hold what the plan's links and merge base do not know about yet.
     push_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     push_sent_document: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, nullable=True)  # what it sent
+    # The last plan_history sequence a successful push carried: the next push's Provenance names the
+    # senders and members of the team changes after it (service.sync.provenance).
+    provenance_through: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
 
 
 class ConflictRow(Base):
@@ -239,3 +242,27 @@ class AuthFailureRow(Base):
     window_start: Mapped[float] = mapped_column(sa.Float)
     failures: Mapped[int] = mapped_column(sa.Integer)
     blocked_until: Mapped[float] = mapped_column(sa.Float)  # 0 when not blocked
+
+
+class PlanHistoryRow(Base):
+    """One accepted change of a plan, in order: from the team (sender, event type and id, members named) or
+    from the EHR (the resource pulled and its version), with the plan paths it changed. Ids, types and
+    paths only: never a value from the plan."""
+
+    __tablename__ = "plan_history"
+
+    plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    sequence: Mapped[int] = mapped_column(sa.Integer, primary_key=True)  # the change log's (plan_sequences)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    source: Mapped[str] = mapped_column(sa.String(8))  # "team" or "ehr"
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    plan_version: Mapped[int] = mapped_column(sa.Integer)
+    sender: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    event_id: Mapped[str | None] = mapped_column(sa.String(256), nullable=True)
+    members: Mapped[list[str] | None] = mapped_column(sa.JSON, nullable=True)  # member ids the event named
+    resource_type: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    resource_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    resource_version: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    outcome: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)  # a pull's: updated, merged, ...
+    paths: Mapped[list[str]] = mapped_column(sa.JSON)  # at most MAX_HISTORY_PATHS
+    paths_total: Mapped[int] = mapped_column(sa.Integer)  # how many paths changed, those left out included

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.store.repo_common import row_dict
+from service.store.repo_history import HistoryRepository
 from service.store.repo_notify import (
     DELIVERY_LOG_LENGTH,
     MAX_ROW_ID,
@@ -36,6 +37,7 @@ __all__ = [
     "PUSH_KINDS",
     "DeliveryRepository",
     "FhirLinkRepository",
+    "HistoryRepository",
     "InboundEventRepository",
     "OutboxRepository",
     "PlanRepository",
@@ -82,6 +84,7 @@ class UnitOfWork:
         self.sync = SyncRepository(self.session)
         self.subscriptions = SubscriptionRepository(self.session)
         self.deliveries = DeliveryRepository(self.session)
+        self.history = HistoryRepository(self.session)
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:

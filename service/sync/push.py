@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -34,6 +34,7 @@ from service.sync.adopt import is_adopted
 from service.sync.deletions import on_server, prune_goal_references
 from service.sync.delta import only_changes
 from service.sync.merge import mask, strip_bookkeeping
+from service.sync.provenance import Carried, carried, is_provenance, provenance_entry
 from service.sync.recovery import RECREATED, RELINKED, recover_links
 from service.sync.split import (
     LEARNED,
@@ -48,6 +49,7 @@ from service.sync.split import (
     realize,
     split_bundle,
     tightest,
+    with_last,
 )
 
 log = logging.getLogger(__name__)
@@ -168,6 +170,8 @@ class _Snapshot:
     requests: int
     patient_ref: str | None
     held: bool = False  # some open conflict's path went out at the server's value
+    carried: Carried = field(default_factory=Carried)  # the team changes it carries (its Provenance's agents)
+    provenance: dict[str, Any] | None = None  # the Provenance entry sent with the Bundle's entries
 
 
 RECONCILE = "reconcile"  # an earlier push's outcome was never recorded: read the server first
@@ -229,7 +233,11 @@ class Pusher:
             base = self._base_bundle(state.base_document, links, patient_ref) if adopted else None
             if base is not None:
                 bundle = only_changes(bundle, base)
-            snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held))
+            what = carried(self.uow, plan_id, state.provenance_through)
+            snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held), what)
+            snapshot.provenance = provenance_entry(
+                sent, bundle["entry"], what, links, patient_ref, self.settings.identifier_base, self.clock(), local_key
+            )
         if not bundle["entry"]:  # the server already holds all of it: nothing to send
             self._record(snapshot, {})
             return PushResult(plan_id, self._status(plan_id), spent)
@@ -355,11 +363,14 @@ class Pusher:
         Bundle goes again at once, split; a size refusal of a split push is a stop (no retry storm).
         """
         entries = snapshot.bundle["entry"]
-        limits = self._limits(entries, tally)
-        if fits(entries, limits):
+        # The Provenance goes in the same transaction as what it records, and counts toward the limits.
+        sent = [*entries, snapshot.provenance] if snapshot.provenance is not None else entries
+        limits = self._limits(sent, tally)
+        if fits(sent, limits):
             tally.requests, tally.transactions = tally.requests + 1, tally.transactions + 1
             try:
-                answer = self.client.transaction(snapshot.bundle, idempotent=True)  # every entry is conditional
+                # Every entry is conditional or pinned (If-Match) but the Provenance, a plain create.
+                answer = self.client.transaction({**snapshot.bundle, "entry": sent}, idempotent=True)
             except FhirError as exc:
                 if exc.decision != "split":
                     raise
@@ -368,7 +379,7 @@ class Pusher:
                     self.uow.sync.set_cursor(limits_cursor(self.client.base_url), encode_limits(learned))
                     self.uow.commit()
                 limits = tightest(limits, learned)
-                if fits(entries, limits):
+                if fits(sent, limits):
                     exc.decision = "stop"  # within the caps it names already: splitting cannot help
                     raise
                 log.info("plan %s: the server refused the transaction as too large; splitting it", snapshot.plan.id)
@@ -376,6 +387,8 @@ class Pusher:
                 self._record(snapshot, answer)
                 return
         split = split_bundle(snapshot.bundle, limits)
+        if snapshot.provenance is not None:  # in the last transaction, naming what earlier ones wrote by id
+            split = with_last(split, snapshot.provenance, limits)
         known = dict(split.known)
         log.info("plan %s: %d resources in %d transactions", snapshot.plan.id, len(entries), len(split.chunks))
         for steps in split.chunks:
@@ -400,7 +413,7 @@ class Pusher:
     def _link(self, plan_id: str, bundle: dict[str, Any], answer: dict[str, Any], now: datetime) -> None:
         for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
             at = location_of(result) if isinstance(result, dict) else None
-            if at is not None:
+            if at is not None and not is_provenance(entry):  # a Provenance is the push's record, not the plan
                 self.uow.links.record(plan_id, local_key(entry["resource"], self.settings.identifier_base), *at, now)
 
     def _record_failure(self, plan_id: str, exc: PlanbridgeError) -> None:
@@ -445,4 +458,5 @@ class Pusher:
             state.last_pushed_at, state.last_error, state.push_started_at = now, None, None
             state.push_sent_document = None
             state.last_outcome = None
+            state.provenance_through = max(state.provenance_through or 0, snapshot.carried.through)
             self.uow.commit()

@@ -17,7 +17,9 @@ larger. `split_bundle` cuts it into an ordered list of chunks, each within the l
    room), and the follow-ups.
 
 After each chunk lands, `landed` reads the ids and versions from its answer, and `realize` writes the
-next chunk with every `urn:uuid` reference to a landed resource replaced by its `Type/id`.
+next chunk with every `urn:uuid` reference to a landed resource replaced by its `Type/id`. The push's
+Provenance (service.sync.provenance) goes last (`with_last`), so its targets name what earlier chunks
+wrote by their real ids.
 
 Everything here is pure. The one piece of process state, what this process has learned about each
 server's limits, is `LEARNED` at the end.
@@ -312,6 +314,18 @@ def split_bundle(bundle: Json, limits: Limits) -> Split:
     _pack(groups, limits, chunks)
     _pack([[Step(entries[i])] for i in held] + follow_ups, limits, chunks)
     return Split(chunks, known)
+
+
+def with_last(split: Split, entry: Json, limits: Limits) -> Split:
+    """Return the split with `entry` (a plain create, such as the push's Provenance) at the end of the last
+    chunk when it fits there, else in a chunk of its own after it. `realize` names what earlier chunks
+    wrote by `Type/id` in it, as in any other entry."""
+    chunks = [list(chunk) for chunk in split.chunks]
+    if chunks and fits([_as_sent(s) for s in chunks[-1]] + [entry], limits):
+        chunks[-1].append(Step(entry))
+    else:
+        chunks.append([Step(entry)])
+    return Split(chunks, dict(split.known))
 
 
 def realize(steps: list[Step], known: dict[str, Landed]) -> Json:

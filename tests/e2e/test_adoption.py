@@ -193,7 +193,11 @@ def test_adopt_then_push_creates_no_copies_and_writes_only_the_changed_goal(worl
     assert world.team("goal.status_changed", plan_id=world.a, goal_id=walk, lifecycle_status="on-hold") == 202
     world.drain()
 
-    assert world.ehr.counts() == before  # not one resource created
+    assert world.ehr.counts() == before  # not one resource of the plan created
+    # Besides, the push recorded itself: exactly one Provenance, naming the one Goal it wrote.
+    goal_ref = f"Goal/{world.ehr.walk['id']}"
+    provenances = world.ehr.fhir.search("Provenance", {"target": goal_ref})
+    assert [[t["reference"] for t in p["target"]] for p in provenances] == [[goal_ref]]
     goal = world.ehr.read(world.ehr.walk)
     assert goal["lifecycleStatus"] == "on-hold"
     assert [r["reference"] for r in goal["outcomeReference"]] == [f"Observation/{o['id']}" for o in world.ehr.steps]
@@ -202,6 +206,7 @@ def test_adopt_then_push_creates_no_copies_and_writes_only_the_changed_goal(worl
     assert world.ehr.read(world.ehr.steps[0]) == steps
     assert world.sync.status(world.a).status == "in_sync"
     assert world.sync.push(world.a).requests == 0
+    assert len(world.ehr.fhir.search("Provenance", {"target": goal_ref})) == 1  # a push of nothing: none
 
 
 def test_an_adopted_plan_is_pulled_by_id_before_planbridge_ever_wrote_to_it(world):

@@ -30,7 +30,10 @@ PLANS = 30
 
 
 def _plans(count: int) -> list[Plan]:
-    fixtures = sorted((FIXTURES / "plans").glob("*.json"))
+    # The faults below are placed by counting requests over these fixtures in name order: the rated plans
+    # added later (outcome ratings, many Observations) are left out so the count stays the one worked out.
+    rated = ("gas-rehab", "gbo-three-goals")
+    fixtures = [f for f in sorted((FIXTURES / "plans").glob("*.json")) if f.stem not in rated]
     plans = []
     for i in range(count):
         plan = codec.from_dict(Plan, json.loads(fixtures[i % len(fixtures)].read_text()))
@@ -112,7 +115,9 @@ def test_a_server_outage_mid_push_loses_nothing_and_duplicates_nothing(outage):
     # CapabilityStatement. Let five plans through; the sixth plan's (goal-setting-declined: 7 resources, one
     # transaction on both) reaches the server, and the server is gone before it answers.
     assert outage.plans[5].id.startswith("plan-declined-")
-    first_five = {"hapi": 5 * 2, "medplum": 1 + 5 * (1 + 2)}[outage.profile]
+    # Each push also carries its Provenance (docs/sync.md#provenance-who-said-what), one entry more: on
+    # medplum the cardiac (15 resources) and eating-disorder (13) plans then take three transactions.
+    first_five = {"hapi": 5 * 2, "medplum": 1 + 5 + (2 + 3 + 2 + 2 + 3)}[outage.profile]
     outage.proxy.cut_after(first_five + 2)
     outage.worker.run_until_idle()
     assert outage.proxy.is_cut
