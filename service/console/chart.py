@@ -7,6 +7,7 @@ the due date; the page shows the same points as a table.
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from service.domain.model import Goal, Target
 from service.domain.types import Concept, Quantity
 
 WIDTH, HEIGHT = 640, 300
-LEFT, RIGHT, TOP, BOTTOM = 72, 24, 20, 56
+LEFT, RIGHT, TOP, BOTTOM = 64, 28, 36, 52
 
 
 @dataclass(frozen=True)
@@ -178,27 +179,93 @@ def _scale(value: float, low: float, high: float, start: float, end: float) -> f
 
 
 def y_range(series: Series) -> tuple[float, float]:
-    """Return the value axis bounds: the data and the target, padded by a tenth, from 0 when all are positive."""
+    """Return the value axis bounds: the data and the target, padded by a tenth, from 0 when all are positive.
+
+    One value alone (or several equal ones) gets a band around it, so it is drawn mid-height on a real scale."""
     values = [p.value for p in series.points]
     values += [v for v in (series.target_low, series.target_high) if v is not None]
     low, high = min(values), max(values)
+    if low == high and low > 0:  # one value (or several equal): from 0 to twice it, the points mid-height
+        return 0.0, 2 * high
     span = high - low or abs(high) or 1.0
     low, high = low - span * 0.1, high + span * 0.1
     if min(values) >= 0 and (low < 0 or min(values) <= span):
         low = 0.0
+    if high - low < 1e-9:
+        high = low + 1.0
     return low, high
 
 
+DAY = 86400.0
+MIN_SPAN_DAYS = 14  # a single day (or one point) is shown in two weeks around it, not stretched edge to edge
+
+
+def _midnight(at: date) -> datetime:
+    return datetime(at.year, at.month, at.day, tzinfo=UTC)
+
+
+def time_range(instants: list[datetime]) -> tuple[datetime, datetime]:
+    """Return the time axis bounds for these instants: their span padded by 5% on each side (so no point
+    sits on an axis), at least two weeks wide and centred on them when they are closer together."""
+    first, last = min(instants), max(instants)
+    span = last.timestamp() - first.timestamp()
+    if span < MIN_SPAN_DAYS * DAY:
+        middle = (first.timestamp() + last.timestamp()) / 2
+        return (
+            datetime.fromtimestamp(middle - MIN_SPAN_DAYS * DAY / 2, UTC),
+            datetime.fromtimestamp(middle + MIN_SPAN_DAYS * DAY / 2, UTC),
+        )
+    pad = span * 0.05
+    return datetime.fromtimestamp(first.timestamp() - pad, UTC), datetime.fromtimestamp(last.timestamp() + pad, UTC)
+
+
 def x_range(series: Series) -> tuple[datetime, datetime]:
-    """Return the time axis bounds: the first check-in to the last one or the due date, whichever is later."""
-    start = series.points[0].at
-    end = series.points[-1].at
+    """Return the time axis bounds: from the first check-in to the last one or the due date, whichever is
+    later (padded, see `time_range`)."""
+    instants = [p.at for p in series.points]
     if series.due is not None:
-        due = datetime(series.due.year, series.due.month, series.due.day, tzinfo=UTC)
-        end, start = max(end, due), min(start, due)
-    if end == start:
-        end = datetime.fromtimestamp(start.timestamp() + 86400, UTC)
-    return start, end
+        instants.append(_midnight(series.due))
+    return time_range(instants)
+
+
+def day_label(at: date) -> str:
+    """A date as a clinician reads it at a glance: "13 Sep 2026"."""
+    return f"{at.day} {at.strftime('%b %Y')}"
+
+
+def date_ticks(start: datetime, end: datetime, marked: list[date] | None = None, most: int = 5) -> list[date]:
+    """Return the dates to label on a time axis from start to end.
+
+    The `marked` dates (the ratings' or check-ins' own days) when there are few of them and they lie far
+    enough apart to be read (a seventh of the axis); otherwise round dates: every 1, 2, 7 or 14 days, or
+    the first of every 1, 2, 3, 6 or 12 months, at most `most` of them."""
+    span_days = (end - start).total_seconds() / DAY
+    days = sorted({d for d in marked or [] if start <= _midnight(d) <= end})
+    if days and len(days) <= most:
+        gaps = [(b - a).days for a, b in itertools.pairwise(days)]
+        if not gaps or min(gaps) >= span_days / 7:
+            return days
+    first = start.date() if _midnight(start.date()) >= start else date.fromordinal(start.date().toordinal() + 1)
+    for step in (1, 2, 7, 14):
+        if span_days / step <= most:
+            return [
+                date.fromordinal(first.toordinal() + i * step)
+                for i in range(int(span_days // step) + 1)
+                if _midnight(date.fromordinal(first.toordinal() + i * step)) <= end
+            ]
+    for months in (1, 2, 3, 6, 12, 24, 60):
+        if span_days / (30.4 * months) <= most:
+            break
+    ticks = []
+    index = start.year * 12 + start.month  # the month after start's (its first day is after start)
+    while True:
+        year, month = divmod(index, 12)
+        at = date(year, month + 1, 1)
+        if _midnight(at) > end:
+            return ticks
+        if (month % months) == 0:
+            ticks.append(at)
+        index += 1
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -215,6 +282,56 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 def _f(value: float) -> str:
     return f"{value:.1f}"
+
+
+TITLE_CHARS = 80  # about the widest value-axis title that fits above the plot at 12px
+
+
+def fitted(text: str, most: int = TITLE_CHARS) -> str:
+    """Shorten text to `most` characters, with an ellipsis when cut (the full words are in the table)."""
+    return text if len(text) <= most else text[: most - 1].rstrip() + "…"
+
+
+def axes(
+    start: datetime,
+    end: datetime,
+    low: float,
+    high: float,
+    value_title: str,
+    marked: list[date] | None = None,
+    y_ticks: list[float] | None = None,
+) -> list[str]:
+    """Return the SVG of a chart's frame: both axes, the value grid and ticks, the dated time ticks, and
+    the axis titles. The value axis' title is written across, above the axis, so it is never clipped."""
+    x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
+
+    def sx(at: datetime) -> float:
+        return _scale(at.timestamp(), start.timestamp(), end.timestamp(), x0, x1)
+
+    def sy(value: float) -> float:
+        return _scale(value, low, high, y0, y1)
+
+    parts = [
+        f'<line class="axis" x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}"/>',
+        f'<line class="axis" x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}"/>',
+    ]
+    for value in nice_ticks(low, high) if y_ticks is None else y_ticks:
+        parts.append(
+            f'<line class="grid" x1="{x0}" x2="{x1}" y1="{_f(sy(value))}" y2="{_f(sy(value))}"/>'
+            f'<text class="tick" x="{x0 - 6}" y="{_f(sy(value) + 4)}" text-anchor="end">{number(value)}</text>'
+        )
+    for at in date_ticks(start, end, marked):
+        x = sx(_midnight(at))
+        anchor = "start" if x < x0 + 36 else "end" if x > x1 - 36 else "middle"
+        parts.append(
+            f'<line class="tick-mark" x1="{_f(x)}" x2="{_f(x)}" y1="{y0}" y2="{y0 + 5}"/>'
+            f'<text class="tick date-tick" x="{_f(x)}" y="{y0 + 18}" text-anchor="{anchor}">{day_label(at)}</text>'
+        )
+    parts.append(
+        f'<text class="axis-label" x="{(x0 + x1) // 2}" y="{HEIGHT - 10}" text-anchor="middle">Date</text>'
+        f'<text class="axis-label" x="8" y="{TOP - 12}" text-anchor="start">{escape(fitted(value_title))}</text>'
+    )
+    return parts
 
 
 def progress_svg(series: Series, chart_id: str | None = None) -> Markup:
@@ -257,27 +374,9 @@ def progress_svg(series: Series, chart_id: str | None = None) -> Markup:
                 f'<text class="target-label" x="{x1 - 4}" y="{_f(sy(bound) - 4)}" text-anchor="end">'
                 f"target {escape(series.target_text or number(bound))}</text>"
             )
-    # axes, value ticks, date ticks
-    parts.append(f'<line class="axis" x1="{x0}" x2="{x1}" y1="{y0}" y2="{y0}"/>')
-    parts.append(f'<line class="axis" x1="{x0}" x2="{x0}" y1="{y0}" y2="{y1}"/>')
-    for value in nice_ticks(low, high):
-        parts.append(
-            f'<line class="grid" x1="{x0}" x2="{x1}" y1="{_f(sy(value))}" y2="{_f(sy(value))}"/>'
-            f'<text class="tick" x="{x0 - 6}" y="{_f(sy(value) + 4)}" text-anchor="end">{number(value)}</text>'
-        )
-    ticks = {start.date(), end.date()}
-    for at in ticks:
-        moment = datetime(at.year, at.month, at.day, tzinfo=UTC)
-        anchor = "start" if at == start.date() else "end"
-        parts.append(
-            f'<text class="tick" x="{_f(min(max(sx(moment), x0), x1))}" y="{y0 + 18}" text-anchor="{anchor}">'
-            f"{at.isoformat()}</text>"
-        )
-    parts.append(
-        f'<text class="axis-label" x="{(x0 + x1) // 2}" y="{HEIGHT - 10}" text-anchor="middle">Date</text>'
-        f'<text class="axis-label" transform="translate(16 {(y0 + y1) // 2}) rotate(-90)" text-anchor="middle">'
-        f"{escape(series.measure or 'Value')}{escape(f' ({series.unit})' if series.unit else '')}</text>"
-    )
+    # axes, value ticks, dated time ticks (the check-ins' own days when few), axis titles
+    value_title = f"{series.measure or 'Value'}{f' ({series.unit})' if series.unit else ''}"
+    parts += axes(start, end, low, high, value_title, [p.at.date() for p in series.points])
     # the due date
     if series.due is not None:
         due_x = sx(datetime(series.due.year, series.due.month, series.due.day, tzinfo=UTC))
@@ -287,8 +386,9 @@ def progress_svg(series: Series, chart_id: str | None = None) -> Markup:
             f"due {series.due.isoformat()}</text>"
         )
     # the check-ins: a line through them and a marker with its own tooltip
-    path = " ".join(f"{'M' if i == 0 else 'L'}{_f(sx(p.at))},{_f(sy(p.value))}" for i, p in enumerate(series.points))
-    parts.append(f'<path class="series" d="{path}"/>')
+    if len(series.points) > 1:  # one check-in is a marker alone, not a line of no length
+        path = " ".join(f"{'L' if i else 'M'}{_f(sx(p.at))},{_f(sy(p.value))}" for i, p in enumerate(series.points))
+        parts.append(f'<path class="series" d="{path}"/>')
     for p in series.points:
         parts.append(
             f'<circle class="point" cx="{_f(sx(p.at))}" cy="{_f(sy(p.value))}" r="4">'

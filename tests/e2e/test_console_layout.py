@@ -96,7 +96,8 @@ def in_view(driver, element) -> bool:
         element,
     )
     left, top, right, bottom, width, height = box
-    return left >= 0 and right <= width and top >= 0 and bottom <= height and right > left
+    # within a pixel: layout is in fractions of a pixel, scrolling to an anchor in whole ones
+    return left > -1 and right < width + 1 and top > -1 and bottom < height + 1 and right > left
 
 
 def screenshot(driver, name: str, width: int, height: int) -> None:
