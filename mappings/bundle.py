@@ -32,7 +32,7 @@ from service.domain.model import Goal, Member, Patient, Plan
 
 
 def _condition(system: str, value: str) -> str:
-    return f"identifier={quote(system, safe=':/')}|{quote(value, safe='/')}"
+    return f"identifier={quote(codes.search_escape(system), safe=':/')}|{quote(codes.search_escape(value), safe='/')}"
 
 
 def _put(full_url: str, resource: Json, system: str, value: str) -> Json:

@@ -64,3 +64,14 @@ def scoped_value(plan_id: str, *ids: str) -> str:
 def goal_identifier_value(plan_id: str, goal_id: str) -> str:
     """Return the identifier value of a goal."""
     return scoped_value(plan_id, goal_id)
+
+
+def search_escape(text: str) -> str:
+    """Escape FHIR search's special characters in a parameter value (R4 search §3.1.1.1.3 "escaping"):
+    `\\`, `|`, `,` and `$` get a backslash, so an MRN like `12,34` is one value, not `12` OR `34`."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace(",", "\\,").replace("$", "\\$")
+
+
+def identifier_token(system: str, value: str) -> str:
+    """Return the token search value `system|value` for an identifier, each part escaped (not URL-encoded)."""
+    return f"{search_escape(system)}|{search_escape(value)}"

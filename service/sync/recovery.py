@@ -84,7 +84,10 @@ def _relink(
         by_type.setdefault(ident[0], []).append(ident)
     for rtype, idents in sorted(by_type.items()):
         for chunk in _chunks(idents):
-            params = {"identifier": ",".join(f"{s}|{v}" for _, s, v in chunk), "_count": str(2 * len(chunk))}
+            params = {
+                "identifier": ",".join(codes.identifier_token(s, v) for _, s, v in chunk),
+                "_count": str(2 * len(chunk)),
+            }
             for resource in client.search(rtype, params):
                 for i in resource.get("identifier", []):
                     key = wanted.get((rtype, i.get("system", ""), i.get("value", "")))
@@ -125,7 +128,7 @@ def _recover_missing(
     uow: UnitOfWork, client: FhirClient, settings: Settings, plan_id: str, clock: Callable[[], datetime]
 ) -> str:
     system = codes.identifier_system(settings.identifier_base, "plan")
-    found = client.search("CarePlan", {"identifier": f"{system}|{plan_id}"})
+    found = client.search("CarePlan", {"identifier": codes.identifier_token(system, plan_id)})
     if found:
         _relink(uow, client, settings, plan_id, found[0], clock())
         log.warning("plan %s: CarePlan found again as CarePlan/%s; links renewed", plan_id, found[0].get("id"))

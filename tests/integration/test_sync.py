@@ -5,6 +5,7 @@ import uuid
 
 import pytest
 
+from mappings import codes
 from service.api.container import utcnow
 from service.domain import codec
 from service.domain.model import Plan
@@ -126,6 +127,32 @@ def test_pushing_twice_never_duplicates(world):
     for goal in plan.goals:
         found = world.ehr.search("Goal", {"identifier": f"{world.settings.identifier_base}/goal|{plan.id}/{goal.id}"})
         assert len(found) == 1
+
+
+@pytest.mark.parametrize("mrn", ["12,34", "ward\\7"])
+def test_an_mrn_with_search_special_characters_names_one_patient_however_often_it_is_pushed(
+    engine, fhir_profile_url, mrn
+):
+    """FHIR search splits a value on `,` and reads `\\` and `$` as escapes: an MRN holding them must be
+    escaped in every conditional URL and search, or each push's `If-None-Exist` matches nothing and the
+    Patient is created again, and a pull by MRN finds nobody."""
+    world = World(engine, fhir_profile_url)
+    plan = world.add_plan()
+    mrn = f"{mrn}-{uuid.uuid4().hex[:6]}"
+    world.change(plan.id, lambda p: setattr(p.patient, "mrn", mrn))
+    for title in ("first", "second"):
+        world.change(plan.id, lambda p, title=title: setattr(p, "title", title))
+        with UnitOfWork(world.db) as uow:  # forget the links: the next push finds the Patient by its MRN again
+            for link in uow.links.for_plan(plan.id):
+                if link.resource_type == "Patient":
+                    uow.session.delete(link)
+            uow.commit()
+        assert world.sync.push(plan.id).status == "in_sync"
+    mrn_system = world.settings.mrn_system
+    everyone = world.ehr.search("Patient", {"identifier": f"{mrn_system}|", "_count": "1000"})
+    assert [p["id"] for p in everyone if {"system": mrn_system, "value": mrn} in p.get("identifier", [])] == [
+        world.ehr.find_one("Patient", {"identifier": codes.identifier_token(mrn_system, mrn)})["id"]
+    ]
 
 
 def test_an_ehr_edit_flows_into_the_plan(world):
