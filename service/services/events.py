@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from service.domain import codec
 from service.domain.changes import Command, ProposeGoal, ProposerSpec, apply_command
 from service.domain.errors import Conflict, InvalidInput, NotFound, PlanbridgeError, RuleViolation
 from service.domain.model import Plan
@@ -19,6 +20,7 @@ from service.services.deliverable import Undeliverable, check_deliverable
 from service.settings import Settings
 from service.signing import DEFAULT_SENDER
 from service.store.committer import committer_for
+from service.store.repo_plans import CommittedPlan, read_committed
 from service.store.tables import InboundEventRow
 from service.store.uow import StaleVersion, UnitOfWork
 
@@ -79,14 +81,62 @@ class ReusedWebhookId(Conflict):
     code = "webhook-id-reused"
 
 
-def _apply(uow: UnitOfWork, command: Command, now: datetime, names: FhirNames) -> Plan:
+def _apply(uow: UnitOfWork, command: Command, now: datetime, names: FhirNames) -> tuple[Plan, dict[str, Any]]:
+    """Apply the command to its plan and save it; return the plan and the document stored."""
     before = uow.deliveries.plans_before[command.plan_id] = uow.plans.get(command.plan_id)  # for the change's paths
     plan = apply_command(command, before, now.isoformat())
     # Accepted only if the push can send it: what FHIR refuses would be refused on every retry.
     check_deliverable(before, plan, names.identifier_base, names.mrn_system)
-    uow.plans.save(plan)
+    document = uow.plans.save(plan)
     uow.outbox.add(plan.id, "push_plan", None, None, now)
-    return plan
+    return plan, document
+
+
+@dataclass(frozen=True)
+class _Draft:
+    """An event applied to its plan as last committed, before any transaction: the new plan, or the refusal."""
+
+    committed: CommittedPlan | None  # what it was applied to (None: no such plan)
+    before: Plan | None
+    now: datetime
+    plan: Plan | None
+    refusal: PlanbridgeError | None
+
+
+def _draft(engine: Engine, command: Command, clock: Callable[[], datetime], names: FhirNames) -> _Draft | None:
+    """Apply the command to the plan as last committed, outside the transaction.
+
+    Applying an event (the domain rules, mapping and validating the changed plan as FHIR) is most of its
+    CPU. Inside the transaction it would hold the database's one writer (SQLite: the writer lock every
+    process waits on) for all that time; here it runs beside other processes' commits. The transaction
+    keeps the draft only if the plan is still exactly what it was applied to (PlanRepository.still),
+    and applies the event itself otherwise, so the outcome is the one the transaction's own reads give.
+    None when anything unexpected happens here: the transaction then does it all, as it would.
+    """
+    try:
+        committed = read_committed(engine, command.plan_id)
+        before = codec.from_dict(Plan, committed[0]) if committed is not None else None
+        now = clock()
+        try:
+            plan = apply_command(command, before, now.isoformat())
+            check_deliverable(before, plan, names.identifier_base, names.mrn_system)
+        except (NotFound, RuleViolation, Conflict, Undeliverable) as refusal:
+            return _Draft(committed, before, now, None, refusal)
+        return _Draft(committed, before, now, plan, None)
+    except Exception:
+        log.debug("event for plan %s: no draft, applied inside the transaction", command.plan_id, exc_info=True)
+        return None
+
+
+def _apply_draft(uow: UnitOfWork, draft: _Draft, plan_id: str, now: datetime) -> tuple[Plan, dict[str, Any]]:
+    """Keep a draft the transaction found still valid: save its plan, or raise its refusal (as _apply would)."""
+    uow.deliveries.plans_before[plan_id] = draft.before  # for the change's paths
+    if draft.refusal is not None:
+        raise draft.refusal
+    assert draft.plan is not None
+    document = uow.plans.save(draft.plan)
+    uow.outbox.add(draft.plan.id, "push_plan", None, None, now)
+    return draft.plan, document
 
 
 def _record(
@@ -146,16 +196,21 @@ def handle_event(
 ) -> Outcome:
     """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
     names = names or FhirNames()
+    draft = _draft(engine, command, clock, names)
 
     def work(uow: UnitOfWork) -> Outcome:
         replay = _replay(uow, envelope)
         if replay is not None:
             return replay
-        now = clock()
+        drafted = draft is not None and uow.plans.still(command.plan_id, draft.committed)
+        now = draft.now if drafted and draft is not None else clock()
         try:
             # Refusals come from the domain, before anything is written, so a refused event leaves
             # only its recorded answer behind.
-            plan = _apply(uow, command, now, names)
+            if drafted and draft is not None:
+                plan, document = _apply_draft(uow, draft, command.plan_id, now)
+            else:
+                plan, document = _apply(uow, command, now, names)
             # Subscribed team systems hear of the change; numbered and queued in this transaction.
             record_change(
                 uow,
@@ -171,6 +226,7 @@ def handle_event(
                     },
                 },
                 now,
+                after=document,  # the plan as saved: the change log need not read it back
             )
             outcome = Outcome(
                 202,

@@ -17,10 +17,31 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
+from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import Session
 
 Processor = Callable[[Any], Any] | None
+_CONNECTION = "planbridge.prepared.connection"  # the session.info key of the transaction's connection
+
+
+def dbapi_connection(session: Session) -> tuple[Dialect, Any]:
+    """Return the dialect and the DB-API connection of the session's transaction (beginning one if none).
+
+    `Session.connection()` costs ~5 us of checks each time; the statements of one event ask for it
+    eight times. The answer is kept in `session.info` with the transaction it belongs to and reused
+    while that transaction is the session's and active; a new, nested or ended one asks again.
+    """
+    transaction = session._transaction
+    kept = session.info.get(_CONNECTION)
+    if kept is not None and kept[0] is transaction and transaction is not None and transaction.is_active:
+        return kept[1], kept[2]
+    connection = session.connection()
+    kept = session.info[_CONNECTION] = (
+        session._transaction,
+        connection.dialect,
+        connection.connection.dbapi_connection,
+    )
+    return kept[1], kept[2]
 
 
 @dataclass(frozen=True)
@@ -64,10 +85,9 @@ class Prepared:
     def _run(self, session: Session, params: Mapping[str, Any], many: Sequence[Mapping[str, Any]] | None) -> Any:
         if session.autoflush:
             session.flush()  # as the ORM would before a query: rows it still holds become visible
-        connection = session.connection()
-        dialect = connection.dialect
+        dialect, connection = dbapi_connection(session)
         compiled = self._compiled(dialect)
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = connection.cursor()
         try:
             if many is not None:
                 cursor.executemany(compiled.sql, [self._params(compiled, p) for p in many])
@@ -117,3 +137,27 @@ class Prepared:
         """Run a query; return its first row, or None."""
         rows = self.all(session, params)
         return rows[0] if rows else None
+
+    def first_outside(self, engine: Engine, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """Run a query on a pooled connection outside any transaction of planbridge's: no BEGIN, so on
+        SQLite no writer lock is taken, and what it reads is what was last committed. Return its first
+        row, converted as `first` converts it, or None."""
+        dialect = engine.dialect
+        compiled = self._compiled(dialect)
+        connection = engine.raw_connection()  # no "begin" event: pysqlite runs the SELECT on its own
+        try:
+            cursor = connection.cursor()
+            try:
+                cursor.execute(compiled.sql, self._params(compiled, params))
+                rows = cursor.fetchmany(1)
+            except dialect.loaded_dbapi.Error as exc:
+                raise sa.exc.DBAPIError.instance(
+                    compiled.sql, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+                ) from exc
+            finally:
+                cursor.close()
+        finally:
+            connection.close()  # back to the pool, which rolls back what a driver began (PostgreSQL)
+        if not rows:
+            return None
+        return tuple(value if p is None else p(value) for p, value in zip(compiled.result, rows[0], strict=True))

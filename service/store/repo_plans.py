@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from service.domain import codec
@@ -57,6 +58,17 @@ class PlanSummary(NamedTuple):
     last_synced: datetime | None
 
 
+CommittedPlan = tuple[dict[str, Any], int]  # a plan's document and version, as read_committed read them
+
+
+def read_committed(engine: Engine, plan_id: str) -> CommittedPlan | None:
+    """Return the plan's document and version as last committed (None: no such plan), read outside any
+    transaction: on SQLite without the writer lock. Work done on it is checked with PlanRepository.still
+    inside the transaction before it is kept."""
+    row = _PLAN_READ.first_outside(engine, {"id": plan_id})
+    return None if row is None else (row[0], row[1])
+
+
 class PlanRepository:
     """Plans stored as versioned JSON documents."""
 
@@ -75,6 +87,19 @@ class PlanRepository:
         plan = codec.from_dict(Plan, document)
         self._loaded[plan_id] = version
         return plan
+
+    def still(self, plan_id: str, committed: CommittedPlan | None) -> bool:
+        """Return whether the plan is, in this transaction, exactly what read_committed read (the same
+        version and document; None: still no such plan); if so, remember the version, as get does, for
+        the optimistic check on save."""
+        row = _PLAN_READ.first(self._session, {"id": plan_id})
+        if row is None or committed is None:
+            return row is None and committed is None
+        document, version = row
+        if version != committed[1] or document != committed[0]:
+            return False
+        self._loaded[plan_id] = version
+        return True
 
     def ids(self) -> list[str]:
         """Return every plan id, sorted."""
@@ -97,8 +122,9 @@ class PlanRepository:
         ]
         return summaries, int(total or 0)
 
-    def save(self, plan: Plan) -> None:
-        """Insert a new plan or update one read earlier, refusing if it changed in between."""
+    def save(self, plan: Plan) -> dict[str, Any]:
+        """Insert a new plan or update one read earlier, refusing if it changed in between; return the
+        document stored (for the caller to read, not to change)."""
         document = codec.to_dict(plan)
         assert plan.updated_at is not None, "touch() the plan first"
         updated_at = _instant(plan.updated_at) or datetime.now(UTC)
@@ -129,6 +155,7 @@ class PlanRepository:
             if changed != 1:
                 raise StaleVersion(f"plan {plan.id} changed while this change was applied", plan_id=plan.id)
         self._loaded[plan.id] = plan.version
+        return document
 
 
 class InboundEventRepository:

@@ -10,6 +10,7 @@ from types import TracebackType
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.store.prepared import dbapi_connection
 from service.store.repo_common import row_dict
 from service.store.repo_history import HistoryRepository
 from service.store.repo_notify import (
@@ -96,7 +97,7 @@ class UnitOfWork:
         """
         assert self.session is not None
         self.session.flush()  # ORM changes made before the block belong to the outer transaction
-        cursor = self.session.connection().connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = dbapi_connection(self.session)[1].cursor()
         try:
             cursor.execute("SAVEPOINT work")
             try:

@@ -65,3 +65,28 @@ def test_a_bind_carrying_a_value_is_refused_at_first_use(engine):
     with UnitOfWork(engine) as uow, pytest.raises(ValueError, match="carries a value"):
         assert uow.session is not None
         literal.all(uow.session, {})
+
+
+def test_statements_follow_the_sessions_transaction_across_commit_rollback_and_savepoints(engine):
+    # The DB-API connection is kept per transaction (service.store.prepared.dbapi_connection): after a
+    # commit or a rollback the next statement must open and join the session's new transaction, never
+    # run on the old connection outside one (on SQLite that would commit on its own, and survive rollback).
+    at = datetime(2026, 11, 22, tzinfo=UTC)
+    with UnitOfWork(engine) as uow:
+        session = uow.session
+        assert session is not None
+        INSERT.execute(session, row("kept", at))
+        uow.commit()
+        INSERT.execute(session, row("rolled-back", at))
+        uow.rollback()
+        INSERT.execute(session, row("outer", at))
+        nested = session.begin_nested()
+        INSERT.execute(session, row("in-savepoint", at))
+        assert READ.first(session, {"id": "in-savepoint"}) is not None
+        nested.rollback()
+        assert READ.first(session, {"id": "outer"}) is not None
+        uow.commit()
+    with UnitOfWork(engine) as uow:
+        assert uow.session is not None
+        found = {i for i in ("kept", "rolled-back", "outer", "in-savepoint") if READ.first(uow.session, {"id": i})}
+    assert found == {"kept", "outer"}
