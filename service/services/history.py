@@ -59,13 +59,14 @@ def history_entry(row: PlanHistoryRow) -> dict[str, Any]:
 
 
 def plan_history(uow: UnitOfWork, plan_id: str, limit: int = DEFAULT_LIMIT, after: int = 0) -> list[dict[str, Any]]:
-    """Return up to `limit` (1-1000) of the plan's changes with sequences above `after`, oldest first.
+    """Return up to `limit` (1-1001: a page of at most 1000, and one more to tell whether another page
+    follows) of the plan's changes with sequences above `after`, oldest first.
 
     Raises NotFound when there is no such plan, ValueError for a limit or position out of range. `uow` may
     be open already (then it is used as it is) or not (then it is opened and closed here).
     """
-    if not 1 <= limit <= MAX_LIMIT or after < 0:
-        raise ValueError(f"limit must be 1-{MAX_LIMIT} and after >= 0")
+    if not 1 <= limit <= MAX_LIMIT + 1 or after < 0:
+        raise ValueError(f"limit must be 1-{MAX_LIMIT + 1} and after >= 0")
     if uow.session is None:
         with uow:
             return plan_history(uow, plan_id, limit, after)

@@ -164,6 +164,7 @@ def test_history_lists_team_events_and_an_ehr_edit_in_order_with_the_paths_they_
     last = team.history("?limit=2&after=4")
     assert [e["sequence"] for e in last.get_json()] == [5] and "Link" not in last.headers
     assert team.history("?after=5").get_json() == []
+    assert [e["sequence"] for e in team.history("?limit=1000").get_json()] == [1, 2, 3, 4, 5]  # the largest page
 
     for bad in ("?limit=0", "?limit=1001", "?after=-1", "?limit=x", "?after=%D9%A1"):
         refused = team.history(bad)
