@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -22,6 +23,7 @@ from service.domain.model import Goal, Member, Plan
 from service.notify import subscriptions as subscription_use
 from service.services.history import plan_history
 from service.services.outcomes import summarize
+from service.sync.adopt import IMPORTED
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 
 log = logging.getLogger(__name__)
@@ -307,7 +309,7 @@ def _contingencies(plan: Plan, goal: Goal, show_names: bool) -> list[dict[str, s
     ]
 
 
-PATH_ITEM = re.compile(r"(goals|steps|team)\[id=([^\]]+)\](?:\.check_ins\[id=([^\]]+)\])?")
+PATH_ITEM = re.compile(r"(goals|steps|team)\[id=([^\]]+)\](?:\.(?:check_ins|ratings)\[id=([^\]]+)\])?")
 
 
 def ehr_side(path: str, links: dict[str, Any]) -> Any | None:
@@ -316,12 +318,24 @@ def ehr_side(path: str, links: dict[str, Any]) -> Any | None:
     match = PATH_ITEM.match(path)
     keys = []
     if match and match.group(1) == "goals":
-        keys += [f"checkin:{match.group(3)}"] if match.group(3) else []
+        keys += [f"observation:{match.group(2)}/{match.group(3)}"] if match.group(3) else []
         keys.append(f"goal:{match.group(2)}")
     elif match and match.group(1) == "team":
         keys.append("careteam")
     keys.append("careplan")
     return next((links[k] for k in keys if k in links), None)
+
+
+def ehr_change(origin: dict[str, Any] | None) -> dict[str, str]:
+    """Return who changed a conflict's EHR side and when, in words: the reference or meta.source URI the pull
+    recorded (never a name) and the version's meta.lastUpdated; "not recorded" for what the server did not say."""
+    origin = origin or {}
+    at = origin.get("changed_at")
+    when = None
+    if isinstance(at, str):
+        with contextlib.suppress(ValueError):
+            when = _instant(datetime.fromisoformat(at))
+    return {"by": origin.get("changed_by") or "not recorded", "at": when or "not recorded"}
 
 
 def value_kind(conflict: dict[str, Any]) -> str:
@@ -376,7 +390,9 @@ def _timeline_entry(plan: Plan, entry: dict[str, Any], names: dict[str, str]) ->
     and version), what kind of change, and what it changed."""
     at = chart.parse_instant(entry["at"])
     what = entry["event_type"].replace("ehr.", "EHR ").replace(".", " ").replace("_", " ")
-    if entry["source"] == "team" and entry["team"]:
+    if entry["event_type"] == IMPORTED:
+        who = "an import (planbridge plans import)"
+    elif entry["source"] == "team" and entry["team"]:
         members = ", ".join(names.get(m, m) for m in entry["team"]["members"])
         who = f"the team, through {entry['team']['sender']}" + (f" ({members})" if members else "")
     else:
@@ -492,6 +508,11 @@ def _plan_page(plan_id: str, typed: dict[int, tuple[str, str]] | None = None) ->
         kind = value_kind(x)
         given, error = typed.get(x["id"], (_value_text(x["ours"], kind), ""))
         side = ehr_side(x["path"], links)
+        origin = x["ehr"]  # what the pull that opened (or last moved) the conflict read: resource, version, who, when
+        if origin:
+            rtype, _, rid = origin["resource"].partition("/")
+            read = side["read"] if side and (side["type"], side["id"]) == (rtype, rid) else None
+            side = {"type": rtype, "id": rid, "version": origin["version"], "read": read}
         conflicts.append(
             {
                 **x,
@@ -500,6 +521,7 @@ def _plan_page(plan_id: str, typed: dict[int, tuple[str, str]] | None = None) ->
                 "theirs": _pretty(x["theirs"]),
                 "noticed": _instant(datetime.fromisoformat(x["created_at"])),
                 "ehr": {**side, "url": f"{base}/{side['type']}/{side['id']}" if base else None} if side else None,
+                "changed": ehr_change(origin),
                 "kind": kind,
                 "given": given,
                 "error": error,

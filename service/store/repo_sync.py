@@ -2,14 +2,110 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from service.domain.errors import NotFound
-from service.store.tables import ConflictRow, FhirLinkRow, SyncCursorRow, SyncStateRow
+from service.store.prepared import Prepared
+from service.store.tables import ConflictRow, FhirLinkRow, PlanRow, SyncCursorRow, SyncStateRow
+
+_LINKS = FhirLinkRow.__table__
+_LINK_COLUMNS = ("plan_id", "local_key", "resource_type", "fhir_id", "version_id", "synced_at")
+
+
+def _upsert_links(insert: Any) -> Prepared:
+    """INSERT of a link that updates the one of the same plan and key when there is one (one statement)."""
+    statement = insert(_LINKS).values({name: sa.bindparam(name, type_=_LINKS.c[name].type) for name in _LINK_COLUMNS})
+    updated = {name: statement.excluded[name] for name in _LINK_COLUMNS[2:]}
+    return Prepared(statement.on_conflict_do_update(index_elements=["plan_id", "local_key"], set_=updated))
+
+
+_LINK_UPSERTS = {"postgresql": _upsert_links(postgresql.insert), "sqlite": _upsert_links(sqlite.insert)}
+_STATE = SyncStateRow.__table__
+_THIS_STATE = _STATE.c.plan_id == sa.bindparam("plan_id", type_=_STATE.c.plan_id.type)
+
+
+def _bind(name: str) -> sa.BindParameter[Any]:
+    return sa.bindparam(name, type_=_STATE.c[name].type)
+
+
+# A push reads and writes a plan's sync state with these statements (compiled once, run on the driver's
+# cursor): the small columns it decides by, never the merge base it does not need.
+_PUSH_VIEW = Prepared(
+    sa.select(_STATE.c.status, _STATE.c.pushed_hash, _STATE.c.push_started_at, _STATE.c.provenance_through).where(
+        _THIS_STATE
+    )
+)
+_BASE_DOCUMENT = Prepared(sa.select(_STATE.c.base_document).where(_THIS_STATE))
+_MARK_IN_FLIGHT = Prepared(
+    sa.update(_STATE)
+    .where(_THIS_STATE)
+    .values(push_started_at=_bind("push_started_at"), push_sent_document=_bind("push_sent_document"))
+)
+_PUSHED = Prepared(
+    sa.update(_STATE)
+    .where(_THIS_STATE)
+    .values(
+        status=_bind("status"),
+        base_document=_bind("base_document"),
+        pushed_hash=_bind("pushed_hash"),
+        last_pushed_at=_bind("last_pushed_at"),
+        last_error=sa.null(),
+        last_outcome=_bind("last_outcome"),
+        push_started_at=sa.null(),
+        push_sent_document=_bind("push_sent_document"),
+        # the highest history sequence a push carried never goes back
+        provenance_through=sa.case(
+            (
+                sa.func.coalesce(_STATE.c.provenance_through, sa.literal_column("0")) > _bind("provenance_through"),
+                _STATE.c.provenance_through,
+            ),
+            else_=_bind("provenance_through"),
+        ),
+    )
+)
+_PLAN = PlanRow.__table__
+_CONFLICTS = ConflictRow.__table__
+# After a push: how many conflicts the plan has open, and its stored version (NULL: no such plan), in one read.
+_AFTER_PUSH = Prepared(
+    sa.select(
+        sa.select(sa.func.count())
+        .where(_CONFLICTS.c.plan_id == sa.bindparam("plan_id", type_=_CONFLICTS.c.plan_id.type))
+        .where(_CONFLICTS.c.status == sa.literal_column("'open'"))
+        .scalar_subquery(),
+        sa.select(_PLAN.c.version)
+        .where(_PLAN.c.id == sa.bindparam("plan_id", type_=_PLAN.c.id.type))
+        .scalar_subquery(),
+    )
+)
+
+
+@dataclass(frozen=True)
+class PushView:
+    """The columns of a plan's sync state a push decides by (`status` is `pending` before the first sync)."""
+
+    status: str = "pending"
+    pushed_hash: str | None = None
+    push_started_at: datetime | None = None
+    provenance_through: int | None = None
+
+
+@dataclass(frozen=True)
+class EhrOrigin:
+    """Where the EHR's side of a conflict came from: the resource and version that carried it, when that
+    version was written (its meta.lastUpdated) and who wrote it as FHIR says it (meta.source, a URI).
+    Any of them None when not known."""
+
+    resource_type: str | None = None
+    resource_id: str | None = None
+    version: str | None = None
+    changed_at: datetime | None = None
+    changed_by: str | None = None
 
 
 class FhirLinkRepository:
@@ -36,6 +132,24 @@ class FhirLinkRepository:
             row = links[local_key] = FhirLinkRow(plan_id=plan_id, local_key=local_key)
             self._session.add(row)
         row.resource_type, row.fhir_id, row.version_id, row.synced_at = resource_type, fhir_id, version_id, now
+
+    def write(self, plan_id: str, links: list[tuple[str, str, str, str | None]], now: datetime) -> None:
+        """Insert or update many links of a plan at once: (local key, type, id, version) each, one statement
+        sent as a batch; no read first. Rows of this plan read before in this transaction are not updated:
+        use it in a transaction that reads no link rows."""
+        if not links:
+            return
+        upsert = _LINK_UPSERTS.get(self._session.get_bind().dialect.name)
+        if upsert is None:  # another database: row by row through the ORM
+            for key, rtype, fhir_id, version in links:
+                self.record(plan_id, key, rtype, fhir_id, version, now)
+            return
+        rows = [
+            {"plan_id": plan_id, "local_key": key, "resource_type": rtype, "fhir_id": fhir_id, "version_id": version}
+            for key, rtype, fhir_id, version in links
+        ]
+        upsert.executemany(self._session, [{**row, "synced_at": now} for row in rows])
+        self._by_plan.pop(plan_id, None)
 
     def for_plan(self, plan_id: str) -> list[FhirLinkRow]:
         """Return every link of a plan."""
@@ -65,6 +179,58 @@ class SyncRepository:
             self._session.add(row)
         return row
 
+    def push_view(self, plan_id: str) -> PushView:
+        """Return the small columns of the plan's sync state a push decides by (no documents decoded)."""
+        row = _PUSH_VIEW.first(self._session, {"plan_id": plan_id})
+        return PushView(*row) if row is not None else PushView()
+
+    def base_document(self, plan_id: str) -> dict[str, Any] | None:
+        """Return the plan's merge base (what the server held after the last sync), or None."""
+        row = _BASE_DOCUMENT.first(self._session, {"plan_id": plan_id})
+        return row[0] if row is not None else None
+
+    def mark_in_flight(self, plan_id: str, started: datetime | None, sent: dict[str, Any] | None) -> None:
+        """Set (or clear, with None) the mark of a push under way and the document it sends."""
+        params = {"plan_id": plan_id, "push_started_at": started, "push_sent_document": sent}
+        if not _MARK_IN_FLIGHT.execute(self._session, params):
+            self._insert_state(plan_id, push_started_at=started, push_sent_document=sent)
+
+    def record_push(
+        self, plan_id: str, status: str, base_document: dict[str, Any], pushed_hash: str, now: datetime, through: int
+    ) -> None:
+        """Record a push whose every transaction landed: the new merge base and digest, the status, no error,
+        no mark in flight, and `provenance_through` raised to `through` (never lowered)."""
+        params = {
+            "plan_id": plan_id,
+            "status": status,
+            "base_document": base_document,
+            "pushed_hash": pushed_hash,
+            "last_pushed_at": now,
+            "last_outcome": None,
+            "push_sent_document": None,
+            "provenance_through": through,
+        }
+        if not _PUSHED.execute(self._session, params):
+            self._insert_state(
+                plan_id,
+                status=status,
+                base_document=base_document,
+                pushed_hash=pushed_hash,
+                last_pushed_at=now,
+                provenance_through=through,
+            )
+
+    def _insert_state(self, plan_id: str, **values: Any) -> None:
+        self._session.add(SyncStateRow(plan_id=plan_id, **{"status": "pending", **values}))
+        self._session.flush()
+
+    def after_push(self, plan_id: str) -> tuple[int, int | None]:
+        """Return how many open conflicts the plan has and its stored version (None: no such plan), in one
+        read that decodes no document."""
+        row = _AFTER_PUSH.first(self._session, {"plan_id": plan_id})
+        assert row is not None
+        return int(row[0] or 0), (int(row[1]) if row[1] is not None else None)
+
     def states(self, status: str | None = None) -> list[SyncStateRow]:
         """Return every plan's sync state, optionally only those with `status`."""
         query = sa.select(SyncStateRow).order_by(SyncStateRow.plan_id)
@@ -72,14 +238,31 @@ class SyncRepository:
             query = query.where(SyncStateRow.status == status)
         return list(self._session.scalars(query))
 
-    def add_conflict(self, plan_id: str, path: str, base: Any, ours: Any, theirs: Any, now: datetime) -> ConflictRow:
-        """Record an open conflict."""
+    def add_conflict(
+        self,
+        plan_id: str,
+        path: str,
+        base: Any,
+        ours: Any,
+        theirs: Any,
+        now: datetime,
+        origin: EhrOrigin | None = None,
+    ) -> ConflictRow:
+        """Record an open conflict, with where the EHR's side came from when the pull knows it."""
         row = ConflictRow(
             plan_id=plan_id, path=path, base=base, ours=ours, theirs=theirs, status="open", created_at=now
         )
+        self.set_origin(row, origin)
         self._session.add(row)
         self._session.flush()
         return row
+
+    @staticmethod
+    def set_origin(row: ConflictRow, origin: EhrOrigin | None) -> None:
+        """Record (or clear, with None) the resource, version, time and author of a conflict's EHR side."""
+        origin = origin or EhrOrigin()
+        row.ehr_resource_type, row.ehr_resource_id = origin.resource_type, origin.resource_id
+        row.ehr_version, row.ehr_changed_at, row.ehr_changed_by = origin.version, origin.changed_at, origin.changed_by
 
     def conflicts(
         self, plan_id: str | None = None, status: str | None = "open", *, after: int = 0, limit: int | None = None

@@ -156,6 +156,14 @@ class ConflictRow(Base):
     resolution: Mapped[str | None] = mapped_column(sa.String(16), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Where the EHR's side (`theirs`) came from, as the pull read it (all null when not known): the resource
+    # and version that carried it, its meta.lastUpdated, and who made that change as FHIR says it (meta.source:
+    # a URI, never a name).
+    ehr_resource_type: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    ehr_resource_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    ehr_version: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
+    ehr_changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    ehr_changed_by: Mapped[str | None] = mapped_column(sa.String(512), nullable=True)
 
 
 class SyncCursorRow(Base):

@@ -25,10 +25,12 @@ from service.domain.model import Plan
 from service.settings import Settings
 from service.store.tables import FhirLinkRow
 from service.store.uow import UnitOfWork
+from service.sync.merge import changed_paths, strip_bookkeeping
 
 PREFIX = "careplan-"  # an adopted plan's id: this and its CarePlan's server id
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 TRACKED = ("CarePlan", "CareTeam", "Goal", "Observation")
+MAX_HISTORY_PATHS = 50  # paths one history entry names (service.notify.changes.MAX_PATHS)
 
 
 def adopted_plan_id(careplan_id: str) -> str:
@@ -185,6 +187,45 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
             plan.created_at = existing.created_at
         plan.touch(now.isoformat())
         uow.plans.save(plan)
+        record_import(uow, plan, existing, now)
         uow.outbox.add(plan.id, "push_plan", None, None, now)
         uow.commit()
     return plan
+
+
+IMPORTED = "plan.imported"  # a plan's history entry for `plans import`: history only, never a team notification
+
+
+def record_import(uow: UnitOfWork, plan: Plan, before: Plan | None, now: datetime) -> int:
+    """Add the import to the plan's history (plan_history), so its timeline starts with it; return its sequence.
+
+    It takes the plan's next change number like any change, but no subscription hears of it: an import is no
+    team event and no EHR change (a subscriber sees a gap in `sequence`, as for a type it filters out). The
+    entry is `source` "team" with no sender, event id or members; `paths` `["*"]` for a new plan, else what
+    the replacement changed.
+    """
+    if before is None:
+        every = ["*"]
+    else:
+        every = changed_paths(strip_bookkeeping(codec.to_dict(before)), strip_bookkeeping(codec.to_dict(plan)))
+    sequence = uow.deliveries.next_sequence(plan.id)
+    uow.history.add(
+        {
+            "plan_id": plan.id,
+            "sequence": sequence,
+            "at": now,
+            "source": "team",
+            "event_type": IMPORTED,
+            "plan_version": plan.version,
+            "sender": None,
+            "event_id": None,
+            "members": None,
+            "resource_type": None,
+            "resource_id": None,
+            "resource_version": None,
+            "outcome": None,
+            "paths": every[:MAX_HISTORY_PATHS],
+            "paths_total": len(every),
+        }
+    )
+    return sequence

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from service.domain import codec
@@ -50,6 +50,23 @@ def conflict_dict(row: Any) -> dict[str, Any]:
         "resolution": row.resolution,
         "created_at": row.created_at.isoformat(),
         "resolved_at": row.resolved_at.isoformat() if row.resolved_at else None,
+        "ehr": _ehr_origin(row),
+    }
+
+
+def _ehr_origin(row: Any) -> dict[str, Any] | None:
+    """Where the conflict's EHR side came from: `{resource, version, changed_at, changed_by}` (`resource`
+    as `Type/id`; `changed_by` a reference or meta.source URI, never a name; any of them null when the
+    server did not say); null when the conflict was recorded before planbridge kept this."""
+    resource_type, resource_id = getattr(row, "ehr_resource_type", None), getattr(row, "ehr_resource_id", None)
+    if resource_type is None or resource_id is None:
+        return None
+    changed_at = row.ehr_changed_at
+    return {
+        "resource": f"{resource_type}/{resource_id}",
+        "version": row.ehr_version,
+        "changed_at": changed_at.astimezone(UTC).isoformat().replace("+00:00", "Z") if changed_at else None,
+        "changed_by": row.ehr_changed_by,
     }
 
 

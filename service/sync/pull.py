@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -25,6 +26,7 @@ from service.domain.model import Plan
 from service.fhir.client import BatchUnsupported, FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
+from service.store.repo_sync import EhrOrigin
 from service.store.uow import UnitOfWork
 from service.sync.adopt import TRACKED, adopted_links, reachable, source_keys
 from service.sync.deletions import MAX_LOOKUPS, deleted_goals, unresolved_goal_refs, without_refs
@@ -44,6 +46,9 @@ CHUNK = 50
 CURSOR = "pull"
 BATCH_ENTRIES = 100  # searches per batch request
 BATCH_RETRY = timedelta(hours=24)  # after a server refused a batch, pulls search one by one for this long
+SOURCE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[!-~]{1,500}|#[!-~]{1,500}")  # meta.source: a URI, no spaces
+AUTHOR_REF = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # Medplum's meta.author: `Practitioner/12`
+ITEM_PATH = re.compile(r"(goals|steps|team)\[id=([^\]]*)\]")
 
 
 def batch_cursor(base_url: str) -> str:
@@ -58,6 +63,61 @@ class PullResult:
 
     outcomes: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+
+
+def _instant(value: Any) -> datetime | None:
+    """Read a FHIR instant (meta.lastUpdated); None when it is absent, malformed or has no zone."""
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
+def changed_by(meta: Any) -> str | None:
+    """Return who made a resource version, as FHIR tells it: `meta.source` (a URI), else the reference in
+    Medplum's `meta.author`; None when neither is there or well formed. Never a name or free text."""
+    if not isinstance(meta, dict):
+        return None
+    source = meta.get("source")
+    if isinstance(source, str) and SOURCE_URI.fullmatch(source):
+        return source
+    author = meta.get("author")
+    reference = author.get("reference") if isinstance(author, dict) else None
+    if isinstance(reference, str) and AUTHOR_REF.fullmatch(reference):
+        return reference
+    return None
+
+
+def origin_of(resource: dict[str, Any]) -> EhrOrigin:
+    """Return where a pulled resource's current version came from (its type, id, version, time and author)."""
+    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    version = meta.get("versionId")
+    return EhrOrigin(
+        resource_type=str(resource.get("resourceType"))[:64],
+        resource_id=str(resource.get("id"))[:64],
+        version=str(version)[:64] if version is not None else None,
+        changed_at=_instant(meta.get("lastUpdated")),
+        changed_by=changed_by(meta),
+    )
+
+
+def carrier_key(path: str, theirs: Any) -> str:
+    """Return the link key of the resource that holds a plan path on the server (`goal:g`,
+    `observation:g/c`, `careteam`, `patient`, `careplan`). An item the EHR took out (theirs null on a
+    whole goal, step or member) was taken out by its container: the CarePlan, or the CareTeam."""
+    item = ITEM_PATH.match(path)
+    whole = item is not None and item.end() == len(path)
+    if path == "team" or path.startswith(("team.", "team[")):
+        return "careteam"
+    if path == "patient" or path.startswith(("patient.", "patient[")):
+        return "patient"
+    if item is not None and item.group(1) == "goals" and not (whole and theirs is None):
+        inner = re.match(r"\.(?:check_ins|ratings)\[id=([^\]]*)\]", path[item.end() :])
+        return f"observation:{item.group(2)}/{inner.group(1)}" if inner else f"goal:{item.group(2)}"
+    return "careplan"
 
 
 def _chunks(items: list[str], size: int = CHUNK) -> Iterable[list[str]]:
@@ -137,7 +197,7 @@ class Puller:
                 for plan_id, links in adopted_links(self.uow, plan_ids).items()
             }
         for chunk in _chunks(sorted(set(plan_ids) - set(adopted))):
-            condition = ",".join(f"{self._system('plan')}|{plan_id}" for plan_id in chunk)
+            condition = ",".join(codes.identifier_token(self._system("plan"), plan_id) for plan_id in chunk)
             self._pull_chunk(chunk, [("identifier", condition)], result, queue_push)
         for chunk in _chunks(sorted(adopted)):
             self._pull_chunk(chunk, [("_id", ",".join(adopted[plan_id] for plan_id in chunk))], result, queue_push)
@@ -162,7 +222,7 @@ class Puller:
     def pull_patient(self, mrn: str) -> PullResult:
         """Pull every CarePlan of the patient with this MRN (plans the EHR authored included)."""
         result = PullResult()
-        patient = self.client.find_one("Patient", {"identifier": f"{self.settings.mrn_system}|{mrn}"})
+        patient = self.client.find_one("Patient", {"identifier": codes.identifier_token(self.settings.mrn_system, mrn)})
         result.requests += 1
         if patient is not None:
             for careplan, index in self.fetch([("subject", f"Patient/{patient['id']}")], result):
@@ -332,6 +392,7 @@ class Puller:
         now = self.clock()
         self._removed: list[dict[str, str]] = []  # what the EHR deleted or removed, as _merge_into recorded it
         self._keys, self._owned = source_keys(theirs), reachable(careplan, index) | {f"CarePlan/{careplan.get('id')}"}
+        self._pulled = (careplan, index, {goal_id: ref for ref, (goal_id, _) in gone.items()})
         with self.uow:
             ours = self.uow.plans.get(theirs.id)
             state = self.uow.sync.state(theirs.id)
@@ -448,6 +509,8 @@ class Puller:
                 # nothing is left to decide, and the server's value stands.
                 self.uow.sync.close_conflict(row, "converged", now)
                 continue
+            if server != row.theirs:  # the EHR changed the held field again: its side comes from the newer version
+                self.uow.sync.set_origin(row, self._origin(ours.id, row.path, server))
             row.ours, row.theirs = mine, server
             with contextlib.suppress(KeyError, TypeError):  # the item holding the path may be gone
                 set_path(merged_doc, row.path, mine)
@@ -455,7 +518,18 @@ class Puller:
         opened = []
         for conflict in found:
             if conflict.path not in held:
-                self.uow.sync.add_conflict(ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now)
+                origin = self._origin(ours.id, conflict.path, conflict.theirs)
+                self.uow.sync.add_conflict(
+                    ours.id, conflict.path, conflict.base, conflict.ours, conflict.theirs, now, origin
+                )
+                log.info(
+                    "plan %s: conflict on %s, EHR side from %s/%s version %s",
+                    ours.id,
+                    conflict.path,
+                    origin.resource_type,
+                    origin.resource_id,
+                    origin.version,
+                )
                 held.add(conflict.path)
                 opened.append(conflict.path)
         self.uow.flush()
@@ -476,6 +550,30 @@ class Puller:
             state.status = "pending"
             return "merged", merged_doc, saved, queued, opened
         return ("updated" if merged_doc != ours_doc else "unchanged"), merged_doc, saved, queued, opened
+
+    def _origin(self, plan_id: str, path: str, theirs: Any) -> EhrOrigin:
+        """Return where the server's value at a plan path came from, in the CarePlan being merged: the resource
+        holding it (as `carrier_key` names it, among the resources of this pull, keyed as their links are), its
+        version, meta.lastUpdated and meta.source. A Goal the EHR deleted: its id, nothing more (a history
+        need not say when or by whom). Nothing known: an empty origin."""
+        careplan, index, deleted = getattr(self, "_pulled", ({}, {}, {}))
+        item = ITEM_PATH.fullmatch(path)
+        if item is not None and item.group(1) == "goals" and theirs is None and item.group(2) in deleted:
+            return EhrOrigin(resource_type="Goal", resource_id=deleted[item.group(2)].split("/", 1)[1][:64])
+        parts: dict[str, dict[str, Any]] = {"careplan": careplan}  # link key -> the pulled resource
+        for resource in index.values():
+            kind = resource.get("resourceType")
+            if kind in ("CareTeam", "Goal", "Observation") and "id" in resource and self._belongs(resource, plan_id):
+                parts[self._key(resource)] = resource
+        subject_ref = careplan.get("subject")
+        subject = index.get(subject_ref.get("reference", "")) if isinstance(subject_ref, dict) else None
+        if isinstance(subject, dict) and subject.get("resourceType") == "Patient":
+            parts["patient"] = subject
+        key = carrier_key(path, theirs)
+        for candidate in (key, key.split("/", 1)[0].replace("observation:", "goal:"), "careplan"):
+            if parts.get(candidate):
+                return origin_of(parts[candidate])
+        return EhrOrigin()
 
     def _record_versions(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any], now: datetime) -> None:
         seen: dict[str, dict[str, Any]] = {}

@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 from werkzeug.serving import make_server
 
 from service.api.app import create_app
+from service.store.repo_sync import EhrOrigin
 from service.store.uow import UnitOfWork
 from service.sync.adopt import import_document
 from tests.e2e.test_console import ARTIFACTS, FHIR, KEY, Console, browser  # noqa: F401  (a fixture)
@@ -237,8 +238,10 @@ def test_a_conflict_is_resolved_with_a_typed_value_and_a_value_that_cannot_be_ta
         priority = {
             "codings": [{"system": "http://terminology.hl7.org/CodeSystem/goal-priority", "code": "low-priority"}]
         }
+        changed = datetime(2026, 11, 20, 14, 5, 9, tzinfo=UTC)
+        origin = EhrOrigin("Goal", "g-77", "5", changed, "urn:ehr:goal-editor")  # as a pull records it
         coded = uow.sync.add_conflict(
-            console.plan.id, f"goals[id={goal.id}].priority", None, None, priority, datetime.now(UTC)
+            console.plan.id, f"goals[id={goal.id}].priority", None, None, priority, datetime.now(UTC), origin
         )
         uow.commit()
         coded_id = coded.id
@@ -247,6 +250,16 @@ def test_a_conflict_is_resolved_with_a_typed_value_and_a_value_that_cannot_be_ta
     # Who holds the EHR side, its version, when it was read and when the conflict was noticed.
     side = re.search(rf'<p class="ehr-side" id="conflict-{console.conflict_id}-ehr">(.*?)</p>', page, re.S).group(1)
     assert "CarePlan/cp-1</a>, version 3, last read " in side and "Conflict noticed " in side
+    # Who changed the EHR side and when: "not recorded" for a conflict whose pull did not say; the recorded
+    # resource, version, meta.source and meta.lastUpdated for one that did.
+    assert " ".join(re.sub(r"<[^>]+>", "", side).split()).endswith(
+        "Changed in the EHR by not recorded on not recorded."
+    )
+    coded_side = re.search(rf'<p class="ehr-side" id="conflict-{coded_id}-ehr">(.*?)</p>', page, re.S).group(1)
+    assert "Goal/g-77</a>, version 5." in coded_side and "last read" not in coded_side
+    assert " ".join(re.sub(r"<[^>]+>", "", coded_side).split()).endswith(
+        "Changed in the EHR by urn:ehr:goal-editor on 2026-11-20 14:05 UTC."
+    )
     # A text field is typed as text; a coded one as JSON, said in its label.
     assert f'<label for="conflict-{console.conflict_id}-value">Or keep another value</label>' in page
     assert f'<label for="conflict-{coded_id}-value">Or keep another value (JSON)</label>' in page
