@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
 from service.domain.errors import NotFound
+from service.store.prepared import Prepared
 from service.store.repo_common import _OUTBOX, _delete_oldest, _insert, _open_and_latest
 from service.store.tables import OutboxRow
 
@@ -24,8 +25,73 @@ _OUTBOX_INSERT = _insert(
     "updated_at",
 )
 
+_THIS_ENTRY = _OUTBOX.c.id == sa.bindparam("id", type_=_OUTBOX.c.id.type)
+_FINISH = Prepared(
+    sa.update(_OUTBOX)
+    .where(_THIS_ENTRY)
+    .values(
+        status=sa.literal_column("'done'"),
+        attempts=_OUTBOX.c.attempts + sa.literal_column("1"),
+        last_error=sa.null(),
+        updated_at=sa.bindparam("now", type_=_OUTBOX.c.updated_at.type),
+        claimed_at=sa.null(),
+    )
+)
 
 PUSH_KINDS = ("push_plan", "push_goal")  # outbox entries that write to the FHIR server
+
+
+def _claim_next_query() -> sa.Select[tuple[OutboxRow]]:
+    """The claim (see `OutboxRepository.claim_next`), built once: its one bind is `now`."""
+    now = sa.bindparam("now", type_=OutboxRow.__table__.c.next_attempt_at.type)
+    other = aliased(OutboxRow)
+    # Each look at the plan's other entries goes by the plan_id index: `status || ''` keeps the planner off
+    # the status index, which holds every pending entry (without table statistics, SQLite and PostgreSQL
+    # took it, and a claim then read the whole queue once per due entry).
+    other_pending = other.status.concat("") == "pending"
+    plan_held = sa.select(other.id).where(
+        other.plan_id == OutboxRow.plan_id,
+        other_pending,
+        other.claimed_at.is_not(None),
+        other.id != OutboxRow.id,
+    )
+    # A push of a plan whose earlier push is backing off waits too: every team event queues a
+    # push, and a refusal that retrying cannot fix must not be met again once per event.
+    backing_off = sa.select(other.id).where(
+        other.plan_id == OutboxRow.plan_id,
+        other_pending,
+        other.kind.in_(PUSH_KINDS),
+        other.attempts > 0,
+        other.next_attempt_at > now,
+        other.id < OutboxRow.id,
+    )
+    # An earlier due entry of the plan is being claimed by another worker right now (SKIP LOCKED
+    # passed over its locked row): a push must not overtake it, nor a re-read an earlier re-read.
+    # (One worker alone never meets this: it takes the oldest first.)
+    earlier_due = sa.select(other.id).where(
+        other.plan_id == OutboxRow.plan_id,
+        other_pending,
+        other.next_attempt_at <= now,
+        other.id < OutboxRow.id,
+        sa.or_(OutboxRow.kind.in_(PUSH_KINDS), other.kind.not_in(PUSH_KINDS)),
+    )
+    query = (
+        sa.select(OutboxRow)
+        .where(
+            OutboxRow.status == "pending",
+            OutboxRow.next_attempt_at <= now,
+            ~plan_held.exists(),
+            ~earlier_due.exists(),
+            sa.or_(OutboxRow.kind.not_in(PUSH_KINDS), ~backing_off.exists()),
+        )
+        .order_by(OutboxRow.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return query
+
+
+_CLAIM_NEXT = _claim_next_query()
 
 
 class OutboxRepository:
@@ -61,47 +127,7 @@ class OutboxRepository:
     def claim_next(self, now: datetime) -> OutboxRow | None:
         """Lock and return the oldest due pending entry that no other worker holds, of a plan that no
         worker is working on (a held entry whose lease ran out is due again, and still its plan's)."""
-        other = aliased(OutboxRow)
-        plan_held = sa.select(other.id).where(
-            other.plan_id == OutboxRow.plan_id,
-            other.status == "pending",
-            other.claimed_at.is_not(None),
-            other.id != OutboxRow.id,
-        )
-        # A push of a plan whose earlier push is backing off waits too: every team event queues a
-        # push, and a refusal that retrying cannot fix must not be met again once per event.
-        backing_off = sa.select(other.id).where(
-            other.plan_id == OutboxRow.plan_id,
-            other.status == "pending",
-            other.kind.in_(PUSH_KINDS),
-            other.attempts > 0,
-            other.next_attempt_at > now,
-            other.id < OutboxRow.id,
-        )
-        # An earlier due entry of the plan is being claimed by another worker right now (SKIP LOCKED
-        # passed over its locked row): a push must not overtake it, nor a re-read an earlier re-read.
-        # (One worker alone never meets this: it takes the oldest first.)
-        earlier_due = sa.select(other.id).where(
-            other.plan_id == OutboxRow.plan_id,
-            other.status == "pending",
-            other.next_attempt_at <= now,
-            other.id < OutboxRow.id,
-            sa.or_(OutboxRow.kind.in_(PUSH_KINDS), other.kind.not_in(PUSH_KINDS)),
-        )
-        query = (
-            sa.select(OutboxRow)
-            .where(
-                OutboxRow.status == "pending",
-                OutboxRow.next_attempt_at <= now,
-                ~plan_held.exists(),
-                ~earlier_due.exists(),
-                sa.or_(OutboxRow.kind.not_in(PUSH_KINDS), ~backing_off.exists()),
-            )
-            .order_by(OutboxRow.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
-        return self._session.scalars(query).first()
+        return self._session.scalars(_CLAIM_NEXT, {"now": now}).first()
 
     def lease(self, row: OutboxRow, now: datetime, seconds: float) -> None:
         """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first."""
@@ -111,6 +137,11 @@ class OutboxRepository:
         """Record a successful push."""
         row.status, row.attempts, row.last_error, row.updated_at = "done", row.attempts + 1, None, now
         row.claimed_at = None
+
+    def finish(self, entry_id: int, now: datetime) -> None:
+        """Record a successful push of an entry by id, as `mark_done` does, in one UPDATE (no read first)."""
+        if not _FINISH.execute(self._session, {"id": entry_id, "now": now}):
+            raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
 
     def mark_failed(self, row: OutboxRow, error: str, now: datetime, max_attempts: int, delay: timedelta) -> None:
         """Record a failed push: retry later, or park it as dead after the last attempt."""

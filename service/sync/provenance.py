@@ -22,14 +22,30 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from mappings import codes
 from mappings.refs import member_identifier
 from service.domain.model import Member, Plan
+from service.store.prepared import Prepared
+from service.store.tables import PlanHistoryRow
 from service.store.uow import UnitOfWork
 
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 PLANBRIDGE_DEVICE = "planbridge"
 PEOPLE = ("Patient", "Practitioner", "RelatedPerson")
+
+_HISTORY = PlanHistoryRow.__table__
+# The plan's changes after a sequence, oldest first: the last one's sequence is the plan's latest, and the
+# team's among them are what a push carries (one statement, not a max() and a second read).
+_SINCE = Prepared(
+    sa.select(_HISTORY.c.sequence, _HISTORY.c.source, _HISTORY.c.sender, _HISTORY.c.members)
+    .where(
+        _HISTORY.c.plan_id == sa.bindparam("plan_id", type_=_HISTORY.c.plan_id.type),
+        _HISTORY.c.sequence > sa.bindparam("after", type_=_HISTORY.c.sequence.type),
+    )
+    .order_by(_HISTORY.c.sequence)
+)
 
 Json = dict[str, Any]
 Linked = dict[str, tuple[str, str, str | None]]  # local key -> (type, id, version), as fhir_links holds them
@@ -46,14 +62,19 @@ class Carried:
 
 def carried(uow: UnitOfWork, plan_id: str, pushed_through: int | None) -> Carried:
     """Return what the plan's history holds since the last push that carried changes (in an open uow)."""
-    through = uow.history.last_sequence(plan_id)
+    assert uow.session is not None
+    after = pushed_through or 0
+    through = after
     senders: list[str] = []
     members: list[str] = []
-    for row in uow.history.team_between(plan_id, pushed_through or 0, through):
-        if row.sender and row.sender not in senders:
-            senders.append(row.sender)
-        members += [m for m in row.members or [] if m not in members]
-    return Carried(max(through, pushed_through or 0), tuple(senders), tuple(members))
+    for sequence, source, sender, named in _SINCE.all(uow.session, {"plan_id": plan_id, "after": after}):
+        through = max(through, int(sequence))
+        if source != "team":
+            continue
+        if sender and sender not in senders:
+            senders.append(sender)
+        members += [m for m in named or [] if m not in members]
+    return Carried(through, tuple(senders), tuple(members))
 
 
 def _device(base: str, kind: str, value: str, role: str) -> Json:

@@ -29,12 +29,13 @@ from service.fhir.capabilities import Limits, server_limits
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError, FhirTransportError
 from service.settings import Settings
+from service.store.repo_sync import PushView
 from service.store.uow import UnitOfWork
 from service.sync.adopt import is_adopted
 from service.sync.deletions import on_server, prune_goal_references
 from service.sync.delta import only_changes
 from service.sync.merge import mask, strip_bookkeeping
-from service.sync.provenance import Carried, carried, is_provenance, provenance_entry
+from service.sync.provenance import Carried, Linked, carried, is_provenance, provenance_entry
 from service.sync.recovery import RECREATED, RELINKED, recover_links
 from service.sync.split import (
     LEARNED,
@@ -172,8 +173,11 @@ class _Snapshot:
     held: bool = False  # some open conflict's path went out at the server's value
     carried: Carried = field(default_factory=Carried)  # the team changes it carries (its Provenance's agents)
     provenance: dict[str, Any] | None = None  # the Provenance entry sent with the Bundle's entries
+    sent_document: dict[str, Any] = field(default_factory=dict)  # `sent` as the store keeps it (no bookkeeping)
+    links: Linked = field(default_factory=dict)  # the plan's links when it was read, then as its transactions land
 
 
+LinkRow = tuple[str, str, str, str | None]  # local key, type, id, version
 RECONCILE = "reconcile"  # an earlier push's outcome was never recorded: read the server first
 
 
@@ -198,49 +202,75 @@ class Pusher:
         self.on_conflict = on_conflict
 
     def _snapshot(self, plan_id: str) -> _Snapshot | PushResult | str:
+        """Read what to send and, when there is something, mark the push in flight, in one transaction (two,
+        with a request between them, when the Patient must first be found on the server)."""
+        prepared: _Snapshot | PushResult | None = None
         with self.uow:
             plan = self.uow.plans.get(plan_id)
             if plan is None:
                 raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
-            if self.uow.sync.state(plan_id).push_started_at is not None and self.on_conflict is not None:
+            state = self.uow.sync.push_view(plan_id)
+            if state.push_started_at is not None and self.on_conflict is not None:
                 return RECONCILE
-            link = self.uow.links.get(plan_id, "patient")
-            linked_id = link.fhir_id if link is not None else None
-        # No transaction is open while the server is asked (on SQLite one would hold the write lock).
-        patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
-        with self.uow:
-            state = self.uow.sync.state(plan_id)
-            held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
-            sent, document = plan, codec.to_dict(plan)
-            # Conflicted paths go out as the server has them, so it keeps them until resolved; items
-            # the EHR deleted or removed (recorded in the plan) do not go out at all.
-            out = sendable(document, held)
-            if out is not document:
-                sent = codec.from_dict(Plan, out)
-            bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
-            digest = bundle_digest(bundle)
-            if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
-                return PushResult(plan_id, state.status, spent)
-            validate_bundle(bundle)
-            links = {
-                link.local_key: (link.resource_type, link.fhir_id, link.version_id)
-                for link in self.uow.links.for_plan(plan_id)
-            }
-            _pin_versions(bundle, links, self.settings.identifier_base)
-            # An adopted plan's resources are the EHR's: only what the plan changed is written (service.sync.delta).
-            careplan = links.get("careplan")
-            adopted = careplan is not None and is_adopted(plan_id, careplan[1])
-            base = self._base_bundle(state.base_document, links, patient_ref) if adopted else None
+            links = self._links(plan_id)
+            linked_id = links["patient"][1] if "patient" in links else None
+            if plan.patient.fhir_reference or linked_id is not None:  # no request needed: go on in this transaction
+                patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
+                prepared = self._prepare(plan, state, links, patient_ref, spent)
+        if prepared is None:
+            # No transaction is open while the server is asked (on SQLite one would hold the write lock).
+            patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
+            with self.uow:
+                prepared = self._prepare(
+                    plan, self.uow.sync.push_view(plan_id), self._links(plan_id), patient_ref, spent
+                )
+        if isinstance(prepared, _Snapshot) and not prepared.bundle["entry"]:
+            # the server already holds all of it: nothing to send
+            return PushResult(plan_id, self._record(prepared, {}), spent)
+        return prepared
+
+    def _links(self, plan_id: str) -> Linked:
+        return {
+            link.local_key: (link.resource_type, link.fhir_id, link.version_id)
+            for link in self.uow.links.for_plan(plan_id)
+        }
+
+    def _prepare(
+        self, plan: Plan, state: PushView, links: Linked, patient_ref: str | None, spent: int
+    ) -> _Snapshot | PushResult:
+        """Build the Bundle for `plan` (a PushResult when the server has it already) and, when it has entries
+        to send, mark the push in flight and commit, in the caller's open transaction."""
+        plan_id = plan.id
+        held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
+        sent, document = plan, codec.to_dict(plan)
+        # Conflicted paths go out as the server has them, so it keeps them until resolved; items
+        # the EHR deleted or removed (recorded in the plan) do not go out at all.
+        out = sendable(document, held)
+        if out is not document:
+            sent = codec.from_dict(Plan, out)
+            document = codec.to_dict(sent)
+        bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+        digest = bundle_digest(bundle)
+        if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
+            return PushResult(plan_id, state.status, spent)
+        validate_bundle(bundle)
+        _pin_versions(bundle, links, self.settings.identifier_base)
+        # An adopted plan's resources are the EHR's: only what the plan changed is written (service.sync.delta).
+        careplan = links.get("careplan")
+        if careplan is not None and is_adopted(plan_id, careplan[1]):
+            base = self._base_bundle(self.uow.sync.base_document(plan_id), links, patient_ref)
             if base is not None:
                 bundle = only_changes(bundle, base)
-            what = carried(self.uow, plan_id, state.provenance_through)
-            snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held), what)
-            snapshot.provenance = provenance_entry(
-                sent, bundle["entry"], what, links, patient_ref, self.settings.identifier_base, self.clock(), local_key
-            )
-        if not bundle["entry"]:  # the server already holds all of it: nothing to send
-            self._record(snapshot, {})
-            return PushResult(plan_id, self._status(plan_id), spent)
+        what = carried(self.uow, plan_id, state.provenance_through)
+        snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held), what)
+        snapshot.sent_document, snapshot.links = strip_bookkeeping(document), dict(links)
+        snapshot.provenance = provenance_entry(
+            sent, bundle["entry"], what, links, patient_ref, self.settings.identifier_base, self.clock(), local_key
+        )
+        if bundle["entry"]:
+            # Marked in flight in the transaction that read it: from here the server may hold what it sends.
+            self.uow.sync.mark_in_flight(plan_id, self.clock(), snapshot.sent_document)
+            self.uow.commit()
         return snapshot
 
     def _base_bundle(
@@ -261,11 +291,9 @@ class Pusher:
         _pin_versions(bundle, links, self.settings.identifier_base)
         return bundle
 
-    def _mark_in_flight(self, plan_id: str, started: datetime | None, sent: Plan | None = None) -> None:
+    def _mark_in_flight(self, plan_id: str, started: datetime | None, sent: dict[str, Any] | None = None) -> None:
         with self.uow:
-            state = self.uow.sync.state(plan_id)
-            state.push_started_at = started
-            state.push_sent_document = strip_bookkeeping(codec.to_dict(sent)) if sent is not None else None
+            self.uow.sync.mark_in_flight(plan_id, started, sent)
             self.uow.commit()
 
     def push(self, plan_id: str) -> PushResult:
@@ -297,10 +325,9 @@ class Pusher:
             assert isinstance(snapshot, PushResult)
             return PushResult(plan_id, snapshot.status, spent + snapshot.requests)
         spent += snapshot.requests
-        self._mark_in_flight(plan_id, self.clock(), snapshot.sent)
         tally = _Tally()
         try:
-            self._send(snapshot, tally)
+            status = self._send(snapshot, tally)
         except FhirTransportError as exc:
             if exc.sent:
                 raise  # the server may have applied it: the in-flight mark stays, the next push reads first
@@ -326,7 +353,7 @@ class Pusher:
             return PushResult(plan_id, again.status, spent + tally.requests + again.requests, again.resources)
         count = len(snapshot.bundle["entry"])
         log.info("plan %s pushed: %d resources in %d transaction(s)", plan_id, count, tally.transactions)
-        return PushResult(plan_id, self._status(plan_id), spent + tally.requests, count)
+        return PushResult(plan_id, status, spent + tally.requests, count)
 
     def _limits(self, entries: list[dict[str, Any]], tally: _Tally) -> Limits:
         """Return the server's transaction limits as far as they are known: the settings, what its
@@ -355,9 +382,10 @@ class Pusher:
             LEARNED.remember_read(base, published)
         return tightest(limits, published)
 
-    def _send(self, snapshot: _Snapshot, tally: _Tally) -> None:
+    def _send(self, snapshot: _Snapshot, tally: _Tally) -> str:
         """Send the snapshot's Bundle and record what landed: one transaction when the server's limits
         allow it, else dependency-ordered transactions (service.sync.split), each recorded as it lands.
+        Return the status the plan was left in.
 
         A refusal for size (Medplum's caps, `decision == "split"`) teaches the server's limits and the
         Bundle goes again at once, split; a size refusal of a split push is a stop (no retry storm).
@@ -384,8 +412,7 @@ class Pusher:
                     raise
                 log.info("plan %s: the server refused the transaction as too large; splitting it", snapshot.plan.id)
             else:
-                self._record(snapshot, answer)
-                return
+                return self._record(snapshot, answer)
         split = split_bundle(snapshot.bundle, limits)
         if snapshot.provenance is not None:  # in the last transaction, naming what earlier ones wrote by id
             split = with_last(split, snapshot.provenance, limits)
@@ -401,20 +428,28 @@ class Pusher:
                     exc.decision = "stop"  # refused after splitting: not tried again at once
                 raise
             known.update(landed(chunk, answer))
-            self._record_links(snapshot.plan.id, chunk, answer)  # a crash after this loses nothing
-        self._record(snapshot, {})
+            self._record_links(snapshot, chunk, answer)  # a crash after this loses nothing
+        return self._record(snapshot, {})
 
-    def _record_links(self, plan_id: str, bundle: dict[str, Any], answer: dict[str, Any]) -> None:
+    def _record_links(self, snapshot: _Snapshot, bundle: dict[str, Any], answer: dict[str, Any]) -> None:
         """Record the id and version of every resource one transaction wrote (fhir_links)."""
         with self.uow:
-            self._link(plan_id, bundle, answer, self.clock())
+            self._link(snapshot, self._landed(bundle, answer), self.clock())
             self.uow.commit()
 
-    def _link(self, plan_id: str, bundle: dict[str, Any], answer: dict[str, Any], now: datetime) -> None:
+    def _landed(self, bundle: dict[str, Any], answer: dict[str, Any]) -> list[LinkRow]:
+        """Return the link of every resource a transaction wrote, by the server's answer."""
+        rows = []
         for entry, result in zip(bundle["entry"], answer.get("entry", []), strict=False):
             at = location_of(result) if isinstance(result, dict) else None
             if at is not None and not is_provenance(entry):  # a Provenance is the push's record, not the plan
-                self.uow.links.record(plan_id, local_key(entry["resource"], self.settings.identifier_base), *at, now)
+                rows.append((local_key(entry["resource"], self.settings.identifier_base), *at))
+        return rows
+
+    def _link(self, snapshot: _Snapshot, rows: list[LinkRow], now: datetime) -> None:
+        """Write links in one batch (the push holds the plan: no read first); the snapshot keeps them."""
+        self.uow.links.write(snapshot.plan.id, rows, now)
+        snapshot.links.update({key: (rtype, fhir_id, version) for key, rtype, fhir_id, version in rows})
 
     def _record_failure(self, plan_id: str, exc: PlanbridgeError) -> None:
         with self.uow:
@@ -432,31 +467,33 @@ class Pusher:
         with self.uow:
             return self.uow.sync.state(plan_id).status
 
-    def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> None:
-        now = self.clock()
+    def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> str:
+        """Record what a push wrote, its new merge base and the status it leaves the plan in (returned)."""
+        now, plan_id = self.clock(), snapshot.plan.id
         with self.uow:
-            self._link(snapshot.plan.id, snapshot.bundle, answer, now)  # a split push recorded them as they landed
-            if snapshot.patient_ref and self.uow.links.get(snapshot.plan.id, "patient") is None:
+            # (a split push recorded its links as each transaction landed, and the plan is held by this push)
+            rows = self._landed(snapshot.bundle, answer)
+            if snapshot.patient_ref and "patient" not in snapshot.links and all(row[0] != "patient" for row in rows):
                 rtype, fhir_id = snapshot.patient_ref.split("/")
-                self.uow.links.record(snapshot.plan.id, "patient", rtype, fhir_id, None, now)
-            state = self.uow.sync.state(snapshot.plan.id)
-            current = self.uow.plans.get(snapshot.plan.id)
-            state.base_document = strip_bookkeeping(codec.to_dict(snapshot.sent))
-            # Remember the Bundle the next push would build for this same plan: by now the Patient
-            # is known by its server id, so that Bundle names it literally.
-            patient = self.uow.links.get(snapshot.plan.id, "patient")
-            patient_ref = f"Patient/{patient.fhir_id}" if patient else snapshot.patient_ref
-            state.pushed_hash = bundle_digest(
-                plan_to_bundle(snapshot.sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
-            )
-            if self.uow.sync.conflicts(snapshot.plan.id):
-                state.status = "conflicted"
-            elif current and current.version == snapshot.plan.version and not snapshot.held:
-                state.status = "in_sync"
+                rows.append(("patient", rtype, fhir_id, None))
+            self._link(snapshot, rows, now)
+            patient = snapshot.links.get("patient")
+            # Remember the digest of the Bundle the next push would build for this same plan: by now the
+            # Patient is known by its server id, so that Bundle names it literally.
+            patient_ref = f"Patient/{patient[1]}" if patient else snapshot.patient_ref
+            digest = snapshot.digest
+            if patient_ref != snapshot.patient_ref:  # the Bundle created the Patient: it names it differently now
+                bundle = plan_to_bundle(
+                    snapshot.sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref
+                )
+                digest = bundle_digest(bundle)
+            open_conflicts, version = self.uow.sync.after_push(plan_id)
+            if open_conflicts:
+                status = "conflicted"
+            elif version == snapshot.plan.version and not snapshot.held:
+                status = "in_sync"
             else:  # changed since, or a conflict was resolved since: a push is queued for it
-                state.status = "pending"
-            state.last_pushed_at, state.last_error, state.push_started_at = now, None, None
-            state.push_sent_document = None
-            state.last_outcome = None
-            state.provenance_through = max(state.provenance_through or 0, snapshot.carried.through)
+                status = "pending"
+            self.uow.sync.record_push(plan_id, status, snapshot.sent_document, digest, now, snapshot.carried.through)
             self.uow.commit()
+        return status

@@ -143,11 +143,11 @@ class OutboxWorker(PollingWorker):
             if not isinstance(exc, PlanbridgeError):
                 log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
         with uow:
-            row = uow.outbox.get(entry_id)
             now = self.clock()
             if error is None:
-                uow.outbox.mark_done(row, now)
+                uow.outbox.finish(entry_id, now)
             else:
+                row = uow.outbox.get(entry_id)
                 if kind.startswith("push") and uow.plans.get(plan_id) is not None:
                     state = uow.sync.state(plan_id)
                     state.last_error = error[:2000]
