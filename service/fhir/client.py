@@ -19,6 +19,7 @@ import requests
 import urllib3
 from requests.auth import AuthBase
 
+from mappings.codes import identifier_token
 from service.fhir import errors, refusals
 from service.fhir.auth import SmartBackendAuth
 
@@ -279,7 +280,7 @@ class FhirClient:
 
     def update_by_identifier(self, resource: dict[str, Any], system: str, value: str) -> dict[str, Any]:
         """Conditional update on an identifier: the one match is updated, none means create."""
-        condition = quote(f"{system}|{value}", safe="")
+        condition = quote(identifier_token(system, value), safe="")
         response = self.request(
             "PUT",
             f"{resource['resourceType']}?identifier={condition}",

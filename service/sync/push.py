@@ -139,7 +139,7 @@ def _patient_reference(
     if linked_id is not None:
         return f"Patient/{linked_id}", 0
     system = plan.patient.mrn_system or settings.mrn_system
-    found = client.find_one("Patient", {"identifier": f"{system}|{plan.patient.mrn}"})
+    found = client.find_one("Patient", {"identifier": codes.identifier_token(system, plan.patient.mrn)})
     if found is not None:
         return f"Patient/{found['id']}", 1
     if settings.create_patients:

@@ -181,6 +181,13 @@ def test_conditional_update_sends_the_identifier_as_the_condition(client):
     assert sent.headers["Content-Type"].startswith("application/fhir+json")
 
 
+def test_a_conditional_update_escapes_search_special_characters_in_the_identifier(client):
+    client.mock.add(responses.PUT, f"{BASE}/Goal", json={"resourceType": "Goal", "id": "7", "meta": {"versionId": "1"}})
+    client.update_by_identifier({"resourceType": "Goal"}, "urn:s", "12,3|4\\5")
+    # FHIR escapes (a backslash before , | \\), then URL-encoded: one value, never "12" OR "3|4..."
+    assert client.mock.calls[0].request.url == f"{BASE}/Goal?identifier=urn%3As%7C12%5C%2C3%5C%7C4%5C%5C5"
+
+
 def test_connection_errors_become_transport_errors(client):
     client.mock.add(responses.GET, f"{BASE}/Goal/1", body=requests.ConnectionError("refused"))
     with pytest.raises(errors.FhirTransportError):
