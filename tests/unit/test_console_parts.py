@@ -450,7 +450,13 @@ def test_the_gas_summary_marks_each_goals_latest_level_with_what_it_means_and_th
 def test_a_conflicts_ehr_side_is_the_resource_holding_its_path_and_its_value_is_text_or_json():
     from service.console import views
 
-    links = {"careplan": "CP", "careteam": "CT", "goal:g-1": "G1", "checkin:c-1": "O1"}
+    links = {
+        "careplan": "CP",
+        "careteam": "CT",
+        "goal:g-1": "G1",
+        "observation:g-1/c-1": "O1",
+        "checkin:c-1": "not a key links use",
+    }
     assert views.ehr_side("goals[id=g-1].lifecycle_status", links) == "G1"
     assert views.ehr_side("goals[id=g-1].check_ins[id=c-1].note", links) == "O1"
     assert views.ehr_side("goals[id=g-2].priority", links) == "CP"  # not on the server yet: the plan
