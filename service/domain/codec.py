@@ -4,6 +4,10 @@ This is the plan JSON format's single source: keys are the dataclass field names
 8601 strings, decimals are JSON numbers, and absent optional values are left out. A field's
 metadata may rename its key (`{"json": "if"}`: a Python keyword as a field name) or leave it out
 when empty (`{"omit_empty": True}`: an empty dict is not written).
+
+Both directions are compiled once per dataclass (storing and reading a plan runs them on every event):
+`to_dict` runs a function generated from the class's fields, `from_dict` a table of each key's field
+name and converter, each giving exactly what walking the fields one by one would.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ T = TypeVar("T")
 
 
 _AS_IS = frozenset({str, int, float, bool, type(None), dict})
+_ToDict = Callable[[Any], Any]
 
 
 @functools.cache
@@ -34,20 +39,45 @@ def _field_names(cls: type) -> tuple[tuple[str, str, bool], ...] | None:
     )
 
 
+_COMPILED: dict[type, _ToDict] = {}
+
+
+def _compile_to_dict(cls: type, names: tuple[tuple[str, str, bool], ...]) -> _ToDict:
+    """Generate the to_dict of one dataclass: each field read once, its value kept as-is (str, int, float,
+    bool, dict), a list's items each converted, anything else converted by to_dict; None, an empty list
+    and (omit_empty) an empty value left out, as the loop over the fields does."""
+    lines = ["def to_dict_of(obj):", "    out = {}"]
+    for name, key, omit_empty in names:
+        lines += [f"    v = obj.{name}", "    if v is not None:", "        t = type(v)"]
+        guard = " and v" if omit_empty else ""
+        lines += [
+            "        if t is str or t is int or t is dict or t is bool or t is float:",
+            f"            if True{guard}:",
+            f"                out[{key!r}] = v",
+            "        elif t is list:",
+            "            if v:",
+            f"                out[{key!r}] = [x if type(x) in _AS_IS else to_dict(x) for x in v]",
+            f"        elif v != []{guard}:",
+            f"            out[{key!r}] = to_dict(v)",
+        ]
+    lines.append("    return out")
+    namespace: dict[str, Any] = {"_AS_IS": _AS_IS, "to_dict": to_dict}
+    exec("\n".join(lines), namespace)  # noqa: S102 - source built from the dataclass's own field names
+    return typing.cast(_ToDict, namespace["to_dict_of"])
+
+
 def to_dict(obj: Any) -> Any:
     """Return the JSON-ready form of a domain object (dataclass, list or scalar)."""
     cls = type(obj)
+    compiled = _COMPILED.get(cls)
+    if compiled is not None:
+        return compiled(obj)
     if cls in _AS_IS:
         return obj
     names = _field_names(cls)
     if names is not None:
-        out: dict[str, Any] = {}
-        for name, key, omit_empty in names:
-            value = getattr(obj, name)
-            if value is None or value == [] or (omit_empty and not value):
-                continue
-            out[key] = value if type(value) in _AS_IS else to_dict(value)
-        return out
+        compiled = _COMPILED[cls] = _compile_to_dict(cls, names)
+        return compiled(obj)
     if isinstance(obj, list):
         return [to_dict(v) for v in obj]
     if isinstance(obj, Decimal):
@@ -79,9 +109,10 @@ def _converter(tp: Any) -> Callable[[Any], Any]:
         return _converter(inner[0])
     if origin is list:
         (item,) = typing.get_args(tp)
-        return lambda value: [_convert(item, v) for v in value]
+        convert = _converter(item)
+        return lambda value: [None if v is None else convert(v) for v in value]
     if dataclasses.is_dataclass(tp):
-        return functools.partial(_build, tp)
+        return _builder(tp)
     if tp is Decimal:
         return lambda value: Decimal(str(value))
     if tp is datetime:
@@ -98,6 +129,21 @@ def _field_types(cls: type) -> dict[str, tuple[str, Any]]:
     return {f.metadata.get("json", f.name): (f.name, hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _build(cls: type, value: dict[str, Any]) -> Any:
-    fields = _field_types(cls)
-    return cls(**{fields[k][0]: _convert(fields[k][1], v) for k, v in value.items() if k in fields})
+def _builder(cls: type) -> Callable[[dict[str, Any]], Any]:
+    """Return the function building a `cls` from its JSON form: each known key's value converted to its
+    field's type (None stays None), unknown keys ignored. Its table of keys is made on the first call, so
+    a dataclass that refers to itself does not recurse here."""
+    table: dict[str, tuple[str, Callable[[Any], Any]]] = {}
+
+    def build(value: dict[str, Any]) -> Any:
+        if not table:
+            table.update({key: (name, _converter(tp)) for key, (name, tp) in _field_types(cls).items()})
+        known = table.get
+        kwargs: dict[str, Any] = {}
+        for key, item in value.items():
+            entry = known(key)
+            if entry is not None:
+                kwargs[entry[0]] = None if item is None else entry[1](item)
+        return cls(**kwargs)
+
+    return build

@@ -10,6 +10,15 @@ check-ins the event left as they were (that plan: ~11 ms; a new one-goal plan: ~
 resource (Patient, people, CareTeam, Goals, CarePlan) is checked whole, with exactly the content the
 push sends, and a check-in's Observation depends only on the check-in (its references are generated,
 never text an event gave), so an untouched one is as valid as when it was accepted.
+
+The same holds for a Goal the event left as it was, as long as nothing it is mapped from changed either:
+its Goal resource is made from the goal, the plan's id, the references of the patient, the team and the
+goals (and which goals replace which), so when the rest of the plan (patient, team, steps, everything but
+the goals and planbridge's bookkeeping) and every goal's id and `replaces` are as they were, an unchanged
+goal maps to the very resource that was checked when it was accepted. The whole plan is still mapped (a
+mapping error anywhere refuses the event); only those Goal entries are left out of the validation. A
+change to the patient or the team, or a goal added, removed or replacing another, checks every goal.
+A refusal is always worked out on the whole plan, so it names every problem as before.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from mappings import codes
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import validate_bundle
 from service.domain.errors import InvalidInput, MappingError
@@ -43,6 +53,37 @@ def _touched_only(before: Plan | None, after: Plan) -> Plan:
         else:
             goals.append(dataclasses.replace(goal, check_ins=kept, ratings=new_ratings))
     return dataclasses.replace(after, goals=goals)
+
+
+def _untouched_goals(before: Plan | None, after: Plan) -> set[str]:
+    """Return the ids of the goals whose Goal resource is the one checked when `before` was accepted:
+    the goal is unchanged and so is everything else its resource is mapped from (see the module doc)."""
+    if before is None or len(before.goals) != len(after.goals):
+        return set()
+    if [(g.id, g.replaces) for g in before.goals] != [(g.id, g.replaces) for g in after.goals]:
+        return set()
+    if _context(before) != _context(after):
+        return set()
+    return {old.id for old, new in zip(before.goals, after.goals, strict=True) if old == new}
+
+
+def _context(plan: Plan) -> Plan:
+    """The plan without its goals and planbridge's bookkeeping (version, updated_at)."""
+    return dataclasses.replace(plan, goals=[], version=0, updated_at=None)
+
+
+def _without_goals(bundle: dict[str, Any], plan_id: str, goal_ids: set[str], identifier_base: str) -> dict[str, Any]:
+    """Return the Bundle without the Goal entries of these goals (found by planbridge's identifier)."""
+    system = codes.identifier_system(identifier_base, "goal")
+    skip = {codes.goal_identifier_value(plan_id, g) for g in goal_ids}
+
+    def ours(entry: dict[str, Any]) -> bool:
+        resource = entry.get("resource") or {}
+        return resource.get("resourceType") == "Goal" and any(
+            i.get("system") == system and i.get("value") in skip for i in resource.get("identifier", [])
+        )
+
+    return {**bundle, "entry": [e for e in bundle.get("entry", []) if not ours(e)]}
 
 
 def _element_path(bundle: dict[str, Any], path: str, identifier_base: str) -> str:
@@ -77,24 +118,36 @@ def check_deliverable(before: Plan | None, after: Plan, identifier_base: str, mr
     EHR, or accepted before this check existed), does not make every later event a refusal: the
     event did not add the problem, and refusing it would only stop the team from working on the plan.
     """
+    untouched = _untouched_goals(before, after)
     try:
-        _check(after, before, identifier_base, mrn_system)
-    except Undeliverable as refusal:
-        if before is None:
-            raise
+        _check(after, before, identifier_base, mrn_system, untouched)
+        return
+    except Undeliverable as found:
+        refusal = found
+    if untouched:  # the refusal names every problem of the plan, as checking it whole does
         try:
-            _check(before, None, identifier_base, mrn_system)
-        except Undeliverable as earlier:
-            if earlier.errors.get("fhir") == refusal.errors.get("fhir"):
-                return
-        raise
+            _check(after, before, identifier_base, mrn_system)
+        except Undeliverable as whole:
+            refusal = whole
+    if before is None:
+        raise refusal
+    try:
+        _check(before, None, identifier_base, mrn_system)
+    except Undeliverable as earlier:
+        if earlier.errors.get("fhir") == refusal.errors.get("fhir"):
+            return
+    raise refusal
 
 
-def _check(after: Plan, before: Plan | None, identifier_base: str, mrn_system: str) -> None:
+def _check(
+    after: Plan, before: Plan | None, identifier_base: str, mrn_system: str, untouched: set[str] | None = None
+) -> None:
     try:
         bundle = plan_to_bundle(_touched_only(before, after), identifier_base, mrn_system)
     except MappingError as exc:
         raise _refusal(after, exc, {}, identifier_base) from None
+    if untouched:
+        bundle = _without_goals(bundle, after.id, untouched, identifier_base)
     try:
         validate_bundle(bundle)
     except MappingError as exc:

@@ -96,3 +96,79 @@ def test_a_plan_already_undeliverable_does_not_refuse_events_that_add_nothing_wr
         check_deliverable(broken, worse, "https://planbridge.test/id", "http://hospital.example.org/mrn")
     with pytest.raises(Undeliverable):
         check_deliverable(plan, broken, "https://planbridge.test/id", "http://hospital.example.org/mrn")
+
+
+def _two_goal_plan() -> Plan:
+    plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "minimal.json").read_text()))
+    second = dataclasses.replace(copy.deepcopy(plan.goals[0]), id="goal-two", check_ins=[], ratings=[])
+    return dataclasses.replace(plan, goals=[*plan.goals, second])
+
+
+def _checked_goals(monkeypatch) -> list[set[str]]:
+    """Record, per validation, the identifier values of the Goal resources in the Bundle validated."""
+    from service.services import deliverable
+
+    seen: list[set[str]] = []
+    real = deliverable.validate_bundle
+
+    def spy(bundle):
+        seen.append(
+            {
+                i["value"]
+                for e in bundle["entry"]
+                if e["resource"]["resourceType"] == "Goal"
+                for i in e["resource"].get("identifier", [])
+                if i.get("system", "").endswith("/goal")
+            }
+        )
+        return real(bundle)
+
+    monkeypatch.setattr(deliverable, "validate_bundle", spy)
+    return seen
+
+
+def test_a_goal_the_event_left_as_it_was_is_not_validated_again(monkeypatch):
+    before = _two_goal_plan()
+    first, second = (f"{before.id}/{g.id}" for g in before.goals)
+    seen = _checked_goals(monkeypatch)
+    after = copy.deepcopy(before)
+    after.goals[1].description = dataclasses.replace(after.goals[1].description, text="Swim on Sundays")
+    after.version += 1
+    check_deliverable(before, after, BASE, MRN)
+    assert seen == [{second}]  # the first goal and everything it is mapped from are as they were
+    poisoned = copy.deepcopy(after)
+    poisoned.goals[1].description = dataclasses.replace(poisoned.goals[1].description, text="swim\x01")
+    seen.clear()
+    with pytest.raises(Undeliverable) as refused:
+        check_deliverable(before, poisoned, BASE, MRN)
+    assert list(refused.value.errors["fhir"]) == [f"Goal({second}).description.text"]
+    assert seen[:2] == [{second}, {first, second}]  # a refusal is worked out on the whole plan
+
+
+@pytest.mark.parametrize("change", ["team", "patient", "goal added", "replaces"])
+def test_a_plan_level_change_validates_every_goal_it_affects(monkeypatch, change):
+    """The patient, the team and the goals' ids and replacements go into every Goal resource: a change to
+    any of them checks every goal again, and a goal that cannot be sent refuses the event."""
+    before = _two_goal_plan()
+    after = copy.deepcopy(before)
+    if change == "team":
+        after.team = [*after.team, dataclasses.replace(after.team[-1], id="new-member")]
+    elif change == "patient":
+        after.patient = dataclasses.replace(after.patient, display_name="Another Name")
+    elif change == "goal added":
+        after.goals.append(dataclasses.replace(copy.deepcopy(after.goals[1]), id="goal-three"))
+    else:
+        after.goals[1].replaces = after.goals[0].id
+    seen = _checked_goals(monkeypatch)
+    check_deliverable(before, after, BASE, MRN)
+    assert seen[0] == {f"{before.id}/{g.id}" for g in after.goals}
+    # The same change over a plan whose first goal holds what FHIR refuses (stored before the schemas
+    # refused it): it is checked again and, as it is not new, the event is still accepted; a team or
+    # patient change that itself breaks a goal resource would be refused (no goal is skipped).
+    broken = copy.deepcopy(before)
+    broken.goals[0].description = dataclasses.replace(broken.goals[0].description, text="bad\x01")
+    later = copy.deepcopy(after)
+    later.goals[0].description = broken.goals[0].description
+    seen.clear()
+    check_deliverable(broken, later, BASE, MRN)
+    assert f"{before.id}/{before.goals[0].id}" in seen[0]
