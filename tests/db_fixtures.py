@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
 from service.store.db import create_engine, upgrade
 
@@ -36,10 +39,10 @@ def _postgres_engine():
     return engine, drop, f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request, tmp_path):
-    """Yield (engine, url) of a migrated database; runs the test once per backend."""
-    if request.param == "sqlite":
+def migrated_database(kind: str, tmp_path: Path) -> Iterator[tuple[Engine, str]]:
+    """Yield (engine, url) of a migrated database, "sqlite" (a file in tmp_path) or "postgres" (a fresh
+    schema), and remove it afterwards: the body of the fixtures that give a test its database."""
+    if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'planbridge.db'}"
         engine = create_engine(url)
         upgrade(engine)
@@ -50,6 +53,12 @@ def database(request, tmp_path):
     upgrade(engine)
     yield engine, url
     drop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request, tmp_path):
+    """Yield (engine, url) of a migrated database; runs the test once per backend."""
+    yield from migrated_database(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -43,20 +43,27 @@ def is_adopted(plan_id: str, careplan_link_id: str | None) -> bool:
     return careplan_link_id is not None and plan_id == adopted_plan_id(careplan_link_id)
 
 
+def _adopted_plan_ids(plan_ids: Iterable[str] | None) -> sa.Select[tuple[str]] | None:
+    """Return a query for the ids of adopted plans (those whose CarePlan link names the EHR's own CarePlan),
+    all of them or those among `plan_ids`; None when `plan_ids` names none."""
+    careplans = sa.select(FhirLinkRow.plan_id).where(
+        FhirLinkRow.local_key == "careplan", FhirLinkRow.plan_id == sa.literal(PREFIX) + FhirLinkRow.fhir_id
+    )
+    if plan_ids is None:
+        return careplans
+    wanted = sorted(set(plan_ids))
+    return careplans.where(FhirLinkRow.plan_id.in_(wanted)) if wanted else None
+
+
 def adopted_links(uow: UnitOfWork, plan_ids: Iterable[str] | None = None) -> dict[str, list[FhirLinkRow]]:
     """Return the links of adopted plans (all of them, or those among `plan_ids`), by plan id.
 
     One query, however many plans there are; none when no plan was ever adopted.
     """
     assert uow.session is not None
-    careplans = sa.select(FhirLinkRow.plan_id).where(
-        FhirLinkRow.local_key == "careplan", FhirLinkRow.plan_id == sa.literal(PREFIX) + FhirLinkRow.fhir_id
-    )
-    if plan_ids is not None:
-        wanted = sorted(set(plan_ids))
-        if not wanted:
-            return {}
-        careplans = careplans.where(FhirLinkRow.plan_id.in_(wanted))
+    careplans = _adopted_plan_ids(plan_ids)
+    if careplans is None:
+        return {}
     rows = uow.session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id.in_(careplans)))
     found: dict[str, list[FhirLinkRow]] = {}
     for row in rows:
@@ -69,14 +76,9 @@ def adopted_patients(uow: UnitOfWork, plan_ids: Iterable[str] | None = None) -> 
     by plan id: the `patient` link a pull records from the CarePlan's subject; None when there is none (a
     subject that is not a `Patient/<id>` on the server). One query for the plans, one for their patients."""
     assert uow.session is not None
-    careplans = sa.select(FhirLinkRow.plan_id).where(
-        FhirLinkRow.local_key == "careplan", FhirLinkRow.plan_id == sa.literal(PREFIX) + FhirLinkRow.fhir_id
-    )
-    if plan_ids is not None:
-        wanted = sorted(set(plan_ids))
-        if not wanted:
-            return {}
-        careplans = careplans.where(FhirLinkRow.plan_id.in_(wanted))
+    careplans = _adopted_plan_ids(plan_ids)
+    if careplans is None:
+        return {}
     found: dict[str, str | None] = dict.fromkeys(uow.session.scalars(careplans))
     if not found:
         return {}

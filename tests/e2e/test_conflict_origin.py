@@ -24,7 +24,7 @@ from service.store.db import create_engine, upgrade
 from service.store.uow import UnitOfWork
 from service.sync.adopt import import_document
 from service.sync.engine import SyncEngine, conflict_dict
-from tests.db_fixtures import _postgres_engine
+from tests.db_fixtures import migrated_database
 from tests.e2e.test_adoption import World
 from tests.live import Live
 from tests.support import FIXTURES, goal_event, settings
@@ -37,17 +37,7 @@ STATUS_EVENT = json.loads((FIXTURES / "events" / "goal-status-changed.json").rea
 @pytest.fixture
 def db(fhir_profile, tmp_path):
     """A migrated database: SQLite with the medplum profile, PostgreSQL with hapi (as CI pairs them)."""
-    if fhir_profile == "medplum":
-        url = f"sqlite:///{tmp_path / 'planbridge.db'}"
-        engine = create_engine(url)
-        upgrade(engine)
-        yield engine, url
-        engine.dispose()
-        return
-    engine, drop, url = _postgres_engine()
-    upgrade(engine)
-    yield engine, url
-    drop()
+    yield from migrated_database("sqlite" if fhir_profile == "medplum" else "postgres", tmp_path)
 
 
 def _instant(text: str) -> datetime:
