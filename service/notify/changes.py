@@ -32,6 +32,7 @@ from typing import Any
 
 from service.domain import codec
 from service.domain.model import Plan
+from service.store.repo_history import history_row
 from service.store.uow import UnitOfWork
 from service.sync.merge import BOOKKEEPING, IDENTITY_KEYS, changed_paths, strip_bookkeeping
 
@@ -233,23 +234,16 @@ def _history_row(
     now: datetime,
 ) -> dict[str, Any]:
     """Return the plan_history row of a change: ids, types and paths, never a value of the plan."""
-    row: dict[str, Any] = {
-        "plan_id": plan_id,
-        "sequence": sequence,
-        "at": now,
-        "source": payload["source"],
-        "event_type": event_type,
-        "plan_version": payload["plan_version"],
-        "sender": None,
-        "event_id": None,
-        "members": None,
-        "resource_type": None,
-        "resource_id": None,
-        "resource_version": None,
-        "outcome": None,
-        "paths": list(change.get("paths") or [])[:MAX_PATHS],
-        "paths_total": total,
-    }
+    row = history_row(
+        plan_id=plan_id,
+        sequence=sequence,
+        at=now,
+        source=payload["source"],
+        event_type=event_type,
+        plan_version=payload["plan_version"],
+        paths=list(change.get("paths") or [])[:MAX_PATHS],
+        paths_total=total,
+    )
     if payload["source"] == "team":
         sender, event_id = change.get("sender"), change.get("event_id")
         row["sender"] = sender[:64] if isinstance(sender, str) else None

@@ -20,6 +20,14 @@ _LAST_SEQUENCE = Prepared(
 )
 
 
+def history_row(**given: Any) -> dict[str, Any]:
+    """Return a plan_history row with every column: those `given`, the rest None (the INSERT binds them all)."""
+    unknown = set(given) - set(HISTORY_COLUMNS)
+    if unknown:
+        raise ValueError(f"not plan_history columns: {sorted(unknown)}")
+    return {column: given.get(column) for column in HISTORY_COLUMNS}
+
+
 class HistoryRepository:
     """Each plan's accepted changes, by sequence."""
 

@@ -23,6 +23,7 @@ from service.domain import codec
 from service.domain.errors import Conflict, InvalidInput
 from service.domain.model import Plan
 from service.settings import Settings
+from service.store.repo_history import history_row
 from service.store.tables import FhirLinkRow
 from service.store.uow import UnitOfWork
 from service.sync.merge import changed_paths, strip_bookkeeping
@@ -212,22 +213,15 @@ def record_import(uow: UnitOfWork, plan: Plan, before: Plan | None, now: datetim
         every = changed_paths(strip_bookkeeping(codec.to_dict(before)), strip_bookkeeping(codec.to_dict(plan)))
     sequence = uow.deliveries.next_sequence(plan.id)
     uow.history.add(
-        {
-            "plan_id": plan.id,
-            "sequence": sequence,
-            "at": now,
-            "source": "team",
-            "event_type": IMPORTED,
-            "plan_version": plan.version,
-            "sender": None,
-            "event_id": None,
-            "members": None,
-            "resource_type": None,
-            "resource_id": None,
-            "resource_version": None,
-            "outcome": None,
-            "paths": every[:MAX_HISTORY_PATHS],
-            "paths_total": len(every),
-        }
+        history_row(
+            plan_id=plan.id,
+            sequence=sequence,
+            at=now,
+            source="team",
+            event_type=IMPORTED,
+            plan_version=plan.version,
+            paths=every[:MAX_HISTORY_PATHS],
+            paths_total=len(every),
+        )
     )
     return sequence
