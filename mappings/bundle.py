@@ -74,24 +74,17 @@ def plan_resources(plan: Plan, refs: Refs) -> list[tuple[str, Json, str, str]]:
             contained.append(_as_contained(resource, contained_id(goal.fhir_extra) or "", system))
         else:
             out.append((refs.goals[goal.id], resource, system, value))
-        for j, check_in in enumerate(goal.check_ins):
-            observation = checkin_to_fhir(check_in, goal.id, plan.id, refs, f"goals[{i}].check_ins[{j}]")
+        # check-ins, then outcome ratings: each an Observation under the check-in identifier system
+        observations: list[tuple[Any, Any, str]] = [
+            (check_in, checkin_to_fhir, f"goals[{i}].check_ins[{j}]") for j, check_in in enumerate(goal.check_ins)
+        ] + [(rating, rating_to_fhir, f"goals[{i}].ratings[{j}]") for j, rating in enumerate(goal.ratings)]
+        for item, to_fhir, path in observations:
             out.append(
                 (
-                    refs.check_ins[f"{goal.id}/{check_in.id}"],
-                    observation,
+                    refs.check_ins[f"{goal.id}/{item.id}"],
+                    to_fhir(item, goal.id, plan.id, refs, path),
                     codes.identifier_system(base, "checkin"),
-                    codes.scoped_value(plan.id, goal.id, check_in.id),
-                )
-            )
-        for j, rating in enumerate(goal.ratings):
-            observation = rating_to_fhir(rating, goal.id, plan.id, refs, f"goals[{i}].ratings[{j}]")
-            out.append(
-                (
-                    refs.check_ins[f"{goal.id}/{rating.id}"],
-                    observation,
-                    codes.identifier_system(base, "checkin"),
-                    codes.scoped_value(plan.id, goal.id, rating.id),
+                    codes.scoped_value(plan.id, goal.id, item.id),
                 )
             )
     careplan = careplan_to_fhir(plan, refs, contained)
