@@ -1,0 +1,135 @@
+"""The subscription paths of the OpenAPI document: team systems' subscriptions to plan changes and their deliveries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from apispec import APISpec
+
+from service.api.openapi_schemas import JSON_BODY, KEYED, _ok, _problem
+
+
+def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
+    # Read here, not at import: the API's modules import this one's neighbours.
+    from service.api.subscriptions import DeliveryQuerySchema
+
+    row_id = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
+    subscription_id = {"name": "subscription_id", "in": "path", "required": True, "schema": row_id}
+    delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": row_id}
+    subscription = {
+        "type": "object",
+        "description": "id, url, event_types, status, disabled_reason, description, ordering (strict|best-effort)",
+    }
+    ordering = {"type": "string", "enum": ["best-effort", "strict"]}
+    subscribe_body = {
+        "type": "object",
+        "required": ["url", "event_types"],
+        "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048},
+            "event_types": {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            "description": {"type": ["string", "null"], "maxLength": 512},
+            "ordering": {**ordering, "default": "best-effort"},
+        },
+    }
+    spec.path(
+        "/subscriptions",
+        operations={
+            "get": {
+                "summary": "Subscriptions of team systems to plan changes (?status=active|disabled)",
+                "security": KEYED,
+                "responses": {"200": _ok("subscriptions", {"type": "array", "items": subscription}), **denied},
+            },
+            "post": {
+                "summary": "Subscribe a URL to plan changes; the answer shows its signing secret once",
+                "security": KEYED,
+                "requestBody": {"required": True, "content": {JSON_BODY: {"schema": subscribe_body}}},
+                "responses": {
+                    "201": _ok("subscribed, with its whsec_ secret", subscription),
+                    "400": _problem("invalid body or unknown event type"),
+                    "401": denied["401"],
+                    "422": _problem("the URL is refused (not http(s), or not a public address)"),
+                },
+            },
+        },
+    )
+    spec.path(
+        "/subscriptions/{subscription_id}",
+        operations={
+            "get": {
+                "summary": "One subscription",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "responses": {"200": _ok("the subscription", subscription), **denied},
+            },
+            "patch": {
+                "summary": "Change a subscription's ordering: strict (a dead delivery holds back its plan's later "
+                "ones until replayed or skipped) or best-effort",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        JSON_BODY: {
+                            "schema": {"type": "object", "required": ["ordering"], "properties": {"ordering": ordering}}
+                        }
+                    },
+                },
+                "responses": {"200": _ok("the subscription", subscription), "400": _problem("bad ordering"), **denied},
+            },
+            "delete": {
+                "summary": "Delete a subscription and its delivery log",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "responses": {"204": _ok("deleted"), **denied},
+            },
+        },
+    )
+    for action, summary in (("enable", "Enable again; held deliveries become due"), ("disable", "Disable")):
+        spec.path(
+            f"/subscriptions/{{subscription_id}}/{action}",
+            operations={
+                "post": {
+                    "summary": summary,
+                    "security": KEYED,
+                    "parameters": [subscription_id],
+                    "responses": {"200": _ok("the subscription", subscription), **denied},
+                }
+            },
+        )
+    spec.path(
+        "/subscriptions/{subscription_id}/deliveries",
+        operations={
+            "get": {
+                "summary": "The delivery log, oldest first, a page at a time (Link: rel=next for the next page)",
+                "security": KEYED,
+                "parameters": [subscription_id, {"in": "query", "schema": DeliveryQuerySchema}],
+                "responses": {
+                    "200": _ok("deliveries", {"type": "array", "items": {"type": "object"}}),
+                    "400": _problem("bad filter"),
+                    **denied,
+                },
+            }
+        },
+    )
+    spec.path(
+        "/deliveries/{delivery_id}/replay",
+        operations={
+            "post": {
+                "summary": "Queue a dead or failed delivery again",
+                "security": KEYED,
+                "parameters": [delivery_id],
+                "responses": {"200": _ok("queued again"), **denied, "422": _problem("not dead or failed")},
+            }
+        },
+    )
+    spec.path(
+        "/deliveries/{delivery_id}/skip",
+        operations={
+            "post": {
+                "summary": "Give up on a dead or failed delivery (under strict ordering, its plan's later ones go on)",
+                "security": KEYED,
+                "parameters": [delivery_id],
+                "responses": {"200": _ok("skipped"), **denied, "422": _problem("not dead or failed")},
+            }
+        },
+    )
