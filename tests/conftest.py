@@ -86,6 +86,37 @@ def fhir_profile_url(fhir_profile, local_fhir_servers) -> str:
     return local_fhir_servers.url(fhir_profile)
 
 
+# A test that takes both a database and a server profile runs on two pairs, not on all four combinations:
+# SQLite against the strict medplum profile, PostgreSQL against hapi (as the model-based sync test does).
+# Each database and each profile is still covered; what the pairs skip is a combination whose parts the
+# test already meets separately. `@pytest.mark.paired("database", "width", sqlite="phone", ...)` pairs
+# other parameters the same way.
+PAIRED_PROFILES = {"sqlite": "medplum", "postgres": "hapi"}
+
+
+def _pairs(item: pytest.Item) -> list[tuple[str, str, dict[str, str]]]:
+    pairs = [("database", "fhir_profile", PAIRED_PROFILES)] if not _external() else []
+    for marker in item.iter_markers("paired"):
+        first, second = marker.args
+        pairs.append((first, second, dict(marker.kwargs)))
+    return pairs
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the combinations of paired parameters that are not a pair (see PAIRED_PROFILES)."""
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        unpaired = any(
+            first in params and second in params and mapping.get(params[first], params[second]) != params[second]
+            for first, second, mapping in _pairs(item)
+        )
+        (dropped if unpaired else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """Print how much the model-based and property tests ran (examples, steps, events), even when they pass."""
     lines = []

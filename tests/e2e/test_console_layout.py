@@ -126,6 +126,7 @@ def sign_in(driver, console: Console) -> None:
 
 
 @pytest.mark.parametrize("width", ["phone", "desktop"])
+@pytest.mark.paired("database", "width", sqlite="phone", postgres="desktop")  # the layout is the browser's
 def test_the_console_fits_a_phone_and_a_desktop_and_stays_accessible(console, browser, axe_source, request, width):  # noqa: F811
     backend = request.node.callspec.params["database"]
     w, h = at_width(browser, width)

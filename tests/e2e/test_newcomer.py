@@ -43,9 +43,11 @@ def test_serve_help_names_no_internals_and_dev_port_is_described():
     assert "API listens on" in port and "PLANBRIDGE_PORT" in port
 
 
-@pytest.fixture
-def dev_dir(tmp_path, fhir_base_url):
-    """A directory where `planbridge dev` is running, as the second shell sees it: var/dev.json."""
+@pytest.fixture(scope="module")
+def dev_dir(tmp_path_factory, fhir_base_url):
+    """A directory where `planbridge dev` is running, as the second shell sees it: var/dev.json (one for the
+    module: the commands run in it only read)."""
+    tmp_path = tmp_path_factory.mktemp("dev-dir")
     (tmp_path / "var").mkdir()
     database = f"sqlite:///{tmp_path / 'var' / 'planbridge.db'}"
     assert run("db", "upgrade", cwd=tmp_path, env=_env(DATABASE_URL=database)).returncode == 0
