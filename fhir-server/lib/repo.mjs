@@ -3,7 +3,7 @@
 // resources, validation on every write, all-or-nothing transactions (undo journal) and an
 // identifier index that narrows `identifier=` searches.
 import { MemoryRepository } from '@medplum/fhir-router';
-import { OperationOutcomeError, badRequest, deepClone, formatSearchQuery } from '@medplum/core';
+import { OperationOutcomeError, badRequest, deepClone, formatSearchQuery, matchesSearchRequest } from '@medplum/core';
 
 const outcome = (id, code, diagnostics) => ({
   resourceType: 'OperationOutcome',
@@ -57,7 +57,9 @@ export class HapiLikeRepository extends MemoryRepository {
   /** Report a write to onCommit: at once, or when the surrounding transaction commits. */
   recordWrite(action, resource) {
     if (!this.onCommit || !resource) return;
-    const write = { action, resource: deepClone(resource) };
+    // No copy: a stored version is never changed in place (every write stores a new object, reads hand
+    // out clones), so the write can name it as it is.
+    const write = { action, resource };
     if (this.pendingWrites) this.pendingWrites.push(write);
     else this.onCommit([write]);
   }
@@ -133,7 +135,7 @@ export class HapiLikeRepository extends MemoryRepository {
   /** Throw HAPI's 412 when the search of a conditional operation matches more than one resource. */
   assertSingleMatch(action, searchRequest, matchUrl) {
     const { count: _count, offset: _offset, sortRules: _sort, include: _i, revInclude: _r, ...search } = searchRequest;
-    const found = this.searchSync({ ...search, offset: 0 }).total ?? 0;
+    const found = this.countMatches({ ...search, offset: 0 });
     if (found > 1) {
       const url = matchUrl ?? `${search.resourceType}${decodeURIComponent(formatSearchQuery(search))}`;
       throw multipleMatches(action, url, found);
@@ -204,6 +206,20 @@ export class HapiLikeRepository extends MemoryRepository {
     this.versions.set(key, (this.versions.get(key) ?? 0) + 1);
     this.deleted.add(key);
     this.recordWrite('delete', existing);
+  }
+
+  /** How many resources a search matches (its `total`). A search on `identifier` alone is counted over the
+   * index's candidates with core's own matcher, without the copies of every match a search hands out. */
+  countMatches(searchRequest) {
+    const only = searchRequest.filters?.length === 1 ? this.identifierCandidates(searchRequest) : undefined;
+    if (!only) return this.searchSync(searchRequest).total ?? 0;
+    const all = this.resources.get(searchRequest.resourceType);
+    let found = 0;
+    for (const id of only) {
+      const resource = all?.get(id);
+      if (resource && matchesSearchRequest(resource, searchRequest)) found++;
+    }
+    return found;
   }
 
   // Only `identifier=` needs help: candidates come from the index, core still decides the match.

@@ -6,6 +6,7 @@ exception a refusal becomes (by status and OperationOutcome) is decided in `serv
 
 from __future__ import annotations
 
+import json as stdjson
 import logging
 import random
 import threading
@@ -13,8 +14,9 @@ import time
 from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, urlencode, urlsplit
 
+import orjson
 import requests
 import urllib3
 from requests.auth import AuthBase
@@ -86,6 +88,35 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
         return None
 
 
+class _Session(requests.Session):
+    """A requests Session that reads the environment's proxy and CA settings once per scheme and host, not
+    on every request (requests re-reads os.environ and the proxy bypass list each time, ~0.2 ms a request)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[str, str, bool | None], dict[str, Any]] = {}
+
+    def merge_environment_settings(
+        self, url: str | bytes | None, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> dict[str, Any]:
+        if proxies or verify is not None or cert is not None or not isinstance(url, str):
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc, stream)
+        found = self._environment.get(key)
+        if found is None:
+            found = self._environment[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return {**found, "proxies": dict(found["proxies"])}
+
+
+def _encode(body: Any) -> bytes:
+    """Serialise a request body as JSON (orjson: several times faster than json.dumps on a plan's Bundle)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # beyond what orjson takes (e.g. an int over 64 bits): the standard library's answer
+        return stdjson.dumps(body, allow_nan=False).encode()
+
+
 class FhirClient:
     """Talks to one FHIR server over one keep-alive session."""
 
@@ -102,7 +133,7 @@ class FhirClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self.session = session or _Session()
         self.session.headers.update({"Accept": FHIR_JSON, "User-Agent": "planbridge"})
         self.session.auth = auth
         self.max_retries, self.backoff_base, self.max_wait, self.sleep = max_retries, backoff_base, max_wait, sleep
@@ -137,8 +168,10 @@ class FhirClient:
         A 401 with SMART auth renews the token once.
         """
         send_headers = dict(headers or {})
+        body = None
         if json is not None:
             send_headers["Content-Type"] = f"{FHIR_JSON}; charset=utf-8"
+            body = _encode(json)
         safe = idempotent if idempotent is not None else method in SAFE_METHODS or "If-None-Exist" in send_headers
         refreshed = reached = False
         for attempt in range(self.max_retries + 1):
@@ -146,7 +179,7 @@ class FhirClient:
                 with self._count_lock:
                     self.requests_sent += 1
                 response = self.session.request(
-                    method, self._url(path), json=json, params=params, headers=send_headers, timeout=self.timeout
+                    method, self._url(path), data=body, params=params, headers=send_headers, timeout=self.timeout
                 )
             except requests.RequestException as exc:
                 reached = reached or not _never_connected(exc)
@@ -291,7 +324,7 @@ class FhirClient:
 
     def transaction(self, bundle: dict[str, Any], *, idempotent: bool) -> dict[str, Any]:
         """POST a transaction Bundle; pass idempotent=True only when every entry is conditional."""
-        return self.request("POST", "", json=bundle, idempotent=idempotent).json()
+        return orjson.loads(self.request("POST", "", json=bundle, idempotent=idempotent).content)
 
     def read(self, resource_type: str, resource_id: str) -> dict[str, Any]:
         """Read the current version of a resource."""

@@ -69,8 +69,39 @@ _PUSHED = Prepared(
         ),
     )
 )
+# A push's first write of a plan with no sync state yet: the columns its update would have set (the others NULL).
+_INSERT_IN_FLIGHT = Prepared(
+    sa.insert(_STATE).values(
+        plan_id=_bind("plan_id"),
+        status=sa.literal_column("'pending'"),
+        push_started_at=_bind("push_started_at"),
+        push_sent_document=_bind("push_sent_document"),
+    )
+)
+_INSERT_PUSHED = Prepared(
+    sa.insert(_STATE).values(
+        plan_id=_bind("plan_id"),
+        status=_bind("status"),
+        base_document=_bind("base_document"),
+        pushed_hash=_bind("pushed_hash"),
+        last_pushed_at=_bind("last_pushed_at"),
+        provenance_through=_bind("provenance_through"),
+    )
+)
 _PLAN = PlanRow.__table__
 _CONFLICTS = ConflictRow.__table__
+# What a push reads of a plan's links and open conflicts, as plain rows (no ORM objects to build).
+_PLAN_LINKS = Prepared(
+    sa.select(_LINKS.c.local_key, _LINKS.c.resource_type, _LINKS.c.fhir_id, _LINKS.c.version_id).where(
+        _LINKS.c.plan_id == sa.bindparam("plan_id", type_=_LINKS.c.plan_id.type)
+    )
+)
+_HELD = Prepared(
+    sa.select(_CONFLICTS.c.path, _CONFLICTS.c.theirs)
+    .where(_CONFLICTS.c.plan_id == sa.bindparam("plan_id", type_=_CONFLICTS.c.plan_id.type))
+    .where(_CONFLICTS.c.status == sa.literal_column("'open'"))
+    .order_by(_CONFLICTS.c.id)
+)
 # After a push: how many conflicts the plan has open, and its stored version (NULL: no such plan), in one read.
 _AFTER_PUSH = Prepared(
     sa.select(
@@ -155,6 +186,13 @@ class FhirLinkRepository:
         """Return every link of a plan."""
         return list(self._session.scalars(sa.select(FhirLinkRow).where(FhirLinkRow.plan_id == plan_id)))
 
+    def linked(self, plan_id: str) -> dict[str, tuple[str, str, str | None]]:
+        """Return every link of a plan as {local key: (type, id, version)}, read as plain rows."""
+        return {
+            key: (rtype, fhir_id, version)
+            for key, rtype, fhir_id, version in _PLAN_LINKS.all(self._session, {"plan_id": plan_id})
+        }
+
     def forget(self, plan_id: str, local_keys: list[str]) -> None:
         """Drop links to resources the server no longer holds (deleted in the EHR)."""
         if not local_keys:
@@ -193,7 +231,7 @@ class SyncRepository:
         """Set (or clear, with None) the mark of a push under way and the document it sends."""
         params = {"plan_id": plan_id, "push_started_at": started, "push_sent_document": sent}
         if not _MARK_IN_FLIGHT.execute(self._session, params):
-            self._insert_state(plan_id, push_started_at=started, push_sent_document=sent)
+            _INSERT_IN_FLIGHT.execute(self._session, params)
 
     def record_push(
         self, plan_id: str, status: str, base_document: dict[str, Any], pushed_hash: str, now: datetime, through: int
@@ -211,18 +249,7 @@ class SyncRepository:
             "provenance_through": through,
         }
         if not _PUSHED.execute(self._session, params):
-            self._insert_state(
-                plan_id,
-                status=status,
-                base_document=base_document,
-                pushed_hash=pushed_hash,
-                last_pushed_at=now,
-                provenance_through=through,
-            )
-
-    def _insert_state(self, plan_id: str, **values: Any) -> None:
-        self._session.add(SyncStateRow(plan_id=plan_id, **{"status": "pending", **values}))
-        self._session.flush()
+            _INSERT_PUSHED.execute(self._session, params)
 
     def after_push(self, plan_id: str) -> tuple[int, int | None]:
         """Return how many open conflicts the plan has and its stored version (None: no such plan), in one
@@ -274,6 +301,10 @@ class SyncRepository:
         if status is not None:
             query = query.where(ConflictRow.status == status)
         return list(self._session.scalars(query))
+
+    def held(self, plan_id: str) -> dict[str, Any]:
+        """Return the plan's open conflicts as {path: theirs} (a later conflict of a path wins), as plain rows."""
+        return dict(_HELD.all(self._session, {"plan_id": plan_id}))
 
     def close_conflict(self, row: ConflictRow, resolution: str, now: datetime) -> None:
         """Mark a conflict resolved (`ours`, `theirs`, `value`, or `converged` when both sides came to agree)."""

@@ -82,9 +82,9 @@ class SyncEngine:
         outcome = self.puller.pull_plans([plan_id], queue_push=False).outcomes.get(plan_id)
         return outcome in ("merged", "updated", "unchanged", "conflicted")
 
-    def push(self, plan_id: str) -> PushResult:
-        """Push one plan (zero requests when unchanged)."""
-        return self.pusher.push(plan_id)
+    def push(self, plan_id: str, on_recorded: Callable[[UnitOfWork], None] | None = None) -> PushResult:
+        """Push one plan (zero requests when unchanged); `on_recorded` as `Pusher.push` takes it."""
+        return self.pusher.push(plan_id, on_recorded)
 
     def plan_ids(self) -> list[str]:
         """Return the id of every plan."""

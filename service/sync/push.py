@@ -74,6 +74,9 @@ class Pusher:
     ) -> None:
         self.uow, self.client, self.settings, self.clock = uow, client, settings, clock
         self.on_conflict = on_conflict
+        # Set for one push by its caller (the outbox worker): run in the transaction that records the push's
+        # success, so finishing the entry costs no transaction of its own. It must not raise.
+        self._on_recorded: Callable[[UnitOfWork], None] | None = None
 
     def _snapshot(self, plan_id: str) -> _Snapshot | PushResult | str:
         """Read what to send and, when there is something, mark the push in flight, in one transaction (two,
@@ -104,10 +107,7 @@ class Pusher:
         return prepared
 
     def _links(self, plan_id: str) -> Linked:
-        return {
-            link.local_key: (link.resource_type, link.fhir_id, link.version_id)
-            for link in self.uow.links.for_plan(plan_id)
-        }
+        return self.uow.links.linked(plan_id)
 
     def _prepare(
         self, plan: Plan, state: PushView, links: Linked, patient_ref: str | None, spent: int
@@ -115,7 +115,7 @@ class Pusher:
         """Build the Bundle for `plan` (a PushResult when the server has it already) and, when it has entries
         to send, mark the push in flight and commit, in the caller's open transaction."""
         plan_id = plan.id
-        held = {row.path: row.theirs for row in self.uow.sync.conflicts(plan_id)}
+        held = self.uow.sync.held(plan_id)
         sent, document = plan, codec.to_dict(plan)
         # Conflicted paths go out as the server has them, so it keeps them until resolved; items
         # the EHR deleted or removed (recorded in the plan) do not go out at all.
@@ -170,19 +170,25 @@ class Pusher:
             self.uow.sync.mark_in_flight(plan_id, started, sent)
             self.uow.commit()
 
-    def push(self, plan_id: str) -> PushResult:
+    def push(self, plan_id: str, on_recorded: Callable[[UnitOfWork], None] | None = None) -> PushResult:
         """Bring the server up to date with the plan; one transaction when it changed, none when not.
+
+        `on_recorded(uow)`, if given, runs inside the transaction that records a successful push, just
+        before it commits (at most once; not at all when the push records nothing, e.g. nothing changed).
 
         A refusal that means "the server is not what we last saw" (a version conflict, a resource
         deleted in the EHR: `decision == "merge"`) is answered by re-reading and merging the plan,
         then one more try at most. Every other failure is recorded on the plan (`last_error`, and the
         server's OperationOutcome) and raised, for the outbox to back off on or the operator to read.
         """
+        self._on_recorded = on_recorded
         try:
             return self._push(plan_id, retry_after_merge=True)
         except PlanbridgeError as exc:
             self._record_failure(plan_id, exc)
             raise
+        finally:
+            self._on_recorded = None
 
     def _push(self, plan_id: str, retry_after_merge: bool) -> PushResult:
         spent = 0
@@ -369,5 +375,8 @@ class Pusher:
             else:  # changed since, or a conflict was resolved since: a push is queued for it
                 status = "pending"
             self.uow.sync.record_push(plan_id, status, snapshot.sent_document, digest, now, snapshot.carried.through)
+            if self._on_recorded is not None:
+                self._on_recorded(self.uow)
+                self._on_recorded = None
             self.uow.commit()
         return status

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from requests.adapters import DEFAULT_POOLSIZE, HTTPAdapter
 from sqlalchemy.exc import IntegrityError
 
-from service.domain.errors import PlanbridgeError
+from service.domain.errors import NotFound, PlanbridgeError
 from service.fhir.client import FhirClient
 from service.polling import PollingWorker
 from service.settings import Settings
@@ -92,12 +92,9 @@ class OutboxWorker(PollingWorker):
         for _ in range(CLAIM_TRIES):
             try:
                 with self.uow:
-                    now = self.clock()
-                    row = self.uow.outbox.claim_next(now)
-                    if row is None:
+                    claimed = self.uow.outbox.claim(self.clock(), self.settings.outbox_lease_seconds)
+                    if claimed is None:
                         return None
-                    self.uow.outbox.lease(row, now, self.settings.outbox_lease_seconds)
-                    claimed = (row.id, row.plan_id, row.kind, row.subject_id)
                     self.uow.commit()
                     return claimed
             except IntegrityError:
@@ -106,10 +103,10 @@ class OutboxWorker(PollingWorker):
                 continue
         return None
 
-    def _run(self, kind: str, plan_id: str) -> None:
+    def _run(self, kind: str, plan_id: str, on_recorded: Callable[[UnitOfWork], None] | None = None) -> None:
         engine = getattr(self._local, "engine", None) or self.engine
         if kind in ("push_plan", "push_goal"):  # push_goal: entries queued by 0.1
-            engine.push(plan_id)
+            engine.push(plan_id, on_recorded)
         elif kind == "pull_plan":
             engine.pull_plans([plan_id])
         elif kind == "pull_changed":
@@ -136,12 +133,25 @@ class OutboxWorker(PollingWorker):
         """Run a claimed entry and record how it went (done, or failed with a retry due later)."""
         entry_id, plan_id, kind, _subject = claimed
         error: str | None = None
+        finished: list[bool] = []
+
+        def finish(recording: UnitOfWork) -> None:
+            # A push that succeeds marks its entry done in the transaction recording it (one fewer per push).
+            # An entry gone meanwhile must not undo that record: it is left to the NotFound below.
+            try:
+                recording.outbox.finish(entry_id, self.clock())
+            except NotFound:
+                return
+            finished.append(True)
+
         try:
-            self._run(kind, plan_id)
+            self._run(kind, plan_id, finish)
         except Exception as exc:  # any failure is recorded on the entry and retried, never lost
             error = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, PlanbridgeError):
                 log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
+        if error is None and finished:
+            return
         with uow:
             now = self.clock()
             if error is None:
