@@ -164,9 +164,9 @@ def test_two_workers_on_postgres_never_work_on_one_plan_at_once(postgres, fhir_b
             worker = OutboxWorker(UnitOfWork(engine), FhirClient(fhir_base_url, timeout=10), live.settings, utcnow)
             run = worker._run
 
-            def timed(kind: str, plan_id: str) -> None:
+            def timed(kind: str, plan_id: str, on_recorded=None) -> None:
                 started = time.monotonic()
-                run(kind, plan_id)
+                run(kind, plan_id, on_recorded)
                 spans.append((plan_id, started, time.monotonic()))
 
             worker._run = timed
