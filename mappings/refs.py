@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,10 +13,22 @@ from mappings.datatypes import Json, identifier_from_fhir, prune
 from service.domain.errors import MappingError
 from service.domain.model import Member, Plan
 
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
+
+@functools.lru_cache(maxsize=8192)
 def urn_for(system: str, value: str) -> str:
-    """Return a stable urn:uuid for an identifier, so the same plan always gives the same Bundle."""
-    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{system}|{value}')}"
+    """Return a stable urn:uuid for an identifier, so the same plan always gives the same Bundle.
+
+    The RFC 4122 name-based (SHA-1, version 5) UUID of `system|value` in the URL namespace, exactly what
+    `uuid.uuid5(uuid.NAMESPACE_URL, ...)` gives, built from the digest directly: building a UUID object and
+    its string was most of a plan's references' cost, and a plan's references repeat on every change.
+    """
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = digest.hex()
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 @dataclass

@@ -28,6 +28,10 @@ from mappings import fhirtext
 
 Errors = list[tuple[str, str]] | None  # (path relative to the checked value, message), None when clean
 Check = Callable[[Any], Errors]
+# Every check has a twin that only tells whether the value is clean: almost every value checked is, and
+# answering that costs less than walking for errors (no paths, no error lists, known-good values skipped).
+# Only a value found unclean is walked again by the checks above, which name its problems.
+Clean = Callable[[Any], bool]
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,69 @@ def _plain_string(value: Any) -> Errors:
     return None if problem is None else [("", problem)]
 
 
+_KNOWN_MAX = 4096  # good values remembered per kind of string
+
+# Sufficient, never necessary, conditions for a good value, answered by str's own C methods: printable
+# ASCII holds no control character, no surrogate and no whitespace but the space. What they do not vouch
+# for (non-ASCII text, a tab) goes to the regexes, which decide.
+
+
+def _printable_ascii(value: str) -> bool:
+    return value.isascii() and value.isprintable()
+
+
+def _plain_string_clean(value: Any) -> bool:
+    if type(value) is str and value and len(value) <= _MAX_STRING and _printable_ascii(value) and not value.isspace():
+        return True
+    return _plain_string(value) is None
+
+
+def _surely_uri(value: str) -> bool:
+    return bool(value) and _printable_ascii(value) and " " not in value
+
+
+def _surely_code(value: str) -> bool:
+    return bool(value) and _printable_ascii(value) and value[0] != " " and value[-1] != " " and "  " not in value
+
+
+_SURELY: dict[str, Callable[[str], bool]] = {
+    "code": _surely_code,
+    "uri": _surely_uri,
+    "canonical": _surely_uri,
+    "url": _surely_uri,
+}
+
+
+def _boolean_clean(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _clean_of(check: Check) -> Clean:
+    if check is _plain_string:
+        return _plain_string_clean
+    if check is _boolean:
+        return _boolean_clean
+    known = getattr(check, "known", None)
+    if known is not None:  # a patterned string's check: what it found good is good
+        surely = _SURELY.get(getattr(check, "kind", ""))
+        if surely is not None:
+
+            def clean_surely(value: Any) -> bool:
+                return (type(value) is str and (value in known or surely(value))) or check(value) is None
+
+            return clean_surely
+
+        def clean_known(value: Any) -> bool:
+            return (type(value) is str and value in known) or check(value) is None
+
+        return clean_known
+
+    def clean(value: Any) -> bool:
+        return check(value) is None
+
+    return clean
+
+
 def _string_check(kind: str) -> Check:
     pattern = _PATTERNS.get(kind)
     if pattern is None:
@@ -126,10 +193,12 @@ def _string_check(kind: str) -> Check:
             return [("", f"{value[:40]!r} is not a valid {kind}")]
         if kind in _DATES and not _real_date(value):
             return [("", f"{value[:40]!r} is not a real date")]
-        if len(known) < 4096:
+        if len(known) < _KNOWN_MAX:
             known.add(value)
         return None
 
+    check.known = known  # type: ignore[attr-defined]  # read by _clean_of
+    check.kind = kind  # type: ignore[attr-defined]
     return check
 
 
@@ -198,6 +267,30 @@ def _list_check(item: Check, nullable: bool) -> Check:
     return check
 
 
+def _list_clean(item: Clean, nullable: bool) -> Clean:
+    if nullable:
+
+        def clean_nullable(value: Any) -> bool:
+            if type(value) is not list or not value:
+                return False
+            for x in value:
+                if x is not None and not item(x):
+                    return False
+            return True
+
+        return clean_nullable
+
+    def clean(value: Any) -> bool:
+        if type(value) is not list or not value:
+            return False
+        for x in value:
+            if x is None or not item(x):
+                return False
+        return True
+
+    return clean
+
+
 def _has_extension(element: Any) -> bool:
     """Tell whether a primitive's `_element` carries an extension, standing in for an absent value."""
     return isinstance(element, dict) and bool(element.get("extension"))
@@ -206,12 +299,14 @@ def _has_extension(element: Any) -> bool:
 class _Compiled:
     """The compiled checks of one complex type or resource."""
 
-    __slots__ = ("choice_of", "fields", "is_resource", "name", "required", "required_choices")
+    __slots__ = ("choice_of", "clean", "clean_fields", "fields", "is_resource", "name", "required", "required_choices")
 
     def __init__(self, name: str, is_resource: bool) -> None:
         self.name = name
         self.is_resource = is_resource
         self.fields: dict[str, Check] = {}
+        self.clean_fields: dict[str, Clean] = {}  # the fields' twins: whether a value is clean
+        self.clean: Clean = _never_clean  # whether `check` would find nothing; set once compiled
         self.required: list[tuple[str, str | None]] = []  # (key, key of its primitive extension)
         self.choice_of: dict[str, str] = {}  # element key -> its choice group (value[x] -> "value")
         self.required_choices: list[tuple[str, tuple[str, ...]]] = []  # (name, its keys) for a required name[x]
@@ -247,6 +342,52 @@ class _Compiled:
                 errors = (errors or []) + [(f".{name}[x]", f"{self.name}.{name}[x] is required")]
         return errors
 
+    def compile_clean(self) -> None:
+        """Set `clean`: True exactly when `check` would return no errors."""
+        fields = self.clean_fields
+        get = fields.get
+        is_resource = self.is_resource
+        required = tuple(self.required)
+        choice_of = dict(self.choice_of)
+        choice_get = choice_of.get
+        required_choices = tuple(keys for _name, keys in self.required_choices)
+        value_keys = self.value_keys if isinstance(self, _CompiledExtension) else None
+
+        def clean(value: Any) -> bool:
+            if type(value) is not dict or not value:
+                return False
+            if not is_resource and "id" in value and len(value) == 1:
+                return False
+            groups: set[str] | None = None
+            for key, item in value.items():
+                field = get(key)
+                if field is None:
+                    if key == "resourceType" and is_resource:
+                        continue
+                    return False
+                if not field(item):
+                    return False
+                if choice_of:
+                    group = choice_get(key)
+                    if group is not None:
+                        if groups is None:
+                            groups = {group}
+                        elif group in groups:
+                            return False  # two of one choice group
+                        else:
+                            groups.add(group)
+            for key, ext_key in required:
+                if value.get(key) is None and not (ext_key and _has_extension(value.get(ext_key))):
+                    return False
+            for keys in required_choices:
+                if not any(k in value for k in keys):
+                    return False
+            if value_keys is not None:  # ext-1
+                return value_keys.isdisjoint(value) == bool(value.get("extension"))
+            return True
+
+        self.clean = clean
+
     @staticmethod
     def _choice_errors(chosen: list[tuple[str, str]]) -> list[tuple[str, str]]:
         seen: dict[str, str] = {}
@@ -256,6 +397,10 @@ class _Compiled:
                 errors.append((f".{key}", f"only one of {group}[x] is allowed: {seen[group]} and {key}"))
             seen.setdefault(group, key)
         return errors
+
+
+def _never_clean(_value: Any) -> bool:
+    return False  # a type still being compiled: its values go the long way
 
 
 class _CompiledExtension(_Compiled):
@@ -294,6 +439,8 @@ class StructureValidator:
 
     def errors(self, resource: Any) -> dict[str, str]:
         """Return {element path: message} for every structural problem; paths start with the resourceType."""
+        if self._resource_clean(resource):
+            return {}
         found = self._check_resource(resource)
         root = resource.get("resourceType") if isinstance(resource, dict) else None
         return {f"{root or 'Resource'}{path}": message for path, message in found or []}
@@ -307,6 +454,14 @@ class StructureValidator:
             return [(".resourceType", f"unknown resource type {resource_type!r}")]
         return compiled.check(value)
 
+    def _resource_clean(self, value: Any) -> bool:
+        """Whether `_check_resource` would find nothing."""
+        if type(value) is not dict:
+            return False
+        resource_type = value.get("resourceType")
+        compiled = self._compiled(resource_type) if isinstance(resource_type, str) else None
+        return compiled is not None and compiled.is_resource and compiled.clean(value)
+
     def _compiled(self, key: str) -> _Compiled | None:
         if key in self._types:
             return self._types[key]
@@ -319,6 +474,7 @@ class StructureValidator:
         self._types[key] = compiled  # before the fields: types refer to themselves (Extension, Reference)
         for element in definition.elements:
             compiled.fields[element.key] = self._field_check(element)
+            compiled.clean_fields[element.key] = self._field_clean(element)
             if element.required:
                 ext_key = f"_{element.key}" if element.primitive else None
                 compiled.required.append((element.key, ext_key))
@@ -332,6 +488,7 @@ class StructureValidator:
         compiled.required_choices = [
             (name, tuple(e.key for e in members)) for name, members in groups.items() if members[0].choice_required
         ]
+        compiled.compile_clean()
         return compiled
 
     def _field_check(self, element: ElementDef) -> Check:
@@ -347,3 +504,22 @@ class StructureValidator:
                 raise ValueError(f"no definition for {element.type}")
             item = compiled.check
         return _list_check(item, element.nullable_items) if element.is_list else item
+
+    def _field_clean(self, element: ElementDef) -> Clean:
+        """The twin of `_field_check(element)`: whether a value of the element is clean."""
+        item: Clean
+        if element.primitive:
+            item = _clean_of(self._primitives[element.type])  # set by _field_check
+        elif element.type == "Resource":
+            item = self._resource_clean
+        else:
+            compiled = self._compiled(element.type)
+            assert compiled is not None  # _field_check raised otherwise
+            if compiled.clean is not _never_clean:
+                item = compiled.clean
+            else:  # a type still compiling (it refers to itself, or to a type referring back): read when called
+
+                def item(value: Any, compiled: _Compiled = compiled) -> bool:
+                    return compiled.clean(value)
+
+        return _list_clean(item, element.nullable_items) if element.is_list else item

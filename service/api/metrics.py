@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from flask import Blueprint, Flask, Response, g, request
@@ -223,6 +224,10 @@ def init_app(app: Flask, engine: Engine) -> None:
     )
     pid = str(os.getpid())
     app.extensions["planbridge.metrics"] = registry
+    # Each label set's child, kept: `labels()` validates and locks on every call, and the same few
+    # (method, endpoint, status) sets recur on every request. A child is the one `labels()` returns.
+    counted: dict[tuple[str, str, str], Any] = {}
+    timed: dict[str, Any] = {}
 
     @app.before_request
     def _start() -> None:
@@ -234,10 +239,17 @@ def init_app(app: Flask, engine: Engine) -> None:
     @app.after_request
     def _count(response: Response) -> Response:
         endpoint = request.endpoint or "unmatched"
-        requests_total.labels(request.method, endpoint, str(response.status_code), pid).inc()
+        key = (request.method, endpoint, str(response.status_code))
+        counter = counted.get(key)
+        if counter is None:
+            counter = counted[key] = requests_total.labels(*key, pid)
+        counter.inc()
         started = g.get("planbridge_started")
         if started is not None:
-            latency.labels(endpoint, pid).observe(time.perf_counter() - started)
+            timer = timed.get(endpoint)
+            if timer is None:
+                timer = timed[endpoint] = latency.labels(endpoint, pid)
+            timer.observe(time.perf_counter() - started)
         if g.get("planbridge_request_id"):
             response.headers["X-Request-ID"] = g.planbridge_request_id
         return response

@@ -190,17 +190,8 @@ def named_members(data: Any, plan: Plan | dict[str, Any] | None = None) -> list[
 def _proposer(who: dict[str, Any], plan: Plan | dict[str, Any] | None) -> str | None:
     """Return the id of the team member a proposer without a member id became, None when not found."""
     if isinstance(plan, Plan):
-        team = [
-            {
-                "id": m.id,
-                "kind": m.kind,
-                "name": m.name,
-                "identifier": {"system": m.identifier.system, "value": m.identifier.value} if m.identifier else None,
-            }
-            for m in plan.team
-        ]
-    else:
-        team = [m for m in (plan or {}).get("team") or [] if isinstance(m, dict)]
+        return _plan_proposer(who, plan)
+    team = [m for m in (plan or {}).get("team") or [] if isinstance(m, dict)]
     if who.get("kind") == "patient":
         return next((m.get("id") for m in team if m.get("kind") == "patient"), None)
     identifier = who.get("identifier")
@@ -219,6 +210,27 @@ def _proposer(who: dict[str, Any], plan: Plan | dict[str, Any] | None) -> str | 
         return next(
             (m.get("id") for m in team if m.get("kind") == who.get("kind") and m.get("name") == who["display"]), None
         )
+    return None
+
+
+def _plan_proposer(who: dict[str, Any], plan: Plan) -> str | None:
+    """`_proposer` on a Plan's members, read as they are rather than as their JSON (same answers)."""
+    if who.get("kind") == "patient":
+        return next((m.id for m in plan.team if m.kind == "patient"), None)
+    identifier = who.get("identifier")
+    if isinstance(identifier, dict):
+        system, value = identifier.get("system"), identifier.get("value")
+        return next(
+            (
+                m.id
+                for m in plan.team
+                if (m.identifier.system if m.identifier else None) == system
+                and (m.identifier.value if m.identifier else None) == value
+            ),
+            None,
+        )
+    if who.get("display"):
+        return next((m.id for m in plan.team if m.kind == who.get("kind") and m.name == who["display"]), None)
     return None
 
 

@@ -74,10 +74,19 @@ def _retrying(attempt: Callable[[], T]) -> T:
     raise TooBusy("the data this change depends on kept changing; retry")
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
 @dataclass(eq=False)
 class _Queued(Generic[T]):
+    # `wake` is a lock made held: its waiter blocks acquiring it until a waker releases it. Cheaper than a
+    # threading.Event (a Condition, a lock per wait) and enough here: an item is woken at most once before
+    # it waits again (to lead a group, which the item alone then does, or with its answer).
     work: Callable[[UnitOfWork], T]
-    wake: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Lock = field(default_factory=_held_lock)
     lead: bool = False  # woken to lead the next group rather than with an answer
     done: bool = False
     result: T | None = None
@@ -103,8 +112,7 @@ class GroupCommitter(Committer):
         if leader:
             self._lead()
         while not item.done:
-            item.wake.wait()
-            item.wake.clear()
+            item.wake.acquire()
             if item.lead and not item.done:
                 item.lead = False
                 self._lead()
@@ -121,12 +129,12 @@ class GroupCommitter(Committer):
             with self._mutex:
                 if self._queue:  # hand over: the oldest waiter leads the next group
                     self._queue[0].lead = True
-                    self._queue[0].wake.set()
+                    self._queue[0].wake.release()
                 else:
                     self._leading = False
             for item in group:
                 item.done = True
-                item.wake.set()
+                item.wake.release()
 
     def _commit(self, group: list[_Queued[object]]) -> None:
         try:

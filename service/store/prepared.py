@@ -51,6 +51,8 @@ class _Compiled:
     positional: bool
     bind: tuple[Processor, ...]
     result: tuple[Processor, ...]
+    # (name, processor) in the driver's order, the names without a processor apart: one pass per call
+    named_binds: tuple[tuple[str, Processor], ...] = ()
 
 
 class Prepared:
@@ -63,11 +65,18 @@ class Prepared:
     def __init__(self, statement: sa.Executable) -> None:
         self.statement = statement
         self._by_dialect: weakref.WeakKeyDictionary[Dialect, _Compiled] = weakref.WeakKeyDictionary()
+        # The last dialect asked for and its statement, by a weak reference (a process has one or two
+        # dialects; a WeakKeyDictionary lookup makes a weak reference on every call).
+        self._last: tuple[weakref.ref[Dialect], _Compiled] | None = None
 
     def _compiled(self, dialect: Dialect) -> _Compiled:
+        last = self._last
+        if last is not None and last[0]() is dialect:
+            return last[1]
         compiled = self._by_dialect.get(dialect)
         if compiled is None:
             compiled = self._by_dialect[dialect] = self._compile(dialect)
+        self._last = (weakref.ref(dialect), compiled)
         return compiled
 
     def _compile(self, dialect: Dialect) -> _Compiled:
@@ -80,7 +89,9 @@ class Prepared:
         # A query's columns, or a write's RETURNING columns (none for a plain write).
         columns = getattr(self.statement, "exported_columns", ())
         result = tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns)
-        return _Compiled(compiled.string, names, bool(compiled.positional), bind, result)
+        return _Compiled(
+            compiled.string, names, bool(compiled.positional), bind, result, tuple(zip(names, bind, strict=True))
+        )
 
     def _run(self, session: Session, params: Mapping[str, Any], many: Sequence[Mapping[str, Any]] | None) -> Any:
         if session.autoflush:
@@ -102,9 +113,9 @@ class Prepared:
 
     @staticmethod
     def _params(compiled: _Compiled, params: Mapping[str, Any]) -> Any:
-        values = [params[name] for name in compiled.names]
-        values = [value if p is None else p(value) for p, value in zip(compiled.bind, values, strict=True)]
-        return tuple(values) if compiled.positional else dict(zip(compiled.names, values, strict=True))
+        if compiled.positional:
+            return tuple([params[name] if p is None else p(params[name]) for name, p in compiled.named_binds])
+        return {name: params[name] if p is None else p(params[name]) for name, p in compiled.named_binds}
 
     def execute(self, session: Session, params: Mapping[str, Any]) -> int:
         """Run a write; return the number of rows it touched."""
