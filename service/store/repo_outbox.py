@@ -53,9 +53,10 @@ def _claim_next_query(*columns: Any) -> sa.Select[Any]:
     # the status index, which holds every pending entry (without table statistics, SQLite and PostgreSQL
     # took it, and a claim then read the whole queue once per due entry).
     other_pending = other.status.concat(sa.literal_column("''")) == pending
+    # Whether the plan is held reads the held-plan index (its predicate written out as the index has it).
     plan_held = sa.select(other.id).where(
         other.plan_id == OutboxRow.plan_id,
-        other_pending,
+        other.status == pending,
         other.claimed_at.is_not(None),
         other.id != OutboxRow.id,
     )
@@ -83,7 +84,10 @@ def _claim_next_query(*columns: Any) -> sa.Select[Any]:
         sa.select(*(columns or (OutboxRow,)))
         .where(
             OutboxRow.status == pending,
-            OutboxRow.next_attempt_at <= now,
+            # coalesce(x, x): the same value, but no index of its own, so the planner walks ix_outbox_pending
+            # in id order and stops at the first entry it may take. Offered the next_attempt_at index too,
+            # and without fresh table statistics, it read every due entry and sorted them, on each claim.
+            sa.func.coalesce(OutboxRow.next_attempt_at, OutboxRow.next_attempt_at) <= now,
             ~plan_held.exists(),
             ~earlier_due.exists(),
             sa.or_(OutboxRow.kind.not_in(push_kinds), ~backing_off.exists()),

@@ -88,6 +88,13 @@ class OutboxRow(Base):
             sqlite_where=sa.text("status = 'pending' AND claimed_at IS NOT NULL"),
             postgresql_where=sa.text("status = 'pending' AND claimed_at IS NOT NULL"),
         ),
+        # The claim walks the pending entries oldest first and stops at the first it may take. On PostgreSQL
+        # this index holds only pending entries, in id order, so a claim neither reads the done ones nor
+        # sorts the queue (ix_outbox_status keeps equal statuses in heap order). SQLite needs none: its
+        # status index keeps equal statuses in rowid order already.
+        sa.Index("ix_outbox_pending", "id", postgresql_where=sa.text("status = 'pending'")).ddl_if(
+            dialect="postgresql"
+        ),
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
