@@ -10,7 +10,7 @@ import threading
 import uuid
 from pathlib import Path
 
-from mappings import structure
+from mappings import primitives
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import _STRUCTURE
 from mappings.refs import urn_for
@@ -86,16 +86,16 @@ def test_a_resource_is_clean_exactly_when_the_structure_check_finds_no_error():
 
 
 def test_the_quick_string_answers_never_pass_what_the_patterns_refuse():
-    uri = re.compile(structure._PATTERNS["uri"]).fullmatch
-    code = re.compile(structure._PATTERNS["code"]).fullmatch
+    uri = re.compile(primitives._PATTERNS["uri"]).fullmatch
+    code = re.compile(primitives._PATTERNS["code"]).fullmatch
     rnd = random.Random(7)
     alphabet = [chr(c) for c in range(0x80)] + ["\u00a0", "\u2028", "\ufeff", "\ud800", "é", "\u3000", "\x85"]
     for _ in range(20000):
         pool = alphabet if rnd.random() < 0.3 else [" ", "a", "\t", "/", ":"]
         text = "".join(rnd.choice(pool) for _ in range(rnd.randint(0, 6)))
-        assert not structure._surely_uri(text) or uri(text)
-        assert not structure._surely_code(text) or code(text)
-        assert structure._plain_string_clean(text) == (structure._plain_string(text) is None)
+        assert not primitives._surely_uri(text) or uri(text)
+        assert not primitives._surely_code(text) or code(text)
+        assert primitives._plain_string_clean(text) == (primitives._plain_string(text) is None)
 
 
 def test_a_proposer_is_found_the_same_on_a_plan_and_on_its_document():
