@@ -46,11 +46,13 @@ from service.store.tables import InboundEventRow  # noqa: E402
 GOAL_RATE, GOAL_P99_MS = 500, 50  # issue #5's target for SQLite
 GOAL_RATIO, GOAL_RATIO_P99_MS = 0.5, 25  # issue #15's: half the minimal handler's rate, p99 < 25 ms saturated
 MINIMAL, BARE = "minimal", "bare Flask"
-REQUESTS = 90_000  # signed events prepared per run, split between the rounds
+PER_ROUND = 40_000  # signed events prepared per round (a block of 20,000 per wrk thread), none sent twice
 EVENT = json.loads((ROOT / "fixtures/events/goal-proposed.json").read_text())
 LUA = r"""
--- Every request carries its own signed event: each wrk thread takes every n-th line of the file,
--- starting from this round's offset, so no webhook-id is sent twice (a repeat would be a cheap replay).
+-- Every request carries its own signed event: each wrk thread walks a block of lines of its own
+-- (this round's offset, then `block` lines per thread), so no webhook-id is sent twice (a repeat would
+-- be a cheap replay for planbridge and a refused duplicate for the minimal handler). A thread that runs
+-- out of its block starts it again and counts each reused line: the bench reports them.
 -- With a rate (events/s over all threads), each thread sends on a fixed schedule: a connection that
 -- finishes picks the next free slot and waits for it. A slot taken after its time is counted as late
 -- (the server fell behind), since the time spent waiting for a connection is not in wrk's latency.
@@ -67,12 +69,16 @@ setup = function(thread)
   threads[#threads + 1] = thread
 end
 init = function(args)
-  lines = {}
-  for line in io.lines(args[1]) do lines[#lines + 1] = line end
-  step = tonumber(args[2])
-  i = tonumber(args[3]) + thread_index
+  local nthreads, block = tonumber(args[2]), tonumber(args[5])
+  local first = tonumber(args[3]) + thread_index * block  -- 0-based line number of this thread's block
+  lines, n = {}, 0
+  for line in io.lines(args[1]) do
+    if n >= first and n < first + block then lines[#lines + 1] = line end
+    n = n + 1
+  end
+  i, reused = 0, 0
   local rate = tonumber(args[4])
-  interval = rate > 0 and 1000 * step / rate or 0
+  interval = rate > 0 and 1000 * nthreads / rate or 0
   slots, late, start = 0, 0, nil
   if interval > 0 then delay = paced_delay end  -- wrk looks for delay() once init has run
 end
@@ -85,15 +91,20 @@ function paced_delay()
   return wait > 0 and wait or 0
 end
 request = function()
+  if i >= #lines then reused = reused + 1 end
   local id, ts, sig, body = lines[i % #lines + 1]:match("([^\t]+)\t([^\t]+)\t([^\t]+)\t(.+)")
-  i = i + step
+  i = i + 1
   return wrk.format("POST", "/webhooks/team", {["Content-Type"] = "application/json", ["webhook-id"] = id,
     ["webhook-timestamp"] = ts, ["webhook-signature"] = sig}, body)
 end
 done = function(summary, latency, requests)
-  local late_sends = 0
-  for _, thread in ipairs(threads) do late_sends = late_sends + thread:get("late") end
-  io.write(string.format("p99.9 %.3f ms\nlate sends %d\n", latency:percentile(99.9) / 1000, late_sends))
+  local late_sends, reused_lines = 0, 0
+  for _, thread in ipairs(threads) do
+    late_sends = late_sends + thread:get("late")
+    reused_lines = reused_lines + thread:get("reused")
+  end
+  io.write(string.format("p99.9 %.3f ms\nlate sends %d\nreused %d\n", latency:percentile(99.9) / 1000,
+    late_sends, reused_lines))
 end
 """
 
@@ -154,6 +165,7 @@ class Reading:
     cpu_ms: float  # the server's CPU per request
     total: int  # answers read
     late: int  # paced runs: sends that left more than 5 ms after their slot
+    reused: int  # requests that repeated a webhook-id (a wrk thread ran out of its block)
 
 
 def _ms(value: str, unit: str) -> float:
@@ -161,7 +173,15 @@ def _ms(value: str, unit: str) -> float:
 
 
 def run_wrk(
-    port: int, script: Path, data: Path, seconds: int, connections: int, server: int, offset: int, rate: int = 0
+    port: int,
+    script: Path,
+    data: Path,
+    seconds: int,
+    connections: int,
+    server: int,
+    offset: int,
+    rate: int = 0,
+    block: int = PER_ROUND // 2,
 ) -> Reading:
     """Load one server for `seconds`: as fast as it answers, or at `rate` events/s when rate > 0."""
     cpu_before = cpu_seconds(server)
@@ -180,6 +200,7 @@ def run_wrk(
             str(WRK_THREADS),
             str(offset),
             str(rate),
+            str(block),
         ],
         capture_output=True,
         text=True,
@@ -195,6 +216,7 @@ def run_wrk(
         cpu_ms=(cpu_seconds(server) - cpu_before) * 1000 / max(total, 1),
         total=total,
         late=int(re.search(r"late sends (\d+)", out).group(1)),
+        reused=int(re.search(r"reused (\d+)", out).group(1)),
     )
 
 
@@ -236,7 +258,8 @@ def main() -> None:
         tmpdir = Path(tmp)
         script, data = tmpdir / "sign.lua", tmpdir / "requests.tsv"
         script.write_text(LUA)
-        requests_file(data, secret, REQUESTS)
+        round_count = args.rounds + (1 if args.rate else 0)
+        requests_file(data, secret, PER_ROUND * round_count)
         if args.database == "sqlite":
             db_url = f"sqlite:///{tmpdir / 'load.db'}"
         else:
@@ -285,14 +308,23 @@ def main() -> None:
             # lands on both sides of each round's ratio rather than on one side of the comparison.
             rounds: list[dict[str, Reading]] = []
             paced: dict[str, Reading] = {}
-            share = REQUESTS // (args.rounds + 1)
             for n in range(args.rounds + (1 if args.rate else 0)):
                 # The last round, when a rate is given, offers that rate instead of all it can take.
                 rate = args.rate if n == args.rounds else 0
                 # Who goes first swaps each round: the second run of a round meets a warmer machine.
                 order = list(servers.items()) if n % 2 == 0 else list(reversed(servers.items()))
                 results = {
-                    name: run_wrk(sp, script, data, args.seconds, args.connections, proc.pid, n * share, rate)
+                    name: run_wrk(
+                        sp,
+                        script,
+                        data,
+                        args.seconds,
+                        args.connections,
+                        proc.pid,
+                        n * PER_ROUND,
+                        rate,
+                        PER_ROUND // WRK_THREADS,
+                    )
                     for name, (sp, proc) in order
                 }
                 results = {name: results[name] for name in servers}
@@ -335,6 +367,9 @@ def report(
     for label, results in named + ([(f"@{args.rate}/s", paced)] if paced else []):
         for name, r in results.items():
             print(f"{label:>9} {name:12} {r.rate:9.0f} {r.p99:8.1f} {r.p999:9.1f} {r.non2xx:8d} {r.cpu_ms:13.2f}")
+    reused = sum(r.reused for results in [*rounds, paced] for r in results.values())
+    verdict = "must be 0: ok" if not reused else "NOT 0: a wrk thread ran out of its block, raise PER_ROUND"
+    print(f"requests that repeated a webhook-id: {reused} ({verdict})")
     if rounds:  # --rounds 0 runs the paced round alone
         for name in rounds[0]:
             rate = statistics.median(r[name].rate for r in rounds)
