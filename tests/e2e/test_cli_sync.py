@@ -19,8 +19,8 @@ from tests.support import FIXTURES
 BIN = Path(sys.executable).parent / "planbridge"
 
 
-def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check)
+def run(*args: str, env: dict[str, str], check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check, cwd=cwd)
 
 
 @pytest.fixture
@@ -90,8 +90,9 @@ def test_fhir_check_names_nothing_missing_on_the_test_server(env):
     assert out["missing"] == [] and out["fhirVersion"].startswith("4.0")
 
 
-def test_sync_without_a_fhir_server_setting_is_a_clear_error(env):
-    result = run("sync", "push", "--all", env={**env, "FHIR_BASE_URL": ""}, check=False)
+def test_sync_without_a_fhir_server_setting_is_a_clear_error(env, tmp_path):
+    # Run where no `planbridge dev` setup is (var/dev.json in the working directory would be found instead).
+    result = run("sync", "push", "--all", env={**env, "FHIR_BASE_URL": ""}, check=False, cwd=tmp_path)
     assert result.returncode == 1 and "FHIR_BASE_URL is not set" in result.stderr
 
 
