@@ -117,14 +117,19 @@ Then see the Goal on the FHIR server, and the plan and its sync state through th
 Or watch a whole collaborative story, EHR edit and team notification included:
   .venv/bin/planbridge demo
 """)
+    owner = os.getpid()
     try:
         from service.gunicorn_app import default_shape, run
 
         run("127.0.0.1", port, *default_shape(settings.database_url))
     finally:
-        for worker in workers:
-            worker.terminate()
-            worker.wait(timeout=10)
-        if fhir:
-            fhir.stop()
-        (var_dir / "dev.json").unlink(missing_ok=True)  # nothing runs any more: a second shell must not find it
+        # gunicorn's workers are forks of this process and leave through here too (their SystemExit): only
+        # the process that started the workers and the FHIR server stops them. A fork that tried waited on
+        # processes that are not its children until gunicorn's graceful timeout ran out.
+        if os.getpid() == owner:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(timeout=10)
+            if fhir:
+                fhir.stop()
+            (var_dir / "dev.json").unlink(missing_ok=True)  # nothing runs any more: a second shell must not find it

@@ -4,11 +4,15 @@ wrong method, the browser's favicon request (issue #14, "a newcomer and a contai
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from service.api.app import create_app
 from tests.support import settings
@@ -118,3 +122,45 @@ def test_a_405_names_the_allowed_methods(client):
 def test_favicon_is_no_404(client):
     answer = client.get("/favicon.ico")
     assert answer.status_code == 204 and not answer.data
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_planbridge_dev_stops_at_once_on_ctrl_c_and_leaves_nothing_running(tmp_path):
+    """Ctrl-C stops `planbridge dev` within seconds: the API, both workers and its FHIR server, and var/dev.json
+    goes. (gunicorn's forked workers once ran dev's clean-up too and waited out its 10 s graceful timeout.)"""
+    port = _free_port()
+    dev = subprocess.Popen(
+        [str(BIN), "dev", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: what is left of it afterwards can be found
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            assert dev.poll() is None and time.monotonic() < deadline, "planbridge dev did not become ready"
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        assert (tmp_path / "var" / "dev.json").exists()
+        stopping = time.monotonic()
+        dev.send_signal(signal.SIGINT)
+        dev.wait(timeout=30)
+        took = time.monotonic() - stopping
+        group = subprocess.run(["pgrep", "-g", str(dev.pid)], capture_output=True, text=True).stdout.split()
+        assert took < 6, f"planbridge dev took {took:.1f} s to stop"
+        assert group == [], f"left running: {group}"
+        assert not (tmp_path / "var" / "dev.json").exists()
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
