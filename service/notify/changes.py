@@ -189,49 +189,32 @@ def named_members(data: Any, plan: Plan | dict[str, Any] | None = None) -> list[
 
 def _proposer(who: dict[str, Any], plan: Plan | dict[str, Any] | None) -> str | None:
     """Return the id of the team member a proposer without a member id became, None when not found."""
+    # Each member as (id, kind, name, identifier system, identifier value), from a Plan as it is (no JSON
+    # built for it) or from its stored document.
     if isinstance(plan, Plan):
-        return _plan_proposer(who, plan)
-    team = [m for m in (plan or {}).get("team") or [] if isinstance(m, dict)]
+        team = [
+            (m.id, m.kind, m.name, *((m.identifier.system, m.identifier.value) if m.identifier else (None, None)))
+            for m in plan.team
+        ]
+    else:
+        team = [
+            (m.get("id"), m.get("kind"), m.get("name"), *_system_value(m.get("identifier") or {}))
+            for m in (plan or {}).get("team") or []
+            if isinstance(m, dict)
+        ]
     if who.get("kind") == "patient":
-        return next((m.get("id") for m in team if m.get("kind") == "patient"), None)
+        return next((m[0] for m in team if m[1] == "patient"), None)
     identifier = who.get("identifier")
     if isinstance(identifier, dict):
-        key = (identifier.get("system"), identifier.get("value"))
-        return next(
-            (
-                m.get("id")
-                for m in team
-                if (m.get("identifier") or {}).get("system") == key[0]
-                and (m.get("identifier") or {}).get("value") == key[1]
-            ),
-            None,
-        )
+        key = _system_value(identifier)
+        return next((m[0] for m in team if (m[3], m[4]) == key), None)
     if who.get("display"):
-        return next(
-            (m.get("id") for m in team if m.get("kind") == who.get("kind") and m.get("name") == who["display"]), None
-        )
+        return next((m[0] for m in team if m[1] == who.get("kind") and m[2] == who["display"]), None)
     return None
 
 
-def _plan_proposer(who: dict[str, Any], plan: Plan) -> str | None:
-    """`_proposer` on a Plan's members, read as they are rather than as their JSON (same answers)."""
-    if who.get("kind") == "patient":
-        return next((m.id for m in plan.team if m.kind == "patient"), None)
-    identifier = who.get("identifier")
-    if isinstance(identifier, dict):
-        system, value = identifier.get("system"), identifier.get("value")
-        return next(
-            (
-                m.id
-                for m in plan.team
-                if (m.identifier.system if m.identifier else None) == system
-                and (m.identifier.value if m.identifier else None) == value
-            ),
-            None,
-        )
-    if who.get("display"):
-        return next((m.id for m in plan.team if m.kind == who.get("kind") and m.name == who["display"]), None)
-    return None
+def _system_value(identifier: dict[str, Any]) -> tuple[Any, Any]:
+    return identifier.get("system"), identifier.get("value")
 
 
 def _history_row(
