@@ -327,6 +327,7 @@ def unsure_paths(
     other: dict[str, Any],
     base: dict[str, Any],
     ours: dict[str, Any],
+    theirs: dict[str, Any],
     found: list[FieldConflict],
 ) -> list[FieldConflict]:
     """Return a conflict for each path where two readings of the server's history merge differently.
@@ -334,7 +335,8 @@ def unsure_paths(
     After a push whose answer was lost, `merged` takes the last recorded state as the base and
     `other` what the push sent. Where they disagree, the server's value may be the EHR's change or
     our own lost write: the plan keeps ours and the team decides, rather than planbridge guessing
-    (and perhaps writing over a clinician's edit). `merged` is changed in place.
+    (and perhaps writing over a clinician's edit). The conflict's EHR side is the server's value
+    (`theirs`), which the server keeps until it is resolved. `merged` is changed in place.
     """
     known = [c.path for c in found]
     added: list[FieldConflict] = []
@@ -342,7 +344,7 @@ def unsure_paths(
         if any(under(path, k) or under(k, path) for k in known):
             continue
         mine = get_path(ours, path)
-        added.append(FieldConflict(path, get_path(base, path), mine, get_path(other, path)))
+        added.append(FieldConflict(path, get_path(base, path), mine, get_path(theirs, path)))
         known.append(path)
         try:
             set_path(merged, path, copy.deepcopy(mine))

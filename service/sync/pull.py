@@ -265,7 +265,7 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
             other, _ = three_way_merge(sent, ours_doc, theirs_doc)
             # a Goal the server deleted is recorded alike in both readings
             record_removals(deleted or {}, sent, ours_doc, theirs_doc, other, [], now.isoformat(), deleted_only=True)
-            found += unsure_paths(merged_doc, other, base_doc, ours_doc, found)
+            found += unsure_paths(merged_doc, other, base_doc, ours_doc, theirs_doc, found)
         open_rows = self.uow.sync.conflicts(ours.id)
         for row in open_rows:
             mine, server = get_path(ours_doc, row.path), get_path(theirs_doc, row.path)

@@ -279,3 +279,23 @@ def test_taking_a_value_for_a_goal_the_ehr_deleted_brings_back_the_person_off_th
     assert world.open_conflicts(plan_id) == []
     assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
     assert world.sync.push(plan_id).requests == 0
+
+
+def test_a_field_left_unsure_by_a_lost_push_keeps_the_servers_value_until_it_is_resolved(world):
+    """Found by the model's soak run (80 examples x 40 steps, PostgreSQL, hapi): after a push whose answer was
+    lost set the title to B, the team set it back to A. The re-read could not tell whether the server's B was
+    the EHR's or our own lost write, and opened a conflict; but the conflict's EHR side was taken from the
+    second reading's merge (A), not from the server (B), so the push sent A as "the server's value" and wrote
+    over B while the conflict was open. The EHR side of such a conflict is what the server holds."""
+    plan_id, _ = _plan_with_a_proposed_goal(world)
+    assert world.team("plan.updated", plan_id=plan_id, title="Title A")[0] == 202
+    assert world.sync.push(plan_id).status == "in_sync"
+    assert world.team("plan.updated", plan_id=plan_id, title="Title B")[0] == 202
+    assert world.kill_push(plan_id) == "200"  # applied: the server says B; its answer never came back
+    assert world.team("plan.updated", plan_id=plan_id, title="Title A")[0] == 202
+
+    world.sync.push(plan_id)
+    assert world.server(plan_id).doc["title"] == "Title B", "the push wrote over a value it could not place"
+    (conflict,) = world.open_conflicts(plan_id)
+    assert (conflict["path"], conflict["ours"], conflict["theirs"]) == ("title", "Title A", "Title B")
+    assert world.sync.status(plan_id).status == "conflicted"
