@@ -609,7 +609,8 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
                     if was != held.value or now == held.value:
                         continue
                     agreed = get_at(agreed_before[plan_id], path)
-                    if not (held.seen and (held.merged or held.resolved or held.value == agreed)):
+                    kept_links = path.endswith(".goal_ids") and keeps_link_changes(agreed, held.value, now)
+                    if not (held.seen and (held.merged or held.resolved or held.value == agreed or kept_links)):
                         why = (
                             "never pulled"
                             if not held.seen
@@ -866,6 +867,18 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
                 self.settle()
 
     return SyncModel
+
+
+def keeps_link_changes(agreed: Any, ehr_value: Any, written: Any) -> bool:
+    """True when a written list of goal ids keeps every change the EHR made to the agreed one: no goal it
+    dropped (a link its deletion of that goal took) is named again, and every goal it added is still named.
+    A step the team moved from a goal the EHR deleted to that goal's revision writes over no EHR decision."""
+
+    def ids(value: Any) -> set[str]:
+        return set(value) if isinstance(value, list) else set()
+
+    dropped, added = ids(agreed) - ids(ehr_value), ids(ehr_value) - ids(agreed)
+    return not (dropped & ids(written)) and added <= ids(written)
 
 
 def names_goal(plan_value: Any, server_value: Any, goal_id: str) -> bool:

@@ -226,7 +226,7 @@ def test_taking_ours_for_a_goal_the_ehr_deleted_brings_back_the_goal_and_the_ste
 
 def get_goal_ids(world: SyncWorld, plan_id: str, step_id: str) -> list[str]:
     """The goal ids a step names on the server, as planbridge reads the server back."""
-    return next(s for s in world.server(plan_id).doc["steps"] if s["id"] == step_id)["goal_ids"]
+    return next(s for s in world.server(plan_id).doc["steps"] if s["id"] == step_id).get("goal_ids")
 
 
 def test_a_person_only_a_deleted_goal_named_does_not_keep_every_pull_pushing(world):
@@ -299,3 +299,31 @@ def test_a_field_left_unsure_by_a_lost_push_keeps_the_servers_value_until_it_is_
     (conflict,) = world.open_conflicts(plan_id)
     assert (conflict["path"], conflict["ours"], conflict["theirs"]) == ("title", "Title A", "Title B")
     assert world.sync.status(plan_id).status == "conflicted"
+
+
+def test_a_step_moved_from_a_goal_the_ehr_deleted_to_its_revision_is_linked_on_the_server(world):
+    """Found by the model's soak run (its oracle, not the service): the team changed a goal, the EHR deleted it
+    (so the server's reading of the steps pursuing it lost the link), then the team revised the goal. The steps
+    now pursue the revision, and the push writes that link: it brings back nothing the EHR deleted (the old
+    goal stays deleted and its conflict stays open), so it is no overwrite."""
+    plan_id = _pushed_plan(world, "cardiac-rehab-checkins.json")
+    status, _ = world.team("goal.status_changed", plan_id=plan_id, goal_id="goal-steps", lifecycle_status="planned")
+    assert status == 202
+    deleted = world.ehr_goal(plan_id, "goal-steps")
+    world.ehr_delete(f"Goal/{deleted['id']}")
+    assert get_goal_ids(world, plan_id, "step-pedometer") is None
+
+    assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "conflicted"
+    [conflict] = world.open_conflicts(plan_id)
+    assert conflict["path"] == "goals[id=goal-steps]"
+    revision = {"id": "goal-m2", "description": "Walk 20 minutes a day", "priority": "high-priority"}
+    status, _ = world.team(
+        "goal.revised", plan_id=plan_id, replaces="goal-steps", goal=revision, revised_by={"kind": "patient"}
+    )
+    assert status == 202
+
+    assert world.sync.push(plan_id).status == "conflicted"
+    assert [c["id"] for c in world.open_conflicts(plan_id)] == [conflict["id"]]
+    assert get_goal_ids(world, plan_id, "step-pedometer") == ["goal-m2"]
+    assert world.ehr_goal(plan_id, "goal-m2")["description"]["text"] == "Walk 20 minutes a day"
+    assert world.find("Goal", "goal", f"{plan_id}/goal-steps") is None, "the goal the EHR deleted came back"
