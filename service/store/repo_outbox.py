@@ -27,7 +27,7 @@ _OUTBOX_INSERT = _insert(
 )
 
 _THIS_ENTRY = _OUTBOX.c.id == sa.bindparam("id", type_=_OUTBOX.c.id.type)
-_FINISH = Prepared(
+_FINISH_UPDATE = (
     sa.update(_OUTBOX)
     .where(_THIS_ENTRY)
     .values(
@@ -38,6 +38,15 @@ _FINISH = Prepared(
         claimed_at=sa.null(),
     )
 )
+_FINISH = Prepared(_FINISH_UPDATE)
+
+# The same, only while one claim still holds the entry: its lease start (claimed_at) is the claim's token.
+# A worker whose lease ran out and whose entry another worker claimed since must not finish it under that
+# worker (nor release the plan's hold while the newer claim is still pushing).
+_FINISH_HELD = Prepared(
+    _FINISH_UPDATE.where(_OUTBOX.c.claimed_at == sa.bindparam("claimed_at", type_=_OUTBOX.c.claimed_at.type))
+)
+_EXISTS = Prepared(sa.select(_OUTBOX.c.id).where(_THIS_ENTRY))
 
 PUSH_KINDS = ("push_plan", "push_goal")  # outbox entries that write to the FHIR server
 
@@ -149,29 +158,48 @@ class OutboxRepository:
         worker is working on (a held entry whose lease ran out is due again, and still its plan's)."""
         return self._session.scalars(_CLAIM_NEXT, {"now": now}).first()
 
-    def claim(self, now: datetime, seconds: float) -> tuple[int, str, str, str | None] | None:
+    def claim(self, now: datetime, seconds: float) -> tuple[int, str, str, str | None, datetime] | None:
         """Claim the entry `claim_next` would return and lease it as `lease` does, without loading it into the
-        session; return its (id, plan id, kind, subject id), or None when nothing is due. An entry of a plan
-        another worker leased at the same moment raises IntegrityError (the held-plan index)."""
+        session; return its (id, plan id, kind, subject id) and the claim's token (its claimed_at, `now`: give
+        it to `finish` and `held_by`), or None when nothing is due. An entry of a plan another worker leased at
+        the same moment raises IntegrityError (the held-plan index)."""
         row = _CLAIM_COLUMNS.first(self._session, {"now": now})
         if row is None:
             return None
         _LEASE.execute(self._session, {"id": row[0], "now": now, "until": now + timedelta(seconds=seconds)})
-        return (row[0], row[1], row[2], row[3])
+        return (row[0], row[1], row[2], row[3], now)
 
     def lease(self, row: OutboxRow, now: datetime, seconds: float) -> None:
-        """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first."""
+        """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first.
+        Renewing a claim this way gives it a new token (claimed_at becomes `now`)."""
         row.claimed_at, row.next_attempt_at = now, now + timedelta(seconds=seconds)
+
+    def held_by(self, entry_id: int, claimed_at: datetime) -> OutboxRow | None:
+        """Lock and return the entry if the claim made at `claimed_at` still holds it, else None (a newer claim
+        took it after that one's lease ran out, or it is finished); NotFound when it is gone."""
+        row = self._session.get(OutboxRow, entry_id, with_for_update=True, populate_existing=True)
+        if row is None:
+            raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
+        return row if row.status == "pending" and row.claimed_at == claimed_at else None
 
     def mark_done(self, row: OutboxRow, now: datetime) -> None:
         """Record a successful push."""
         row.status, row.attempts, row.last_error, row.updated_at = "done", row.attempts + 1, None, now
         row.claimed_at = None
 
-    def finish(self, entry_id: int, now: datetime) -> None:
-        """Record a successful push of an entry by id, as `mark_done` does, in one UPDATE (no read first)."""
-        if not _FINISH.execute(self._session, {"id": entry_id, "now": now}):
+    def finish(self, entry_id: int, now: datetime, claimed_at: datetime | None = None) -> bool:
+        """Record a successful push of an entry by id, as `mark_done` does, in one UPDATE (no read first).
+        With `claimed_at` (the claim's token), only while that claim still holds the entry: return False,
+        leaving the entry alone, when a newer claim holds it or it is finished. NotFound when it is gone."""
+        if claimed_at is None:
+            if not _FINISH.execute(self._session, {"id": entry_id, "now": now}):
+                raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
+            return True
+        if _FINISH_HELD.execute(self._session, {"id": entry_id, "now": now, "claimed_at": claimed_at}):
+            return True
+        if _EXISTS.first(self._session, {"id": entry_id}) is None:
             raise NotFound(f"outbox entry {entry_id} does not exist", entry_id=entry_id)
+        return False
 
     def mark_failed(self, row: OutboxRow, error: str, now: datetime, max_attempts: int, delay: timedelta) -> None:
         """Record a failed push: retry later, or park it as dead after the last attempt."""

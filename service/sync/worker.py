@@ -2,7 +2,9 @@
 
 An entry is claimed by moving its due time one lease ahead in a short transaction, so no database
 lock is held while talking to the FHIR server; a worker killed mid-push leaves the entry to come
-due again, and the push is a conditional update on our identifier, so repeating it is harmless.
+due again, and the push is a conditional update on our identifier, so repeating it is harmless. A worker
+that merely outlived its lease (a slow push) records its outcome only if no other worker claimed the entry
+since (the claim's claimed_at is its token): otherwise the newer claim keeps the entry and its plan's hold.
 
 One worker pushes up to `PLANBRIDGE_PUSH_CONCURRENCY` entries at once, one per plan: each in-flight push has
 a slot of its own (a database session and a sync engine; the FHIR client and its keep-alive HTTP session
@@ -37,7 +39,9 @@ from service.sync.notifications import silent_subscriptions
 log = logging.getLogger(__name__)
 CLAIM_TRIES = 3
 PRUNE_SECONDS = 3600.0  # how often the worker deletes finished work past PLANBRIDGE_RETAIN_DAYS
-Claimed = tuple[int, str, str, str | None]  # entry id, plan id, kind, subject id
+# entry id, plan id, kind, subject id, and the claim's token (its claimed_at): an outcome is recorded only while
+# this claim still holds the entry, never over a newer claim made after this one's lease ran out
+Claimed = tuple[int, str, str, str | None, datetime]
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 900.0) -> timedelta:
@@ -131,18 +135,17 @@ class OutboxWorker(PollingWorker):
 
     def _handle(self, claimed: Claimed, uow: UnitOfWork) -> None:
         """Run a claimed entry and record how it went (done, or failed with a retry due later)."""
-        entry_id, plan_id, kind, _subject = claimed
+        entry_id, plan_id, kind, _subject, claimed_at = claimed
         error: str | None = None
-        finished: list[bool] = []
+        finished: list[bool] = []  # the outcome is recorded (True), or a newer claim holds the entry (False)
 
         def finish(recording: UnitOfWork) -> None:
             # A push that succeeds marks its entry done in the transaction recording it (one fewer per push).
             # An entry gone meanwhile must not undo that record: it is left to the NotFound below.
             try:
-                recording.outbox.finish(entry_id, self.clock())
+                finished.append(recording.outbox.finish(entry_id, self.clock(), claimed_at))
             except NotFound:
                 return
-            finished.append(True)
 
         try:
             self._run(kind, plan_id, finish)
@@ -151,13 +154,19 @@ class OutboxWorker(PollingWorker):
             if not isinstance(exc, PlanbridgeError):
                 log.exception("outbox %s plan %s: unexpected error", entry_id, plan_id)
         if error is None and finished:
+            if not finished[0]:
+                self._superseded(entry_id, plan_id)
             return
         with uow:
             now = self.clock()
             if error is None:
-                uow.outbox.finish(entry_id, now)
+                if not uow.outbox.finish(entry_id, now, claimed_at):
+                    self._superseded(entry_id, plan_id)
             else:
-                row = uow.outbox.get(entry_id)
+                row = uow.outbox.held_by(entry_id, claimed_at)
+                if row is None:  # the newer claim's push records its own outcome, and the plan's state
+                    self._superseded(entry_id, plan_id)
+                    return
                 if kind.startswith("push") and uow.plans.get(plan_id) is not None:
                     state = uow.sync.state(plan_id)
                     state.last_error = error[:2000]
@@ -168,6 +177,16 @@ class OutboxWorker(PollingWorker):
                     "outbox %s plan %s attempt %s failed: %s", entry_id, plan_id, row.attempts, error.split(":")[0]
                 )
             uow.commit()
+
+    @staticmethod
+    def _superseded(entry_id: int, plan_id: str) -> None:
+        """Say why an outcome was dropped: it would have finished, or released, another worker's claim."""
+        log.warning(
+            "outbox %s plan %s: its lease ran out and it was claimed again (or finished) meanwhile; "
+            "this worker's outcome is left out",
+            entry_id,
+            plan_id,
+        )
 
     def before_pass(self) -> None:
         """The safety net: FHIR servers give up retrying notifications, so look for changes now and then;

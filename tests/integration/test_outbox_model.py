@@ -1,0 +1,777 @@
+"""A model-based test of the outbox and its workers: producers, several workers and an operator, interleaved
+in any order by hypothesis, on the real databases (SQLite file, PostgreSQL).
+
+The outbox is what is modelled, not the FHIR server: each worker is a real `OutboxWorker` (its own unit of
+work, as a separate `planbridge worker` process has) whose sync engine is a stub that records which plan it
+pushes and succeeds or fails as the step says. The rules:
+
+- producers queue entries (push_plan, push_goal, now and then a pull_plan) for three plans, through
+  `OutboxRepository.add` in a unit of work, as the event intake does;
+- each of three workers claims (`OutboxWorker._claim`, the claim `run_until_idle` makes), renews the lease
+  of a claim (`OutboxRepository.lease`), finishes it (`_handle`: the push recorded with the entry's finish
+  in its transaction, or nothing to record), fails it (a retryable server error, a refusal retrying cannot
+  fix, an unexpected exception: each backs off, the last allowed attempt parks it dead), or crashes
+  holding it (never finished: the lease runs out);
+- on PostgreSQL, two claims overlap: one worker's claim transaction is open while another worker claims;
+- one worker drains the queue (`run_until_idle`, one push at a time or three plans at once);
+- the clock moves (backoff, lease expiry); the operator replays an entry (`replay_outbox_entry`: dead
+  ones only) and prunes done entries (`prune_done`, oldest first, in batches).
+
+The model knows every entry (plan, kind, status, attempts, due time, the claim holding it) and which
+worker holds which claim; from the claim's documented rules (`OutboxRepository.claim_next`, `_claim_next_query`)
+it predicts which entry each claim takes. After every step the database must hold exactly the model's
+entries, and:
+
+1. no entry is held by two workers whose leases are valid, and no plan has two entries held at once (by
+   valid leases in the workers' view, and by `claimed_at` in the database);
+2. nothing is lost: every entry added is pending, held, done or dead; only a prune removes one, and only a
+   done one last touched before the cutoff;
+3. per-plan order: each claim takes the entry the model predicts, the oldest one the claim may take: a push
+   not while an earlier entry of its plan is due, the plan is held, or an earlier push of it backs off; a
+   re-read (pull_plan) not while the plan is held or an earlier re-read is due (a re-read may pass a push,
+   documented in `_claim_next_query`). A drain pushes each plan's entries in that order, never one plan twice
+   at once, and each push runs while its plan holds exactly that one entry;
+4. a claim whose worker crashed is claimed again only once its lease has run out, and then once;
+5. a failed entry is not claimed before its `next_attempt_at`, which is one backoff (`worker.backoff`) ahead;
+   attempts never decrease except by a replay (which resets them to 0, documented);
+6. a dead entry is never claimed (until replayed);
+7. a worker whose lease ran out and whose entry another worker claimed since leaves that entry alone when it
+   finishes or fails late: the newer claim keeps its hold on the plan (see the regression tests below); a late
+   outcome for an entry pruned meanwhile raises NotFound (as test_push_finish has it) and writes nothing.
+
+Allowed, and counted: SQLite gives a new entry the id of a pruned one when that was the newest (the table has
+no AUTOINCREMENT); ids stay in the order entries were added, which is what the claim orders by.
+
+By default 60 examples of up to 30 steps per database (about 10 s each); derandomized, so CI runs the same
+interleavings every time. A soak, e.g.:
+
+    PLANBRIDGE_OUTBOX_MODEL_EXAMPLES=300 PLANBRIDGE_OUTBOX_MODEL_STEPS=60 \\
+        .venv/bin/pytest tests/integration/test_outbox_model.py -x -rA
+
+(`PLANBRIDGE_OUTBOX_MODEL_EXAMPLES` set, or PLANBRIDGE_OUTBOX_MODEL_RANDOM=1, explores new interleavings each
+run; PLANBRIDGE_OUTBOX_MODEL_SHRINK=1 shrinks a failure.) A failure names the invariant and prints the steps
+in words; each failure found so far is a plain test at the end of this file.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+
+from service.api.plans import replay_outbox_entry
+from service.domain.errors import NotFound, RuleViolation
+from service.fhir.errors import FhirMultipleMatches, FhirServerError
+from service.store.repo_outbox import PUSH_KINDS
+from service.store.uow import UnitOfWork
+from service.sync.worker import OutboxWorker, _Slot
+from tests.support import settings as app_settings
+
+EXAMPLES = int(os.environ.get("PLANBRIDGE_OUTBOX_MODEL_EXAMPLES", "60"))
+STEPS = int(os.environ.get("PLANBRIDGE_OUTBOX_MODEL_STEPS", "30"))
+SHRINK = os.environ.get("PLANBRIDGE_OUTBOX_MODEL_SHRINK", "") not in ("", "0")
+RANDOM = "PLANBRIDGE_OUTBOX_MODEL_EXAMPLES" in os.environ or os.environ.get(
+    "PLANBRIDGE_OUTBOX_MODEL_RANDOM", ""
+) not in ("", "0")
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+LEASE = 120.0
+MAX_ATTEMPTS = 3
+PLANS = ["plan-a", "plan-b", "plan-c"]
+WORKERS = ["w1", "w2", "w3"]
+SLOTS = 2  # claims one worker holds at most (its push pool)
+KINDS = st.lists(st.sampled_from(["push_plan"] * 4 + ["push_goal", "pull_plan"]), min_size=1, max_size=3)
+ERRORS = {
+    "server error": lambda: FhirServerError("503 from the server"),  # retryable
+    "refused": lambda: FhirMultipleMatches("412 multiple matches"),  # retrying cannot fix it
+    "unexpected": lambda: RuntimeError("a bug in the push"),
+}
+
+
+class ModelViolation(AssertionError):
+    """The outbox broke one of its promises."""
+
+
+@dataclass
+class Entry:
+    """What the model knows of one outbox entry."""
+
+    id: int
+    plan: str
+    kind: str
+    status: str = "pending"
+    attempts: int = 0
+    due: datetime = T0
+    claimed_at: datetime | None = None
+    updated: datetime = T0
+
+
+@dataclass
+class Held:
+    """A claim a worker believes it holds: the worker's claimed tuple, and its lease as granted."""
+
+    claimed: tuple[Any, ...]
+    since: datetime
+    until: datetime
+
+    @property
+    def entry_id(self) -> int:
+        return int(self.claimed[0])
+
+
+class StubPush:
+    """The sync engine of a model worker: pushes nothing, records which plan it was asked to push and which
+    entry of that plan was held at that moment, and succeeds or fails as told."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.outcome: str = "recorded"  # "recorded", "nothing", or a key of ERRORS
+        self.failing_plans: set[str] = set()  # in a drain: plans whose pushes fail (server error)
+        self.pushed: list[tuple[str, list[int]]] = []
+        self.active: set[str] = set()
+        self.overlaps: list[str] = []
+        self.lock = threading.Lock()
+
+    def _held(self, plan_id: str) -> list[int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT id FROM outbox WHERE plan_id = :p AND status = 'pending' AND claimed_at IS NOT NULL"),
+                {"p": plan_id},
+            )
+            return sorted(r[0] for r in rows)
+
+    def _work(self, plan_id: str, on_recorded: Any) -> None:
+        with self.lock:
+            if plan_id in self.active:
+                self.overlaps.append(plan_id)
+            self.active.add(plan_id)
+        try:
+            held = self._held(plan_id)
+            with self.lock:
+                self.pushed.append((plan_id, held))
+            outcome = "server error" if plan_id in self.failing_plans else self.outcome
+            if outcome in ERRORS:
+                raise ERRORS[outcome]()
+            if outcome == "recorded" and on_recorded is not None:
+                with UnitOfWork(self.engine) as uow:  # the push's record, the entry's finish in it
+                    on_recorded(uow)
+                    # The push ends with this commit, which lets the plan go (the next claim of it may
+                    # start at once): it is no longer in flight from here.
+                    self.done(plan_id)
+                    uow.commit()
+        finally:
+            self.done(plan_id)
+
+    def done(self, plan_id: str) -> None:
+        with self.lock:
+            self.active.discard(plan_id)
+
+    def push(self, plan_id: str, on_recorded: Any = None) -> None:
+        self._work(plan_id, on_recorded)
+
+    def pull_plans(self, plan_ids: list[str]) -> None:
+        self._work(plan_ids[0], None)
+
+    def pull_changed(self) -> None:
+        self._work("*", None)
+
+
+def model_worker(engine: sa.Engine, clock: Any, concurrency: int = 1) -> tuple[OutboxWorker, StubPush]:
+    """Return a real OutboxWorker on its own unit of work whose sync engine (and every slot's) is a stub."""
+    config = app_settings(outbox_max_attempts=MAX_ATTEMPTS, outbox_lease_seconds=LEASE, retain_days=0)
+    worker = OutboxWorker(UnitOfWork(engine), None, config, clock, concurrency=concurrency)  # type: ignore[arg-type]
+    stub = StubPush(engine)
+    worker.engine = stub  # type: ignore[assignment]
+    worker._slot = lambda: _Slot(stub, UnitOfWork(engine))  # type: ignore[method-assign,arg-type]
+    return worker, stub
+
+
+def backoff_bounds(attempt: int) -> tuple[timedelta, timedelta]:
+    """The range `worker.backoff(attempt)` draws from."""
+    return timedelta(seconds=2.0**attempt / 2), timedelta(seconds=min(900.0, 2.0**attempt))
+
+
+def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMachine]:
+    """Return the state machine class for one database, counting into `stats`."""
+    postgres = engine.dialect.name == "postgresql"
+
+    class OutboxModel(RuleBasedStateMachine):
+        def __init__(self) -> None:
+            super().__init__()
+            stats["examples"] += 1
+            with engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM outbox"))
+            self.now = T0
+            self.entries: dict[int, Entry] = {}
+            self.pruned: set[int] = set()
+            self.workers: dict[str, tuple[OutboxWorker, StubPush]] = {
+                name: model_worker(engine, lambda: self.now) for name in WORKERS
+            }
+            self.held: dict[str, list[Held]] = {name: [] for name in WORKERS}
+            self.attempts_seen: dict[int, int] = {}
+            self.log: list[str] = []
+            self.step = 0
+
+        # ------------------------------------------------------------------ helpers
+
+        def begin(self, what: str) -> None:
+            self.step += 1
+            stats["steps"] += 1
+            stats[what] += 1
+
+        def note(self, text: str) -> None:
+            self.log.append(f"#{self.step} t+{int((self.now - T0).total_seconds())}s {text}")
+
+        def fail(self, message: str) -> None:
+            steps = "\n".join(f"  {line}" for line in self.log[-50:])
+            raise ModelViolation(f"{message}\nentries: {self.show()}\nsteps:\n{steps}")
+
+        def show(self) -> str:
+            return "; ".join(
+                f"#{e.id} {e.plan} {e.kind} {e.status} a={e.attempts} due=t+{int((e.due - T0).total_seconds())}"
+                + (" held" if e.claimed_at else "")
+                for e in self.entries.values()
+            )
+
+        def claimable(self, e: Entry) -> bool:
+            """The claim's rules, as `claim_next` and `_claim_next_query` document them."""
+            now = self.now
+            if e.status != "pending" or e.due > now:
+                return False
+            others = [o for o in self.entries.values() if o.plan == e.plan and o.id != e.id and o.status == "pending"]
+            if any(o.claimed_at is not None for o in others):  # the plan is held
+                return False
+            push = e.kind in PUSH_KINDS
+            for o in others:
+                if o.id < e.id and o.due <= now and (push or o.kind not in PUSH_KINDS):
+                    return False  # an earlier due entry goes first
+                if push and o.kind in PUSH_KINDS and o.id < e.id and o.attempts > 0 and o.due > now:
+                    return False  # an earlier push backs off: the plan's later pushes wait for it
+            return True
+
+        def expected_claim(self) -> Entry | None:
+            due = [e for e in self.entries.values() if self.claimable(e)]
+            return min(due, key=lambda e: e.id) if due else None
+
+        def db_rows(self) -> dict[int, Any]:
+            with UnitOfWork(engine) as uow:
+                return {r.id: r for r in uow.outbox.list()}
+
+        def took(self, name: str, claimed: tuple[Any, ...] | None, how: str) -> None:
+            """Check a claim against the model (rules 3-6) and record it."""
+            expected = self.expected_claim()
+            got = f"#{claimed[0]}" if claimed else "nothing"
+            self.note(f"{name} {how} -> {got} (model: {f'#{expected.id}' if expected else 'nothing'})")
+            stats["claims that took an entry" if claimed else "claims that found nothing"] += 1
+            if claimed is None:
+                if expected is not None:
+                    self.fail(f"{name} claimed nothing, but #{expected.id} ({expected.plan}) was due and free")
+                return
+            entry = self.entries.get(claimed[0])
+            if entry is None:
+                self.fail(f"{name} claimed #{claimed[0]}, which the model does not know")
+            assert entry is not None
+            if entry.status == "dead":
+                self.fail(f"rule 6: {name} claimed dead entry #{entry.id}")
+            if entry.status == "done":
+                self.fail(f"rule 2: {name} claimed done entry #{entry.id}")
+            if entry.due > self.now:
+                what = "its lease" if entry.claimed_at else "its backoff"
+                self.fail(f"rule 4/5: {name} claimed #{entry.id} before {what} ran out ({entry.due})")
+            if expected is None or expected.id != entry.id:
+                self.fail(
+                    f"rule 1/3: {name} claimed #{entry.id} ({entry.plan} {entry.kind}); by the claim's rules the "
+                    f"next was {f'#{expected.id}' if expected else 'none'}"
+                )
+            if (claimed[1], claimed[2]) != (entry.plan, entry.kind):
+                self.fail(f"{name} claimed #{entry.id} as {claimed[1:3]}, it is {entry.plan} {entry.kind}")
+            if entry.claimed_at is not None:
+                stats["claims after a lease ran out"] += 1
+            entry.claimed_at, entry.due = self.now, self.now + timedelta(seconds=LEASE)
+            self.held[name].append(Held(claimed, self.now, entry.due))
+            self.check_holds()
+
+        def check_holds(self) -> None:
+            """Rule 1 in the workers' view: valid leases never share an entry or a plan."""
+            valid: dict[str, str] = {}
+            plans: dict[str, str] = {}
+            for name, claims in self.held.items():
+                for held in claims:
+                    if held.until <= self.now:
+                        continue
+                    entry = self.entries.get(held.entry_id)
+                    if entry is None:
+                        self.fail(f"rule 2: #{held.entry_id}, which {name} holds with a valid lease, is gone")
+                    assert entry is not None
+                    key = f"#{held.entry_id}"
+                    if key in valid:
+                        self.fail(f"rule 1: {valid[key]} and {name} both hold {key} with valid leases")
+                    valid[key] = name
+                    if entry.plan in plans:
+                        self.fail(f"rule 1: {plans[entry.plan]} and {name} both hold an entry of {entry.plan}")
+                    plans[entry.plan] = name
+
+        def learn_new(self, plan_id: str, kinds: list[str]) -> None:
+            rows = self.db_rows()
+            new = sorted(i for i in rows if i not in self.entries)
+            if len(new) != len(kinds):
+                self.fail(f"rule 2: {len(kinds)} entries added, {len(new)} new rows ({new})")
+            if self.entries and new and min(new) < max(self.entries):
+                self.fail(f"rule 3: new entries {new} sort before older ones (max {max(self.entries)})")
+            # SQLite reuses the id of a pruned entry when it was the newest (no AUTOINCREMENT): counted, allowed.
+            stats["ids reused after a prune"] += len(self.pruned.intersection(new))
+            for entry_id, kind in zip(new, kinds, strict=True):
+                self.entries[entry_id] = Entry(entry_id, plan_id, kind, due=self.now, updated=self.now)
+
+        def pick(self, which: int) -> tuple[str, Held]:
+            """One of the claims the workers hold (the rules that use it run only when there is one)."""
+            claims = [(name, held) for name, held_list in self.held.items() for held in held_list]
+            return claims[which % len(claims)]
+
+        def holding(self) -> bool:
+            return any(self.held.values())
+
+        def release(self, name: str, held: Held) -> None:
+            self.held[name].remove(held)
+
+        def stale(self, held: Held) -> bool:
+            """The claim is no longer the entry's current one: another worker claimed it since, or it is gone."""
+            entry = self.entries.get(held.entry_id)
+            return entry is None or entry.status != "pending" or entry.claimed_at != held.since
+
+        # ------------------------------------------------------------------ producers
+
+        def produce(self, plan: str, kinds: list[str]) -> None:
+            with UnitOfWork(engine) as uow:
+                for kind in kinds:
+                    uow.outbox.add(plan, kind, None, f"event-{self.step}", self.now)
+                uow.commit()
+            self.learn_new(plan, kinds)
+            self.note(f"add {plan}: {kinds} -> {sorted(self.entries)[-len(kinds) :]}")
+
+        @initialize(plans=st.lists(st.sampled_from(PLANS), min_size=1, max_size=3), kinds=KINDS)
+        def queued(self, plans: list[str], kinds: list[str]) -> None:
+            """Every example starts with work queued (so no example is all empty claims)."""
+            self.begin("add")
+            for plan in plans:
+                self.produce(plan, kinds)
+
+        @rule(plan=st.sampled_from(PLANS), kinds=KINDS)
+        def add(self, plan: str, kinds: list[str]) -> None:
+            self.begin("add")
+            self.produce(plan, kinds)
+
+        # ------------------------------------------------------------------ workers
+
+        @rule(
+            action=st.sampled_from(["claim", "claim", "work", "work", "crash", "renew", "overlap"]),
+            name=st.sampled_from(WORKERS),
+            other=st.sampled_from(WORKERS),
+            which=st.integers(0, 5),
+            outcome=st.sampled_from(["recorded", "nothing", *sorted(ERRORS)]),
+        )
+        def worker(self, action: str, name: str, other: str, which: int, outcome: str) -> None:
+            """A worker claims, or one holding a claim works it (`outcome`: done, or failed with an error), dies
+            holding it, or renews its lease; on PostgreSQL two workers' claims overlap. (One rule: hypothesis' swarm
+            testing leaves whole rules out of an example, which would leave claims without outcomes, or outcomes
+            without claims.)"""
+            if action == "overlap" and postgres and name != other:
+                self.overlapping_claims(name, other)
+            elif action in ("claim", "overlap") or not self.holding():
+                self.begin("claim")
+                if len(self.held[name]) >= SLOTS:
+                    self.note(f"{name} has no free slot")
+                    return
+                worker, _ = self.workers[name]
+                self.took(name, worker._claim(), "claims")
+            elif action == "crash":
+                self.crash(which)
+            elif action == "renew":
+                self.renew(which)
+            else:
+                self.begin("fail" if outcome in ERRORS else "finish")
+                self.run_claim(*self.pick(which), outcome)
+
+        def run_claim(self, name: str, held: Held, outcome: str) -> None:
+            worker, stub = self.workers[name]
+            stub.outcome = outcome
+            self.release(name, held)
+            if held.entry_id not in self.entries:  # finished by a newer claim and pruned since
+                stats[f"outcome {outcome} (entry gone)"] += 1
+                self.note(f"{name} works #{held.entry_id}: {outcome}, but the entry was pruned")
+                try:
+                    worker._handle(held.claimed, worker.uow)
+                except NotFound:
+                    return
+                self.fail(f"{name}'s outcome for #{held.entry_id}, pruned, was recorded somewhere")
+            entry = self.entries[held.entry_id]
+            late = self.stale(held)
+            stats[f"outcome {outcome}{' (late)' if late else ''}"] += 1
+            self.note(f"{name} works #{entry.id} ({entry.plan}): {outcome}{' (its claim is stale)' if late else ''}")
+            worker._handle(held.claimed, worker.uow)
+            if late:
+                # Rule 7: another worker holds the entry now (or it is finished): the late outcome leaves it alone.
+                return
+            if outcome in ERRORS:
+                entry.attempts += 1
+                entry.claimed_at = None
+                entry.updated = self.now
+                if entry.attempts >= MAX_ATTEMPTS:
+                    entry.status = "dead"
+                else:
+                    row = self.db_rows()[entry.id]
+                    low, high = backoff_bounds(entry.attempts)
+                    if not self.now + low <= row.next_attempt_at <= self.now + high:
+                        self.fail(
+                            f"rule 5: #{entry.id} failed {entry.attempts} time(s) and is due at {row.next_attempt_at}, "
+                            f"not within {low}..{high} of {self.now}"
+                        )
+                    entry.due = row.next_attempt_at
+            else:
+                entry.status, entry.attempts, entry.claimed_at, entry.updated = (
+                    "done",
+                    entry.attempts + 1,
+                    None,
+                    self.now,
+                )
+
+        def crash(self, which: int) -> None:
+            self.begin("crash")
+            name, held = self.pick(which)
+            self.release(name, held)
+            self.note(f"{name} dies holding #{held.entry_id} (lease until t+{int((held.until - T0).total_seconds())}s)")
+
+        def renew(self, which: int) -> None:
+            self.begin("renew")
+            name, held = self.pick(which)
+            if held.until <= self.now or self.stale(held):
+                return  # only a claim still valid is renewed (lease() itself does not check)
+            with UnitOfWork(engine) as uow:
+                uow.outbox.lease(uow.outbox.get(held.entry_id), self.now, LEASE)
+                uow.commit()
+            entry = self.entries[held.entry_id]
+            entry.claimed_at, entry.due = self.now, self.now + timedelta(seconds=LEASE)
+            # The renewal is the claim's token now (claimed_at): the worker keeps working under it.
+            claimed = (*held.claimed[:4], self.now) if len(held.claimed) > 4 else held.claimed
+            self.held[name][self.held[name].index(held)] = Held(claimed, self.now, entry.due)
+            self.note(f"{name} renews #{entry.id} until t+{int((entry.due - T0).total_seconds())}s")
+
+        def overlapping_claims(self, first: str, second: str) -> None:
+            """`first` has claimed in a transaction not yet committed while `second` claims: SKIP LOCKED passes
+            over the locked entry, and a claim of the same plan waits for the first and is refused by the
+            held-plan index (the worker claims again)."""
+            self.begin("overlapping claims")
+            if len(self.held[first]) >= SLOTS or len(self.held[second]) >= SLOTS:
+                return
+            second_worker, _ = self.workers[second]
+            result: dict[str, Any] = {}
+            uow = UnitOfWork(engine)
+            with uow:
+                claimed_first = uow.outbox.claim(self.now, LEASE)
+                pid = uow.session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+
+                def run() -> None:
+                    try:
+                        result["claimed"] = second_worker._claim()
+                    except Exception as exc:  # reported below
+                        result["error"] = exc
+
+                thread = threading.Thread(target=run)
+                thread.start()
+                deadline = time.monotonic() + 20
+                while thread.is_alive() and not self.waits_on(pid):
+                    if time.monotonic() > deadline:
+                        self.fail("the second claim neither finished nor waited for the first")
+                    thread.join(0.005)
+                blocked = thread.is_alive()
+                uow.commit()
+            thread.join(20)
+            if thread.is_alive() or "error" in result:
+                self.fail(f"the overlapping claim of {second} failed: {result.get('error')}")
+            stats["overlapping claims (waited)" if blocked else "overlapping claims"] += 1
+            self.took(first, claimed_first, "claims (transaction open)")
+            self.took(second, result["claimed"], f"claims meanwhile{' (waited)' if blocked else ''}")
+
+        def waits_on(self, pid: int) -> bool:
+            with engine.connect() as conn:
+                return bool(
+                    conn.execute(
+                        sa.text(
+                            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                            "AND :pid = ANY(pg_blocking_pids(pid))"
+                        ),
+                        {"pid": pid},
+                    ).scalar_one()
+                )
+
+        def drain(self, concurrency: int, failing: set[str]) -> None:
+            """A fresh worker runs `run_until_idle` (pushes of plans in `failing` fail): it takes every entry the
+            claim's rules allow, each plan's in order, one at a time per plan."""
+            self.begin(f"drain x{concurrency}")
+            worker, stub = model_worker(engine, lambda: self.now, concurrency)
+            stub.failing_plans = failing
+            expected: list[Entry] = []
+            while (entry := self.expected_claim()) is not None:  # what the drain takes, in the claim's order
+                expected.append(entry)
+                entry.attempts += 1
+                entry.claimed_at, entry.updated = None, self.now
+                if entry.plan not in failing:
+                    entry.status = "done"
+                elif entry.attempts >= MAX_ATTEMPTS:
+                    entry.status = "dead"
+                else:
+                    entry.due = self.now + backoff_bounds(entry.attempts)[0]  # read back below
+            taken = worker.run_until_idle()
+            self.note(
+                f"drain by a new worker x{concurrency}{f' ({sorted(failing)} failing)' if failing else ''}: "
+                f"took {taken}, model {[e.id for e in expected]}"
+            )
+            if stub.overlaps:
+                self.fail(f"rule 1: the drain pushed {stub.overlaps} twice at once")
+            pushed = list(stub.pushed)
+            if any(len(ids) != 1 for _, ids in pushed):
+                self.fail(f"rule 1: a push ran while its plan did not hold exactly one entry: {pushed}")
+            for plan in PLANS:
+                got = [ids[0] for p, ids in pushed if p == plan]
+                want = [e.id for e in expected if e.plan == plan]
+                if got != want:
+                    self.fail(f"rule 3: the drain worked {plan}'s entries {got}, the model expected {want}")
+            if taken != len(expected):
+                self.fail(f"the drain took {taken} entries, the model expected {len(expected)}")
+            rows = self.db_rows()
+            for entry in expected:
+                if entry.status == "pending":
+                    entry.due = rows[entry.id].next_attempt_at
+                    low, high = backoff_bounds(entry.attempts)
+                    if not self.now + low <= entry.due <= self.now + high:
+                        self.fail(f"rule 5: #{entry.id} backs off to {entry.due}, not {low}..{high} after {self.now}")
+            # Any claim a model worker held on these entries ran out: theirs are stale now.
+
+        # ------------------------------------------------------------------ time and the operator
+
+        @rule(
+            action=st.sampled_from(["drain", "replay", "prune"]),
+            concurrency=st.sampled_from([1, 3]),
+            failing=st.sets(st.sampled_from(PLANS), max_size=1),
+            which=st.integers(0, 20),
+            dead_one=st.booleans(),
+            age=st.sampled_from([0, 60, 600]),
+            batch=st.integers(1, 3),
+        )
+        def now_and_then(
+            self, action: str, concurrency: int, failing: set[str], which: int, dead_one: bool, age: int, batch: int
+        ) -> None:
+            """What happens less often than a claim: a worker drains the queue, the operator replays or prunes
+            (one rule, so together they take the share of one)."""
+            if action == "drain":
+                self.drain(concurrency, failing)
+            elif action == "replay":
+                self.replay(which, dead_one)
+            else:
+                self.prune(age, batch)
+
+        @rule(seconds=st.sampled_from([1, 3, 30, 119, 121, 600, 3600]))
+        def time_passes(self, seconds: int) -> None:
+            self.begin("time passes")
+            self.now += timedelta(seconds=seconds)
+            self.note(f"{seconds} s pass")
+
+        def replay(self, which: int, dead_one: bool) -> None:
+            self.begin("replay")
+            pool = [e for e in self.entries.values() if e.status == "dead"] if dead_one else list(self.entries.values())
+            if not pool:
+                return
+            entry = pool[which % len(pool)]
+            try:
+                replay_outbox_entry(UnitOfWork(engine), entry.id, self.now)
+            except RuleViolation:
+                self.note(f"operator replays #{entry.id} ({entry.status}): refused")
+                if entry.status == "dead":
+                    self.fail(f"a replay of dead entry #{entry.id} was refused")
+                return
+            self.note(f"operator replays #{entry.id} ({entry.status})")
+            if entry.status != "dead":
+                self.fail(f"a replay of #{entry.id}, {entry.status}, was accepted (only dead entries are replayed)")
+            entry.status, entry.attempts, entry.due, entry.claimed_at, entry.updated = (
+                "pending",
+                0,
+                self.now,
+                None,
+                self.now,
+            )
+            self.attempts_seen[entry.id] = 0
+            stats["replayed"] += 1
+
+        def prune(self, age: int, batch: int) -> None:
+            self.begin("prune")
+            before = self.now - timedelta(seconds=age)
+            with UnitOfWork(engine) as uow:
+                count = uow.outbox.prune_done(before, batch)
+                uow.commit()
+            old = sorted(e.id for e in self.entries.values() if e.status == "done" and e.updated < before)[:batch]
+            self.note(f"operator prunes done entries older than {age} s, {batch} at most: {count} (model {old})")
+            if count != len(old):
+                self.fail(f"rule 2: prune removed {count} entries, the model expected {old}")
+            for entry_id in old:
+                del self.entries[entry_id]
+                del self.attempts_seen[entry_id]
+                self.pruned.add(entry_id)
+            stats["pruned"] += count
+
+        # ------------------------------------------------------------------ after every step
+
+        @invariant()
+        def database_matches_the_model(self) -> None:
+            rows = self.db_rows()
+            if set(rows) != set(self.entries):
+                lost, extra = set(self.entries) - set(rows), set(rows) - set(self.entries)
+                self.fail(f"rule 2: entries lost {sorted(lost)}, unknown {sorted(extra)}")
+            held_plans: Counter = Counter()
+            for entry_id, row in rows.items():
+                entry = self.entries[entry_id]
+                if row.status not in ("pending", "done", "dead"):
+                    self.fail(f"rule 2: #{entry_id} has status {row.status}")
+                if row.status == "pending" and row.claimed_at is not None:
+                    held_plans[row.plan_id] += 1
+                if row.attempts < self.attempts_seen.get(entry_id, 0):
+                    self.fail(f"rule 5: #{entry_id}'s attempts went down to {row.attempts} without a replay")
+                self.attempts_seen[entry_id] = row.attempts
+                seen = (
+                    row.status,
+                    row.attempts,
+                    row.claimed_at,
+                    row.next_attempt_at if row.status == "pending" else None,
+                )
+                want = (
+                    entry.status,
+                    entry.attempts,
+                    entry.claimed_at,
+                    entry.due if entry.status == "pending" else None,
+                )
+                if seen != want:
+                    self.fail(f"#{entry_id} is {seen} in the database, the model expected {want}")
+            for plan, count in held_plans.items():
+                if count > 1:
+                    self.fail(f"rule 1: {count} entries of {plan} are held at once")
+            self.check_holds()
+
+    return OutboxModel
+
+
+def test_the_outbox_keeps_its_promises_whatever_the_interleaving(engine, record_property):
+    stats: Counter = Counter()
+    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else [])
+    try:
+        run_state_machine_as_test(
+            outbox_machine(engine, stats),
+            settings=settings(
+                max_examples=EXAMPLES,
+                stateful_step_count=STEPS,
+                deadline=None,
+                database=None,
+                derandomize=not RANDOM,
+                phases=phases,
+                suppress_health_check=list(HealthCheck),
+                print_blob=True,
+            ),
+        )
+    finally:
+        rules = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if k not in ("examples", "steps"))
+        print(
+            f"outbox model on {engine.url.get_backend_name()}: {stats['examples']} examples, "
+            f"{stats['steps']} steps ({rules})"
+        )
+        record_property("examples", stats["examples"])
+        record_property("steps", stats["steps"])
+
+
+# ---------------------------------------------------------------------- regressions found by the model
+#
+# A worker's lease ran out while it was still working (a slow push, not a dead worker); another worker
+# claimed the entry again, as the lease promises. Then the first worker's late outcome was written over the
+# newer claim: its finish marked the entry done (and a second finish counted a second attempt), its failure
+# cleared the newer claim's hold and set a backoff, and either let a third worker claim the plan's next entry
+# while the newer claim was still pushing the plan. Fixed: a claim carries its token (claimed_at), and an
+# outcome is recorded only while that claim still holds the entry (`OutboxRepository.finish(...,
+# claimed_at)`, `held_by`).
+
+
+class Clock:
+    """The workers' clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def passes(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def queue(engine: sa.Engine, plan: str, count: int, now: datetime) -> list[int]:
+    with UnitOfWork(engine) as uow:
+        for _ in range(count):
+            uow.outbox.add(plan, "push_plan", None, None, now)
+        uow.commit()
+        return [r.id for r in uow.outbox.list(plan)]
+
+
+def entry(engine: sa.Engine, entry_id: int) -> tuple[str, int, datetime | None, datetime]:
+    with UnitOfWork(engine) as uow:
+        row = uow.outbox.get(entry_id)
+        return row.status, row.attempts, row.claimed_at, row.next_attempt_at
+
+
+@pytest.mark.parametrize("outcome", ["recorded", "nothing", "server error", "unexpected"])
+def test_a_late_outcome_leaves_the_entry_and_its_plan_to_the_newer_claim(engine, outcome):
+    clock = Clock()
+    (w1, slow), (w2, _), (w3, _) = (model_worker(engine, clock) for _ in range(3))
+    first, second = queue(engine, "plan-a", 2, clock.now)
+    taken = w1._claim()
+    assert taken is not None and taken[0] == first
+    clock.passes(LEASE + 1)  # w1 is still pushing; its lease has run out
+    again = w2._claim()
+    assert again is not None and again[0] == first
+    slow.outcome = outcome
+    w1._handle(taken, w1.uow)  # w1 finishes late
+    # the entry is still w2's, and so is the plan: w3 does not take the plan's next push
+    assert entry(engine, first) == ("pending", 0, clock.now, clock.now + timedelta(seconds=LEASE))
+    assert w3._claim() is None
+    w2._handle(again, w2.uow)
+    assert entry(engine, first)[:3] == ("done", 1, None)
+    after = w3._claim()
+    assert after is not None and after[0] == second
+
+
+def test_a_late_finish_of_an_entry_finished_meanwhile_changes_nothing(engine):
+    clock = Clock()
+    (w1, _), (w2, _) = (model_worker(engine, clock) for _ in range(2))
+    (only,) = queue(engine, "plan-a", 1, clock.now)
+    taken = w1._claim()
+    clock.passes(LEASE + 1)
+    again = w2._claim()
+    assert taken is not None and again is not None and again[0] == only
+    w2._handle(again, w2.uow)
+    finished_at = clock.now
+    clock.passes(30)
+    w1._handle(taken, w1.uow)  # counted a second attempt and moved updated_at (so a prune came later)
+    with UnitOfWork(engine) as uow:
+        row = uow.outbox.get(only)
+        assert (row.status, row.attempts, row.claimed_at, row.updated_at) == ("done", 1, None, finished_at)
