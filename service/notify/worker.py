@@ -142,7 +142,9 @@ class DeliveryWorker(PollingWorker):
         if 300 <= answer.status < 400:
             return Attempt(answer.status, f"redirect {answer.status} not followed")
         wait = retry_after_seconds(answer.retry_after, time.time()) if answer.status in (429, 503) else None
-        return Attempt(answer.status, f"HTTP {answer.status}", None if wait is None else min(wait, RETRY_AFTER_CAP))
+        if wait is not None:  # `Retry-After: 0` (or a date gone by) is no licence to retry at once: a storm
+            wait = min(max(wait, BACKOFF_FLOOR), RETRY_AFTER_CAP)
+        return Attempt(answer.status, f"HTTP {answer.status}", wait)
 
     def deliver(self, claimed: Claimed) -> None:
         """Attempt one claimed delivery and record how it went (in a unit of work of its own)."""
@@ -151,7 +153,9 @@ class DeliveryWorker(PollingWorker):
         elapsed_ms = int((time.monotonic() - started) * 1000)
         with self._unit() as uow:
             row = uow.deliveries.find(claimed.delivery_id)
-            if row is None:  # the subscription was deleted meanwhile
+            # Deleted meanwhile with its subscription; on SQLite a delivery queued since may have taken its
+            # id (rowids are reused), so the webhook id, unique for ever, tells it is still the one sent.
+            if row is None or row.webhook_id != claimed.webhook_id:
                 return
             now = self.clock()
             uow.deliveries.record_attempt(row, now, result.status_code, result.error, elapsed_ms)
