@@ -95,6 +95,7 @@ class OutboxRow(Base):
         sa.Index("ix_outbox_pending", "id", postgresql_where=sa.text("status = 'pending'")).ddl_if(
             dialect="postgresql"
         ),
+        {"sqlite_autoincrement": True},  # ids are never reused (migration 0013)
     )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
@@ -152,6 +153,7 @@ class ConflictRow(Base):
     """A field both sides changed since the last sync: base, ours and theirs, until someone resolves it."""
 
     __tablename__ = "sync_conflicts"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # ids are never reused (migration 0013)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)
@@ -186,6 +188,7 @@ class SubscriptionRow(Base):
     """A team system that wants plan changes POSTed to it, signed with its own secret."""
 
     __tablename__ = "subscriptions"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # ids are never reused (migration 0013)
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     url: Mapped[str] = mapped_column(sa.String(2048))
@@ -205,7 +208,10 @@ class DeliveryRow(Base):
     """One plan change for one subscription: its signed payload, and the log of its delivery attempts."""
 
     __tablename__ = "deliveries"
-    __table_args__ = (sa.UniqueConstraint("subscription_id", "plan_id", "sequence", name="uq_deliveries_order"),)
+    __table_args__ = (
+        sa.UniqueConstraint("subscription_id", "plan_id", "sequence", name="uq_deliveries_order"),
+        {"sqlite_autoincrement": True},  # ids are never reused (migration 0013)
+    )
 
     id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
     subscription_id: Mapped[int] = mapped_column(sa.ForeignKey("subscriptions.id", ondelete="CASCADE"))
