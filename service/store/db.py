@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import re
 import sqlite3
@@ -178,9 +179,29 @@ def json_dumps(value: Any) -> str:
         text = orjson.dumps(value, default=_refuse, option=_ORJSON_AS_JSON_WOULD)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(value)
-    if b"null" in text:  # None, or a NaN or infinity that orjson writes as null where json writes NaN
+    if b"null" in text and _non_finite(value):  # orjson wrote a NaN or infinity as null; json writes NaN
         return json.dumps(value)
     return text.decode()
+
+
+_INFINITIES = (math.inf, -math.inf)
+
+
+def _non_finite(value: Any) -> bool:
+    """Tell whether a NaN or an infinity is anywhere in the value (a walk costs under half of a json.dumps,
+    and most documents hold a null: a push's stored documents all fell back to the json module)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is float:
+            if item != item or item in _INFINITIES:
+                return True
+        elif kind is dict:
+            stack.extend(item.values())
+        elif kind is list or kind is tuple:
+            stack.extend(item)
+    return False
 
 
 # orjson reads an integer past 64 bits as a float, where json keeps it exact: a text with 19 digits in a

@@ -72,3 +72,20 @@ def test_what_json_cannot_write_is_still_refused(value: object) -> None:
 def test_keys_json_turns_into_strings_are_written_as_json_writes_them() -> None:
     keys = {1: "a", 2.5: "b", None: "c", False: "d"}
     assert json.loads(json_dumps(keys)) == json.loads(json.dumps(keys))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"a": None, "b": [1, {"c": float("nan")}]},
+        {"a": None, "t": (None, float("inf"))},
+        [None, -float("inf")],
+        {"a": None, "b": "null", "c": 1.5},
+    ],
+)
+def test_a_value_with_a_null_and_a_nan_or_infinity_is_written_as_json_writes_it(value: object) -> None:
+    """orjson writes NaN and infinities as null: wherever a null shows up in its text, the value is checked
+    for them, and one found anywhere (however deep, in a tuple too) leaves the writing to the json module."""
+    assert json_dumps(value) == json.dumps(value) or json.loads(json_dumps(value)) == json.loads(json.dumps(value))
+    assert ("NaN" in json_dumps(value)) == ("NaN" in json.dumps(value))
+    assert ("Infinity" in json_dumps(value)) == ("Infinity" in json.dumps(value))
