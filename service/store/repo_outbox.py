@@ -47,6 +47,19 @@ _FINISH_HELD = Prepared(
     _FINISH_UPDATE.where(_OUTBOX.c.claimed_at == sa.bindparam("claimed_at", type_=_OUTBOX.c.claimed_at.type))
 )
 _EXISTS = Prepared(sa.select(_OUTBOX.c.id).where(_THIS_ENTRY))
+# A heartbeat: move the lease's end while one claim still holds the entry. claimed_at (the token, and what
+# `/plans/{id}/outbox` shows as when the worker took it) stays: a token that changed on each renewal would race
+# the push's own finish, which names the token it read (on PostgreSQL a finish blocked behind a renewal re-reads
+# the row after it commits and no longer matches).
+_RENEW = Prepared(
+    sa.update(_OUTBOX)
+    .where(
+        _THIS_ENTRY,
+        _OUTBOX.c.status == sa.literal_column("'pending'"),
+        _OUTBOX.c.claimed_at == sa.bindparam("claimed_at", type_=_OUTBOX.c.claimed_at.type),
+    )
+    .values(next_attempt_at=sa.bindparam("until", type_=_OUTBOX.c.next_attempt_at.type))
+)
 
 PUSH_KINDS = ("push_plan", "push_goal")  # outbox entries that write to the FHIR server
 
@@ -171,8 +184,23 @@ class OutboxRepository:
 
     def lease(self, row: OutboxRow, now: datetime, seconds: float) -> None:
         """Hold a claimed entry for `seconds`: it comes due again then unless marked done or failed first.
-        Renewing a claim this way gives it a new token (claimed_at becomes `now`)."""
+        This starts a claim (claimed_at, its token, becomes `now`) and checks nothing: a worker renews the claim
+        it holds with `renew`, which checks its token."""
         row.claimed_at, row.next_attempt_at = now, now + timedelta(seconds=seconds)
+
+    def renew(self, entry_id: int, claimed_at: datetime, now: datetime, seconds: float) -> datetime | None:
+        """Renew the lease of the claim made at `claimed_at` (its token) for `seconds` from `now`, in one UPDATE,
+        only while that claim still holds the entry; return the lease's new end, or None when the claim is lost
+        (a newer claim took the entry after this one's lease ran out, or it is finished, failed or gone).
+
+        The token stays the claim's for its whole life, so `finish` and `held_by` take the one `claim` returned.
+        A lease that ran out is renewed too while no other worker claimed the entry since: it is still this
+        claim's, and no one else is pushing it. On PostgreSQL a renewal meeting a claim or a finish in progress
+        waits for it and then finds the claim lost (or the entry finished)."""
+        until = now + timedelta(seconds=seconds)
+        if _RENEW.execute(self._session, {"id": entry_id, "claimed_at": claimed_at, "until": until}):
+            return until
+        return None
 
     def held_by(self, entry_id: int, claimed_at: datetime) -> OutboxRow | None:
         """Lock and return the entry if the claim made at `claimed_at` still holds it, else None (a newer claim

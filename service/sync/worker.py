@@ -6,6 +6,12 @@ due again, and the push is a conditional update on our identifier, so repeating 
 that merely outlived its lease (a slow push) records its outcome only if no other worker claimed the entry
 since (the claim's claimed_at is its token): otherwise the newer claim keeps the entry and its plan's hold.
 
+While a push is in flight its lease is renewed every third of a lease (`renew_leases`, from a small thread of
+the worker's own, each renewal a short transaction of its own, never the push's), so a slow push (a slow
+server, a 429's Retry-After, a split push of many transactions) is never claimed by a second worker while
+this one still works on it. A renewal that finds the claim lost (the worker stalled past its lease and
+another claimed the entry) stops renewing it, and the push's outcome is left out as above.
+
 One worker pushes up to `PLANBRIDGE_PUSH_CONCURRENCY` entries at once, one per plan: each in-flight push has
 a slot of its own (a database session and a sync engine; the FHIR client and its keep-alive HTTP session
 are shared, its request count is the worker's total), the claims stay short transactions made by the
@@ -21,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from requests.adapters import DEFAULT_POOLSIZE, HTTPAdapter
@@ -58,6 +64,140 @@ class _Slot:
     uow: UnitOfWork
 
 
+@dataclass(eq=False)
+class _Hold:
+    """The claim of one in-flight push, as its renewals see it. `lock` is held while it is renewed, so
+    settling it waits for a renewal under way."""
+
+    entry_id: int
+    plan_id: str
+    token: datetime  # the claim's claimed_at: it stays the same through renewals
+    renewed: datetime  # when its lease last started, by the worker's clock
+    renewed_monotonic: float  # the same, by time.monotonic (what the renewal thread paces itself by)
+    settled: bool = False  # its outcome is being recorded: no more renewals (nor is a finished entry a loss)
+    lost: bool = False  # a renewal found another claim holding the entry (or it finished or went)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class _Leases:
+    """Renews the leases of one worker's in-flight pushes every third of a lease, from a thread that runs
+    while there are pushes in flight (and lingers `poll_seconds` after the last).
+
+    The thread paces itself by real time (time.monotonic), never by the worker's clock: in production they
+    agree, and a test that moves the clock by hand decides when leases are renewed (`renew_due(by_clock=True)`,
+    the worker's `renew_leases`) without racing a thread that reads the same clock."""
+
+    def __init__(self, worker: OutboxWorker) -> None:
+        self._worker = worker
+        self._holds: list[_Hold] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._one_pass = threading.Lock()  # the thread's pass and one called directly never run at once
+        self.renewals = 0  # leases renewed so far (either way)
+
+    def hold(self, entry_id: int, plan_id: str, token: datetime) -> _Hold:
+        """Renew this claim's lease from now on, until `release`."""
+        hold = _Hold(entry_id, plan_id, token, token, time.monotonic())
+        with self._cond:
+            lingering = not any(not (h.settled or h.lost) for h in self._holds)
+            self._holds.append(hold)
+            if self._thread is None and not self._stopping:
+                self._thread = threading.Thread(target=self._keep, name="planbridge-lease", daemon=True)
+                self._thread.start()
+            elif lingering:  # its wait (poll_seconds) may be longer than this lease allows
+                self._cond.notify_all()
+        return hold
+
+    def release(self, hold: _Hold) -> None:
+        with self._cond:
+            self._holds.remove(hold)
+
+    @staticmethod
+    def settle(hold: _Hold) -> None:
+        """Renew the claim no more: its outcome is about to be recorded. Waits for a renewal under way, so
+        none commits between the outcome's read of the entry and its write (call it outside a transaction)."""
+        with hold.lock:
+            hold.settled = True
+
+    def _every(self) -> float:
+        return self._worker.settings.outbox_lease_seconds / 3
+
+    def renew_due(self, *, by_clock: bool) -> int:
+        """Renew, each in a short transaction of its own, every held lease a third of a lease old or more (by
+        the worker's clock, or else by real time); return how many were renewed. The new lease runs from the
+        worker's clock's now. A claim found lost is logged (ids only) and renewed no more."""
+        worker = self._worker
+        seconds = worker.settings.outbox_lease_seconds
+        every = self._every()
+        renewed = 0
+        with self._one_pass:
+            with self._cond:
+                holds = list(self._holds)
+            for hold in holds:
+                with hold.lock:
+                    now, monotonic = worker.clock(), time.monotonic()
+                    age = (now - hold.renewed).total_seconds() if by_clock else monotonic - hold.renewed_monotonic
+                    if hold.settled or hold.lost or age < every:
+                        continue
+                    uow = UnitOfWork(worker.uow.engine)
+                    with uow:
+                        until = uow.outbox.renew(hold.entry_id, hold.token, now, seconds)
+                        uow.commit()
+                    if until is not None:
+                        hold.renewed, hold.renewed_monotonic = now, monotonic
+                        renewed += 1
+                    elif not hold.settled:  # finished under it by its own push is no loss
+                        hold.lost = True
+                        log.warning(
+                            "outbox %s plan %s: its lease ran out and another worker claimed it (or it went); "
+                            "no longer renewing it",
+                            hold.entry_id,
+                            hold.plan_id,
+                        )
+        self.renewals += renewed
+        return renewed
+
+    def _next_wait(self) -> float:
+        """Seconds until the next renewal comes due by real time; with nothing to renew, `poll_seconds`."""
+        every = self._every()
+        with self._cond:
+            due = [h.renewed_monotonic + every for h in self._holds if not (h.settled or h.lost)]
+        if not due:
+            return max(self._worker.poll_seconds, 0.01)
+        return max(0.005, min(due) - time.monotonic())
+
+    def _keep(self) -> None:
+        while True:
+            wait = self._next_wait()
+            with self._cond:
+                if not self._stopping:
+                    self._cond.wait(wait)
+                if self._stopping or not self._holds:
+                    self._thread = None
+                    return
+            try:
+                self.renew_due(by_clock=False)
+            except Exception:  # e.g. the database went away: try again a poll later
+                log.exception("outbox lease renewal failed")
+                with self._cond:
+                    if not self._stopping:
+                        self._cond.wait(max(self._worker.poll_seconds, 0.01))
+
+    def stop(self) -> None:
+        """Stop the renewals and wait for the thread (a push still in flight is no longer renewed; a later
+        claim starts them again)."""
+        with self._cond:
+            self._stopping = True
+            thread = self._thread
+            self._cond.notify_all()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self._cond:
+            self._thread = None
+            self._stopping = False
+
+
 def _widen_http_pool(client: FhirClient | None, size: int) -> None:
     """Let the client's HTTP session keep `size` connections to the FHIR server (requests keeps 10)."""
     if client is None or size <= DEFAULT_POOLSIZE:
@@ -91,6 +231,7 @@ class OutboxWorker(PollingWorker):
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[Future[None], _Slot] = {}
         self._idle: list[_Slot] = []
+        self._leases = _Leases(self)
 
     def _claim(self) -> Claimed | None:
         for _ in range(CLAIM_TRIES):
@@ -135,6 +276,20 @@ class OutboxWorker(PollingWorker):
 
     def _handle(self, claimed: Claimed, uow: UnitOfWork) -> None:
         """Run a claimed entry and record how it went (done, or failed with a retry due later)."""
+        entry_id, plan_id, *_what, claimed_at = claimed
+        hold = self._leases.hold(entry_id, plan_id, claimed_at)
+        try:
+            self._handle_held(claimed, uow, hold)
+        finally:
+            self._leases.release(hold)
+
+    def renew_leases(self) -> int:
+        """Renew the lease of every push in flight whose lease is a third of a lease old or more by the worker's
+        clock; return how many were renewed. The renewal thread does this by real time on its own; this is for
+        a clock moved by hand (tests)."""
+        return self._leases.renew_due(by_clock=True)
+
+    def _handle_held(self, claimed: Claimed, uow: UnitOfWork, hold: _Hold) -> None:
         entry_id, plan_id, kind, _subject, claimed_at = claimed
         error: str | None = None
         finished: list[bool] = []  # the outcome is recorded (True), or a newer claim holds the entry (False)
@@ -142,6 +297,9 @@ class OutboxWorker(PollingWorker):
         def finish(recording: UnitOfWork) -> None:
             # A push that succeeds marks its entry done in the transaction recording it (one fewer per push).
             # An entry gone meanwhile must not undo that record: it is left to the NotFound below.
+            # No more renewals from here; not waiting for one under way, which may be waiting for this
+            # transaction's lock (on SQLite, the writer's): the token it names does not change.
+            hold.settled = True
             try:
                 finished.append(recording.outbox.finish(entry_id, self.clock(), claimed_at))
             except NotFound:
@@ -157,6 +315,7 @@ class OutboxWorker(PollingWorker):
             if not finished[0]:
                 self._superseded(entry_id, plan_id)
             return
+        self._leases.settle(hold)
         with uow:
             now = self.clock()
             if error is None:
@@ -244,9 +403,10 @@ class OutboxWorker(PollingWorker):
         return len(done)
 
     def close(self) -> None:
-        """Wait for the pushes under way, then let the slots and their threads go."""
+        """Wait for the pushes under way, then stop renewing leases and let the slots and their threads go."""
         while self._in_flight:
             self._settle(None)
+        self._leases.stop()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -273,7 +433,10 @@ class OutboxWorker(PollingWorker):
         new ones at least every `poll_seconds`; on stop, take nothing more and let the pushes under way
         finish (a push cut short by a harder kill is retried when its lease runs out)."""
         if self.concurrency <= 1:
-            super().run_forever(stop)
+            try:
+                super().run_forever(stop)
+            finally:
+                self.close()
             return
         log.info("%s started (%s pushes at once)", self.name, self.concurrency)
         last_pass = -float("inf")

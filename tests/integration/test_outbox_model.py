@@ -8,10 +8,13 @@ pushes and succeeds or fails as the step says. The rules:
 - producers queue entries (push_plan, push_goal, now and then a pull_plan) for three plans, through
   `OutboxRepository.add` in a unit of work, as the event intake does;
 - each of three workers claims (`OutboxWorker._claim`, the claim `run_until_idle` makes), renews the lease
-  of a claim (`OutboxRepository.lease`), finishes it (`_handle`: the push recorded with the entry's finish
-  in its transaction, or nothing to record), fails it (a retryable server error, a refusal retrying cannot
-  fix, an unexpected exception: each backs off, the last allowed attempt parks it dead), or crashes
-  holding it (never finished: the lease runs out);
+  of a claim it holds, or held once (`OutboxRepository.renew`, token-checked), finishes it (`_handle`: the
+  push recorded with the entry's finish in its transaction, or nothing to record), fails it (a retryable
+  server error, a refusal retrying cannot fix, an unexpected exception: each backs off, the last allowed
+  attempt parks it dead), or crashes holding it (never finished: the lease runs out);
+- a slow push: while a worker's `_handle` is in flight the clock moves in beats (10 s to more than a lease),
+  with or without the worker's renewals (`OutboxWorker.renew_leases`, what its renewal thread does), and
+  then another worker tries to claim;
 - on PostgreSQL, two claims overlap: one worker's claim transaction is open while another worker claims;
 - one worker drains the queue (`run_until_idle`, one push at a time or three plans at once);
 - the clock moves (backoff, lease expiry); the operator replays an entry (`replay_outbox_entry`: dead
@@ -37,7 +40,11 @@ entries, and:
 6. a dead entry is never claimed (until replayed);
 7. a worker whose lease ran out and whose entry another worker claimed since leaves that entry alone when it
    finishes or fails late: the newer claim keeps its hold on the plan (see the regression tests below); a late
-   outcome for an entry pruned meanwhile raises NotFound (as test_push_finish has it) and writes nothing.
+   outcome for an entry pruned meanwhile raises NotFound (as test_push_finish has it) and writes nothing;
+8. a renewal moves the lease's end (never the token, claimed_at) exactly while its claim still holds the entry
+   (a lease that ran out with no claim since included); a superseded, finished or pruned claim's renewal is
+   refused and writes nothing. The worker renews an in-flight push a third of a lease after its last renewal,
+   stops at the first refusal, and a push whose worker renews is never claimed by another worker meanwhile.
 
 Allowed, and counted: SQLite gives a new entry the id of a pruned one when that was the newest (the table has
 no AUTOINCREMENT); ids stay in the order entries were added, which is what the claim orders by.
@@ -144,6 +151,7 @@ class StubPush:
         self.outcome: str = "recorded"  # "recorded", "nothing", or a key of ERRORS
         self.failing_plans: set[str] = set()  # in a drain: plans whose pushes fail (server error)
         self.pushed: list[tuple[str, list[int]]] = []
+        self.during: Any = None  # run while the push is in flight (a slow push)
         self.active: set[str] = set()
         self.overlaps: list[str] = []
         self.lock = threading.Lock()
@@ -165,6 +173,8 @@ class StubPush:
             held = self._held(plan_id)
             with self.lock:
                 self.pushed.append((plan_id, held))
+            if self.during is not None:
+                self.during()
             outcome = "server error" if plan_id in self.failing_plans else self.outcome
             if outcome in ERRORS:
                 raise ERRORS[outcome]()
@@ -225,6 +235,7 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
             }
             self.held: dict[str, list[Held]] = {name: [] for name in WORKERS}
             self.attempts_seen: dict[int, int] = {}
+            self.violation: ModelViolation | None = None  # raised inside a push, which would record it as a failure
             self.log: list[str] = []
             self.step = 0
 
@@ -380,17 +391,22 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
         # ------------------------------------------------------------------ workers
 
         @rule(
-            action=st.sampled_from(["claim", "claim", "work", "work", "crash", "renew", "overlap"]),
+            action=st.sampled_from(["claim", "claim", "work", "work", "slow", "crash", "renew", "overlap"]),
             name=st.sampled_from(WORKERS),
             other=st.sampled_from(WORKERS),
             which=st.integers(0, 5),
             outcome=st.sampled_from(["recorded", "nothing", *sorted(ERRORS)]),
+            beats=st.lists(st.sampled_from([10, 41, 80, 121]), min_size=1, max_size=3),
+            heartbeat=st.booleans(),
         )
-        def worker(self, action: str, name: str, other: str, which: int, outcome: str) -> None:
-            """A worker claims, or one holding a claim works it (`outcome`: done, or failed with an error), dies
-            holding it, or renews its lease; on PostgreSQL two workers' claims overlap. (One rule: hypothesis' swarm
-            testing leaves whole rules out of an example, which would leave claims without outcomes, or outcomes
-            without claims.)"""
+        def worker(
+            self, action: str, name: str, other: str, which: int, outcome: str, beats: list[int], heartbeat: bool
+        ) -> None:
+            """A worker claims, or one holding a claim works it (`outcome`: done, or failed with an error), works it
+            slowly (time passes in `beats` while the push is in flight, renewed by its worker or not, then `other`
+            claims), dies holding it, or renews its lease; on PostgreSQL two workers' claims overlap. (One rule:
+            hypothesis' swarm testing leaves whole rules out of an example, which would leave claims without
+            outcomes, or outcomes without claims.)"""
             if action == "overlap" and postgres and name != other:
                 self.overlapping_claims(name, other)
             elif action in ("claim", "overlap") or not self.holding():
@@ -404,13 +420,27 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
                 self.crash(which)
             elif action == "renew":
                 self.renew(which)
+            elif action == "slow":
+                self.begin("slow push")
+                self.run_claim(*self.pick(which), outcome, beats, heartbeat, other)
             else:
                 self.begin("fail" if outcome in ERRORS else "finish")
                 self.run_claim(*self.pick(which), outcome)
 
-        def run_claim(self, name: str, held: Held, outcome: str) -> None:
+        def run_claim(
+            self,
+            name: str,
+            held: Held,
+            outcome: str,
+            beats: list[int] | None = None,
+            heartbeat: bool = False,
+            rival: str | None = None,
+        ) -> None:
             worker, stub = self.workers[name]
             stub.outcome = outcome
+            if held.entry_id in self.entries and beats:
+                self.slow_push(name, held, outcome, beats, heartbeat, rival)
+                return
             self.release(name, held)
             if held.entry_id not in self.entries:  # finished by a newer claim and pruned since
                 stats[f"outcome {outcome} (entry gone)"] += 1
@@ -425,6 +455,76 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
             stats[f"outcome {outcome}{' (late)' if late else ''}"] += 1
             self.note(f"{name} works #{entry.id} ({entry.plan}): {outcome}{' (its claim is stale)' if late else ''}")
             worker._handle(held.claimed, worker.uow)
+            self.outcome_recorded(held, outcome, late)
+
+        def slow_push(
+            self, name: str, held: Held, outcome: str, beats: list[int], heartbeat: bool, rival: str | None
+        ) -> None:
+            """`name` works its claim while time passes in `beats`; after each, with `heartbeat`, its worker renews
+            what is due (rule 8). Then `rival` claims, still during the push. The outcome is recorded as usual,
+            left out if the claim went stale meanwhile (rule 7)."""
+            worker, stub = self.workers[name]
+            entry = self.entries[held.entry_id]
+            was_late = self.stale(held)
+            last, lost = held.since, False  # the worker's own record of its last renewal (it starts at the claim)
+            self.note(
+                f"{name} starts a slow push of #{entry.id} ({entry.plan}), "
+                f"{'renewing' if heartbeat else 'not renewing'}{' (its claim is stale)' if was_late else ''}"
+            )
+
+            def in_flight() -> None:
+                nonlocal last, lost
+                try:
+                    for seconds in beats:
+                        self.now += timedelta(seconds=seconds)
+                        if not heartbeat:
+                            self.note(f"{seconds} s pass while {name} pushes #{entry.id}")
+                            continue
+                        got = worker.renew_leases()
+                        want = 0
+                        if not lost and self.now - last >= timedelta(seconds=LEASE / 3):
+                            if self.stale(held):
+                                lost = True
+                                stats["worker renewals refused (claim lost)"] += 1
+                            else:
+                                entry.due = held.until = self.now + timedelta(seconds=LEASE)
+                                last, want = self.now, 1
+                                stats["worker renewals"] += 1
+                        self.note(f"{seconds} s pass while {name} pushes #{entry.id}; it renews {got} (model {want})")
+                        if got != want:
+                            self.fail(f"rule 8: {name}'s worker renewed {got} lease(s), the model expected {want}")
+                        self.check_holds()
+                    if rival is not None and rival != name and len(self.held[rival]) < SLOTS:
+                        rival_worker, _ = self.workers[rival]
+                        claimed = rival_worker._claim()
+                        self.took(rival, claimed, f"claims while {name} pushes #{entry.id}")
+                        if heartbeat and not was_late and claimed is not None and claimed[0] == entry.id:
+                            self.fail(f"rule 8: {rival} claimed #{entry.id} while {name}'s worker renewed its lease")
+                        stats[
+                            "slow push: the rival took it"
+                            if claimed and claimed[0] == entry.id
+                            else "slow push: the rival did not"
+                        ] += 1
+                except ModelViolation as exc:
+                    self.violation = exc
+                    raise
+
+            stub.during = in_flight
+            try:
+                worker._handle(held.claimed, worker.uow)
+            finally:
+                stub.during = None
+                self.release(name, held)
+            if self.violation is not None:
+                raise self.violation
+            late = self.stale(held)
+            stats[f"slow push outcome {outcome}{' (late)' if late else ''}"] += 1
+            self.note(f"{name} ends its push of #{entry.id}: {outcome}{' (its claim is stale)' if late else ''}")
+            self.outcome_recorded(held, outcome, late)
+
+        def outcome_recorded(self, held: Held, outcome: str, late: bool) -> None:
+            """What the model expects of a worked claim's outcome (checked against the database after the step)."""
+            entry = self.entries[held.entry_id]
             if late:
                 # Rule 7: another worker holds the entry now (or it is finished): the late outcome leaves it alone.
                 return
@@ -458,19 +558,29 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
             self.note(f"{name} dies holding #{held.entry_id} (lease until t+{int((held.until - T0).total_seconds())}s)")
 
         def renew(self, which: int) -> None:
+            """A worker renews a claim it holds, or held once: it must hold the entry still (rule 8)."""
             self.begin("renew")
             name, held = self.pick(which)
-            if held.until <= self.now or self.stale(held):
-                return  # only a claim still valid is renewed (lease() itself does not check)
             with UnitOfWork(engine) as uow:
-                uow.outbox.lease(uow.outbox.get(held.entry_id), self.now, LEASE)
+                until = uow.outbox.renew(held.entry_id, held.since, self.now, LEASE)  # since: the claim's token
                 uow.commit()
-            entry = self.entries[held.entry_id]
-            entry.claimed_at, entry.due = self.now, self.now + timedelta(seconds=LEASE)
-            # The renewal is the claim's token now (claimed_at): the worker keeps working under it.
-            claimed = (*held.claimed[:4], self.now) if len(held.claimed) > 4 else held.claimed
-            self.held[name][self.held[name].index(held)] = Held(claimed, self.now, entry.due)
-            self.note(f"{name} renews #{entry.id} until t+{int((entry.due - T0).total_seconds())}s")
+            entry = self.entries.get(held.entry_id)
+            if entry is None:
+                how = "pruned"
+            elif self.stale(held):
+                how = "superseded" if entry.status == "pending" else entry.status
+            else:
+                how = "held" if held.until > self.now else "held, its lease ran out"
+            stats[f"renewals ({how})"] += 1
+            self.note(f"{name} renews #{held.entry_id} ({how}) -> {'refused' if until is None else 'renewed'}")
+            if how.startswith("held"):
+                assert entry is not None
+                want = self.now + timedelta(seconds=LEASE)
+                if until != want:
+                    self.fail(f"rule 8: {name}'s renewal of #{entry.id}, which it holds, gave {until}, not {want}")
+                entry.due = held.until = want  # the token (claimed_at) stays
+            elif until is not None:
+                self.fail(f"rule 8: {name}'s renewal of #{held.entry_id} ({how}) was accepted")
 
         def overlapping_claims(self, first: str, second: str) -> None:
             """`first` has claimed in a transaction not yet committed while `second` claims: SKIP LOCKED passes
