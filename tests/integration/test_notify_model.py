@@ -114,7 +114,8 @@ ANSWERS: dict[str, tuple[int, dict[str, str], float]] = {
     "late": (200, {}, LATE),
 }
 MODES = list(ANSWERS)
-EVENT_TYPE_CHOICES = [["*"], ["*"], ["goal.proposed", "note.added"], ["plan.created", "plan.updated"]]  # sorted, as stored
+# each sorted, as a subscription stores its event types
+EVENT_TYPE_CHOICES = [["*"], ["*"], ["goal.proposed", "note.added"], ["plan.created", "plan.updated"]]
 CHANGES = ["plan.updated", "note.added", "goal.proposed", "member.joined", "plan.reviewed"]
 TICKS = [1, 20, 45, 200, 900, 3 * 3600, 7 * 3600, 2 * 86400]
 PATH = re.compile(r"^(\*|[a-z_]+(\[id=[A-Za-z0-9_.-]+\])?(\.[a-z_]+(\[id=[A-Za-z0-9_.-]+\])?)*)$")
