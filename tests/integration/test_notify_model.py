@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import threading
 import time
@@ -67,9 +66,8 @@ from datetime import datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy.engine import Engine
 from standardwebhooks.webhooks import Webhook
 
@@ -83,14 +81,11 @@ from service.notify.worker import BACKOFF_BASE, BACKOFF_CAP, BACKOFF_FLOOR, RETR
 from service.store.retention import prune
 from service.store.tables import Base
 from service.store.uow import UnitOfWork
+from tests.model_support import ModelRun
 from tests.support import FIXTURES, Clock, signed
 from tests.support import settings as planbridge_settings
 
-EXAMPLES = int(os.environ.get("PLANBRIDGE_NOTIFY_MODEL_EXAMPLES", "10"))
-STEPS = int(os.environ.get("PLANBRIDGE_NOTIFY_MODEL_STEPS", "30"))
-RANDOM = "PLANBRIDGE_NOTIFY_MODEL_EXAMPLES" in os.environ or os.environ.get(
-    "PLANBRIDGE_NOTIFY_MODEL_RANDOM", ""
-) not in ("", "0")
+RUN = ModelRun.from_env("PLANBRIDGE_NOTIFY_MODEL", examples=10, steps=30)
 KEY = "notify-model-key-0123456789abcdef"
 TIMEOUT = 0.3  # PLANBRIDGE_DELIVERY_TIMEOUT for the worker, seconds
 SLOW = 0.03  # a slow endpoint's answer, well within the timeout
@@ -864,28 +859,10 @@ def test_notifications_keep_their_promises_whatever_the_interleaving(engine, rec
     stats: Counter = Counter()
     endpoint = Endpoint(engine)
     try:
-        run_state_machine_as_test(
-            notify_machine(engine, endpoint, stats),
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                database=None,
-                derandomize=not RANDOM,
-                phases=[Phase.explicit, Phase.reuse, Phase.generate],
-                suppress_health_check=list(HealthCheck),
-                print_blob=True,
-            ),
-        )
+        label = f"notify model on {engine.url.get_backend_name()}"
+        RUN.run(notify_machine(engine, endpoint, stats), stats, record_property, label)
     finally:
         endpoint.stop()
-        rules = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if k not in ("examples", "steps"))
-        print(
-            f"notify model on {engine.url.get_backend_name()}: "
-            f"{stats['examples']} examples, {stats['steps']} steps ({rules})"
-        )
-        record_property("examples", stats["examples"])
-        record_property("steps", stats["steps"])
 
 
 # ---------------------------------------------------------------------------------------------- regressions

@@ -62,7 +62,6 @@ in words; each failure found so far is a plain test at the end of this file.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -72,14 +71,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 
 from service.api.plans import replay_outbox_entry
@@ -88,14 +85,10 @@ from service.fhir.errors import FhirMultipleMatches, FhirServerError
 from service.store.repo_outbox import PUSH_KINDS
 from service.store.uow import UnitOfWork
 from service.sync.worker import OutboxWorker, _Slot
+from tests.model_support import ModelRun
 from tests.support import settings as app_settings
 
-EXAMPLES = int(os.environ.get("PLANBRIDGE_OUTBOX_MODEL_EXAMPLES", "60"))
-STEPS = int(os.environ.get("PLANBRIDGE_OUTBOX_MODEL_STEPS", "30"))
-SHRINK = os.environ.get("PLANBRIDGE_OUTBOX_MODEL_SHRINK", "") not in ("", "0")
-RANDOM = "PLANBRIDGE_OUTBOX_MODEL_EXAMPLES" in os.environ or os.environ.get(
-    "PLANBRIDGE_OUTBOX_MODEL_RANDOM", ""
-) not in ("", "0")
+RUN = ModelRun.from_env("PLANBRIDGE_OUTBOX_MODEL", examples=60, steps=30)
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 LEASE = 120.0
@@ -786,29 +779,7 @@ def outbox_machine(engine: sa.Engine, stats: Counter) -> type[RuleBasedStateMach
 
 def test_the_outbox_keeps_its_promises_whatever_the_interleaving(engine, record_property):
     stats: Counter = Counter()
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else [])
-    try:
-        run_state_machine_as_test(
-            outbox_machine(engine, stats),
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                database=None,
-                derandomize=not RANDOM,
-                phases=phases,
-                suppress_health_check=list(HealthCheck),
-                print_blob=True,
-            ),
-        )
-    finally:
-        rules = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if k not in ("examples", "steps"))
-        print(
-            f"outbox model on {engine.url.get_backend_name()}: {stats['examples']} examples, "
-            f"{stats['steps']} steps ({rules})"
-        )
-        record_property("examples", stats["examples"])
-        record_property("steps", stats["steps"])
+    RUN.run(outbox_machine(engine, stats), stats, record_property, f"outbox model on {engine.url.get_backend_name()}")
 
 
 # ---------------------------------------------------------------------- regressions found by the model

@@ -61,19 +61,18 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
     invariant,
     rule,
-    run_state_machine_as_test,
 )
 
 from service.fhir.errors import FhirError
 from service.store.uow import UnitOfWork
 from service.sync.notifications import receive_ping
+from tests.model_support import ModelRun
 from tests.sync_model_support import (
     SyncWorld,
     diff_paths,
@@ -87,12 +86,9 @@ from tests.sync_model_support import (
     without_removed,
 )
 
-EXAMPLES = int(os.environ.get("PLANBRIDGE_MODEL_EXAMPLES", "15"))
-STEPS = int(os.environ.get("PLANBRIDGE_MODEL_STEPS", "25"))
-SHRINK = os.environ.get("PLANBRIDGE_MODEL_SHRINK", "") not in ("", "0")
 # The suite's short run is derandomized (the same interleavings every run: CI is reproducible); a soak
 # (PLANBRIDGE_MODEL_EXAMPLES set) or PLANBRIDGE_MODEL_RANDOM=1 explores new ones each time.
-RANDOM = "PLANBRIDGE_MODEL_EXAMPLES" in os.environ or os.environ.get("PLANBRIDGE_MODEL_RANDOM", "") not in ("", "0")
+RUN = ModelRun.from_env("PLANBRIDGE_MODEL", examples=15, steps=25)
 PUSH_REQUESTS = 8  # patient lookup, reconcile read (2), transaction, re-read (2) and one more transaction
 PULL_REQUESTS = 3  # the CarePlan search with its includes, the check-ins (and a page more)
 CHANGED_REQUESTS = 4  # the four "what changed" searches of an incremental pull
@@ -895,26 +891,5 @@ def test_the_sync_keeps_its_promises_whatever_the_interleaving(engine, fhir_base
     if not os.environ.get("FHIR_TEST_SERVER_URL"):
         fhir_base_url = request.getfixturevalue(f"fhir_{profile}_url")
     stats: Counter = Counter()
-    phases = [Phase.explicit, Phase.reuse, Phase.generate] + ([Phase.shrink] if SHRINK else [])
-    try:
-        run_state_machine_as_test(
-            sync_machine(engine, fhir_base_url, stats),
-            settings=settings(
-                max_examples=EXAMPLES,
-                stateful_step_count=STEPS,
-                deadline=None,
-                database=None,
-                derandomize=not RANDOM,
-                phases=phases,
-                suppress_health_check=list(HealthCheck),
-                print_blob=True,
-            ),
-        )
-    finally:
-        rules = ", ".join(f"{k}: {v}" for k, v in sorted(stats.items()) if k not in ("examples", "steps"))
-        print(
-            f"sync model on {engine.url.get_backend_name()}, {profile} profile: "
-            f"{stats['examples']} examples, {stats['steps']} steps ({rules})"
-        )
-        record_property("examples", stats["examples"])
-        record_property("steps", stats["steps"])
+    label = f"sync model on {engine.url.get_backend_name()}, {profile} profile"
+    RUN.run(sync_machine(engine, fhir_base_url, stats), stats, record_property, label)
