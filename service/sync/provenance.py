@@ -30,6 +30,7 @@ from service.domain.model import Member, Plan
 from service.store.prepared import Prepared
 from service.store.tables import PlanHistoryRow
 from service.store.uow import UnitOfWork
+from service.sync.push_bundle import person_key
 
 PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
 PLANBRIDGE_DEVICE = "planbridge"
@@ -90,9 +91,9 @@ def _local_type_id(reference: str) -> str:
 
 
 def _person_keys(plan: Plan, member: Member, base: str) -> set[str]:
-    keys = {f"person:{member_identifier(plan.id, member, base)[1]}", f"person:{codes.scoped_value(plan.id, member.id)}"}
+    keys = {person_key(member_identifier(plan.id, member, base)[1]), person_key(codes.scoped_value(plan.id, member.id))}
     if member.identifier is not None:
-        keys.add(f"person:{member.identifier.value}")
+        keys.add(person_key(member.identifier.value))
     return keys
 
 

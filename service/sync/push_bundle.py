@@ -32,6 +32,19 @@ def bundle_digest(bundle: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
+PERSON_KEY_LENGTH = 150  # fhir_links.local_key holds 160 characters
+
+
+def person_key(identifier_value: str) -> str:
+    """Return the fhir_links key of a Practitioner or RelatedPerson known by an identifier value:
+    `person:<value>`, or `person:sha256:<digest of the value>` for a value too long for the column (an
+    event's identifier may have 200 characters, an EHR's any number). Every other key is short by
+    construction (ids have at most 64 characters)."""
+    if len(identifier_value) <= PERSON_KEY_LENGTH:
+        return f"person:{identifier_value}"
+    return f"person:sha256:{hashlib.sha256(identifier_value.encode()).hexdigest()}"
+
+
 def local_key(resource: dict[str, Any], identifier_base: str) -> str:
     """Return the key under which a plan's resource is remembered in fhir_links.
 
@@ -47,7 +60,7 @@ def local_key(resource: dict[str, Any], identifier_base: str) -> str:
     ours = codes.identifier_system(identifier_base, systems.get(kind, kind.lower()))
     value = next((i.get("value", "") for i in resource.get("identifier", []) if i.get("system") == ours), None)
     if kind in ("Practitioner", "RelatedPerson"):
-        return f"person:{value or (resource.get('identifier') or [{}])[0].get('value', '')}"
+        return person_key(value or (resource.get("identifier") or [{}])[0].get("value", ""))
     if value is None:
         return f"{kind.lower()}:{'goal' if kind == 'Goal' else 'obs'}-{resource.get('id', '')}"
     return f"{kind.lower()}:{value.split('/', 1)[1] if '/' in value else value}"
