@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,24 +20,10 @@ import sqlalchemy as sa
 
 from service.store.uow import UnitOfWork
 from service.sync.worker import OutboxWorker, _Slot
+from tests.integration.test_outbox_model import LEASE, T0, Clock, entry, queue
 from tests.support import settings as app_settings
 
-T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-LEASE = 120.0
 BEAT = 50.0  # the test's step: more than a third of a lease (a renewal is due), less than a lease
-
-
-class Clock:
-    """The workers' clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def passes(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 class Killed(BaseException):
@@ -71,20 +57,6 @@ def worker(
     made.engine = stub  # type: ignore[assignment]
     made._slot = lambda: _Slot(stub, UnitOfWork(engine))  # type: ignore[method-assign,arg-type]
     return made, stub
-
-
-def queue(engine: sa.Engine, plan: str, count: int, now: datetime) -> list[int]:
-    with UnitOfWork(engine) as uow:
-        for _ in range(count):
-            uow.outbox.add(plan, "push_plan", None, None, now)
-        uow.commit()
-        return [r.id for r in uow.outbox.list(plan)]
-
-
-def entry(engine: sa.Engine, entry_id: int) -> tuple[str, int, datetime | None, datetime]:
-    with UnitOfWork(engine) as uow:
-        row = uow.outbox.get(entry_id)
-        return row.status, row.attempts, row.claimed_at, row.next_attempt_at
 
 
 # ---------------------------------------------------------------------- the repository
