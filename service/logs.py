@@ -97,3 +97,6 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # urllib3 logs each request's whole URL at DEBUG, query included (`Patient?identifier=...|<MRN>`); our
+    # own client logs the path without its query (service/fhir/client.py). urllib3 stays at INFO or above.
+    logging.getLogger("urllib3").setLevel(max(root.getEffectiveLevel(), logging.INFO))

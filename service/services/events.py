@@ -81,10 +81,27 @@ class ReusedWebhookId(Conflict):
     code = "webhook-id-reused"
 
 
+def _refuse_a_twin_in_all_but_case(uow: UnitOfWork, plan_id: str) -> None:
+    """Refuse (409) an event that opens a plan whose id equals another plan's but for case.
+
+    Plan ids are case-sensitive, but FHIR servers such as Medplum (and the local server) match identifier
+    values without case: the new plan's push would find the other plan's CarePlan, CareTeam and Goals by
+    their identifiers and overwrite them, linking them to this event's patient.
+    """
+    twin = uow.plans.twin_in_all_but_case(plan_id)
+    if twin is not None:
+        raise Conflict(
+            f"plan {plan_id} differs from plan {twin} only in case, which FHIR identifier searches do not tell apart",
+            plan_id=plan_id,
+        )
+
+
 def _apply(uow: UnitOfWork, command: Command, now: datetime, names: FhirNames) -> tuple[Plan, dict[str, Any]]:
     """Apply the command to its plan and save it; return the plan and the document stored."""
     before = uow.deliveries.plans_before[command.plan_id] = uow.plans.get(command.plan_id)  # for the change's paths
     plan = apply_command(command, before, now.isoformat())
+    if before is None:
+        _refuse_a_twin_in_all_but_case(uow, plan.id)
     # Accepted only if the push can send it: what FHIR refuses would be refused on every retry.
     check_deliverable(before, plan, names.identifier_base, names.mrn_system)
     document = uow.plans.save(plan)
@@ -134,6 +151,8 @@ def _apply_draft(uow: UnitOfWork, draft: _Draft, plan_id: str, now: datetime) ->
     if draft.refusal is not None:
         raise draft.refusal
     assert draft.plan is not None
+    if draft.before is None:
+        _refuse_a_twin_in_all_but_case(uow, plan_id)
     document = uow.plans.save(draft.plan)
     uow.outbox.add(draft.plan.id, "push_plan", None, None, now)
     return draft.plan, document

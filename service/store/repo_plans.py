@@ -88,6 +88,12 @@ class PlanRepository:
         self._loaded[plan_id] = version
         return plan
 
+    def twin_in_all_but_case(self, plan_id: str) -> str | None:
+        """Return the id of another plan equal to `plan_id` but for case (one probe of ix_plans_id_folded),
+        None when there is none."""
+        folded = sa.select(PlanRow.id).where(sa.func.lower(PlanRow.id) == plan_id.lower(), PlanRow.id != plan_id)
+        return self._session.scalars(folded.limit(1)).first()
+
     def still(self, plan_id: str, committed: CommittedPlan | None) -> bool:
         """Return whether the plan is, in this transaction, exactly what read_committed read (the same
         version and document; None: still no such plan); if so, remember the version, as get does, for

@@ -56,6 +56,9 @@ class PlanRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
+    # A new plan whose id equals another's but for case is refused (migration 0014 says why).
+    __table_args__ = (sa.Index("ix_plans_id_folded", sa.func.lower(id)),)
+
 
 class InboundEventRow(Base):
     """A team event as received: its sender and webhook id are the idempotency key, its answer is replayed."""

@@ -6,7 +6,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
-from service.api.schemas.fhirtypes import ID, FhirDateTime, FhirString, fhir_code, fhir_uri
+from service.api.schemas.fhirtypes import ID, SEARCHABLE, FhirDateTime, FhirString, fhir_code, fhir_uri
 from service.domain.changes import (
     ProposerSpec,
 )
@@ -26,8 +26,8 @@ UNIT = fhir_code(64)  # a UCUM unit is also the Quantity's code
 
 
 class IdentifierSchema(Schema):
-    system = fields.String(required=True, validate=URI)
-    value = fields.String(required=True, validate=SHORT_TEXT)
+    system = fields.String(required=True, validate=[*URI, SEARCHABLE])  # searched as system|value
+    value = fields.String(required=True, validate=[SHORT_TEXT, SEARCHABLE])
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> Identifier:
@@ -50,7 +50,7 @@ class CodingSchema(Schema):
 
 
 class PatientSchema(Schema):
-    mrn = fields.String(required=True, validate=FhirString(64))
+    mrn = fields.String(required=True, validate=[FhirString(64), SEARCHABLE])  # the Patient is found by it
     display_name = fields.String(validate=SHORT_TEXT)
 
     @post_load

@@ -9,7 +9,8 @@ Regexes are kept in the ECMA-262 form (`^...$`) for the document, and applied wi
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from decimal import Decimal
+from typing import Any, ClassVar
 
 from marshmallow import ValidationError, fields, validate
 
@@ -64,6 +65,46 @@ def fhir_uri(max_length: int) -> list[validate.Validator]:
     ]
 
 
+class Searchable(validate.Validator):
+    """A value planbridge finds again with a FHIR token search (`identifier=system|value`): no `|`.
+
+    FHIR escapes a `|` inside a token as `\\|`, but Medplum (fhir-server/, and its hosted server) splits
+    the token at every `|`, so a Patient or Practitioner whose MRN or identifier holds one is never
+    found: each push would create it again (a duplicate per push) instead of finding the one it made.
+    """
+
+    error = "must not contain '|': a FHIR token search (system|value) cannot find it on the server"
+
+    def __call__(self, value: Any) -> Any:
+        if isinstance(value, str) and "|" in value:
+            raise ValidationError(self.error)
+        return value
+
+
+SEARCHABLE = Searchable()
+
+
+class _JsonNumber:
+    """Mixin: the value is a JSON number, never digits in a string ("12", "١٢") and never a boolean."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "not_a_number": "Not a valid number: give a JSON number, not a string."
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+            raise self.make_error("not_a_number")  # type: ignore[attr-defined]
+        return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[misc]
+
+
+class JsonDecimal(_JsonNumber, fields.Decimal):
+    """A decimal given as a JSON number."""
+
+
+class JsonFloat(_JsonNumber, fields.Float):
+    """A float given as a JSON number."""
+
+
 class FhirDateTime(fields.AwareDateTime):
     """An ISO 8601 instant with a zone FHIR can write: -14:00 to +14:00, in whole minutes."""
 
@@ -75,4 +116,15 @@ class FhirDateTime(fields.AwareDateTime):
         return parsed
 
 
-__all__ = ["ID", "FhirDateTime", "FhirString", "FullMatch", "fhir_code", "fhir_uri"]
+__all__ = [
+    "ID",
+    "SEARCHABLE",
+    "FhirDateTime",
+    "FhirString",
+    "FullMatch",
+    "JsonDecimal",
+    "JsonFloat",
+    "Searchable",
+    "fhir_code",
+    "fhir_uri",
+]

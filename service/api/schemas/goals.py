@@ -20,6 +20,7 @@ from service.api.schemas.common import (
     coded_or_text,
     iso_date,
 )
+from service.api.schemas.fhirtypes import JsonDecimal, JsonFloat
 from service.domain.changes import (
     ChangeGoalStatus,
     ProposeGoal,
@@ -49,7 +50,7 @@ from service.domain.types import Coding, Concept, Quantity
 
 class TargetSchema(Schema):
     measure = fields.Nested(CodingSchema)
-    value = fields.Decimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
+    value = JsonDecimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
     comparator = fields.String(validate=validate.OneOf(COMPARATORS))
     unit = fields.String(validate=UNIT)
     text = fields.String(validate=TEXT)
@@ -113,7 +114,7 @@ class GoalFieldsSchema(Schema):
     gas_levels = fields.Dict(
         keys=fields.String(validate=validate.OneOf(GAS_LEVELS)), values=fields.String(validate=TEXT)
     )
-    gas_weight = fields.Float(allow_nan=False, validate=validate.Range(min=0, max=1000, min_inclusive=False))
+    gas_weight = JsonFloat(allow_nan=False, validate=validate.Range(min=0, max=1000, min_inclusive=False))
 
     def goal(self, data: dict[str, Any]) -> Goal:
         """Return the goal; a goal-level due date fills the targets that have none (or is one target)."""
@@ -216,7 +217,7 @@ class CheckinRecordedDataSchema(Schema):
     checkin_id = fields.String(required=True, validate=ID)
     at = FhirDateTime(required=True)
     measure = fields.Nested(CodingSchema)
-    value = fields.Decimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
+    value = JsonDecimal(allow_nan=False, validate=validate.Range(min=-1e12, max=1e12))
     unit = fields.String(validate=UNIT)
     rating = fields.Nested(CodingSchema)
     integer = fields.Integer(strict=True, validate=validate.Range(min=-(2**31), max=2**31 - 1))

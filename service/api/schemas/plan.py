@@ -98,6 +98,8 @@ class PlanUpdatedDataSchema(Schema):
     @validates_schema
     def something(self, data: dict[str, Any], **_: Any) -> None:
         at_least_one(data, tuple(n for n in self.fields if n != "plan_id"))
+        if data.get("period") == {}:  # no bound given: nothing would change, yet the plan's version would
+            raise ValidationError("give start or end (end: null clears it)", "period")
 
     @post_load
     def make(self, data: dict[str, Any], **_: Any) -> UpdatePlan:

@@ -3,6 +3,7 @@ outcome.recorded."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from service.domain.changes.base import (
@@ -14,11 +15,24 @@ from service.domain.changes.base import (
     _on_team,
     _open_plan,
 )
-from service.domain.changes.team import ProposerSpec, join
+from service.domain.changes.team import ProposerSpec, find_or_join, join
 from service.domain.errors import Conflict, RuleViolation
 from service.domain.model import Agreement, CheckIn, Goal, OutcomeRating, Patient, Plan
 from service.domain.rules import check_rating
+from service.domain.terminology import ROLES
 from service.domain.types import Concept, Quantity
+
+
+def same_but_case(new_id: str, ids: Iterable[str]) -> str | None:
+    """Return the id among `ids` that equals `new_id` but for case, or None.
+
+    Ids are case-sensitive, but a FHIR server may match identifier values without case (Medplum, and the
+    local server, do): two goals, or a goal's check-ins and ratings, whose ids differ only in case have
+    identifiers it cannot tell apart, and the push of such a plan is refused for ever (the conditional
+    update of one resolves to the other).
+    """
+    folded = new_id.lower()
+    return next((i for i in ids if i != new_id and i.lower() == folded), None)
 
 
 def propose_goal(plan: Plan, goal: Goal, at: str) -> None:
@@ -29,6 +43,13 @@ def propose_goal(plan: Plan, goal: Goal, at: str) -> None:
         raise RuleViolation(f"the patient has chosen not to set goals for now in plan {plan.id}", plan_id=plan.id)
     if plan.goal(goal.id) is not None:
         raise Conflict(f"goal {goal.id} already exists in plan {plan.id}", goal_id=goal.id)
+    twin = same_but_case(goal.id, (g.id for g in plan.goals))
+    if twin is not None:
+        raise Conflict(
+            f"goal {goal.id} differs from goal {twin} of plan {plan.id} only in case, which FHIR identifier "
+            "searches do not tell apart",
+            goal_id=goal.id,
+        )
     if goal.lifecycle_status != "proposed":
         raise RuleViolation("a goal enters a plan as proposed", goal_id=goal.id)
     plan.goals.append(goal)
@@ -46,8 +67,9 @@ class ProposeGoal:
 
     def apply(self, plan: Plan | None, at: str) -> Plan:
         """Add the goal as proposed, its proposer joining the team if new."""
-        if plan is None:
+        if plan is None:  # opened here: the patient joins its team, as plan.created has them join
             plan = Plan(id=self.plan_id, patient=self.patient)
+            find_or_join(plan, "patient", name=self.patient.display_name, role=ROLES["patient"])
         elif plan.patient.mrn != self.patient.mrn:
             raise Conflict(f"plan {plan.id} belongs to another patient", plan_id=plan.id)
         member = join(plan, self.proposer)
@@ -159,8 +181,17 @@ class RecordCheckIn:
         """Add the check-in to the goal."""
         plan = _open_plan(plan, self.plan_id)
         goal = _goal(plan, self.goal_id)
-        if any(c.id == self.check_in_id for c in goal.check_ins):
-            raise Conflict(f"check-in {self.check_in_id} already exists on goal {goal.id}", goal_id=goal.id)
+        taken = [c.id for c in goal.check_ins] + [r.id for r in goal.ratings]  # all Observations of the goal
+        if self.check_in_id in taken:
+            what = "check-in" if any(c.id == self.check_in_id for c in goal.check_ins) else "rating"
+            raise Conflict(f"{what} {self.check_in_id} already exists on goal {goal.id}", goal_id=goal.id)
+        twin = same_but_case(self.check_in_id, taken)
+        if twin is not None:
+            raise Conflict(
+                f"check-in {self.check_in_id} differs from {twin} on goal {goal.id} only in case, which FHIR "
+                "identifier searches do not tell apart",
+                goal_id=goal.id,
+            )
         if self.recorded_by is not None:
             _on_team(plan, self.recorded_by, "recorded_by")
         measure = self.measure or next((t.measure for t in goal.targets if t.measure is not None), None)
@@ -203,14 +234,21 @@ class RecordOutcome:
         goal = _goal(plan, self.goal_id)
         member = _on_team(plan, self.rated_by, "rated_by")
         taken = {c.id for c in goal.check_ins} | {r.id for r in goal.ratings}
+        folded = {i.lower() for i in taken}
         rating_id = self.rating_id
         if rating_id is None:
             n = sum(1 for r in goal.ratings if r.scale == self.scale) + 1
-            while f"{self.scale}-{n}" in taken:
+            while f"{self.scale}-{n}".lower() in folded:
                 n += 1
             rating_id = f"{self.scale}-{n}"
         elif rating_id in taken:
             raise Conflict(f"rating {rating_id} already exists on goal {goal.id}", goal_id=goal.id)
+        elif (twin := same_but_case(rating_id, taken)) is not None:
+            raise Conflict(
+                f"rating {rating_id} differs from {twin} on goal {goal.id} only in case, which FHIR "
+                "identifier searches do not tell apart",
+                goal_id=goal.id,
+            )
         rating = OutcomeRating(rating_id, self.scale, self.score, self.occasion, member.id, self.at, self.note)
         problems = check_rating(rating, "rating")
         if problems:
