@@ -250,6 +250,10 @@ def _patient_on_team(plan: Plan) -> None:
         if not member.in_team:  # on the plan's team, not written into the EHR's CareTeam (careteam.py)
             member.in_team = True
             member.fhir_extra[IMPLIED] = True
+            # first, as when nothing names the patient: a check-in or note the patient wrote since must not
+            # move the patient down the team (a re-read would take the new order for an EHR change)
+            plan.team.remove(member)
+            plan.team.insert(0, member)
         return
     taken = {m.id for m in plan.team}
     member_id = next(c for c in ("patient", *(f"patient-{n}" for n in range(2, len(taken) + 3))) if c not in taken)
@@ -261,7 +265,7 @@ def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base
     teams = resource.get("careTeam", [])
     team = resolver.lookup(teams[0].get("reference")) if teams else None
     if team is not None and set(teams[0]) == {"reference"} and team.get("resourceType") == "CareTeam":
-        _, plan.careteam_extra = careteam_from_fhir(team, resolver, base)
+        _, plan.careteam_extra = careteam_from_fhir(team, resolver, base, plan.id)
         if teams[0]["reference"].startswith("#"):  # contained in the CarePlan: written back there
             plan.careteam_extra.pop(dt.SOURCE, None)
             plan.careteam_extra[CONTAINED] = teams[0]["reference"][1:]
@@ -344,9 +348,11 @@ def _read_fields(plan: Plan, resource: Json, resolver: Resolver, extra: Json) ->
 
 def _read_activities(plan: Plan, resource: Json, resolver: Resolver, extra: Json, goal_ids: dict[str, str]) -> None:
     kept: list[Any] = []
-    for i, activity in enumerate(resource.get("activity", [])):
+    for activity in resource.get("activity", []):
         if isinstance(activity.get("detail"), dict) and "reference" not in activity:
-            plan.steps.append(step_from_fhir(activity, i, resolver, goal_ids))
+            # numbered among the steps only: a push writes the steps before the kept activities, so a count
+            # over every activity would give a step after a kept one another id at the next read
+            plan.steps.append(step_from_fhir(activity, len(plan.steps), resolver, goal_ids))
         else:
             kept.append(activity)  # activity.reference (Task, ServiceRequest...): kept as it came
     if kept:

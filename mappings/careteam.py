@@ -49,12 +49,21 @@ def careteam_to_fhir(plan: Plan, refs: Refs) -> Json:
     return dt.merge(built, plan.careteam_extra)
 
 
-def careteam_from_fhir(resource: Json, resolver: Resolver, base: str) -> tuple[list[Member], Json]:
-    """Return the team members (registered with the resolver) and the CareTeam's unmodelled rest."""
+def careteam_from_fhir(
+    resource: Json, resolver: Resolver, base: str, plan_id: str | None = None
+) -> tuple[list[Member], Json]:
+    """Return the team members (registered with the resolver) and the CareTeam's unmodelled rest.
+
+    With `plan_id`, only that plan's identifier is planbridge's: a CareTeam two EHR CarePlans share carries
+    the identifier of each adopted plan that wrote it, and another plan's is kept as it came."""
     members = []
     extra = dt.residual(resource, CARETEAM_KEYS, set())
     ours = codes.identifier_system(base, "careteam")
-    others = [i for i in resource.get("identifier", []) if i.get("system") != ours]
+    others = [
+        i
+        for i in resource.get("identifier", [])
+        if i.get("system") != ours or (plan_id is not None and i.get("value") != plan_id)
+    ]
     if others:
         extra["identifier"] = others
     kept_participants = []

@@ -209,17 +209,20 @@ def goal_to_fhir(
     return dt.merge(built, goal.fhir_extra)
 
 
-def _ours(resource: Json, base: str) -> Json | None:
-    """Return planbridge's identifier of a Goal ("{plan id}/{goal id}"), if it has one."""
+def _ours(resource: Json, base: str, plan_id: str | None = None) -> Json | None:
+    """Return planbridge's identifier of a Goal ("{plan id}/{goal id}"), if it has one: of the plan `plan_id`
+    when one is named. A Goal two EHR CarePlans share carries the identifier of each adopted plan that wrote
+    it; another plan's is one of the EHR's identifiers to this plan, kept as it came."""
     system = codes.identifier_system(base, "goal")
-    return next(
-        (i for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")), None
-    )
+    found = [i for i in resource.get("identifier", []) if i.get("system") == system and "/" in i.get("value", "")]
+    if plan_id is not None:
+        found = [i for i in found if i["value"].rsplit("/", 1)[0] == plan_id]
+    return found[0] if found else None
 
 
 def _goal_id(resource: Json, plan_id: str | None, base: str, fallback: str | None = None) -> tuple[str | None, str]:
     system = codes.identifier_system(base, "goal")
-    ours = _ours(resource, base)
+    ours = _ours(resource, base, plan_id)
     if ours is not None:
         found_plan, goal_id = ours["value"].rsplit("/", 1)
         return found_plan, goal_id
@@ -251,7 +254,7 @@ def goal_from_fhir(
     if resource.get("resourceType") != "Goal":
         raise MappingError("not a Goal", errors={"resourceType": resource.get("resourceType")})
     found_plan, goal_id = _goal_id(resource, plan_id, base, fallback_id)
-    ours = _ours(resource, base)
+    ours = _ours(resource, base, plan_id)
     others = [i for i in resource.get("identifier", []) if i is not ours]
     extra = dt.residual(resource, GOAL_KEYS, GOAL_EXTENSIONS)
     targets = resource.get("target", [])

@@ -125,6 +125,38 @@ def source_keys(plan: Plan) -> dict[str, str]:
     return keys
 
 
+def carry_sources(theirs: Plan, ours: Plan, reached: set[str]) -> bool:
+    """Keep on the pulled plan the EHR resource each adopted part was read from, as the stored plan has it.
+
+    The mark (`_planbridge_source`) is set when a part is read from a resource without planbridge's
+    identifier; once a push wrote that resource (adding the identifier) a read no longer sets it. Without
+    carrying it over, the pull after such a push would take the lost mark for an EHR change: outcome
+    "updated" where nothing moved, a new plan version and an `ehr.plan_changed` naming the bookkeeping
+    key. Only a mark naming a resource this CarePlan still reaches is carried. Return whether any was.
+    """
+    carried = False
+
+    def carry(mine: dict[str, Any], pulled: dict[str, Any]) -> None:
+        nonlocal carried
+        source = mine.get(dt.SOURCE)
+        if source and dt.SOURCE not in pulled and source in reached:
+            pulled[dt.SOURCE] = source
+            carried = True
+
+    carry(ours.careplan_extra, theirs.careplan_extra)
+    carry(ours.careteam_extra, theirs.careteam_extra)
+    for goal in theirs.goals:
+        mine = ours.goal(goal.id)
+        if mine is None:
+            continue
+        carry(mine.fhir_extra, goal.fhir_extra)
+        for check_in in goal.check_ins:
+            kept = next((c for c in mine.check_ins if c.id == check_in.id), None)
+            if kept is not None:
+                carry(kept.fhir_extra, check_in.fhir_extra)
+    return carried
+
+
 def reachable(careplan: dict[str, Any], index: dict[str, Any]) -> set[str]:
     """Return `Type/id` of what a CarePlan reaches: its Goals and CareTeams, and the Goals' outcomes."""
     refs = {r.get("reference", "") for r in [*careplan.get("goal", []), *careplan.get("careTeam", [])]}

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
+
 from mappings import codes
 from mappings.bundle import careplan_from_fhir, plan_to_bundle
 from service.domain import codec
@@ -24,7 +26,7 @@ from service.fhir.client import FhirClient
 from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
-from service.sync.adopt import adopted_links, reachable, source_keys
+from service.sync.adopt import adopted_links, carry_sources, reachable, source_keys
 from service.sync.deletions import MAX_LOOKUPS, deleted_goals, unresolved_goal_refs, without_refs
 from service.sync.merge import (
     changed_paths,
@@ -154,7 +156,20 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
 
         What the server sends is untrusted: a CarePlan that does not map is reported for its plan
         and left alone; the other plans of the pull go on.
+
+        Two processes reading a plan for the first time at once (the same CarePlan adopted twice, a
+        pull beside an adoption) both try to store it: the one that loses the race (a unique key
+        violation on PostgreSQL) merges again, into the plan the other stored, as any later pull does.
         """
+        try:
+            self._merge_once(careplan, index, result, queue_push)
+        except sa.exc.IntegrityError:
+            log.info("plan %s: stored by another reader meanwhile; merging into it", self._plan_id(careplan))
+            self._merge_once(careplan, index, result, queue_push)
+
+    def _merge_once(
+        self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult, queue_push: bool
+    ) -> None:
         refs = unresolved_goal_refs(careplan, index)
         gone = deleted_goals(self.client, refs, self._system("goal"), self._plan_id(careplan)) if refs else {}
         result.requests += min(len(refs), MAX_LOOKUPS)
@@ -172,10 +187,18 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
         now = self.clock()
         self._removed: list[dict[str, str]] = []  # what the EHR deleted or removed, as _merge_into recorded it
-        self._keys, self._owned = source_keys(theirs), reachable(careplan, index) | {f"CarePlan/{careplan.get('id')}"}
+        # Only what the plan holds is its part: a second CareTeam, or a Goal the mapping kept as a bare reference,
+        # is reached but not modelled, and linking it under the key of the part it is not (`careteam`) would
+        # make a push write the plan's team into the EHR's other CareTeam.
+        self._keys, reached = source_keys(theirs), reachable(careplan, index) | {f"CarePlan/{careplan.get('id')}"}
+        self._owned = (reached & set(self._keys)) | {f"CarePlan/{careplan.get('id')}"}
         self._pulled = (careplan, index, {goal_id: ref for ref, (goal_id, _) in gone.items()})
         with self.uow:
             ours = self.uow.plans.get(theirs.id)
+            if ours is not None and carry_sources(theirs, ours, reached):
+                theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
+                self._keys = source_keys(theirs)
+                self._owned |= reached & set(self._keys)
             state = self.uow.sync.state(theirs.id)
             # A push whose answer was lost: the server may hold what it sent, or not. Unless nothing
             # moved on the server since the last recorded versions, merge against both readings.

@@ -67,8 +67,10 @@ class PulledLinks:
         self.uow.links.forget(plan_id, gone)
 
     def _belongs(self, resource: dict[str, Any], plan_id: str) -> bool:
+        if f"{resource.get('resourceType')}/{resource.get('id')}" in self._owned:
+            return True  # the EHR's, read as a part of this plan, even if another adopted plan wrote it too
         systems = {self._system(k) for k in ("plan", "careteam", "goal", "checkin")}
         ours = [i.get("value", "") for i in resource.get("identifier", []) if i.get("system") in systems]
         if not ours:  # the EHR's: part of this plan only when its CarePlan reaches it (not any CarePlan's of the pull)
-            return f"{resource.get('resourceType')}/{resource.get('id')}" in self._owned
+            return False
         return any(v == plan_id or v.startswith(f"{plan_id}/") for v in ours)
