@@ -250,12 +250,24 @@ def split_extensions(element: Json, modelled: set[str]) -> tuple[list[Json], lis
     return ours, rest
 
 
+# What of a resource's `meta` is the EHR's content rather than the server's bookkeeping (versionId,
+# lastUpdated, source): its security labels, tags and claimed profiles. Kept and written back, so a push of
+# an EHR resource does not strip, say, a "restricted" label from it.
+KEPT_META = ("profile", "security", "tag")
+
+
 def residual(element: Json, modelled: set[str], modelled_extensions: set[str]) -> Json:
-    """Return what the model does not hold: unmodelled keys and extensions, kept to write back."""
+    """Return what the model does not hold: unmodelled keys and extensions, kept to write back (and of a
+    resource's `meta`, which the model leaves to the server, the labels, tags and profiles)."""
     rest = {k: v for k, v in element.items() if k not in modelled and k != "extension"}
     _, other_ext = split_extensions(element, modelled_extensions)
     if other_ext:
         rest["extension"] = other_ext
+    meta = element.get("meta")
+    if "meta" in modelled and isinstance(meta, dict):
+        kept = {k: meta[k] for k in KEPT_META if k in meta}
+        if kept:
+            rest["meta"] = kept
     return rest
 
 

@@ -190,6 +190,63 @@ def test_a_goal_two_adopted_careplans_share_takes_each_plans_change_without_a_ve
     assert h.sync.status(a).status == h.sync.status(b).status == "in_sync"
 
 
+RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
+EHR_TAG = {"system": "urn:example:ehr-tags", "code": "behavioural-health"}
+
+
+def test_an_ehr_resources_security_labels_and_tags_stay_on_it_when_planbridge_writes_it_regression(hospital):
+    """Bug: a push of an adopted plan's changed Goal, CareTeam or CarePlan sent no `meta`, and a server that
+    takes `meta` from the update (Medplum, the local server) dropped the EHR's security labels and tags: a
+    "restricted" Goal was no longer restricted after a team change. The labels, tags and profiles are kept."""
+    h = hospital
+    meta = {"security": [RESTRICTED], "tag": [EHR_TAG]}
+    doctor = h.create({"resourceType": "Practitioner", "name": [{"text": "Dr Ames"}]})
+    goal = h.create(
+        {
+            "resourceType": "Goal",
+            "meta": meta,
+            "lifecycleStatus": "active",
+            "description": {"text": "Sleep through the night"},
+            "subject": h.subject,
+        }
+    )
+    team = h.create(
+        {
+            "resourceType": "CareTeam",
+            "meta": meta,
+            "subject": h.subject,
+            "participant": [{"member": {"reference": f"Practitioner/{doctor['id']}"}}],
+        }
+    )
+    careplan = h.create(
+        {
+            "resourceType": "CarePlan",
+            "meta": meta,
+            "status": "active",
+            "intent": "plan",
+            "subject": h.subject,
+            "careTeam": [{"reference": f"CareTeam/{team['id']}"}],
+            "goal": [{"reference": f"Goal/{goal['id']}"}],
+        }
+    )
+    plan_id = f"careplan-{careplan['id']}"
+    h.adopt({"careplan": careplan["id"]})
+    h.team("goal.status_changed", plan_id=plan_id, goal_id=f"goal-{goal['id']}", lifecycle_status="on-hold")
+    h.team("plan.updated", plan_id=plan_id, title="Sleep")
+    identifier = {"system": "http://hl7.org/fhir/sid/us-npi", "value": uuid.uuid4().hex[:10]}
+    h.team("member.joined", plan_id=plan_id, member_id="nurse", kind="practitioner", name="Bo", identifier=identifier)
+    assert h.push(plan_id).status == "in_sync"
+
+    for before in (goal, team, careplan):
+        now = h.read(before)
+        assert now["meta"]["versionId"] != before["meta"]["versionId"]  # planbridge wrote it
+        assert now["meta"].get("security") == [RESTRICTED], now["meta"]
+        assert now["meta"].get("tag") == [EHR_TAG], now["meta"]
+    assert h.read(goal)["lifecycleStatus"] == "on-hold"
+    assert h.adopt({"careplan": careplan["id"]})["adopted"] == [{"plan_id": plan_id, "outcome": "unchanged"}]
+    assert h.push(plan_id).requests == 0
+
+
 def test_adopting_again_after_a_push_answers_unchanged_and_records_no_ehr_change_regression(hospital):
     """Bug: after adopt -> team change -> push, adopting again (documented as a pull, `unchanged` when nothing
     moved) answered `updated`, bumped the plan's version and recorded an `ehr.plan_changed` naming the
