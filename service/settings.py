@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ def _number(name: str, raw: str, kind: type[int] | type[float], minimum: float) 
         value = kind(raw)
     except ValueError:
         raise ConfigurationError(f"{name} must be a number, got {raw!r}", setting=name) from None
+    if not math.isfinite(value):  # float() reads "nan" and "inf": no timeout, wait or count is either
+        raise ConfigurationError(f"{name} must be a finite number, got {raw!r}", setting=name)
     if value < minimum:
         raise ConfigurationError(f"{name} must be at least {minimum}, got {raw!r}", setting=name)
     return value
@@ -48,6 +51,32 @@ def _cap(name: str, env: Mapping[str, str]) -> int | None:
 
 
 AUTH_KINDS = ("none", "bearer", "basic", "smart")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# The databases planbridge runs on (its drivers are installed): SQLite, PostgreSQL through psycopg 3.
+_DATABASE_URL = re.compile(r"^(sqlite(\+pysqlite)?|postgres|postgresql(\+psycopg)?)://", re.IGNORECASE)
+
+
+def _database_url(env: Mapping[str, str]) -> str:
+    """Read DATABASE_URL, refusing what is not a SQLite or PostgreSQL URL (never echoed: it may hold a password)."""
+    url = env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL
+    if not _DATABASE_URL.match(url):
+        raise ConfigurationError(
+            "DATABASE_URL must be sqlite:///<file> or postgresql://user@host/db", setting="DATABASE_URL"
+        )
+    return url
+
+
+def _log_level(env: Mapping[str, str]) -> str:
+    """Read PLANBRIDGE_LOG_LEVEL: one of Python's level names (any case)."""
+    raw = env.get("PLANBRIDGE_LOG_LEVEL", "INFO")
+    level = raw.strip().upper() or "INFO"
+    if level not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"PLANBRIDGE_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got {raw!r}", setting="PLANBRIDGE_LOG_LEVEL"
+        )
+    return level
+
+
 _HOST_NAME = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$")
 
 
@@ -221,7 +250,7 @@ class Settings:
         if base and not base.startswith(("http://", "https://")):
             raise ConfigurationError("FHIR_BASE_URL must be an http(s) URL", setting="FHIR_BASE_URL")
         return cls(
-            database_url=env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL,
+            database_url=_database_url(env),
             fhir_base_url=base,
             fhir_timeout=float(_number("FHIR_TIMEOUT", env.get("FHIR_TIMEOUT", "30"), float, 0.1)),
             webhook_secrets=secrets,
@@ -259,7 +288,7 @@ class Settings:
             push_concurrency=int(
                 _number("PLANBRIDGE_PUSH_CONCURRENCY", env.get("PLANBRIDGE_PUSH_CONCURRENCY", "8"), int, 1)
             ),
-            log_level=env.get("PLANBRIDGE_LOG_LEVEL", "INFO").upper(),
+            log_level=_log_level(env),
             log_format=_choice("PLANBRIDGE_LOG_FORMAT", env.get("PLANBRIDGE_LOG_FORMAT", "json"), ("json", "text")),
             outbound_allow=_outbound_allow(env),
             delivery_timeout=float(

@@ -21,7 +21,10 @@ def json_response(body: Any, status: int = 200, content_type: str = "application
 
 def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
     """Validate the JSON body with `schema`; a missing body is `{}` unless `required`."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)  # silent covers what is not JSON, not what nests too deeply
+    except RecursionError:
+        raise InvalidInput("the body nests too deeply", {"body": "nested too deeply"}) from None
     if body is None and required:
         raise InvalidInput("the body must be a JSON object", {"body": "not JSON"})
     if body is None and request.get_data():

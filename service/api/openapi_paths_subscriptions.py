@@ -37,7 +37,14 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
             "get": {
                 "summary": "Subscriptions of team systems to plan changes (?status=active|disabled)",
                 "security": KEYED,
-                "responses": {"200": _ok("subscriptions", {"type": "array", "items": subscription}), **denied},
+                "parameters": [
+                    {"in": "query", "name": "status", "schema": {"type": "string", "enum": ["active", "disabled"]}}
+                ],
+                "responses": {
+                    "200": _ok("subscriptions", {"type": "array", "items": subscription}),
+                    "400": _problem("a status other than active or disabled"),
+                    **{code: answer for code, answer in denied.items() if code != "404"},  # a listing: no 404
+                },
             },
             "post": {
                 "summary": "Subscribe a URL to plan changes; the answer shows its signing secret once",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, ValidationError, fields, validate
 
 from mappings.fhirtext import FORBIDDEN
 from service.api.auth import require_api_key
@@ -24,9 +26,17 @@ DELIVERY_STATUSES = ("pending", "failed", "delivered", "dead", "skipped")
 CONTROL = "must hold no control character other than tab, CR and LF"
 
 
+def _readable_url(url: str) -> None:
+    """Refuse a URL whose parts cannot be told (`http://[127.0.0.1]/`, `http://[::1/`): 400, not 500."""
+    try:
+        urlsplit(url.strip())
+    except ValueError as exc:
+        raise ValidationError(f"not a readable URL: {exc}") from None
+
+
 class SubscriptionSchema(Schema):
     # No NUL or other control character reaches the database (PostgreSQL refuses a NUL): 400, not 500.
-    url = fields.String(required=True, validate=fhir_uri(2048))
+    url = fields.String(required=True, validate=[*fhir_uri(2048), _readable_url])
     event_types = fields.List(
         fields.String(validate=validate.Length(min=1, max=64)), required=True, validate=validate.Length(min=1, max=64)
     )

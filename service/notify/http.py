@@ -2,14 +2,21 @@
 
 The connection goes to `Target.address` (the address the guard checked), while the Host header, TLS
 SNI and certificate check use the URL's host name, so DNS is never asked a second time.
+
+The timeout bounds the whole attempt, not each read: a socket timeout alone lets a receiver that sends a
+byte now and then (a header line a second, a body a byte at a time) hold a sender for as long as it
+likes, past the worker's lease. A watchdog cuts the connection when the attempt's time is up.
 """
 
 from __future__ import annotations
 
+import socket
+import threading
 from dataclasses import dataclass
 
 import certifi
 import urllib3
+import urllib3.connection
 
 from service.notify.ssrf import Target
 
@@ -24,11 +31,64 @@ class Answer:
     retry_after: str | None
 
 
-def _pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
+class _Deadline:
+    """Shuts the attempt's sockets down once its time is up, which ends any read blocked on them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.expired = self._finished = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def watch(self, sock: socket.socket) -> None:
+        """Cut this socket too when the time is up (at once if it already is)."""
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                self._cut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._finished:
+                return
+            self.expired = True
+            for sock in self._sockets:
+                self._cut(sock)
+
+    @staticmethod
+    def _cut(sock: socket.socket) -> None:
+        try:
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain socket's: under TLS too, same descriptor
+        except OSError:
+            pass
+
+    def finish(self) -> bool:
+        """The attempt is over: no cut from now on; return whether its time had run out first."""
+        with self._lock:
+            self._finished = True
+        self._timer.cancel()
+        return self.expired
+
+
+def _watched(base: type[urllib3.connection.HTTPConnection], deadline: _Deadline) -> type:
+    """A connection class of `base` whose socket the deadline watches from the moment it connects (before TLS)."""
+
+    class Watched(base):  # type: ignore[misc, valid-type]
+        def _new_conn(self) -> socket.socket:
+            sock = super()._new_conn()
+            deadline.watch(sock)
+            return sock
+
+    return Watched
+
+
+def _pool(target: Target, timeout: float, deadline: _Deadline) -> urllib3.HTTPConnectionPool:
     options = {"timeout": urllib3.Timeout(total=timeout), "retries": False, "maxsize": 1}
     if target.scheme == "https":
         named = target.host != target.address
-        return urllib3.HTTPSConnectionPool(
+        pool: urllib3.HTTPConnectionPool = urllib3.HTTPSConnectionPool(
             target.address,
             target.port,
             cert_reqs="CERT_REQUIRED",
@@ -37,27 +97,45 @@ def _pool(target: Target, timeout: float) -> urllib3.HTTPConnectionPool:
             server_hostname=target.host if named else None,
             **options,
         )
-    return urllib3.HTTPConnectionPool(target.address, target.port, **options)
+        pool.ConnectionCls = _watched(urllib3.connection.HTTPSConnection, deadline)
+        return pool
+    pool = urllib3.HTTPConnectionPool(target.address, target.port, **options)
+    pool.ConnectionCls = _watched(urllib3.connection.HTTPConnection, deadline)
+    return pool
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
-    """POST body to the target's pinned address; raise urllib3.exceptions.HTTPError on transport failure."""
-    pool = _pool(target, timeout)
+    """POST body to the target's pinned address within `timeout` seconds in all; raise
+    urllib3.exceptions.HTTPError on transport failure (ReadTimeoutError when the time ran out)."""
+    deadline = _Deadline(timeout)
+    pool = _pool(target, timeout, deadline)
     try:
-        response = pool.urlopen(
-            "POST",
-            target.path,
-            body=body,
-            headers={**headers, "Host": target.host_header},
-            redirect=False,
-            retries=False,
-            assert_same_host=False,
-            preload_content=False,
-        )
-        try:
-            response.read(MAX_ANSWER_BYTES)  # read a little so the receiver is not cut off mid-answer
-        finally:
-            response.release_conn()
-        return Answer(response.status, response.headers.get("Retry-After"))
+        answer = _post(pool, target, body, headers)
+    except urllib3.exceptions.HTTPError:
+        if deadline.finish():
+            raise urllib3.exceptions.ReadTimeoutError(pool, target.path, "timed out") from None
+        raise
     finally:
+        deadline.finish()
         pool.close()
+    if deadline.expired:  # cut off mid-answer: what was read of it (a status line, say) is no answer
+        raise urllib3.exceptions.ReadTimeoutError(pool, target.path, "timed out")
+    return answer
+
+
+def _post(pool: urllib3.HTTPConnectionPool, target: Target, body: bytes, headers: dict[str, str]) -> Answer:
+    response = pool.urlopen(
+        "POST",
+        target.path,
+        body=body,
+        headers={**headers, "Host": target.host_header},
+        redirect=False,
+        retries=False,
+        assert_same_host=False,
+        preload_content=False,
+    )
+    try:
+        response.read(MAX_ANSWER_BYTES)  # read a little so the receiver is not cut off mid-answer
+    finally:
+        response.release_conn()
+    return Answer(response.status, response.headers.get("Retry-After"))

@@ -165,7 +165,11 @@ class OutboundGuard:
 
     def check(self, url: str) -> Target:
         """Return the target to connect to, or raise OutboundRefused naming the reason."""
-        parts = urlsplit(url.strip())
+        try:
+            # urlsplit refuses some hosts itself: `[127.0.0.1]`, `[zz]`, an unclosed `[::1`
+            parts = urlsplit(url.strip())
+        except ValueError as exc:
+            raise OutboundRefused(f"the URL cannot be read: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in DEFAULT_PORTS:
             raise OutboundRefused(f"only http and https URLs are allowed, not {scheme or 'a relative URL'!r}")

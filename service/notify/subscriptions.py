@@ -9,6 +9,7 @@ from service.domain.errors import InvalidInput, RuleViolation
 from service.notify.changes import EVENT_TYPES
 from service.notify.ssrf import OutboundGuard
 from service.signing import new_secret
+from service.store.repo_notify import OPEN_DELIVERY
 from service.store.uow import DeliveryRepository, UnitOfWork
 
 ORDERINGS = DeliveryRepository.ORDERINGS
@@ -46,7 +47,8 @@ def delivery_dict(row: Any) -> dict[str, Any]:
         "status": row.status,
         "attempts": row.attempts,
         "attempts_since_replay": row.attempts - (row.attempts_before_replay or 0),
-        "next_attempt_at": iso_date(row.next_attempt_at),
+        # Only an open delivery has a next attempt (a finished one's column still holds its last lease's end).
+        "next_attempt_at": iso_date(row.next_attempt_at) if row.status in OPEN_DELIVERY else None,
         "claimed_at": iso_date(row.claimed_at),  # set while a worker sends it (until next_attempt_at)
         "last_status_code": row.last_status_code,
         "last_error": row.last_error,

@@ -166,7 +166,10 @@ class DeliveryWorker(PollingWorker):
                     subscription = uow.subscriptions.get(claimed.subscription_id)
                     reason = f"the endpoint answered 410 Gone at {now.isoformat()}"
                     uow.subscriptions.set_status(subscription, "disabled", reason, now)
-                delay = backoff(row.attempts) if result.retry_after is None else timedelta(seconds=result.retry_after)
+                # A replay starts a full set of attempts, and the backoff with it (not at the ceiling its
+                # earlier attempts reached).
+                since_replay = row.attempts - (row.attempts_before_replay or 0)
+                delay = backoff(since_replay) if result.retry_after is None else timedelta(seconds=result.retry_after)
                 uow.deliveries.mark_failed(row, self.settings.delivery_max_attempts, now + delay)
             status = row.status
             uow.commit()

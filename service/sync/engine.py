@@ -12,6 +12,7 @@ from service.domain.errors import Conflict, NotFound, RuleViolation
 from service.domain.model import Plan
 from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
+from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.adopt import Target
@@ -185,6 +186,26 @@ def resolve_conflict(
         uow.plans.save(resolved)
         uow.sync.close_conflict(conflict, choice, now)
         uow.flush()
+        # The plan changed (a new version; under `theirs` or `value`, the value too): its history and the
+        # subscribed team systems hear of it, as of every other change (docs/notifications.md).
+        careplan = uow.links.get(conflict.plan_id, "careplan")
+        record_change(
+            uow,
+            conflict.plan_id,
+            "ehr.plan_changed",
+            {
+                "plan_version": resolved.version,
+                "source": "ehr",
+                "change": {
+                    "outcome": "resolved",
+                    "careplan_id": careplan.fhir_id if careplan else None,
+                    "conflict": {"id": conflict.id, "path": conflict.path, "choice": choice},
+                },
+            },
+            now,
+            before=plan,
+            after=resolved,
+        )
         # The resolved path is no longer held: the next push sends it (with If-Match on the
         # versions last seen, so a newer EHR edit is a new conflict rather than overwritten).
         uow.sync.state(conflict.plan_id).status = "conflicted" if uow.sync.conflicts(conflict.plan_id) else "pending"

@@ -65,7 +65,7 @@ class Console:
             delivery = DeliveryRow(
                 subscription_id=sub.id,
                 plan_id=self.plan.id,
-                sequence=1,
+                sequence=uow.deliveries.next_sequence(self.plan.id),  # numbered as record_change numbers them
                 event_type="plan.changed",
                 payload={},
                 webhook_id="msg_console_test",
