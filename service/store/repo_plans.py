@@ -17,6 +17,12 @@ from service.store.repo_common import _EVENTS, _PLANS, _insert, _instant
 from service.store.tables import PlanRow, SyncStateRow
 
 # The statements every team event runs (see service/store/prepared.py for why they are prepared).
+# Another plan whose id equals `id` but for case (`folded`: `id` in lower case), through ix_plans_id_folded.
+_PLAN_TWIN = Prepared(
+    sa.select(_PLANS.c.id).where(
+        sa.func.lower(_PLANS.c.id) == sa.bindparam("folded"), _PLANS.c.id != sa.bindparam("id")
+    )
+)  # no LIMIT (a Prepared statement takes no literal binds): the rule leaves at most one such plan
 _PLAN_READ = Prepared(sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id")))
 _PLAN_INSERT = _insert(_PLANS, "id", "patient_mrn", "version", "document", "created_at", "updated_at")
 _PLAN_UPDATE = Prepared(
@@ -91,8 +97,8 @@ class PlanRepository:
     def twin_in_all_but_case(self, plan_id: str) -> str | None:
         """Return the id of another plan equal to `plan_id` but for case (one probe of ix_plans_id_folded),
         None when there is none."""
-        folded = sa.select(PlanRow.id).where(sa.func.lower(PlanRow.id) == plan_id.lower(), PlanRow.id != plan_id)
-        return self._session.scalars(folded.limit(1)).first()
+        row = _PLAN_TWIN.first(self._session, {"folded": plan_id.lower(), "id": plan_id})
+        return None if row is None else row[0]
 
     def still(self, plan_id: str, committed: CommittedPlan | None) -> bool:
         """Return whether the plan is, in this transaction, exactly what read_committed read (the same
