@@ -130,7 +130,7 @@ def plan_to_bundle(plan: Plan, identifier_base: str, mrn_system: str, patient_re
     moved = _moved(plan, refs)
     if moved:
         for entry in entries:
-            dt.retarget(entry["resource"], moved)
+            entry["resource"] = dt.retarget(entry["resource"], moved)
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 

@@ -285,16 +285,27 @@ def remember_source(extra: Json, resource: Json, ours_present: bool) -> None:
 
 
 def retarget(element: Any, moved: dict[str, str]) -> Any:
-    """Rewrite every `reference` naming a moved resource to its new reference, in place; return the element."""
+    """Return the element with every `reference` naming a moved resource rewritten to its new reference.
+
+    The element is never changed: what holds a rewritten reference is copied (copy on write), the rest is
+    shared. A Bundle's resources share the lists and objects a plan keeps as they came (`merge`), so
+    rewriting them in place would write a Bundle's `urn:uuid:` references into the plan itself.
+    """
     if isinstance(element, dict):
+        out: dict[str, Any] | None = None
         for key, value in element.items():
             if key == "reference" and isinstance(value, str) and value in moved:
-                element[key] = moved[value]
+                new = moved[value]
             else:
-                retarget(value, moved)
-    elif isinstance(element, list):
-        for item in element:
-            retarget(item, moved)
+                new = retarget(value, moved)
+            if new is not value:
+                if out is None:
+                    out = dict(element)
+                out[key] = new
+        return element if out is None else out
+    if isinstance(element, list):
+        items = [retarget(item, moved) for item in element]
+        return element if all(a is b for a, b in zip(items, element, strict=True)) else items
     return element
 
 

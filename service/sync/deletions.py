@@ -19,6 +19,7 @@ import json
 import logging
 from typing import Any
 
+from mappings import datatypes as dt
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError
 
@@ -145,6 +146,23 @@ def on_server(document: dict[str, Any]) -> dict[str, Any]:
     else:
         out.pop("team", None)
     return prune_goal_references(out)
+
+
+def written_again(document: dict[str, Any], path: str, theirs: Any) -> None:
+    """Make a goal the EHR deleted, which a resolution (`ours`, `value`) writes again, a goal of its own.
+
+    It is written as a new Goal: it no longer stands for the EHR's deleted Goal it was read from. Its mark of
+    that source (`_planbridge_source`, mappings.datatypes.remember_source) goes, so references the plan keeps
+    as they came to the deleted Goal stay as they are rather than follow the new one (a CarePlan naming the new
+    Goal twice). `document` is changed in place."""
+    name, _, rest = path.partition("[id=")
+    if theirs is not None or name != "goals" or not rest.endswith("]") or "]" in rest[:-1]:
+        return
+    for n, goal in enumerate(document.get("goals", [])):
+        if isinstance(goal, dict) and str(goal.get("id")) == rest[:-1]:
+            extra = goal.get("fhir_extra")
+            if isinstance(extra, dict) and dt.SOURCE in extra:
+                document["goals"][n] = {**goal, "fhir_extra": {k: v for k, v in extra.items() if k != dt.SOURCE}}
 
 
 _ITEM_KINDS = {"goals": ("deleted", "lifecycle_status"), "steps": ("removed", None), "team": ("removed", None)}

@@ -61,6 +61,5 @@ def only_changes(bundle: Json, base: Json) -> Json:
                 sent.add(ref)
                 todo.append(target)
     kept = [e for e in entries if e.get("fullUrl") in sent]
-    for entry in kept:
-        dt.retarget(entry["resource"], literal)
+    kept = [{**entry, "resource": dt.retarget(entry["resource"], literal)} for entry in kept]
     return {**bundle, "entry": kept}

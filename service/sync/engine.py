@@ -16,7 +16,7 @@ from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.adopt import Target
-from service.sync.deletions import accept_removal, prune_goal_references
+from service.sync.deletions import accept_removal, prune_goal_references, written_again
 from service.sync.merge import get_path, set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
 from service.sync.push import Pusher, PushResult, sendable
@@ -176,6 +176,8 @@ def resolve_conflict(
             # Accepting the EHR's deletion of a whole goal, step or member keeps the item, marked as removed.
             if not (choice == "theirs" and accept_removal(document, conflict.path, chosen, now.isoformat())):
                 set_path(document, conflict.path, chosen)
+                if choice != "theirs":  # a goal the EHR deleted, written again: a new Goal
+                    written_again(document, conflict.path, conflict.theirs)
             resolved = codec.from_dict(Plan, prune_goal_references(document))  # a goal given up leaves no links
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RuleViolation(f"that value does not fit {conflict.path}: {type(exc).__name__}") from None

@@ -1,0 +1,103 @@
+"""Deterministic cases found by the model-based adoption test (test_adoption_model.py), each reduced to its steps.
+
+Every test runs against the real local FHIR server, on SQLite and on PostgreSQL, with plans the EHR authored and
+planbridge adopted (tests/adoption_model_support.AdoptionWorld). The semantics they check are those of
+docs/sync.md: an adopted plan keeps the EHR's references as they came; an open conflict holds its path on the
+server until someone resolves it; nothing planbridge has not merged is written over.
+"""
+
+import json
+
+import pytest
+
+from service.sync.adopt import Target
+from tests.adoption_model_support import AdoptionWorld
+
+
+@pytest.fixture
+def world(engine, fhir_base_url):
+    return AdoptionWorld(engine, fhir_base_url)
+
+
+def _checkin(world: AdoptionWorld, plan_id: str, goal_id: str, checkin_id: str) -> None:
+    status, detail = world.team(
+        "checkin.recorded",
+        plan_id=plan_id,
+        goal_id=goal_id,
+        checkin_id=checkin_id,
+        at=world.clock().isoformat(),
+        measure={"display": "How it went (0-10)"},
+        integer=4,
+    )
+    assert status == 202, detail
+
+
+def _adopted_plan_whose_changed_goal_the_ehr_deleted(world: AdoptionWorld) -> tuple[str, str, str]:
+    """The EHR authors a CarePlan with two Goals; planbridge adopts it; the team records a check-in on the first
+    goal; the EHR deletes that Goal; a pull makes it a conflict on the whole goal (the team changed it), and the
+    CarePlan's reference to the deleted Goal is kept as it came (`careplan_extra.goal`)."""
+    mrn = world.ehr_patient()
+    authored = world.ehr_careplan(mrn, goals=2, checkins=1, careteam=False, own_identifiers=False, created=True)
+    plan_id = authored.plan_id
+    assert world.sync.adopt(Target(mrn=mrn)).outcomes == {plan_id: "new"}
+    deleted = authored.goals[0]
+    goal_id = f"goal-{deleted.split('/')[1]}"
+    _checkin(world, plan_id, goal_id, "ci-1")
+    world.ehr_delete(deleted)
+    assert world.sync.pull_plans([plan_id]).outcomes == {plan_id: "conflicted"}
+    assert [c["path"] for c in world.open_conflicts(plan_id)] == [f"goals[id={goal_id}]"]
+    return plan_id, goal_id, deleted
+
+
+def _references(value: object) -> list[str]:
+    text = json.dumps(value)
+    return [part.split('"')[0] for part in text.split('"reference": "')[1:]]
+
+
+def test_a_team_event_does_not_write_bundle_references_into_an_adopted_plan(world):
+    """Found by the adoption model (PostgreSQL, hapi profile): checking that a team event leaves the plan
+    deliverable maps it to a transaction Bundle, in which the EHR's Goals the plan models are re-emitted under
+    `urn:uuid:` fullUrls, and the references the plan keeps as they came are retargeted to follow them. The
+    retargeting rewrote the plan's own kept references in place, so the plan stored `urn:uuid:` references
+    (valid inside one Bundle only) in `careplan_extra.goal`: the next pull read that as a team change of the
+    CarePlan's goal list, opened a conflict on `careplan_extra.goal` whose `ours` named no resource, and the
+    final push changed that path on the server while the conflict was open."""
+    plan_id, goal_id, deleted = _adopted_plan_whose_changed_goal_the_ehr_deleted(world)
+    kept = world.plan_doc(plan_id)["careplan_extra"].get("goal")
+    assert kept is not None and deleted in _references(kept)
+
+    status, detail = world.team("step.added", plan_id=plan_id, step_id="step-1", title="Walk", goal_ids=[goal_id])
+    assert status == 202, detail
+
+    after = world.plan_doc(plan_id)
+    assert after["careplan_extra"].get("goal") == kept, "a team event rewrote the EHR's kept goal references"
+    assert not [r for r in _references(after) if r.startswith("urn:")], "the stored plan names urn: references"
+
+
+def test_an_adopted_plan_settles_without_a_conflict_on_the_goal_references_it_kept(world):
+    """The same steps on to the end: the EHR adds a Goal and deletes it, the team resolves the goal's conflict
+    with a value (the goal is written again as a new Goal), everything is pulled and pushed. No conflict opens
+    on the CarePlan's kept goal references (neither side changed them), no stored document or conflict names a
+    `urn:uuid:` reference, and the CarePlan names the goal written again once."""
+    plan_id, goal_id, _ = _adopted_plan_whose_changed_goal_the_ehr_deleted(world)
+    status, detail = world.team("step.added", plan_id=plan_id, step_id="step-1", title="Walk", goal_ids=[goal_id])
+    assert status == 202, detail
+    added = world.ehr_add_goal(plan_id, "EHR goal 3")
+    world.ehr_delete(f"Goal/{added['id']}")
+    world.sync.pull_plans([plan_id])
+    open_ = world.open_conflicts(plan_id)
+    assert [c["path"] for c in open_] == [f"goals[id={goal_id}]"], [(c["path"], c["ours"]) for c in open_]
+    conflict = open_[0]
+    world.sync.resolve(conflict["id"], "value", conflict["ours"])
+    world.sync.pull_plans([plan_id])
+    for _ in range(3):
+        world.sync.push(plan_id)
+        world.sync.pull_plans([plan_id])
+
+    assert world.open_conflicts(plan_id) == [], json.dumps(world.conflicts(plan_id))[:3000]
+    assert world.sync.status(plan_id).status == "in_sync"
+    stored = [world.plan_doc(plan_id), *world.conflicts(plan_id)]
+    assert not [r for r in _references(stored) if r.startswith("urn:")], "a stored document names urn: references"
+    careplan = world.ehr.request("GET", f"CarePlan/{plan_id.removeprefix('careplan-')}").json()
+    named = [r["reference"] for r in careplan.get("goal", [])]
+    assert len(named) == len(set(named)), f"the CarePlan names a Goal twice: {named}"
