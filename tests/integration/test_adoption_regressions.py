@@ -12,6 +12,8 @@ import pytest
 
 from service.sync.adopt import Target
 from tests.adoption_model_support import AdoptionWorld
+from tests.integration.test_sync_model import holding_goals
+from tests.sync_model_support import diff_paths, held_out, related, without_refs_to
 
 
 @pytest.fixture
@@ -101,3 +103,76 @@ def test_an_adopted_plan_settles_without_a_conflict_on_the_goal_references_it_ke
     careplan = world.ehr.request("GET", f"CarePlan/{plan_id.removeprefix('careplan-')}").json()
     named = [r["reference"] for r in careplan.get("goal", [])]
     assert len(named) == len(set(named)), f"the CarePlan names a Goal twice: {named}"
+
+
+def _settle(world: AdoptionWorld, plan_id: str) -> None:
+    for _ in range(3):
+        while world.worker.process_one():
+            pass
+        world.sync.push(plan_id)
+        world.sync.pull_plans([plan_id])
+
+
+def _goal_ids(document: dict | None, step_id: str) -> list[str] | None:
+    step = next((s for s in (document or {}).get("steps", []) if s["id"] == step_id), None)
+    assert step is not None, f"no step {step_id}"
+    return step.get("goal_ids")
+
+
+def test_a_goal_revised_under_an_open_conflict_on_the_whole_goal_list_waits_with_the_steps_naming_it(world):
+    """Found by the adoption model (PostgreSQL, hapi profile) as a rule-5 failure of the model, not the service:
+    the EHR deletes both Goals of an adopted plan around a push whose worker was killed after sending it; the
+    next pull merges the two readings of the server differently and opens a conflict on the whole `goals` list.
+    While it is open the list is held (docs/sync.md, the conflict lifecycle): a goal the team adds to it (here a
+    revision) is not written to the server, so a step the revision moved to it names no Goal there, even once
+    the step's own conflict is resolved. Resolving the list's conflict `ours` writes the goal and the link."""
+    mrn = world.ehr_patient()
+    authored = world.ehr_careplan(
+        mrn, goals=2, checkins=1, careteam=False, own_identifiers=True, created=False, activities=True
+    )
+    plan_id = authored.plan_id
+    assert world.sync.adopt(Target(careplan_id=authored.id)).outcomes == {plan_id: "new"}
+    first, second = authored.goals
+    goal_id = f"goal-{first.split('/')[1]}"
+    assert _goal_ids(world.plan_doc(plan_id), "activity-1") == [goal_id]
+    world.ehr_delete(second)
+    assert world.team("note.added", plan_id=plan_id, text="Team note", author="patient")[0] == 202
+    assert world.sync.push(plan_id).status == "in_sync"
+    status, detail = world.team("step.added", plan_id=plan_id, step_id="step-1", title="Walk", goal_ids=[goal_id])
+    assert status == 202, detail
+    world.ehr_delete(first)
+    assert world.kill_worker() is not None, "the worker sent no transaction"
+    world.lease_expires()
+    assert world.sync.pull_changed().outcomes == {plan_id: "conflicted"}
+    open_ = {c["path"]: c for c in world.open_conflicts(plan_id)}
+    assert "goals" in open_, list(open_)
+    # The step's own conflict resolved: only the list's conflict holds its link.
+    world.sync.resolve(open_["steps[id=activity-1].goal_ids"]["id"], "ours")
+
+    revision = {"id": "goal-next", "description": "Team goal", "priority": "high-priority"}
+    status, detail = world.team(
+        "goal.revised", plan_id=plan_id, replaces=goal_id, goal=revision, revised_by={"kind": "patient"}
+    )
+    assert status == 202, detail
+    assert _goal_ids(world.plan_doc(plan_id), "activity-1") == ["goal-next"]
+    _settle(world, plan_id)
+
+    assert "goals" in [c["path"] for c in world.open_conflicts(plan_id)]
+    assert world.sync.status(plan_id).status == "conflicted"
+    assert _goal_ids(world.plan_doc(plan_id), "activity-1") == ["goal-next"], "the plan lost the team's link"
+    server = world.server(plan_id).doc
+    assert "goal-next" not in [g["id"] for g in (server or {}).get("goals", [])], "a held goal was written"
+    assert "goal-next" not in (_goal_ids(server, "activity-1") or []), "a link to a held goal was written"
+    # ... which the model's rule 5 (test_sync_model.check_agreement) counts as under the list's conflict.
+    open_ = world.open_conflicts(plan_id)
+    live = world.server(plan_id).resources
+    document = world.plan_doc(plan_id)
+    plan = held_out(without_refs_to(document, live), holding_goals(open_, document), server)
+    assert [p for p in diff_paths(plan, server) if not any(related(p, c["path"]) for c in open_)] == []
+
+    (held,) = [c for c in world.open_conflicts(plan_id) if c["path"] == "goals"]
+    world.sync.resolve(held["id"], "ours")
+    _settle(world, plan_id)
+    server = world.server(plan_id).doc
+    assert "goal-next" in [g["id"] for g in (server or {}).get("goals", [])], "resolving ours did not write the goal"
+    assert "goal-next" in (_goal_ids(server, "activity-1") or []), "resolving ours did not write the step's link"
