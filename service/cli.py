@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -40,7 +41,68 @@ def _version() -> str:
         return "unknown"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# What SQLite and PostgreSQL say of a table or column a migration has not made yet.
+UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not exist")
+
+
+def database_trouble(exc: BaseException) -> str | None:
+    """Return one line for an error the database or a migration raised (unreachable, not migrated, an unknown
+    revision), or None for any other error. Never the statement or its parameters (they may carry PHI), nor the
+    URL (it may carry a password)."""
+    from alembic.util.exc import CommandError
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, CommandError):
+        return f"cannot migrate: {exc}"
+    if isinstance(exc, sa_exc.ArgumentError | sa_exc.NoSuchModuleError):
+        return "DATABASE_URL is not a URL planbridge can open: sqlite:///<file> or postgresql://user@host/db"
+    import sqlite3
+
+    import psycopg
+
+    if isinstance(exc, sa_exc.DBAPIError):
+        cause, unavailable = exc.orig, isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    elif isinstance(exc, sqlite3.Error | psycopg.Error):  # raised by statements run on the driver's own cursor
+        cause, unavailable = exc, isinstance(exc, sqlite3.OperationalError | psycopg.OperationalError)
+    else:
+        return None
+    reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+    if UNMIGRATED.search(reason):
+        return "the database is not migrated to this planbridge's revision: run `planbridge db upgrade`"
+    if unavailable:
+        return f"cannot use the database (DATABASE_URL): {reason}"
+    return f"the database refused a statement: {type(cause).__name__}"
+
+
+class _Commands(click.Group):
+    """The planbridge command group: a database that cannot be reached or is not migrated ends a command in
+    one line (exit 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            message = database_trouble(exc)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
+
+
+def env_int(name: str, default: int | None, low: int, high: int) -> int | None:
+    """Read a whole-number environment variable an option defaults to; a malformed one stops the command in one
+    line naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not low <= int(raw) <= high:
+        raise click.ClickException(f"{name} must be a whole number from {low} to {high}, got {raw!r}")
+    return int(raw)
+
+
+PORTS = click.IntRange(1, 65535)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(version=_version(), prog_name="planbridge", message="%(prog)s %(version)s")
 def main() -> None:
     """planbridge: shared care plans between team systems and FHIR R4 servers."""
@@ -102,20 +164,24 @@ def db_current() -> None:
 )
 @click.option(
     "--port",
-    type=int,
-    default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")),
+    type=PORTS,
+    default=lambda: env_int("PLANBRIDGE_PORT", 8000, 1, 65535),
     show_default="PLANBRIDGE_PORT, else 8000",
     help="Port to listen on.",
 )
 @click.option(
     "--workers",
-    type=int,
-    default=lambda: int(os.environ["WEB_CONCURRENCY"]) if os.environ.get("WEB_CONCURRENCY") else None,
+    type=click.IntRange(min=1),
+    default=lambda: env_int("WEB_CONCURRENCY", None, 1, 1024),
     show_default="WEB_CONCURRENCY, else 2",
     help="gunicorn worker processes.",
 )
 @click.option(
-    "--threads", type=int, default=None, show_default="8 on SQLite, 4 on PostgreSQL", help="Threads per worker."
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    show_default="8 on SQLite, 4 on PostgreSQL",
+    help="Threads per worker.",
 )
 def serve(host: str, port: int, workers: int | None, threads: int | None) -> None:
     """Serve the API under gunicorn: 2 worker processes, of 8 threads on SQLite and of 4 on PostgreSQL,
@@ -289,8 +355,8 @@ def schema() -> None:
 @main.command()
 @click.option(
     "--port",
-    type=int,
-    default=lambda: int(os.environ.get("PLANBRIDGE_PORT", "8000")),
+    type=PORTS,
+    default=lambda: env_int("PLANBRIDGE_PORT", 8000, 1, 65535),
     show_default="PLANBRIDGE_PORT, else 8000",
     help="Port the API listens on (127.0.0.1); the local FHIR server notifies planbridge there.",
 )

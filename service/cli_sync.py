@@ -85,6 +85,27 @@ def _run(action: Any) -> Any:
         raise click.ClickException(f"{exc.code}: {exc.detail}") from None
 
 
+MAX_ROW_ID = 2**31 - 1  # row ids are INTEGER (32 bits on PostgreSQL): a larger one names nothing (as in the API)
+ROW_IDS = click.IntRange(min=0, max=MAX_ROW_ID)
+
+
+def _row_id(kind: str, value: int) -> int:
+    """Return a row id, or stop with not-found for one no row can have (SQLite cannot even compare it)."""
+    if not 0 < value <= MAX_ROW_ID:
+        raise click.ClickException(f"not-found: {kind} {value} does not exist")
+    return value
+
+
+def _known_plan(engine: Any, plan_id: str) -> None:
+    """Stop with not-found unless planbridge holds the plan (as GET /plans/{id}/sync answers 404)."""
+    from service.api.schemas.fhirtypes import ID as PLAN_ID
+
+    with engine.uow as uow:
+        found = PLAN_ID.regex.fullmatch(plan_id) and uow.plans.get(plan_id) is not None
+    if not found:
+        raise click.ClickException(f"not-found: plan {plan_id} does not exist")
+
+
 @click.group()
 def sync() -> None:
     """Push plans to FHIR_BASE_URL, pull what changed there, and show where each plan stands."""
@@ -168,7 +189,8 @@ def sync_repair(plan_ids: tuple[str, ...], repair_all: bool) -> None:
 def sync_status(plan_id: str | None) -> None:
     """Show sync state, FHIR ids and versions, last error and open conflicts."""
     engine = _engine()
-    if plan_id:
+    if plan_id is not None:
+        _known_plan(engine, plan_id)
         _emit(_run(lambda: engine.status(plan_id)))
         return
     with engine.uow as uow:
@@ -204,11 +226,14 @@ def conflicts_resolve(conflict_id: int, take: str | None, value_json: str | None
         raise click.UsageError("give --take ours|theirs or --value JSON")
     value = None
     if value_json is not None:
+        from service.convert import ConversionRefused, parse_json  # JSON proper: no NaN, no nesting past the stack
+
         try:
-            value = json.loads(value_json)
-        except ValueError:
+            value = parse_json(value_json.encode())
+        except ConversionRefused:
             raise click.UsageError("--value must be JSON, e.g. '\"on-hold\"'") from None
     engine = _engine()
+    _row_id("conflict", conflict_id)
     _emit(_run(lambda: engine.resolve(conflict_id, take or "value", value)))
 
 
@@ -299,8 +324,10 @@ def _uow() -> Any:
 @outbox.command("list")
 @click.option("--status", type=click.Choice(["pending", "done", "dead"]), help="Only entries in this state.")
 @click.option("--plan", "plan_id", help="Only this plan's entries.")
-@click.option("--after", type=click.IntRange(min=0), default=0, help="Only entries with ids above this one.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, help="At most this many.")
+@click.option("--after", type=ROW_IDS, default=0, help="Only entries with ids above this one.")
+@click.option(
+    "--limit", type=click.IntRange(min=1, max=MAX_ROW_ID), default=100, show_default=True, help="At most this many."
+)
 def outbox_list(status: str | None, plan_id: str | None, after: int, limit: int) -> None:
     """List outbox entries, oldest first, a page at a time (--after the last id shown for the next)."""
     from service.api.plans import outbox_dict
@@ -320,7 +347,10 @@ def outbox_replay(entry_ids: tuple[int, ...], all_dead: bool) -> None:
     if bool(entry_ids) == all_dead:
         raise click.UsageError("give entry ids or --all-dead")
     with _uow() as uow:
-        rows = uow.outbox.list(status="dead") if all_dead else [_run(lambda i=i: uow.outbox.get(i)) for i in entry_ids]
+        if all_dead:
+            rows = uow.outbox.list(status="dead")
+        else:
+            rows = [_run(lambda i=i: uow.outbox.get(_row_id("outbox entry", i))) for i in entry_ids]
         not_dead = [r.id for r in rows if r.status != "dead"]
         if not_dead:
             raise click.ClickException(f"only dead entries are replayed; not dead: {not_dead}")

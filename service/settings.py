@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import math
 import os
@@ -66,6 +68,31 @@ def _database_url(env: Mapping[str, str]) -> str:
     return url
 
 
+# An absolute URI as FHIR R4 carries it in Identifier.system: a scheme, then no whitespace or control character.
+_SYSTEM_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00-\x1f\x7f]+")
+
+
+def _system(env: Mapping[str, str], name: str, default: str) -> str:
+    """Read an identifier system (or the base of several); one FHIR cannot carry would have every plan refused
+    (each event 400 naming the FHIR element), so it is refused here, at start, by name."""
+    value = env.get(name, default).strip()
+    if not _SYSTEM_URI.fullmatch(value):
+        raise ConfigurationError(
+            f"{name} must be an absolute URI without spaces (e.g. {default}), got {value!r}", setting=name
+        )
+    return value
+
+
+def _public_url(env: Mapping[str, str], default: str) -> str:
+    """Read PLANBRIDGE_PUBLIC_URL: where the FHIR server reaches planbridge, so an http(s) URL."""
+    value = env.get("PLANBRIDGE_PUBLIC_URL", default).strip().rstrip("/")
+    if not re.fullmatch(r"https?://[^\s/?#]+(/[^\s?#]*)?", value):
+        raise ConfigurationError(
+            f"PLANBRIDGE_PUBLIC_URL must be an http(s) URL, got {value!r}", setting="PLANBRIDGE_PUBLIC_URL"
+        )
+    return value
+
+
 def _log_level(env: Mapping[str, str]) -> str:
     """Read PLANBRIDGE_LOG_LEVEL: one of Python's level names (any case)."""
     raw = env.get("PLANBRIDGE_LOG_LEVEL", "INFO")
@@ -111,9 +138,18 @@ SENDER_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 def _webhook_secret_list(name: str, raw: str) -> tuple[str, ...]:
     secrets = tuple(s for s in raw.replace(",", " ").split() if s)
     for secret in secrets:
-        if not secret.startswith("whsec_") or len(secret) < 16:
+        if not secret.startswith("whsec_") or len(secret) < 16 or not _key_of(secret):
             raise ConfigurationError(f"{name} must hold whsec_<base64> secrets", setting=name)
     return secrets
+
+
+def _key_of(secret: str) -> bytes:
+    """Return the key a whsec_ secret holds, decoded as the standardwebhooks package decodes it (b"" when it
+    cannot be: such a secret would verify no signature, and every event would be refused as unsigned)."""
+    try:
+        return base64.b64decode(secret.removeprefix("whsec_"))
+    except binascii.Error:
+        return b""
 
 
 def _webhook_senders(env: Mapping[str, str], default: tuple[str, ...]) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -256,8 +292,8 @@ class Settings:
             webhook_secrets=secrets,
             webhook_senders=_webhook_senders(env, secrets),
             api_keys=_api_keys(env),
-            mrn_system=env.get("PLANBRIDGE_MRN_SYSTEM", cls.mrn_system).strip(),
-            identifier_base=env.get("PLANBRIDGE_IDENTIFIER_BASE", cls.identifier_base).strip().rstrip("/"),
+            mrn_system=_system(env, "PLANBRIDGE_MRN_SYSTEM", cls.mrn_system),
+            identifier_base=_system(env, "PLANBRIDGE_IDENTIFIER_BASE", cls.identifier_base).rstrip("/"),
             create_patients=_bool("PLANBRIDGE_CREATE_PATIENTS", env.get("PLANBRIDGE_CREATE_PATIENTS", "false")),
             max_body_bytes=int(
                 _number("PLANBRIDGE_MAX_BODY_BYTES", env.get("PLANBRIDGE_MAX_BODY_BYTES", "262144"), int, 1024)
@@ -266,7 +302,7 @@ class Settings:
                 _number("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", env.get("PLANBRIDGE_OUTBOX_MAX_ATTEMPTS", "8"), int, 1)
             ),
             fhir_notify_secret=env.get("PLANBRIDGE_FHIR_NOTIFY_SECRET") or None,
-            public_url=env.get("PLANBRIDGE_PUBLIC_URL", cls.public_url).strip().rstrip("/"),
+            public_url=_public_url(env, cls.public_url),
             resync_seconds=float(
                 _number("PLANBRIDGE_RESYNC_SECONDS", env.get("PLANBRIDGE_RESYNC_SECONDS", "900"), float, 0)
             ),

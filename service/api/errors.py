@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
+import psycopg
 from flask import Flask, Response, json
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
 from service.api.auth import Unauthorized
@@ -67,6 +70,30 @@ def _http_error(error: HTTPException) -> Response:
     return problem_response(problem(code, error.name, status, error.description or error.name), headers)
 
 
+# The database does not answer (down, unreachable, locked past its timeout, no connection left in the pool):
+# the request may succeed later, so 503 with Retry-After, not a 500. Logged by the error's type alone (a
+# driver's message can quote a statement's values).
+DATABASE_UNAVAILABLE = (
+    sa_exc.OperationalError,
+    sa_exc.InterfaceError,
+    sa_exc.TimeoutError,
+    sqlite3.OperationalError,  # the statements planbridge runs on the driver's own cursor raise these unwrapped
+    psycopg.OperationalError,
+)
+DATABASE_RETRY_AFTER = "5"
+
+
+def _database_unavailable(error: Exception) -> Response:
+    cause = getattr(error, "orig", None) or error
+    unmigrated = "no such table" in str(cause) or "no such column" in str(cause)
+    hint = " (not migrated to this revision: run `planbridge db upgrade`)" if unmigrated else ""
+    log.error("database unavailable: %s%s", type(cause).__name__, hint)
+    body = problem(
+        "database-unavailable", "Database unavailable", 503, "the database did not answer; try again shortly"
+    )
+    return problem_response(body, {"Retry-After": DATABASE_RETRY_AFTER})
+
+
 def _unexpected(error: Exception) -> Response:
     log.exception("unhandled %s", type(error).__name__)
     return problem_response(problem("internal-error", "Internal error", 500, "the service failed; the error is logged"))
@@ -76,4 +103,6 @@ def init_app(app: Flask) -> None:
     """Register the handlers on the app."""
     app.register_error_handler(PlanbridgeError, _planbridge_error)
     app.register_error_handler(HTTPException, _http_error)
+    for kind in DATABASE_UNAVAILABLE:
+        app.register_error_handler(kind, _database_unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -268,4 +268,5 @@ def metrics() -> Response:
     """Serve the metrics."""
     from flask import current_app
 
-    return Response(generate_latest(current_app.extensions["planbridge.metrics"]), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: CONTENT_TYPE_LATEST has its charset already (Flask would add a second)
+    return Response(generate_latest(current_app.extensions["planbridge.metrics"]), content_type=CONTENT_TYPE_LATEST)

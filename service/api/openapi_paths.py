@@ -125,6 +125,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "responses": {
                     "200": _ok("pulled"),
                     "202": _ok("push queued"),
+                    "400": _problem("a body that is not JSON, or a direction other than push or pull"),
                     **denied,
                     "502": _problem("the FHIR server failed"),
                 },
@@ -215,6 +216,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "requestBody": {"required": True, "content": {JSON_BODY: {"schema": "ResolveSchema"}}},
                 "responses": {
                     "200": _ok("resolved"),
+                    "400": _problem("not exactly one of take (ours or theirs) and value, or a body that is not JSON"),
                     **denied,
                     "409": _problem("already resolved"),
                     "422": _problem("the value breaks a rule"),

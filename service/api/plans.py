@@ -184,7 +184,8 @@ def post_conflict_resolution(conflict_id: int) -> ResponseReturnValue:
         raise InvalidInput("give either take or value", {"take": "ours|theirs", "value": "any JSON"})
     c = container()
     _bounded("conflict", conflict_id)
-    return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, body.get("take", "value"), body.get("value")))
+    choice, value = body.get("take", "value"), body.get("value")
+    return json_response(resolve_conflict(c.uow(), c.clock, conflict_id, choice, value, settings=c.settings))
 
 
 class OutboxQuerySchema(PageQuerySchema):

@@ -266,7 +266,7 @@ def resolve(conflict_id: int) -> ResponseReturnValue:
         text = request.form.get("value", "")
         try:
             value = _typed_value(text, value_kind(held))
-            done = resolve_conflict(c.uow(), c.clock, conflict_id, "value", value)
+            done = resolve_conflict(c.uow(), c.clock, conflict_id, "value", value, settings=c.settings)
         except (ValueError, RuleViolation) as refused:
             reason = refused.detail if isinstance(refused, RuleViolation) else str(refused)
             log.info("console conflict value refused: conflict %s", conflict_id)
@@ -274,7 +274,7 @@ def resolve(conflict_id: int) -> ResponseReturnValue:
         return _back_to_plan(
             done["plan_id"], f"Conflict {conflict_id} ({done['path']}) resolved: took the value given.", "conflicts"
         )
-    done = resolve_conflict(c.uow(), c.clock, conflict_id, take)
+    done = resolve_conflict(c.uow(), c.clock, conflict_id, take, settings=c.settings)
     return _back_to_plan(
         done["plan_id"], f"Conflict {conflict_id} ({done['path']}) resolved: took {take}.", "conflicts"
     )

@@ -13,6 +13,7 @@ from service.domain.model import Plan
 from service.domain.rules import check_plan, errors
 from service.fhir.client import FhirClient
 from service.notify.changes import record_change
+from service.services.deliverable import Undeliverable, check_deliverable
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.adopt import Target
@@ -125,7 +126,7 @@ class SyncEngine:
 
     def resolve(self, conflict_id: int, choice: str, value: Any = None) -> dict[str, Any]:
         """Resolve a conflict (see `resolve_conflict`)."""
-        return resolve_conflict(self.uow, self.clock, conflict_id, choice, value)
+        return resolve_conflict(self.uow, self.clock, conflict_id, choice, value, settings=self.pusher.settings)
 
 
 def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
@@ -157,9 +158,19 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
 
 
 def resolve_conflict(
-    uow: UnitOfWork, clock: Callable[[], datetime], conflict_id: int, choice: str, value: Any = None
+    uow: UnitOfWork,
+    clock: Callable[[], datetime],
+    conflict_id: int,
+    choice: str,
+    value: Any = None,
+    *,
+    settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Resolve a conflict by taking ours, theirs, or a given value; the plan is queued for a push when none is left."""
+    """Resolve a conflict by taking ours, theirs, or a given value; the plan is queued for a push when none is left.
+
+    With `settings`, a plan resolved to a typed value must map to FHIR the push can send, as a team event's
+    must (service.services.deliverable): a value FHIR cannot carry (a NUL, an infinite number) is refused,
+    not accepted and then pushed for ever in vain."""
     if choice not in CHOICES:
         raise RuleViolation(f"choose one of {', '.join(CHOICES)}", choice=choice)
     now = clock()
@@ -184,6 +195,13 @@ def resolve_conflict(
         problems = errors(check_plan(resolved))
         if problems:
             raise RuleViolation(f"that value breaks a rule: {problems[0].path}: {problems[0].message}")
+        if settings is not None and choice == "value":  # ours was accepted as deliverable; theirs, the server holds
+            try:
+                check_deliverable(plan, resolved, settings.identifier_base, settings.mrn_system)
+            except Undeliverable as refused:
+                fhir = refused.errors.get("fhir") or {}
+                where = next(iter(fhir), conflict.path) if isinstance(fhir, dict) else conflict.path
+                raise RuleViolation(f"that value could never be sent to FHIR: {where}") from None
         resolved.touch(now.isoformat())
         uow.plans.save(resolved)
         uow.sync.close_conflict(conflict, choice, now)
