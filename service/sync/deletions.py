@@ -53,7 +53,7 @@ def deleted_goals(
             for entry in history.get("entry", [])
             if isinstance(entry, dict)
         ]
-        last = max((v for v in versions if v.isdigit()), key=int, default=None)
+        last = _newest(versions)
         for entry in history.get("entry", []):
             resource = entry.get("resource") or {}
             value = next(
@@ -63,6 +63,15 @@ def deleted_goals(
                 found[ref] = (value.split("/", 1)[1], last)
                 break
     return found
+
+
+def _newest(versions: list[str]) -> str | None:
+    """The newest of a history's version ids: the greatest when all are numbers (HAPI numbers them), else the
+    first, as a history Bundle lists the newest first (Medplum's ids are UUIDs, which have no order)."""
+    given = [v for v in versions if v]
+    if given and all(v.isdigit() for v in given):
+        return max(given, key=int)
+    return given[0] if given else None
 
 
 def without_refs(careplan: dict[str, Any], refs: set[str]) -> dict[str, Any]:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 
-from service.sync.deletions import accept_removal, on_server
+import responses
+
+from service.fhir.client import FhirClient
+from service.sync.deletions import accept_removal, deleted_goals, on_server
 from service.sync.merge import record_removals, three_way_merge
 
 AT = "2026-11-22T10:00:00+00:00"
@@ -110,3 +113,28 @@ def test_an_item_already_recorded_is_not_recorded_again_and_accepting_a_deletion
     assert document["goals"][1]["lifecycle_status"] == "entered-in-error"
     assert not accept_removal(document, "goals[id=g2].lifecycle_status", None, AT)
     assert not accept_removal(document, "goals[id=g1]", {"id": "g1"}, AT)
+
+
+@responses.activate
+def test_the_last_version_of_a_deleted_goal_is_read_from_its_history_with_numeric_or_uuid_version_ids():
+    # HAPI numbers versions (any order in the Bundle: the greatest is the newest); Medplum's are UUIDs, which
+    # have no order: the history Bundle lists the newest first.
+    system = "https://planbridge.test/id/goal"
+
+    def history(*versions: str) -> dict:
+        return {
+            "resourceType": "Bundle",
+            "type": "history",
+            "entry": [
+                {"resource": {"resourceType": "Goal", "id": "g", "meta": {"versionId": v},
+                              "identifier": [{"system": system, "value": "plan-1/goal-walk"}]}}
+                for v in versions
+            ],
+        }  # fmt: skip
+
+    base = "http://fhir.test/r4"
+    responses.get(f"{base}/Goal/7/_history", json=history("2", "10", "9"))
+    uuids = ("0d4c3f6e-8a0e-4f4e-9e0a-2b7e1d1c2a11", "f3b0a9c2-1d2e-4c5f-8a9b-0c1d2e3f4a5b")
+    responses.get(f"{base}/Goal/8/_history", json=history(*uuids))
+    found = deleted_goals(FhirClient(base), ["Goal/7", "Goal/8"], system, "plan-1")
+    assert found == {"Goal/7": ("goal-walk", "10"), "Goal/8": ("goal-walk", uuids[0])}
