@@ -203,7 +203,12 @@ def run(workers: int, args: argparse.Namespace, base_url: str, proxy: LatencyPro
 def main() -> None:
     """Measure each worker count and print one row per count, then the summary line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--plans", type=int, default=400, help="plans queued for each worker count")
+    parser.add_argument(
+        "--plans",
+        type=int,
+        default=1000,
+        help="plans queued for each worker count (1,000: a run long enough for steady ratios)",
+    )
     parser.add_argument("--workers", default="1,2,4", help="worker counts to measure, comma-separated")
     parser.add_argument("--concurrency", type=int, default=1, help="PLANBRIDGE_PUSH_CONCURRENCY of each worker")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="latency the proxy adds per request")
