@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 import pytest
 import requests
 from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as until
+from selenium.webdriver.support.ui import WebDriverWait
 from werkzeug.serving import make_server
 
 from service.api.app import create_app
@@ -84,7 +86,9 @@ def _sign_in(driver, url: str) -> None:
     go(driver, f"{url}/console/sign-in")
     driver.find_element(By.ID, "api_key").send_keys(KEY)
     driver.find_element(By.ID, "sign-in").click()
-    go(driver, f"{url}/console/")
+    # The click submits the form asynchronously: navigating at once could leave before the sign-in was sent
+    # (seen once in a full run: no POST, then every page redirected to the sign-in form).
+    WebDriverWait(driver, 10).until(until.url_matches(r"/console/$"))
 
 
 def _rows(table) -> list[list[str]]:
