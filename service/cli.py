@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -41,10 +40,6 @@ def _version() -> str:
         return "unknown"
 
 
-# What SQLite and PostgreSQL say of a table or column a migration has not made yet.
-UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not exist")
-
-
 def database_trouble(exc: BaseException) -> str | None:
     """Return one line for an error the database or a migration raised (unreachable, not migrated, an unknown
     revision), or None for any other error. Never the statement or its parameters (they may carry PHI), nor the
@@ -59,6 +54,8 @@ def database_trouble(exc: BaseException) -> str | None:
     import sqlite3
 
     import psycopg
+
+    from service.store.db import UNMIGRATED
 
     if isinstance(exc, sa_exc.DBAPIError):
         cause, unavailable = exc.orig, isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)

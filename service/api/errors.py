@@ -24,6 +24,7 @@ from service.domain.errors import (
 from service.fhir.errors import FhirError
 from service.problems import PROBLEM_JSON, problem
 from service.signing import SignatureInvalid
+from service.store.db import UNMIGRATED
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ DATABASE_RETRY_AFTER = "5"
 
 def _database_unavailable(error: Exception) -> Response:
     cause = getattr(error, "orig", None) or error
-    unmigrated = "no such table" in str(cause) or "no such column" in str(cause)
+    unmigrated = UNMIGRATED.search(str(cause)) is not None
     hint = " (not migrated to this revision: run `planbridge db upgrade`)" if unmigrated else ""
     log.error("database unavailable: %s%s", type(cause).__name__, hint)
     body = problem(

@@ -22,6 +22,8 @@ from sqlalchemy.engine import Engine, make_url
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 BUSY_TIMEOUT_S = 10
+# What SQLite and PostgreSQL say of a table or column a migration has not made yet (`planbridge db upgrade`).
+UNMIGRATED = re.compile(r"no such (table|column)|(relation|column) \S+ does not exist")
 
 
 class WriterLock:

@@ -35,6 +35,18 @@ def same_but_case(new_id: str, ids: Iterable[str]) -> str | None:
     return next((i for i in ids if i != new_id and i.lower() == folded), None)
 
 
+def refuse_case_twin(kind: str, new_id: str, ids: Iterable[str], twin_in: str, goal_id: str) -> None:
+    """Raise Conflict (409) when `new_id` equals one of `ids` but for case (see same_but_case); `twin_in`
+    names where the other id is, with `{twin}` standing for it."""
+    twin = same_but_case(new_id, ids)
+    if twin is not None:
+        raise Conflict(
+            f"{kind} {new_id} differs from {twin_in.format(twin=twin)} only in case, which FHIR identifier "
+            "searches do not tell apart",
+            goal_id=goal_id,
+        )
+
+
 def propose_goal(plan: Plan, goal: Goal, at: str) -> None:
     """Add a newly proposed goal; a goal id is used once per plan."""
     if plan.status in CLOSED_PLAN:
@@ -43,13 +55,7 @@ def propose_goal(plan: Plan, goal: Goal, at: str) -> None:
         raise RuleViolation(f"the patient has chosen not to set goals for now in plan {plan.id}", plan_id=plan.id)
     if plan.goal(goal.id) is not None:
         raise Conflict(f"goal {goal.id} already exists in plan {plan.id}", goal_id=goal.id)
-    twin = same_but_case(goal.id, (g.id for g in plan.goals))
-    if twin is not None:
-        raise Conflict(
-            f"goal {goal.id} differs from goal {twin} of plan {plan.id} only in case, which FHIR identifier "
-            "searches do not tell apart",
-            goal_id=goal.id,
-        )
+    refuse_case_twin("goal", goal.id, (g.id for g in plan.goals), "goal {twin} of plan " + plan.id, goal.id)
     if goal.lifecycle_status != "proposed":
         raise RuleViolation("a goal enters a plan as proposed", goal_id=goal.id)
     plan.goals.append(goal)
@@ -185,13 +191,7 @@ class RecordCheckIn:
         if self.check_in_id in taken:
             what = "check-in" if any(c.id == self.check_in_id for c in goal.check_ins) else "rating"
             raise Conflict(f"{what} {self.check_in_id} already exists on goal {goal.id}", goal_id=goal.id)
-        twin = same_but_case(self.check_in_id, taken)
-        if twin is not None:
-            raise Conflict(
-                f"check-in {self.check_in_id} differs from {twin} on goal {goal.id} only in case, which FHIR "
-                "identifier searches do not tell apart",
-                goal_id=goal.id,
-            )
+        refuse_case_twin("check-in", self.check_in_id, taken, "{twin} on goal " + goal.id, goal.id)
         if self.recorded_by is not None:
             _on_team(plan, self.recorded_by, "recorded_by")
         measure = self.measure or next((t.measure for t in goal.targets if t.measure is not None), None)
@@ -243,12 +243,8 @@ class RecordOutcome:
             rating_id = f"{self.scale}-{n}"
         elif rating_id in taken:
             raise Conflict(f"rating {rating_id} already exists on goal {goal.id}", goal_id=goal.id)
-        elif (twin := same_but_case(rating_id, taken)) is not None:
-            raise Conflict(
-                f"rating {rating_id} differs from {twin} on goal {goal.id} only in case, which FHIR "
-                "identifier searches do not tell apart",
-                goal_id=goal.id,
-            )
+        else:
+            refuse_case_twin("rating", rating_id, taken, "{twin} on goal " + goal.id, goal.id)
         rating = OutcomeRating(rating_id, self.scale, self.score, self.occasion, member.id, self.at, self.note)
         problems = check_rating(rating, "rating")
         if problems:
