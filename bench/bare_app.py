@@ -19,6 +19,8 @@ import threading
 from flask import Flask, Response, request
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+SQLITE_PAGE_SIZE = 2048  # planbridge's own for a new file (service.store.db.SQLITE_PAGE_SIZE)
+
 app = Flask("bare")
 
 
@@ -55,6 +57,7 @@ def _connection() -> sqlite3.Connection:
     conn = getattr(_local, "conn", None)
     if conn is None:
         conn = _local.conn = sqlite3.connect(os.environ["BARE_DATABASE"], timeout=10, isolation_level=None)
+        conn.execute(f"PRAGMA page_size={SQLITE_PAGE_SIZE}")  # before WAL: a new file only
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")

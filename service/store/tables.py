@@ -69,7 +69,7 @@ class InboundEventRow(Base):
     sender: Mapped[str] = mapped_column(sa.String(64), primary_key=True, server_default="default")
     webhook_id: Mapped[str] = mapped_column(sa.String(256), primary_key=True)
     event_type: Mapped[str] = mapped_column(sa.String(64))
-    plan_id: Mapped[str] = mapped_column(sa.String(128), index=True)
+    plan_id: Mapped[str] = mapped_column(sa.String(128))  # not indexed: no query asks by it (migration 0015)
     body_sha256: Mapped[str] = mapped_column(sa.String(64))
     body: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -239,6 +239,7 @@ class PlanSequenceRow(Base):
     """The number of the last change recorded for a plan; each change takes the next one."""
 
     __tablename__ = "plan_sequences"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # read and written by its key only (migration 0015)
 
     plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     last_sequence: Mapped[int] = mapped_column(sa.Integer)
@@ -274,6 +275,7 @@ class PlanHistoryRow(Base):
     paths only: never a value from the plan."""
 
     __tablename__ = "plan_history"
+    __table_args__ = ({"sqlite_with_rowid": False},)  # read and written by its key only (migration 0015)
 
     plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     sequence: Mapped[int] = mapped_column(sa.Integer, primary_key=True)  # the change log's (plan_sequences)
