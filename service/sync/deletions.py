@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from mappings import datatypes as dt
@@ -37,24 +38,37 @@ REMOVED = "removed_in_ehr"  # the plan JSON key of an item the EHR deleted or re
 
 
 def deleted_goals(
-    client: FhirClient, refs: list[str], goal_system: str, plan_id: str
+    client: FhirClient,
+    refs: list[str],
+    goal_system: str,
+    plan_id: str,
+    known: Mapping[str, str] | None = None,
 ) -> dict[str, tuple[str, str | None]]:
     """Return {`Goal/id`: (goal id in the plan, last version seen)} for the references whose history shows
-    one of the plan's goals."""
+    one of the plan's goals.
+
+    `known`: `Goal/id` -> goal id in the plan, as the plan's links (and the marks of the EHR Goals its adopted
+    goals were read from) name them. It is asked first: an adopted plan's goal read from the EHR's own Goal
+    carries planbridge's identifier only once planbridge wrote it, so the history of a Goal the EHR deleted
+    before then names no goal of the plan. planbridge's identifier in the history is the fallback. Either way
+    the history is read: it tells the Goal was deleted, and its last version.
+    """
     found: dict[str, tuple[str, str | None]] = {}
+    known = known or {}
     for ref in refs[:MAX_LOOKUPS]:
         try:
             history = client.request("GET", f"{ref}/_history").json()
         except FhirError as exc:  # a server without instance history, or a Goal it never had
             log.info("plan %s: the history of a deleted goal could not be read: %s", plan_id, exc.code)
             continue
-        versions = [
-            str((entry.get("resource") or {}).get("meta", {}).get("versionId", ""))
-            for entry in history.get("entry", [])
-            if isinstance(entry, dict)
-        ]
+        entries = [e for e in history.get("entry", []) if isinstance(e, dict)]
+        versions = [str((entry.get("resource") or {}).get("meta", {}).get("versionId", "")) for entry in entries]
         last = _newest(versions)
-        for entry in history.get("entry", []):
+        if ref in known:
+            if entries:  # the server knew it: deleted (or unseen), never "not pushed yet"
+                found[ref] = (known[ref], last)
+            continue
+        for entry in entries:
             resource = entry.get("resource") or {}
             value = next(
                 (i.get("value", "") for i in resource.get("identifier", []) if i.get("system") == goal_system), ""
@@ -63,6 +77,21 @@ def deleted_goals(
                 found[ref] = (value.split("/", 1)[1], last)
                 break
     return found
+
+
+def known_goals(links: Iterable[Any], goals: Iterable[Any]) -> dict[str, str]:
+    """Return `Goal/id` -> goal id in the plan for the Goals the plan knows by resource id: its links (`fhir_links`
+    rows keyed `goal:<goal id>`), then, for a link already dropped, the EHR Goal each adopted goal was read from
+    (its `fhir_extra` mark, mappings.datatypes.SOURCE, which a goal written again as a new Goal no longer has)."""
+    known: dict[str, str] = {}
+    for link in links:
+        if link.resource_type == "Goal" and str(link.local_key).startswith("goal:"):
+            known[f"Goal/{link.fhir_id}"] = link.local_key.removeprefix("goal:")
+    for goal in goals:
+        source = goal.fhir_extra.get(dt.SOURCE) if isinstance(goal.fhir_extra, dict) else None
+        if isinstance(source, str) and source.startswith("Goal/") and goal.id not in known.values():
+            known.setdefault(source, goal.id)
+    return known
 
 
 def _newest(versions: list[str]) -> str | None:
@@ -157,21 +186,36 @@ def on_server(document: dict[str, Any]) -> dict[str, Any]:
     return prune_goal_references(out)
 
 
-def written_again(document: dict[str, Any], path: str, theirs: Any) -> None:
-    """Make a goal the EHR deleted, which a resolution (`ours`, `value`) writes again, a goal of its own.
+def written_again(document: dict[str, Any], path: str, theirs: Any) -> list[str]:
+    """Make each goal the EHR deleted (or took out of the CarePlan) that a resolution (`ours`, `value`) writes
+    again a goal of its own; return their ids. `document` is changed in place.
 
-    It is written as a new Goal: it no longer stands for the EHR's deleted Goal it was read from. Its mark of
-    that source (`_planbridge_source`, mappings.datatypes.remember_source) goes, so references the plan keeps
-    as they came to the deleted Goal stay as they are rather than follow the new one (a CarePlan naming the new
-    Goal twice). `document` is changed in place."""
+    A goal the server side of the conflict lacks: the goal of a conflict on one goal (`goals[id=g]`, theirs
+    null), or each goal of a conflict on the whole list (`goals`) that the server's list lacks. It is written as a
+    new Goal: it no longer stands for the EHR's deleted Goal it was read from. Its mark of that source
+    (`_planbridge_source`, mappings.datatypes.remember_source) goes, so references the plan keeps as they came to
+    the deleted Goal stay as they are rather than follow the new one (a CarePlan naming the new Goal twice, a
+    step naming the new Goal beside the revision that replaced it); and the caller forgets its link
+    (`goal:<id>`), so the push creates it (conditional on planbridge's identifier) instead of writing onto the
+    deleted id (`PUT Goal/<id>`: a 404 or 410 for ever, or the deleted Goal resurrected)."""
     name, _, rest = path.partition("[id=")
-    if theirs is not None or name != "goals" or not rest.endswith("]") or "]" in rest[:-1]:
-        return
+    if name != "goals":
+        return []
+    if rest:
+        if theirs is not None or not rest.endswith("]") or "]" in rest[:-1]:
+            return []
+        wanted = {rest[:-1]}
+    else:
+        on_server = {str(g.get("id")) for g in theirs or [] if isinstance(g, dict)}
+        wanted = {str(g.get("id")) for g in document.get("goals", []) if isinstance(g, dict)} - on_server
+    again = []
     for n, goal in enumerate(document.get("goals", [])):
-        if isinstance(goal, dict) and str(goal.get("id")) == rest[:-1]:
+        if isinstance(goal, dict) and str(goal.get("id")) in wanted and not goal.get(REMOVED):
+            again.append(str(goal["id"]))
             extra = goal.get("fhir_extra")
             if isinstance(extra, dict) and dt.SOURCE in extra:
                 document["goals"][n] = {**goal, "fhir_extra": {k: v for k, v in extra.items() if k != dt.SOURCE}}
+    return again
 
 
 _ITEM_KINDS = {"goals": ("deleted", "lifecycle_status"), "steps": ("removed", None), "team": ("removed", None)}

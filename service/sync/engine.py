@@ -183,12 +183,13 @@ def resolve_conflict(
         document = codec.to_dict(plan)
         # "ours" is the plan's value now: the team may have changed it again since the conflict arose.
         chosen = {"ours": get_path(document, conflict.path), "theirs": conflict.theirs, "value": value}[choice]
+        again: list[str] = []
         try:
             # Accepting the EHR's deletion of a whole goal, step or member keeps the item, marked as removed.
             if not (choice == "theirs" and accept_removal(document, conflict.path, chosen, now.isoformat())):
                 set_path(document, conflict.path, chosen)
                 if choice != "theirs":  # a goal the EHR deleted, written again: a new Goal
-                    written_again(document, conflict.path, conflict.theirs)
+                    again = written_again(document, conflict.path, conflict.theirs)
             resolved = codec.from_dict(Plan, prune_goal_references(document))  # a goal given up leaves no links
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RuleViolation(f"that value does not fit {conflict.path}: {type(exc).__name__}") from None
@@ -204,6 +205,8 @@ def resolve_conflict(
                 raise RuleViolation(f"that value could never be sent to FHIR: {where}") from None
         resolved.touch(now.isoformat())
         uow.plans.save(resolved)
+        # ... created anew by the push: never written by id onto the Goal the EHR deleted
+        uow.links.forget(conflict.plan_id, [f"goal:{goal_id}" for goal_id in again])
         uow.sync.close_conflict(conflict, choice, now)
         uow.flush()
         # The plan changed (a new version; under `theirs` or `value`, the value too): its history and the

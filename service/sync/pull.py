@@ -27,7 +27,7 @@ from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.adopt import adopted_links, carry_sources, reachable, source_keys
-from service.sync.deletions import MAX_LOOKUPS, deleted_goals, unresolved_goal_refs, without_refs
+from service.sync.deletions import MAX_LOOKUPS, deleted_goals, known_goals, unresolved_goal_refs, without_refs
 from service.sync.merge import (
     changed_paths,
     get_path,
@@ -171,7 +171,7 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult, queue_push: bool
     ) -> None:
         refs = unresolved_goal_refs(careplan, index)
-        gone = deleted_goals(self.client, refs, self._system("goal"), self._plan_id(careplan)) if refs else {}
+        gone = self._deleted_goals(self._plan_id(careplan), refs) if refs else {}
         result.requests += min(len(refs), MAX_LOOKUPS)
         try:
             theirs = careplan_from_fhir(without_refs(careplan, set(gone)), index, self.base, self.settings.mrn_system)
@@ -249,6 +249,15 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
             self.uow.commit()
         result.outcomes[theirs.id] = outcome
         log.info("plan %s pulled: %s", theirs.id, outcome)
+
+    def _deleted_goals(self, plan_id: str, refs: list[str]) -> dict[str, tuple[str, str | None]]:
+        """Which of the CarePlan's unresolved Goal references name goals of the plan the EHR deleted (see
+        service.sync.deletions.deleted_goals): known first by the plan's links and its goals' source marks (an
+        adopted goal's Goal carries no planbridge identifier until planbridge writes it), else by the history."""
+        with self.uow:
+            stored = self.uow.plans.get(plan_id)
+            known = known_goals(self.uow.links.for_plan(plan_id), stored.goals if stored is not None else [])
+        return deleted_goals(self.client, refs, self._system("goal"), plan_id, known)
 
     def _plan_id(self, careplan: dict[str, Any]) -> str:
         ours = [i.get("value") for i in careplan.get("identifier", []) if i.get("system") == self._system("plan")]

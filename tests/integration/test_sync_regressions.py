@@ -327,3 +327,46 @@ def test_a_step_moved_from_a_goal_the_ehr_deleted_to_its_revision_is_linked_on_t
     assert get_goal_ids(world, plan_id, "step-pedometer") == ["goal-m2"]
     assert world.ehr_goal(plan_id, "goal-m2")["description"]["text"] == "Walk 20 minutes a day"
     assert world.find("Goal", "goal", f"{plan_id}/goal-steps") is None, "the goal the EHR deleted came back"
+
+
+def test_taking_ours_for_a_goal_the_ehr_took_out_of_the_careplan_and_deleted_creates_it_anew(world):
+    """Known bug (a whole-goal conflict resolved 'ours'): the EHR took a Goal out of the CarePlan and then deleted
+    it, after the team changed the goal. The CarePlan no longer names the Goal, so no pull dropped the goal's
+    link, and the push after the resolution wrote the goal by that link (`PUT Goal/<id>` + If-Match onto the
+    deleted id): 404, re-read, 404 for ever, the plan never in sync (a server that allows it would resurrect the
+    deleted Goal). docs/sync.md: `ours` writes the item again, a new resource; the resolution now forgets the link,
+    so the push creates the goal anew (conditional on planbridge's identifier) and the link follows."""
+    plan_id = _pushed_plan(world, "eating-disorder-recovery.json")
+    status, _ = world.team("goal.status_changed", plan_id=plan_id, goal_id="goal-meals", lifecycle_status="on-hold")
+    assert status == 202
+    deleted = world.ehr_goal(plan_id, "goal-meals")
+    ref = f"Goal/{deleted['id']}"
+
+    def take_out(careplan: dict) -> None:
+        careplan["goal"] = [r for r in careplan.get("goal", []) if r.get("reference") != ref]
+        for activity in careplan.get("activity", []):
+            detail = activity.get("detail", {})
+            detail["goal"] = [r for r in detail.get("goal", []) if r.get("reference") != ref]
+            if not detail["goal"]:
+                del detail["goal"]
+
+    careplan = world.find("CarePlan", "plan", plan_id)
+    world.ehr_edit(f"CarePlan/{careplan['id']}", take_out)
+    world.ehr_delete(ref)
+    world.sync.pull_plans([plan_id])
+    [conflict] = world.open_conflicts(plan_id)
+    assert (conflict["path"], conflict["theirs"]) == ("goals[id=goal-meals]", None)
+
+    world.sync.resolve(conflict["id"], "ours")
+    assert world.sync.push(plan_id).status == "in_sync"
+    assert world.sync.status(plan_id).last_error is None
+
+    again = world.ehr_goal(plan_id, "goal-meals")
+    assert again["id"] != deleted["id"] and again["lifecycleStatus"] == "on-hold"
+    linked = {r["key"]: r["id"] for r in world.sync.status(plan_id).resources}
+    assert linked["goal:goal-meals"] == again["id"]
+    named = [r["reference"] for r in world.find("CarePlan", "plan", plan_id).get("goal", [])]
+    assert named.count(f"Goal/{again['id']}") == 1 and ref not in named
+    assert get_goal_ids(world, plan_id, "step-meal-plan") == ["goal-weight", "goal-meals"]
+    assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
+    assert world.open_conflicts(plan_id) == []
