@@ -113,4 +113,4 @@ def test_the_benchmarks_minimal_handler_uses_the_same_page_size():
     """bench/webhook_load.py compares the intake with a minimal handler "with the same SQLite settings"."""
     source = (ROOT / "bench" / "bare_app.py").read_text()
     assert f"SQLITE_PAGE_SIZE = {SQLITE_PAGE_SIZE} " in source
-    assert 'PRAGMA page_size={SQLITE_PAGE_SIZE}' in source
+    assert "PRAGMA page_size={SQLITE_PAGE_SIZE}" in source
