@@ -109,6 +109,27 @@ def notifications_ordering(subscription_id: int, ordering: str) -> None:
     _emit(_run(lambda: set_ordering(uow, subscription_id, ordering, utcnow())))
 
 
+@notifications.command("rotate-secret")
+@click.argument("subscription_id", type=int)
+@click.option(
+    "--grace-seconds",
+    type=click.IntRange(0, 7 * 24 * 3600),
+    default=24 * 3600,
+    show_default=True,
+    help="How long the replaced secret still signs deliveries (beside the new one).",
+)
+def notifications_rotate_secret(subscription_id: int, grace_seconds: int) -> None:
+    """Give a subscription a new signing secret, printed this once; the replaced one signs deliveries too
+    until the grace period ends (two signatures in webhook-signature), then no more."""
+    from datetime import timedelta
+
+    from service.api.container import utcnow
+    from service.notify.subscriptions import rotate_secret
+
+    uow = _uow(_settings())
+    _emit(_run(lambda: rotate_secret(uow, subscription_id, utcnow(), timedelta(seconds=grace_seconds))))
+
+
 @notifications.command("worker")
 @click.option("--once", is_flag=True, help="Attempt what is due, then exit.")
 def notifications_worker(once: bool) -> None:

@@ -395,7 +395,10 @@ def subscribe(show_status: bool, rotate: bool) -> None:
     generation = subscriptions.current_generation(engine.uow)
     patients = _run(lambda: subscriptions.adopted_patient_ids(engine.uow))  # those of adopted plans
     try:
-        held = subscriptions.subscribe(client, settings, generation, patients)
+        # those of patients no adopted plan names any more are deleted; the database is asked again just before
+        held = subscriptions.subscribe(
+            client, settings, generation, patients, still_adopted=lambda: subscriptions.adopted_patient_ids(engine.uow)
+        )
     except PlanbridgeError as exc:
         hint = " (run `planbridge subscribe` again before the previous secrets expire)" if rotate else ""
         raise click.ClickException(f"{exc.code}: {exc.detail}{hint}") from None

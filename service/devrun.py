@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -55,7 +56,13 @@ def _subscribe_when_up(port: int) -> None:
                 settings = Settings.from_env()
                 uow = UnitOfWork(create_engine(settings.database_url))
                 # planbridge's own Subscriptions, and those watching the patients of adopted plans
-                subscribe(client_from_settings(settings), settings, current_generation(uow), adopted_patient_ids(uow))
+                subscribe(
+                    client_from_settings(settings),
+                    settings,
+                    current_generation(uow),
+                    adopted_patient_ids(uow),
+                    still_adopted=functools.partial(adopted_patient_ids, uow),
+                )
                 return
         except requests.RequestException:
             time.sleep(0.2)

@@ -18,7 +18,9 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
     delivery_id = {"name": "delivery_id", "in": "path", "required": True, "schema": row_id}
     subscription = {
         "type": "object",
-        "description": "id, url, event_types, status, disabled_reason, description, ordering (strict|best-effort)",
+        "description": "id, url, event_types, status, disabled_reason, description, ordering (strict|best-effort), "
+        "previous_secret_expires_at (until when deliveries are signed with the secret the latest rotation replaced "
+        "as well: a time gone by, no more; null before any rotation, or after one without a grace period)",
     }
     ordering = {"type": "string", "enum": ["best-effort", "strict"]}
     subscribe_body = {
@@ -89,6 +91,35 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
                 "parameters": [subscription_id],
                 "responses": {"204": _ok("deleted"), **denied},
             },
+        },
+    )
+    rotate_body = {
+        "type": "object",
+        "properties": {
+            "grace_seconds": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 7 * 24 * 3600,
+                "default": 24 * 3600,
+                "description": "how long the replaced secret still signs deliveries, beside the new one",
+            }
+        },
+    }
+    spec.path(
+        "/subscriptions/{subscription_id}/rotate-secret",
+        operations={
+            "post": {
+                "summary": "Give the subscription a new signing secret, shown once; until the grace period ends, "
+                "deliveries carry two signatures (new and replaced secret) in webhook-signature",
+                "security": KEYED,
+                "parameters": [subscription_id],
+                "requestBody": {"required": False, "content": {JSON_BODY: {"schema": rotate_body}}},
+                "responses": {
+                    "200": _ok("the subscription, with its new whsec_ secret", subscription),
+                    "400": _problem("grace_seconds not an integer from 0 to 604800"),
+                    **denied,
+                },
+            }
         },
     )
     for action, summary in (("enable", "Enable again; held deliveries become due"), ("disable", "Disable")):

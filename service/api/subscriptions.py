@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
@@ -44,6 +45,16 @@ class SubscriptionSchema(Schema):
         load_default=None, allow_none=True, validate=[validate.Length(max=512), FullMatch(f"[^{FORBIDDEN}]*", CONTROL)]
     )
     ordering = fields.String(load_default=use.DEFAULT_ORDERING, validate=validate.OneOf(use.ORDERINGS))
+
+
+class RotateSecretSchema(Schema):
+    """POST /subscriptions/{id}/rotate-secret: how long the replaced secret still signs deliveries (seconds)."""
+
+    grace_seconds = fields.Integer(
+        strict=True,
+        load_default=int(use.SECRET_GRACE.total_seconds()),
+        validate=validate.Range(min=0, max=int(use.MAX_SECRET_GRACE.total_seconds())),
+    )
 
 
 class SubscriptionChangeSchema(Schema):
@@ -99,6 +110,17 @@ def delete_subscription(subscription_id: int) -> ResponseReturnValue:
     """Delete a subscription and its delivery log."""
     use.unsubscribe(container().uow(), subscription_id)
     return Response(status=204)
+
+
+@bp.post("/subscriptions/<int:subscription_id>/rotate-secret")
+@require_api_key
+def rotate_subscription_secret(subscription_id: int) -> ResponseReturnValue:
+    """Give a subscription a new signing secret, shown this once; the one it replaces signs deliveries too
+    for `grace_seconds` (default 24 h), then no more."""
+    body = load_body(RotateSecretSchema())
+    c = container()
+    grace = timedelta(seconds=body["grace_seconds"])
+    return json_response(use.rotate_secret(c.uow(), subscription_id, c.clock(), grace))
 
 
 @bp.post("/subscriptions/<int:subscription_id>/enable")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from service.domain.errors import InvalidInput, RuleViolation
@@ -14,6 +14,8 @@ from service.store.uow import DeliveryRepository, UnitOfWork
 
 ORDERINGS = DeliveryRepository.ORDERINGS
 DEFAULT_ORDERING = "best-effort"
+SECRET_GRACE = timedelta(hours=24)  # how long a rotated-out secret still signs deliveries, unless told otherwise
+MAX_SECRET_GRACE = timedelta(days=7)
 
 
 def iso_date(value: datetime | None) -> str | None:
@@ -30,6 +32,9 @@ def subscription_dict(row: Any) -> dict[str, Any]:
         "disabled_reason": row.disabled_reason,
         "description": row.description,
         "ordering": row.ordering or DEFAULT_ORDERING,
+        # until when deliveries are signed with the secret the latest rotation replaced as well (a time gone by: no
+        # more); None before any rotation, or after one without a grace period
+        "previous_secret_expires_at": iso_date(row.previous_secret_until) if row.previous_secret else None,
         "created_at": iso_date(row.created_at),
         "updated_at": iso_date(row.updated_at),
     }
@@ -120,6 +125,25 @@ def set_enabled(uow: UnitOfWork, subscription_id: int, enabled: bool, now: datet
             uow.subscriptions.set_status(row, "disabled", "disabled through the API", now)
         uow.commit()
         return subscription_dict(row)
+
+
+def rotate_secret(
+    uow: UnitOfWork, subscription_id: int, now: datetime, grace: timedelta = SECRET_GRACE
+) -> dict[str, Any]:
+    """Give a subscription a new signing secret and return the subscription with it (shown this once). Until
+    `grace` has passed, every delivery (retries of earlier ones too) carries two signatures, by the new secret
+    and by the one it replaces, so the receiver may switch at its own pace; then only the new one. A second
+    rotation within the grace period retires the oldest secret at once (only two are ever used). The
+    subscription keeps its id, ordering, state, queued deliveries and their log."""
+    if not timedelta(0) <= grace <= MAX_SECRET_GRACE:
+        limit = int(MAX_SECRET_GRACE.total_seconds())
+        raise InvalidInput("grace_seconds must be between 0 and 7 days", {"grace_seconds": [f"0 to {limit}"]})
+    secret = new_secret()
+    with uow:
+        row = uow.subscriptions.get(subscription_id)
+        uow.subscriptions.rotate_secret(row, secret, now, now + grace)
+        uow.commit()
+        return {**subscription_dict(row), "secret": secret}
 
 
 def unsubscribe(uow: UnitOfWork, subscription_id: int) -> None:

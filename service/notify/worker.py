@@ -4,7 +4,13 @@ Subscribers are served side by side: the worker claims due deliveries and hands 
 of sender threads (`PLANBRIDGE_DELIVERY_CONCURRENCY`), at most one delivery in flight per subscription,
 so an endpoint that is slow, failing or gone holds one sender and delays only itself. Like the outbox
 worker, a delivery is claimed by moving its due time one lease ahead in a short transaction (SKIP
-LOCKED on PostgreSQL, where several workers may run), so no lock is held while the receiver answers.
+LOCKED on PostgreSQL, where several workers may run), so no lock is held while the receiver answers;
+and like the outbox worker, the lease is renewed every third of a lease while the attempt is under way
+(service.notify.leases), so an attempt that outlives its lease (a slow DNS answer before the POST, a
+database that is slow to record it) is never claimed by a second worker meanwhile, which would send the
+change twice at once, or let the subscription's next change overtake it. The claim's claimed_at is its
+token: an attempt is recorded only while its claim still holds the delivery (a worker that stalled past
+its lease, whose delivery another worker claimed since, leaves its outcome out).
 One plan's deliveries to one subscription go strictly in sequence order (see
 DeliveryRepository.claim_next). Every retry carries the same `webhook-id`; a receiver dedupes on it (a
 worker killed after sending but before recording sends again after the lease: at least once, never out
@@ -28,6 +34,7 @@ import urllib3
 
 from service.fhir.client import retry_after_seconds
 from service.notify import http
+from service.notify.leases import Hold, Leases
 from service.notify.ssrf import OutboundGuard, OutboundRefused
 from service.polling import PollingWorker
 from service.settings import Settings
@@ -57,9 +64,11 @@ class Claimed:
     plan_id: str
     sequence: int
     url: str
-    secret: str
+    secret: str  # the current one; with `previous_secret`, while a rotation's grace period lasts
     webhook_id: str
     payload: dict[str, Any]
+    claimed_at: datetime | None = None  # the claim's token (its lease start), None when not claimed
+    previous_secret: str | None = None  # the secret a rotation replaced, still signing (POST .../rotate-secret)
 
 
 @dataclass(frozen=True)
@@ -98,6 +107,7 @@ class DeliveryWorker(PollingWorker):
         self._pool: ThreadPoolExecutor | None = None
         self._in_flight: dict[Future[None], Claimed] = {}
         self._dispatch = threading.Lock()  # one dispatcher at a time per worker
+        self._leases = Leases(uow.engine, lambda: self.clock(), self.lease, self.poll_seconds)
 
     def _unit(self) -> UnitOfWork:
         """A unit of work of its own (a UnitOfWork holds one session: one per thread)."""
@@ -111,9 +121,10 @@ class DeliveryWorker(PollingWorker):
                 return None
             self.uow.deliveries.lease(row, now, now + self.lease)
             subscription = self.uow.subscriptions.get(row.subscription_id)
+            secret, *previous = self.uow.subscriptions.signing_secrets(subscription, now)
             claimed = Claimed(
-                row.id, row.subscription_id, row.plan_id, row.sequence, subscription.url, subscription.secret,
-                row.webhook_id, row.payload,
+                row.id, row.subscription_id, row.plan_id, row.sequence, subscription.url, secret,
+                row.webhook_id, row.payload, now, previous[0] if previous else None,
             )  # fmt: skip
             self.uow.commit()
             return claimed
@@ -126,7 +137,11 @@ class DeliveryWorker(PollingWorker):
             return Attempt(None, f"refused: {exc.detail}")
         body = json.dumps(claimed.payload, separators=(",", ":"), sort_keys=True).encode()
         # Signed with the wall clock, not the scheduling clock: receivers check the timestamp against theirs.
-        headers = sign_headers(claimed.secret, body, claimed.webhook_id, datetime.now(UTC))
+        at = datetime.now(UTC)
+        headers = sign_headers(claimed.secret, body, claimed.webhook_id, at)
+        if claimed.previous_secret:  # a rotation's grace period: both signatures, space-separated (Standard Webhooks)
+            also = sign_headers(claimed.previous_secret, body, claimed.webhook_id, at)["webhook-signature"]
+            headers["webhook-signature"] = f"{headers['webhook-signature']} {also}"
         headers.update({"Content-Type": "application/json", "User-Agent": "planbridge-notify"})
         try:
             answer = self.send(target, body, headers, self.settings.delivery_timeout)
@@ -146,16 +161,45 @@ class DeliveryWorker(PollingWorker):
             wait = min(max(wait, BACKOFF_FLOOR), RETRY_AFTER_CAP)
         return Attempt(answer.status, f"HTTP {answer.status}", wait)
 
+    def renew_leases(self) -> int:
+        """Renew the lease of every attempt in flight whose lease is a third of a lease old or more by the
+        worker's clock; return how many were renewed. The renewal thread does this by real time on its own;
+        this is for a clock moved by hand (tests)."""
+        return self._leases.renew_due(by_clock=True)
+
     def deliver(self, claimed: Claimed) -> None:
-        """Attempt one claimed delivery and record how it went (in a unit of work of its own)."""
+        """Attempt one claimed delivery, its lease renewed meanwhile, and record how it went (in a unit of
+        work of its own), only while its claim still holds the delivery."""
+        hold = self._leases.hold(claimed.delivery_id, claimed.claimed_at) if claimed.claimed_at else None
+        try:
+            self._deliver_held(claimed, hold)
+        finally:
+            if hold is not None:
+                self._leases.release(hold)
+
+    def _deliver_held(self, claimed: Claimed, hold: Hold | None) -> None:
         started = time.monotonic()
         result = self.attempt(claimed)
         elapsed_ms = int((time.monotonic() - started) * 1000)
+        if hold is not None:
+            self._leases.settle(hold)
         with self._unit() as uow:
-            row = uow.deliveries.find(claimed.delivery_id)
-            # Deleted meanwhile with its subscription; on SQLite a delivery queued since may have taken its
-            # id (rowids are reused), so the webhook id, unique for ever, tells it is still the one sent.
-            if row is None or row.webhook_id != claimed.webhook_id:
+            if claimed.claimed_at is None:  # not claimed through `_claim` (a caller's own): no token to check
+                row = uow.deliveries.find(claimed.delivery_id)
+                row = row if row is not None and row.webhook_id == claimed.webhook_id else None
+            else:
+                row = uow.deliveries.held_by(claimed.delivery_id, claimed.webhook_id, claimed.claimed_at)
+            # Deleted meanwhile with its subscription (on SQLite a delivery queued since may have taken its
+            # id: the webhook id, unique for ever, tells it is still the one sent), or claimed by another
+            # worker after this claim's lease ran out: that claim's attempt records its own outcome.
+            if row is None:
+                again = uow.deliveries.find(claimed.delivery_id) if claimed.claimed_at is not None else None
+                if again is not None and again.webhook_id == claimed.webhook_id:
+                    log.warning(
+                        "delivery %s subscription %s: its lease ran out and another worker claimed it meanwhile; "
+                        "this attempt's outcome is left out",
+                        claimed.delivery_id, claimed.subscription_id,
+                    )  # fmt: skip
                 return
             now = self.clock()
             uow.deliveries.record_attempt(row, now, result.status_code, result.error, elapsed_ms)
@@ -255,7 +299,8 @@ class DeliveryWorker(PollingWorker):
         log.info("%s stopped", self.name)
 
     def close(self) -> None:
-        """Let the sender threads go (after the attempts under way)."""
+        """Let the sender threads go (after the attempts under way), and stop renewing leases."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._leases.stop()

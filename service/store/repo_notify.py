@@ -102,6 +102,22 @@ class SubscriptionRepository:
         """Enable or disable a subscription, with the reason it was disabled."""
         row.status, row.disabled_reason, row.updated_at = status, reason, now
 
+    def rotate_secret(self, row: SubscriptionRow, secret: str, now: datetime, until: datetime) -> None:
+        """Give the subscription a new signing secret; the one it replaces signs deliveries too until `until`
+        (none when `until` is not after `now`). Only the current secret and the one before are kept: a second
+        rotation within the grace period retires the oldest at once."""
+        row.previous_secret, row.previous_secret_until = (row.secret, until) if until > now else (None, None)
+        row.secret, row.updated_at = secret, now
+
+    @staticmethod
+    def signing_secrets(row: SubscriptionRow, now: datetime) -> tuple[str, ...]:
+        """Return the secrets a delivery is signed with at `now`: the current one, then the one a rotation
+        replaced while its grace period lasts."""
+        previous = row.previous_secret
+        if previous and row.previous_secret_until is not None and now < row.previous_secret_until:
+            return (row.secret, previous)
+        return (row.secret,)
+
     def delete(self, row: SubscriptionRow) -> None:
         """Remove a subscription and its delivery log."""
         self._session.execute(sa.delete(DeliveryRow).where(DeliveryRow.subscription_id == row.id))
@@ -237,8 +253,38 @@ class DeliveryRepository:
         return row
 
     def lease(self, row: DeliveryRow, now: datetime, until: datetime) -> None:
-        """Hold a claimed delivery until `until`: it comes due again then unless its attempt is recorded first."""
+        """Hold a claimed delivery until `until`: it comes due again then unless its attempt is recorded first.
+        This starts a claim: `claimed_at`, set to `now`, is the claim's token (`renew`, `held_by`)."""
         row.claimed_at, row.next_attempt_at = now, until
+
+    def renew(self, delivery_id: int, claimed_at: datetime, until: datetime) -> bool:
+        """Move the end of the lease of the claim made at `claimed_at` (its token) to `until`, in one UPDATE,
+        only while that claim still holds the delivery; return False when the claim is lost (another worker
+        claimed the delivery after this claim's lease ran out, or its attempt is recorded, or it is gone).
+        A lease that ran out is renewed too while no one claimed the delivery since: it is still this claim's."""
+        result = self._session.execute(
+            sa.update(DeliveryRow)
+            .where(
+                DeliveryRow.id == delivery_id,
+                DeliveryRow.claimed_at == claimed_at,
+                DeliveryRow.status.in_(OPEN_DELIVERY),
+            )
+            .values(next_attempt_at=until)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount)
+
+    def held_by(self, delivery_id: int, webhook_id: str, claimed_at: datetime) -> DeliveryRow | None:
+        """Lock and return the delivery while the claim made at `claimed_at` still holds it (the attempt of that
+        claim may be recorded on it), else None: gone (deleted with its subscription; on SQLite a later
+        delivery may have taken its id, which its webhook id tells), or claimed again by another worker after
+        this claim's lease ran out."""
+        if not 0 < delivery_id <= MAX_ROW_ID:
+            return None
+        row = self._session.get(DeliveryRow, delivery_id, with_for_update=True, populate_existing=True)
+        if row is None or row.webhook_id != webhook_id or row.claimed_at != claimed_at:
+            return None
+        return row
 
     @staticmethod
     def in_flight(row: DeliveryRow, now: datetime) -> bool:

@@ -205,6 +205,9 @@ class SubscriptionRow(Base):
     # "best-effort": a dead delivery stops holding back its plan's later ones; "strict": it holds them back
     # until it is replayed or skipped.
     ordering: Mapped[str] = mapped_column(sa.String(16), default="best-effort", server_default="best-effort")
+    # The secret a rotation replaced: deliveries are signed with it too until previous_secret_until (migration 0016).
+    previous_secret: Mapped[str | None] = mapped_column(sa.String(128), nullable=True)
+    previous_secret_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class DeliveryRow(Base):

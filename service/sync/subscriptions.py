@@ -23,7 +23,12 @@ criteria never match them. For each patient with an adopted plan there are four 
 (ADOPTED_TAG): they match the adopted plan's resources, and the Goals and check-ins the EHR adds to it
 later. They carry the same secrets (per resource type and generation) as the others. Adopting creates
 them (`follow_adopted`), adopting again finds them by tag and criteria, and `planbridge subscribe`
-(`--rotate`) writes them with the others.
+(`--rotate`) writes them with the others. A plan can stop being adopted (the EHR moves its CarePlan to
+another patient, as a merge of patient records does, and a pull records the new subject; or the server
+lost the CarePlan and `planbridge sync repair` wrote the plan again under planbridge's identifiers), so
+`planbridge subscribe` also deletes the tagged Subscriptions of every patient no adopted plan names any
+more (`retire_unadopted`): nothing else would, and the server would notify planbridge of that patient's
+changes for ever.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -40,6 +45,7 @@ from typing import Any
 from mappings import codes
 from service.domain.errors import ConfigurationError, PlanbridgeError
 from service.fhir.client import FhirClient
+from service.fhir.errors import FhirNotFound
 from service.settings import Settings
 from service.sync.adopt import adopted_patients
 
@@ -196,14 +202,64 @@ def desired(settings: Settings, generation: int = 0, patients: Iterable[str] = (
 
 
 def subscribe(
-    client: FhirClient, settings: Settings, generation: int = 0, patients: Iterable[str] = ()
+    client: FhirClient,
+    settings: Settings,
+    generation: int = 0,
+    patients: Iterable[str] = (),
+    *,
+    still_adopted: Callable[[], Iterable[str]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Create each Subscription (those of `patients` too: server ids of patients with adopted plans), or
-    update the one planbridge made before, carrying the secrets of `generation` (current_generation());
-    return what the server holds. Planbridge's Subscriptions are read once, whatever their number."""
+    """Create each Subscription (those of `patients` too: the server ids of **every** patient with adopted
+    plans, adopted_patient_ids()), or update the one planbridge made before, carrying the secrets of
+    `generation` (current_generation()); then delete those watching a patient not among `patients`
+    (retire_unadopted; `still_adopted`, when given, is asked again first). Return what the server holds
+    (the Subscriptions written). Planbridge's Subscriptions are read once, whatever their number."""
+    patients = sorted(set(patients))
     wanted = desired(settings, generation, patients)
-    held = _by_criteria(_ours(client, settings))
-    return [_write(client, subscription, held.get(subscription["criteria"])) for subscription in wanted]
+    found = _ours(client, settings)
+    held = _by_criteria(found)
+    written = [_write(client, subscription, held.get(subscription["criteria"])) for subscription in wanted]
+    retire_unadopted(client, found, patients, still_adopted)
+    return written
+
+
+def retire_unadopted(
+    client: FhirClient,
+    found: list[dict[str, Any]],
+    patients: Iterable[str],
+    still_adopted: Callable[[], Iterable[str]] | None = None,
+) -> list[str]:
+    """Delete the Subscriptions among `found` (planbridge's, as read from the server) that watch a patient
+    not among `patients` (the server ids of the patients with adopted plans); return their references.
+
+    `still_adopted` (e.g. adopted_patient_ids on the database) is asked once more before anything is
+    deleted, when there is something to delete: an adoption that committed after `patients` was read, and
+    wrote its Subscriptions before `found` was, keeps them. A Subscription the server will not delete is set
+    `off` instead (R4: the server stops notifying); one that is already gone is no matter. Logged by ids only.
+    """
+    keep = set(patients)
+    retired = [(s, p) for s in found if (p := patient_of(s)) is not None and p.split("/", 1)[1] not in keep]
+    if retired and still_adopted is not None:
+        keep |= set(still_adopted())
+        retired = [(s, p) for s, p in retired if p.split("/", 1)[1] not in keep]
+    done = []
+    for subscription, patient in retired:
+        ref = f"Subscription/{subscription.get('id')}"
+        try:
+            client.request("DELETE", ref)
+            how = "deleted"
+        except FhirNotFound:  # gone already (410 too)
+            continue
+        except PlanbridgeError:
+            try:
+                client.request("PUT", ref, json={**subscription, "status": "off"})
+                how = "set off"
+            except PlanbridgeError as again:
+                log.warning("%s (%s): no adopted plan needs it, but it was not deleted: %s", ref, patient, again.code)
+                continue
+        log.info("%s (%s): no adopted plan needs it any more; %s", ref, patient, how)
+        done.append(ref)
+    return done
 
 
 def adopted_patient_ids(uow: Any) -> list[str]:

@@ -503,6 +503,14 @@ def test_the_openapi_document_lists_every_answer_the_subscription_routes_give(ap
         ("GET", "/subscriptions/{subscription_id}/deliveries", "/subscriptions/999999/deliveries", None),
         ("POST", "/deliveries/{delivery_id}/replay", f"/deliveries/{d}/replay", None),  # pending: 422
         ("POST", "/deliveries/{delivery_id}/skip", "/deliveries/999999/skip", None),
+        ("POST", "/subscriptions/{subscription_id}/rotate-secret", f"/subscriptions/{s}/rotate-secret", None),
+        (
+            "POST",
+            "/subscriptions/{subscription_id}/rotate-secret",
+            f"/subscriptions/{s}/rotate-secret",
+            {"grace_seconds": -1},
+        ),
+        ("POST", "/subscriptions/{subscription_id}/rotate-secret", "/subscriptions/999999/rotate-secret", None),
         ("POST", "/subscriptions/{subscription_id}/disable", f"/subscriptions/{s}/disable", None),
         ("DELETE", "/subscriptions/{subscription_id}", f"/subscriptions/{s}", None),
         ("POST", "/subscriptions/{subscription_id}/enable", f"/subscriptions/{s}/enable", None),  # gone: 404

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
+from datetime import timedelta
 
 import pytest
 import requests
 from openapi_spec_validator import validate as validate_openapi
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from werkzeug.serving import make_server
 
 from service.api.app import create_app
@@ -186,6 +188,8 @@ def test_the_openapi_document_lists_the_subscription_routes(api):
     } <= set(document["paths"])
     assert set(document["paths"]["/subscriptions/{subscription_id}"]) == {"get", "patch", "delete"}
     assert "/deliveries/{delivery_id}/skip" in document["paths"]
+    rotate = document["paths"]["/subscriptions/{subscription_id}/rotate-secret"]["post"]
+    assert {"200", "400", "401", "404"} <= set(rotate["responses"])
 
 
 def test_the_notifications_commands_list_show_replay_and_work(database, receiver, monkeypatch):
@@ -273,3 +277,136 @@ def test_the_ordering_is_chosen_at_subscription_changed_later_and_a_dead_deliver
         assert api.call("PATCH", "/subscriptions/999999", {"ordering": "strict"}).status_code == 404
     finally:
         api.server.shutdown()
+
+
+@pytest.fixture
+def receivers():
+    """Receivers answering 200, started on demand; all stopped after the test."""
+    started: list[Receiver] = []
+
+    def start() -> Receiver:
+        started.append(Receiver())
+        return started[-1]
+
+    yield start
+    for endpoint in started:
+        endpoint.stop()
+
+
+def signatures(received: tuple[dict[str, str], bytes]) -> list[str]:
+    return received[0]["webhook-signature"].split(" ")
+
+
+def verifies(secret: str, received: tuple[dict[str, str], bytes]) -> bool:
+    headers, body = received
+    try:
+        Webhook(secret).verify(body, headers)
+    except WebhookVerificationError:
+        return False
+    return True
+
+
+def test_a_subscription_rotates_its_secret_and_signs_with_both_through_the_grace_period(api, receivers):
+    """Before, the only way to a new secret was deleting the subscription (its id, delivery log, queued deliveries
+    and ordering with it) and subscribing again."""
+    receiver = receivers()
+    sub = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["*"], "ordering": "strict"}).json()
+    old = sub["secret"]
+    assert sub["previous_secret_expires_at"] is None
+    api.change("plan-a", 1)
+    assert api.worker.run_until_idle() == 1
+    assert signatures(receiver.received[0]) and len(signatures(receiver.received[0])) == 1
+
+    api.change("plan-a", 2)  # queued before the rotation, sent after it
+    rotated = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret", {"grace_seconds": 3600})
+    assert rotated.status_code == 200
+    new = rotated.json()["secret"]
+    assert new.startswith("whsec_") and new != old
+    until = (api.clock.now + timedelta(hours=1)).isoformat()
+    assert {k: v for k, v in rotated.json().items() if k not in ("secret", "updated_at")} == {
+        **{k: v for k, v in sub.items() if k not in ("secret", "updated_at")},
+        "previous_secret_expires_at": until,
+    }
+    shown = api.call("GET", f"/subscriptions/{sub['id']}").json()
+    assert "secret" not in shown and shown["previous_secret_expires_at"] == until
+    assert api.worker.run_until_idle() == 1
+    during = receiver.received[1]
+    assert len(signatures(during)) == 2  # the new secret's first, then the replaced one's
+    assert verifies(new, during) and verifies(old, during)
+
+    api.clock.now += timedelta(hours=1)  # the grace period is over: the old secret signs nothing more
+    api.change("plan-a", 3)
+    assert api.worker.run_until_idle() == 1
+    after = receiver.received[2]
+    assert len(signatures(after)) == 1 and verifies(new, after) and not verifies(old, after)
+    assert api.call("GET", f"/subscriptions/{sub['id']}").json()["previous_secret_expires_at"] == until  # gone by
+    log = api.call("GET", f"/subscriptions/{sub['id']}/deliveries").json()
+    assert [(d["sequence"], d["status"]) for d in log] == [(1, "delivered"), (2, "delivered"), (3, "delivered")]
+
+
+def test_a_second_rotation_within_the_grace_period_retires_the_oldest_secret_at_once(api, receivers):
+    receiver = receivers()
+    sub = api.call("POST", "/subscriptions", {"url": receiver.url, "event_types": ["*"]}).json()
+    first = sub["secret"]
+    second = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret").json()["secret"]  # default: 24 h
+    assert (
+        api.call("GET", f"/subscriptions/{sub['id']}").json()["previous_secret_expires_at"]
+        == (api.clock.now + timedelta(hours=24)).isoformat()
+    )
+    third = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret").json()["secret"]
+    api.change("plan-a", 1)
+    assert api.worker.run_until_idle() == 1
+    (sent,) = receiver.received
+    assert len(signatures(sent)) == 2 and verifies(third, sent) and verifies(second, sent)
+    assert not verifies(first, sent)
+    none = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret", {"grace_seconds": 0}).json()
+    assert none["previous_secret_expires_at"] is None  # no grace: the replaced secret stops at once
+    api.change("plan-a", 2)
+    assert api.worker.run_until_idle() == 1
+    assert len(signatures(receiver.received[1])) == 1 and verifies(none["secret"], receiver.received[1])
+
+
+def test_rotating_a_secret_needs_an_api_key(api):
+    # (a test of its own: the auth throttle answers 429 after as many refusals as the other routes make)
+    sub = api.call("POST", "/subscriptions", {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}).json()
+    refused = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret", key=None)
+    assert refused.status_code == 401 and refused.json()["type"] == "urn:planbridge:problem:unauthorized"
+    assert api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret", key=KEY[:-1] + "X").status_code == 401
+    assert api.call("GET", f"/subscriptions/{sub['id']}").json() == {k: v for k, v in sub.items() if k != "secret"}
+
+
+@pytest.mark.parametrize("body", [{"grace_seconds": -1}, {"grace_seconds": 604801}, {"grace_seconds": "60"},
+                                  {"grace_seconds": 1.5}, {"grace": 60}, ["x"]])  # fmt: skip
+def test_a_rotation_with_a_bad_grace_period_is_refused_and_changes_nothing(api, body):
+    sub = api.call("POST", "/subscriptions", {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}).json()
+    refused = api.call("POST", f"/subscriptions/{sub['id']}/rotate-secret", body)
+    assert refused.status_code == 400 and refused.json()["type"] == "urn:planbridge:problem:invalid-input"
+    assert api.call("GET", f"/subscriptions/{sub['id']}").json() == {k: v for k, v in sub.items() if k != "secret"}
+    assert api.call("POST", "/subscriptions/999999/rotate-secret").status_code == 404
+
+
+def test_the_rotate_secret_command_acts_as_the_api_does(database, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from service.cli_notify import notifications
+
+    engine, url = database
+    monkeypatch.setenv("DATABASE_URL", url)
+    api = Api(engine)
+    try:
+        sub = api.call("POST", "/subscriptions", {"url": "http://127.0.0.1:9/hook", "event_types": ["*"]}).json()
+    finally:
+        api.server.shutdown()
+    runner = CliRunner()
+    rotated = runner.invoke(notifications, ["rotate-secret", str(sub["id"]), "--grace-seconds", "60"])
+    assert rotated.exit_code == 0, rotated.output
+    answer = json.loads(rotated.output)
+    assert answer["id"] == sub["id"] and answer["secret"].startswith("whsec_") and answer["secret"] != sub["secret"]
+    assert answer["previous_secret_expires_at"] is not None
+    assert runner.invoke(notifications, ["rotate-secret", "999999"]).exit_code == 1
+    assert runner.invoke(notifications, ["rotate-secret", str(sub["id"]), "--grace-seconds", "-1"]).exit_code == 2
+    with UnitOfWork(engine) as uow:
+        row = uow.subscriptions.get(sub["id"])
+        assert (row.secret, row.previous_secret) == (answer["secret"], sub["secret"])

@@ -9,7 +9,8 @@ Each example is a fresh world (the database emptied, a moved-by-hand clock). The
   plan.reviewed), numbered the way production numbers them (read back from `GET /plans/{id}/history`);
 - subscriptions created (some event types or `["*"]`, `strict` or `best-effort` ordering), disabled,
   enabled again and deleted through the use cases the API and the CLI call (`service.notify.subscriptions`);
-  dead or failed deliveries replayed or skipped the same way;
+  dead or failed deliveries replayed or skipped the same way; a subscription's secret rotated
+  (`rotate_secret`, with a grace period of 0, 60 or 3600 s);
 - the endpoint's answer changed per subscription: 200, 204, 200 slowly, 400, 410, 500, 429/503 with a
   `Retry-After` (0 or 90 s), or 200 after the worker's timeout (the answer is lost);
 - the delivery worker: one delivery (`process_one`), everything due (`run_until_idle`), or a worker killed
@@ -32,8 +33,9 @@ After every step (`check`):
 3. a change is queued for exactly the subscriptions that were active and wanted its type when it was
    made (none created after it, none disabled or deleted); nothing is sent to a subscription that is
    disabled or deleted, or after it answered 410;
-4. every request is signed (Standard Webhooks) with its subscription's secret, the only secret a team
-   subscription has (it has no rotation: `PATCH /subscriptions/{id}` may not change it);
+4. every request is signed (Standard Webhooks) with its subscription's current secret and, while the grace
+   period of its latest rotation lasts (by the clock when the request comes), with the secret that rotation
+   replaced: exactly those signatures, so no secret rotated out earlier, or past its grace period, signs;
 5. backoff, not a retry storm: no attempt before the delivery's next attempt time, at most one attempt per
    delivery per worker step, every retry at least BACKOFF_FLOOR later, within the exponential ceiling for
    its attempt number, or exactly as long as the endpoint's `Retry-After` asked (capped);
@@ -61,8 +63,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -160,6 +163,8 @@ class Endpoint:
         self.lock = threading.Lock()
         self.modes: dict[str, str] = {}
         self.secrets: dict[str, str] = {}
+        self.previous: dict[str, tuple[str, datetime]] = {}  # the secret a rotation replaced, and its grace's end
+        self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # the model's (set by each example)
         self.subscriptions: dict[str, int] = {}
         self.arrivals: list[Arrival] = []
         endpoint = self
@@ -190,6 +195,19 @@ class Endpoint:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
+    def rotated(self, token: str, secret: str, previous_until: datetime | None) -> None:
+        """The subscription's secret was rotated: the one replaced signs too until `previous_until` (None: no more)."""
+        if previous_until is None:
+            self.previous.pop(token, None)
+        else:
+            self.previous[token] = (self.secrets[token], previous_until)
+        self.secrets[token] = secret
+
+    def signers(self, token: str) -> list[str]:
+        """The secrets whose signatures a request to this subscription must carry now, and no other."""
+        previous = self.previous.get(token)
+        return [self.secrets[token], *([previous[0]] if previous and self.clock() < previous[1] else [])]
+
     def url(self, token: str) -> str:
         return f"http://127.0.0.1:{self.server.server_port}/hooks/{token}"
 
@@ -200,7 +218,12 @@ class Endpoint:
             -1, token, headers.get("webhook-id", ""), body, None, status, extra.get("Retry-After"), None, []
         )
         try:
-            Webhook(self.secrets[token]).verify(body, headers)
+            signers = self.signers(token)
+            for secret in signers:
+                Webhook(secret).verify(body, headers)
+            count = len(headers.get("webhook-signature", "").split(" "))
+            if count != len(signers):
+                raise AssertionError(f"{count} signatures, where {len(signers)} secret(s) sign now")
         except Exception as exc:
             arrival.signed = f"{type(exc).__name__}: {exc}"
         try:
@@ -343,6 +366,7 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
                     conn.execute(table.delete())
             self.clock = Clock()
             app.extensions["planbridge"].clock = self.clock
+            endpoint.clock = self.clock
             self.worker = DeliveryWorker(UnitOfWork(engine), config, self.clock, guard, send=self.sending)
             self.plans: list[PlanModel] = []
             self.changes: dict[tuple[str, int], Change] = {}
@@ -537,6 +561,17 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
         def subscribe(self, types: int, ordering: int) -> None:
             self.begin("subscribe")
             self._subscribe(types, ordering)
+            self.check()
+
+        @rule(i=pick, grace=st.sampled_from([0, 60, 3600]))
+        def rotate_secret(self, i: int, grace: int) -> None:
+            self.begin("rotate_secret")
+            sub = self.sub(i)
+            if sub is not None:
+                made = use.rotate_secret(UnitOfWork(engine), sub.id, self.clock(), timedelta(seconds=grace))
+                endpoint.rotated(sub.token, made["secret"], self.clock() + timedelta(seconds=grace) if grace else None)
+                sub.secret = made["secret"]
+                self.note(f"rotate subscription {sub.id}'s secret, the replaced one signing {grace} s more")
             self.check()
 
         @rule(i=pick, mode=st.sampled_from(MODES))
