@@ -216,11 +216,18 @@ def handle_event(
     """Apply the event once; answer 202 only after the plan change, event and outbox entry are committed."""
     names = names or FhirNames()
     draft = _draft(engine, command, clock, names)
+    tries = 0
 
     def work(uow: UnitOfWork) -> Outcome:
-        replay = _replay(uow, envelope)
-        if replay is not None:
-            return replay
+        nonlocal tries
+        tries += 1
+        # The first try takes the webhook id for new, as nearly every one is, and reads no answer: a used one
+        # makes recording the event fail (IntegrityError on its key, which undoes the try), and every later
+        # try looks for the recorded answer first, to replay it (or refuse a reused id).
+        if tries > 1:
+            replay = _replay(uow, envelope)
+            if replay is not None:
+                return replay
         drafted = draft is not None and uow.plans.still(command.plan_id, draft.committed)
         now = draft.now if drafted and draft is not None else clock()
         try:

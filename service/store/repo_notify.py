@@ -61,11 +61,16 @@ class SubscriptionRepository:
 
     def __init__(self, session: Session) -> None:
         self._session = session
+        # The active subscriptions as this transaction read them, for `wanting`: every change of a group commit
+        # asks (service.store.committer), and none of them changes a subscription. Forgotten by every change
+        # made here, and with the transaction it was read in.
+        self._active: tuple[Any, list[tuple[int, list[str]]]] | None = None
 
     def add(
         self, url: str, event_types: list[str], secret: str, description: str | None, now: datetime
     ) -> SubscriptionRow:
         """Register an active subscription and return it with its id."""
+        self._active = None
         row = SubscriptionRow(
             url=url,
             event_types=event_types,
@@ -95,17 +100,22 @@ class SubscriptionRepository:
 
     def wanting(self, event_type: str) -> list[int]:
         """Return the ids of active subscriptions that want this event type (a list naming it, or ["*"])."""
-        rows = _ACTIVE_SUBSCRIPTIONS.all(self._session, {"status": "active"})
-        return [sub_id for sub_id, types in rows if "*" in types or event_type in types]
+        transaction = self._session.get_transaction()
+        if self._active is None or transaction is None or self._active[0] is not transaction:
+            rows = _ACTIVE_SUBSCRIPTIONS.all(self._session, {"status": "active"})
+            self._active = (self._session.get_transaction(), rows)
+        return [sub_id for sub_id, types in self._active[1] if "*" in types or event_type in types]
 
     def set_status(self, row: SubscriptionRow, status: str, reason: str | None, now: datetime) -> None:
         """Enable or disable a subscription, with the reason it was disabled."""
+        self._active = None
         row.status, row.disabled_reason, row.updated_at = status, reason, now
 
     def rotate_secret(self, row: SubscriptionRow, secret: str, now: datetime, until: datetime) -> None:
         """Give the subscription a new signing secret; the one it replaces signs deliveries too until `until`
         (none when `until` is not after `now`). Only the current secret and the one before are kept: a second
         rotation within the grace period retires the oldest at once."""
+        self._active = None
         row.previous_secret, row.previous_secret_until = (row.secret, until) if until > now else (None, None)
         row.secret, row.updated_at = secret, now
 
@@ -120,6 +130,7 @@ class SubscriptionRepository:
 
     def delete(self, row: SubscriptionRow) -> None:
         """Remove a subscription and its delivery log."""
+        self._active = None
         self._session.execute(sa.delete(DeliveryRow).where(DeliveryRow.subscription_id == row.id))
         self._session.delete(row)
         self._session.flush()
