@@ -3,14 +3,19 @@
 Counts that must agree across gunicorn workers are read from the database at scrape time (events by
 type and answer, outbox depth, conflicts, plans by sync state, sync lag); request counts and
 latencies are per worker process, labelled with its pid.
+
+Received events are never deleted, so the event counts are kept per process and each scrape reads only the
+events its last one could not see (`EventCounts`): a scrape's cost follows what arrived since, not the table.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +32,6 @@ from service.store.committer import committer_for
 from service.store.tables import (
     ConflictRow,
     DeliveryRow,
-    InboundEventRow,
     OutboxRow,
     PlanRow,
     SubscriptionRow,
@@ -46,11 +50,133 @@ def _age(instant: datetime | str | None) -> float:
     return max(0.0, time.time() - (instant if instant.tzinfo else instant.replace(tzinfo=UTC)).timestamp())
 
 
-class StoreCollector(Collector):
-    """Reads the durable counts from the database on every scrape."""
+EventKey = tuple[str, str, int]  # sender, event type, HTTP answer
+
+
+@dataclass(frozen=True)
+class _Seen:
+    """Which events a process's counts hold. SQLite: every row up to rowid `top` (and the key of that row, to
+    notice a database file replaced under the process). PostgreSQL: every row a snapshot saw, told by that
+    snapshot's `xmax` and running transactions `xip` (the rows it did not see are exactly those)."""
+
+    top: int = 0
+    key: tuple[str, str] | None = None
+    xmax: int = 0
+    xip: tuple[int, ...] = ()
+
+
+# SQLite: one read transaction per this many rowids, so a first count of a large table never holds one reader
+# (and so the WAL checkpoint) for long.
+SQLITE_CHUNK = 50_000
+_SQLITE_TOP = "SELECT max(rowid) FROM inbound_events"
+_SQLITE_KEY = "SELECT sender, webhook_id FROM inbound_events WHERE rowid = ?"
+_SQLITE_RANGE = (
+    "SELECT sender, event_type, response_status, count(*) FROM inbound_events"
+    " WHERE rowid > ? AND rowid <= ? GROUP BY sender, event_type, response_status"
+)
+_PG_COUNT = "SELECT sender, event_type, response_status, count(*) FROM inbound_events"
+_PG_ALL = sa.text(f"{_PG_COUNT} GROUP BY 1, 2, 3")
+# The values are written into the statement (literal_execute), not sent as parameters: the plan is made for
+# them, never a generic one that may not take the index (psycopg prepares a statement run five times).
+_PG_LATER = sa.text(f"{_PG_COUNT} WHERE intake_xid >= :xmax GROUP BY 1, 2, 3").bindparams(
+    sa.bindparam("xmax", type_=sa.BigInteger, literal_execute=True)
+)
+_PG_UNSEEN = sa.text(f"{_PG_COUNT} WHERE intake_xid >= :xmax OR intake_xid IN :xip GROUP BY 1, 2, 3").bindparams(
+    sa.bindparam("xmax", type_=sa.BigInteger, literal_execute=True),
+    sa.bindparam("xip", type_=sa.BigInteger, expanding=True, literal_execute=True),
+)
+
+
+class EventCounts:
+    """Received team events by sender, type and answer, exact at each scrape, counted once per row per process.
+
+    Events are only ever inserted (never updated nor deleted: they are the idempotency keys), so the counts a
+    scrape returned stay true and the next adds only the rows that scrape could not see:
+    - SQLite: writers take turns, so a row committed after a read has a rowid above the highest that read saw
+      (`max(rowid)`, which no later row goes under: no row is ever deleted). The new rows are a rowid range,
+      read in autocommit reads of their own (deferred: they take no writer lock and never wait for the intake).
+    - PostgreSQL: transactions commit in any order, so each row records the id of the transaction that inserted
+      it (`intake_xid`, migration 0017). The rows a snapshot did not see are those whose transaction was running
+      when it was taken (its xip list) or began later (ids from its xmax on); the next scrape reads just those,
+      in one REPEATABLE READ snapshot, through the column's index.
+    The first scrape of a process counts every row once. Concurrent scrapes each return exact counts for their
+    own snapshot; the one that read from the current state keeps its result.
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._lock = threading.Lock()
+        self._seen: _Seen | None = None
+        self._counts: dict[EventKey, int] = {}
+
+    def read(self) -> dict[EventKey, int]:
+        """Return the counts of every event received up to now (one snapshot's worth)."""
+        with self._lock:
+            seen, counts = self._seen, dict(self._counts)
+        if self.engine.dialect.name == "sqlite":
+            new_seen = self._advance_sqlite(seen, counts)
+        else:
+            new_seen = self._advance_postgres(seen, counts)
+        with self._lock:
+            if self._seen == seen:
+                self._seen, self._counts = new_seen, dict(counts)
+        return counts
+
+    def _advance_sqlite(self, seen: _Seen | None, counts: dict[EventKey, int]) -> _Seen:
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            top = cursor.execute(_SQLITE_TOP).fetchone()[0] or 0
+            if seen is not None and (
+                seen.top > top or (seen.top and _key(cursor.execute(_SQLITE_KEY, (seen.top,)).fetchone()) != seen.key)
+            ):  # not the rows counted before (a database file restored or rebuilt): count afresh
+                seen = None
+                counts.clear()
+            done = seen.top if seen is not None else 0
+            while done < top:
+                upto = min(top, done + SQLITE_CHUNK)
+                for sender, event_type, status, n in cursor.execute(_SQLITE_RANGE, (done, upto)).fetchall():
+                    _add(counts, (sender, event_type, int(status)), n)
+                done = upto
+            key = _key(cursor.execute(_SQLITE_KEY, (top,)).fetchone()) if top else None
+            return _Seen(top=top, key=key)
+        finally:
+            raw.close()
+
+    def _advance_postgres(self, seen: _Seen | None, counts: dict[EventKey, int]) -> _Seen:
+        with self.engine.connect().execution_options(isolation_level="REPEATABLE READ") as conn:
+            # The first statement of a REPEATABLE READ transaction takes its snapshot: the one returned here.
+            _xmin, xmax, xip = conn.scalar(sa.text("SELECT pg_current_snapshot()::text")).split(":")
+            now = _Seen(xmax=int(xmax), xip=tuple(int(x) for x in xip.split(",") if x))
+            if seen is None or now.xmax < seen.xmax:  # first scrape, or another cluster: count afresh
+                counts.clear()
+                query, seen = _PG_ALL, None
+            else:
+                query = _PG_UNSEEN if seen.xip else _PG_LATER
+                # Never a scan of the table: without statistics (a table not yet analysed) the planner takes
+                # the few new rows for a third of the table and would read it all.
+                conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            params = {"xmax": seen.xmax, "xip": list(seen.xip)} if seen is not None else {}
+            for sender, event_type, status, n in conn.execute(query, params):
+                _add(counts, (sender, event_type, int(status)), n)
+            conn.rollback()
+        return now
+
+
+def _key(row: Any) -> tuple[str, str] | None:
+    return (row[0], row[1]) if row is not None else None
+
+
+def _add(counts: dict[EventKey, int], key: EventKey, n: int) -> None:
+    counts[key] = counts.get(key, 0) + int(n)
+
+
+class StoreCollector(Collector):
+    """Reads the durable counts from the database on every scrape (the event counts incrementally)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.events = EventCounts(engine)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         """Yield one family per durable count."""
@@ -74,21 +200,16 @@ class StoreCollector(Collector):
             "Team events received, by sender and HTTP answer",
             labels=["sender", "status"],
         )
+        counts: dict[tuple[str, str], int] = {}
+        senders: dict[tuple[str, str], int] = {}
+        for (sender, event_type, status), n in self.events.read().items():  # both families from one count
+            counts[(event_type, str(status))] = counts.get((event_type, str(status)), 0) + n
+            senders[(sender, str(status))] = senders.get((sender, str(status)), 0) + n
+        for labels, n in sorted(counts.items()):
+            events.add_metric(list(labels), n)
+        for labels, n in sorted(senders.items()):
+            by_sender.add_metric(list(labels), n)
         with self.engine.connect() as conn:
-            counts: dict[tuple[str, str], int] = {}
-            senders: dict[tuple[str, str], int] = {}
-            row = InboundEventRow
-            for sender, event_type, status, n in conn.execute(
-                sa.select(row.sender, row.event_type, row.response_status, sa.func.count()).group_by(
-                    row.sender, row.event_type, row.response_status
-                )
-            ):  # one scan of the events for both families
-                counts[(event_type, str(status))] = counts.get((event_type, str(status)), 0) + n
-                senders[(sender, str(status))] = senders.get((sender, str(status)), 0) + n
-            for labels, n in sorted(counts.items()):
-                events.add_metric(list(labels), n)
-            for labels, n in sorted(senders.items()):
-                by_sender.add_metric(list(labels), n)
             for status, n in conn.execute(sa.select(OutboxRow.status, sa.func.count()).group_by(OutboxRow.status)):
                 outbox.add_metric([status], n)
             conflicts.add_metric(
