@@ -7,6 +7,9 @@ people are created only when absent (`ifNoneExist`), the rest is a conditional u
 
 from __future__ import annotations
 
+import json
+import re
+import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -26,7 +29,17 @@ from mappings.datatypes import Json
 from mappings.goal import goal_fits, goal_from_fhir, goal_to_fhir
 from mappings.notes import note_from_fhir, note_is_modelled
 from mappings.outcome import rating_to_fhir
-from mappings.refs import CONTAINED, IMPLIED, Refs, Resolver, contained_id, member_identifier, refs_for_bundle, urn_for
+from mappings.refs import (
+    CONTAINED,
+    IMPLIED,
+    REFERENCE,
+    Refs,
+    Resolver,
+    contained_id,
+    member_identifier,
+    refs_for_bundle,
+    urn_for,
+)
 from service.domain.errors import MappingError
 from service.domain.model import Goal, Member, Patient, Plan
 
@@ -124,6 +137,8 @@ def plan_to_bundle(plan: Plan, identifier_base: str, mrn_system: str, patient_re
     refs = refs_for_bundle(plan, identifier_base, patient_ref)
     for member in plan.team:
         if member.kind != "patient" and not member.fhir_reference:
+            if any(e["fullUrl"] == refs.members[member.id] for e in entries):
+                continue  # two members with one identifier are one person on the server: created once
             system, value = member_identifier(plan.id, member, identifier_base)
             entries.append(_create(refs.members[member.id], person_resource(plan, member, refs), system, value))
     entries += [_put(url, resource, system, value) for url, resource, system, value in plan_resources(plan, refs)]
@@ -183,12 +198,26 @@ def _mrn_identifier(idents: list[Any], mrn_system: str) -> Json | None:
     return (ours or typed or usable or [None])[0]
 
 
+_LITERAL_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
+
+
+def _literal_type(reference: Any) -> str | None:
+    """Return the resource type a literal reference (`Group/1`, `[base]/Patient/2`) names; None for others."""
+    if not isinstance(reference, str) or reference.startswith(("urn:", "#")):
+        return None
+    found = _LITERAL_TYPE.search(reference.split("?", 1)[0]) if "?" not in reference else None
+    return found.group(1) if found else None
+
+
 def _patient(subject: Json, index: dict[str, Json], mrn_system: str, ehr_authored: bool = False) -> Patient:
     """Return the plan's patient: the MRN's system and value as the EHR has them, and the EHR's literal
     reference to the Patient when the plan is the EHR's own (its id is `careplan-{CarePlan.id}`) or the
     input does not carry the Patient's MRN (a Patient referenced but not included)."""
     reference = subject.get("reference")
     resource = index.get(reference or "")
+    named = dt.resource_type(resource) or subject.get("type") or _literal_type(reference)
+    if named is not None and named != "Patient":  # a Group, or the CarePlan itself: its identifier is no MRN
+        raise MappingError("a plan is about one Patient", errors={"CarePlan.subject": f"a {named}, not a Patient"})
     idents = (resource or {}).get("identifier") or ([subject["identifier"]] if "identifier" in subject else [])
     mrn = _mrn_identifier(idents, mrn_system)
     literal = reference if isinstance(reference, str) and not reference.startswith(("urn:", "#")) else None
@@ -214,17 +243,55 @@ def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
         raise MappingError(
             f"a plan Bundle holds exactly one CarePlan, not {len(careplans)}", errors={"Bundle.entry": "CarePlan"}
         )
-    return careplan_from_fhir(careplans[0], index_entries(entries), identifier_base, mrn_system)
+    (full_url,) = [e.get("fullUrl") for e in entries if dt.resource_type(e.get("resource")) == "CarePlan"]
+    aliases = _fullurl_aliases(entries)
+    if aliases:
+        entries = dt.retarget(entries, aliases)
+        careplans = [e["resource"] for e in entries if dt.resource_type(e.get("resource")) == "CarePlan"]
+    index = index_entries(entries)
+    return careplan_from_fhir(careplans[0], index, identifier_base, mrn_system, _unnamed_id(careplans[0], full_url))
 
 
-def careplan_from_fhir(resource: Json, index: dict[str, Json], base: str, mrn_system: str) -> Plan:
-    """Return the plan for a CarePlan, reading its team, goals and check-ins from `index`."""
+def _unnamed_id(careplan: Json, full_url: Any) -> str:
+    """Return the plan id for a CarePlan with neither planbridge's identifier nor an id (a transaction's
+    new CarePlan): its `urn:uuid:` fullUrl's UUID, else a UUID of its content. The same input gives the same
+    plan; two CarePlans never share one id (`careplan-new` for all made `plans import` take one for another)."""
+    if isinstance(full_url, str) and full_url.lower().startswith("urn:uuid:"):
+        return f"careplan-{full_url[9:].lower()}"
+    return f"careplan-{uuid.uuid5(uuid.NAMESPACE_URL, json.dumps(careplan, sort_keys=True, ensure_ascii=False))}"
+
+
+REEMITTED = ("CarePlan", "CareTeam", "Goal", "Observation")  # what a plan's Bundle writes again under new fullUrls
+
+
+def _fullurl_aliases(entries: list[Json]) -> dict[str, str]:
+    """Map the fullUrls (`urn:uuid:`, absolute) of the resources a plan's Bundle writes again to their `Type/id`.
+
+    References kept as they came follow those resources to their new fullUrls by `Type/id` (`retarget`); one
+    by fullUrl (a transaction's `urn:uuid:` placeholder) would otherwise be left naming nothing in the new Bundle.
+    """
+    aliases: dict[str, str] = {}
+    for entry in entries:
+        resource, full_url = entry.get("resource"), entry.get("fullUrl")
+        rtype = dt.resource_type(resource)
+        if rtype in REEMITTED and isinstance(full_url, str) and isinstance(resource.get("id"), str):
+            literal = f"{rtype}/{resource['id']}"
+            if full_url != literal:
+                aliases[full_url] = literal
+    return aliases
+
+
+def careplan_from_fhir(
+    resource: Json, index: dict[str, Json], base: str, mrn_system: str, unnamed_id: str = "careplan-new"
+) -> Plan:
+    """Return the plan for a CarePlan, reading its team, goals and check-ins from `index`; `unnamed_id` is the
+    plan's id when the CarePlan has neither planbridge's identifier nor an id."""
     subject = resource.get("subject", {})
     contained = {f"#{c['id']}": c for c in resource.get("contained", []) if dt.resource_type(c) and c.get("id")}
     resolver = Resolver({**index, **contained} if contained else index, subject.get("reference"), base)
     ours = codes.identifier_system(base, "plan")
     plan_ids = [i for i in resource.get("identifier", []) if i.get("system") == ours and i.get("value")]
-    plan_id = plan_ids[0]["value"] if plan_ids else f"careplan-{resource.get('id', 'new')}"
+    plan_id = plan_ids[0]["value"] if plan_ids else f"careplan-{resource['id']}" if "id" in resource else unnamed_id
     ehr_authored = plan_id == f"careplan-{resource.get('id')}"
     plan = Plan(id=plan_id, patient=_patient(subject, index, mrn_system, ehr_authored))
     extra = dt.residual(resource, CAREPLAN_KEYS, CAREPLAN_EXTENSIONS)
@@ -264,8 +331,9 @@ def _patient_on_team(plan: Plan) -> None:
 def _read_team(plan: Plan, resource: Json, resolver: Resolver, extra: Json, base: str) -> None:
     teams = resource.get("careTeam", [])
     team = resolver.lookup(teams[0].get("reference")) if teams else None
-    if team is not None and set(teams[0]) == {"reference"} and team.get("resourceType") == "CareTeam":
+    if team is not None and team.get("resourceType") == "CareTeam":
         _, plan.careteam_extra = careteam_from_fhir(team, resolver, base, plan.id)
+        _keep_reference_extra(plan.careteam_extra, teams[0])
         if teams[0]["reference"].startswith("#"):  # contained in the CarePlan: written back there
             plan.careteam_extra.pop(dt.SOURCE, None)
             plan.careteam_extra[CONTAINED] = teams[0]["reference"][1:]
@@ -280,13 +348,14 @@ def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, bas
     replacements: list[tuple[Goal, str, Json]] = []
     for ref in resource.get("goal", []):
         goal = resolver.lookup(ref.get("reference"))
-        if goal is None or set(ref) != {"reference"} or not goal_fits(goal) or ref["reference"] in goal_ids:
+        if goal is None or not goal_fits(goal) or ref["reference"] in goal_ids:
             unresolved.append(ref)  # not in the input, not a Goal the plan can hold, or named twice: kept as it came
             continue
         read = goal_from_fhir(goal, resolver, base, plan.id, fallback_id=f"goal-{len(plan.goals) + 1}")
         if plan.goal(read.goal.id) is not None:
             unresolved.append(ref)  # a second Goal with the same identifier: kept as it came
             continue
+        _keep_reference_extra(read.goal.fhir_extra, ref)
         if ref["reference"].startswith("#"):  # contained in the CarePlan: written back there
             read.goal.fhir_extra.pop(dt.SOURCE, None)
             read.goal.fhir_extra[CONTAINED] = ref["reference"][1:]
@@ -302,6 +371,13 @@ def _read_goals(plan: Plan, resource: Json, resolver: Resolver, extra: Json, bas
     if unresolved:
         extra["goal"] = unresolved
     return goal_ids
+
+
+def _keep_reference_extra(extra: Json, ref: Json) -> None:
+    """Keep what the CarePlan's Reference to a goal or its CareTeam carried besides `reference` (a display...)."""
+    rest = {k: v for k, v in ref.items() if k != "reference"}
+    if rest:
+        extra[REFERENCE] = rest
 
 
 def _take_contained(plan: Plan, resource: Json, extra: Json) -> None:

@@ -8,7 +8,7 @@ from mappings import datatypes as dt
 from mappings.careteam import writes_careteam
 from mappings.datatypes import Json
 from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
-from mappings.refs import Refs, Resolver
+from mappings.refs import Refs, Resolver, reference_extra
 from service.domain.model import Plan, Step
 
 CAREPLAN_KEYS = {
@@ -152,8 +152,12 @@ def careplan_to_fhir(plan: Plan, refs: Refs, contained: list[Json] | None = None
             "created": plan.created_at,
             "author": refs.member(plan.author, "author") if plan.author else None,
             "contributor": [refs.member(c, f"contributors[{i}]") for i, c in enumerate(plan.contributors)],
-            "careTeam": [{"reference": refs.careteam}] if refs.careteam and writes_careteam(plan) else [],
-            "goal": [refs.goal(g.id, f"goals[{i}]") for i, g in enumerate(plan.goals)],
+            "careTeam": [{"reference": refs.careteam, **reference_extra(plan.careteam_extra)}]
+            if refs.careteam and writes_careteam(plan)
+            else [],
+            "goal": [
+                {**refs.goal(g.id, f"goals[{i}]"), **reference_extra(g.fhir_extra)} for i, g in enumerate(plan.goals)
+            ],
             "activity": [step_to_fhir(s, refs, f"steps[{i}]") for i, s in enumerate(plan.steps)],
             "note": [note_to_fhir(n, refs, f"notes[{i}]") for i, n in enumerate(plan.notes)],
         }

@@ -16,7 +16,7 @@ from mappings.notes import note_from_fhir, note_is_modelled, note_to_fhir
 from mappings.outcome import rating_fits, rating_from_fhir
 from mappings.refs import Refs, Resolver
 from service.domain.errors import MappingError
-from service.domain.model import GAS_LEVELS, Agreement, Contingency, Goal, Target
+from service.domain.model import GAS_LEVELS, Agreement, CheckIn, Contingency, Goal, OutcomeRating, Target
 from service.domain.rules import check_target
 
 GOAL_KEYS = {
@@ -386,10 +386,17 @@ def _read_outcomes(goal: Goal, resource: Json, resolver: Resolver, extra: Json, 
     for ref in resource.get("outcomeReference", []):
         observation = resolver.lookup(ref.get("reference"))
         if observation is not None and set(ref) == {"reference"} and rating_fits(observation, resolver, resource, base):
-            goal.ratings.append(rating_from_fhir(observation, resolver, base))
+            read: CheckIn | OutcomeRating = rating_from_fhir(observation, resolver, base)
         elif observation is not None and set(ref) == {"reference"} and checkin_fits(observation):
-            goal.check_ins.append(checkin_from_fhir(observation, resolver, base))
+            read = checkin_from_fhir(observation, resolver, base)
         else:
             other.append(ref)
+            continue
+        if any(c.id == read.id for c in [*goal.check_ins, *goal.ratings]):
+            other.append(ref)  # the same Observation named twice (or two with one identifier): kept as it came
+        elif isinstance(read, OutcomeRating):
+            goal.ratings.append(read)
+        else:
+            goal.check_ins.append(read)
     if other:
         extra["outcomeReference"] = other

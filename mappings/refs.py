@@ -77,6 +77,17 @@ IMPLIED = (
 )
 
 
+# in a goal's fhir_extra / careteam_extra: what the CarePlan's reference to it carried besides `reference`
+# (display, type, extension...), written back beside it
+REFERENCE = "_planbridge_reference"
+
+
+def reference_extra(extra: Json) -> Json:
+    """Return what the CarePlan's reference to a goal or the CareTeam carried besides `reference` (kept)."""
+    found = extra.get(REFERENCE)
+    return found if isinstance(found, dict) else {}
+
+
 def contained_id(extra: Json) -> str | None:
     """Return the id a goal or CareTeam had inside `CarePlan.contained`, if the EHR sent it contained."""
     found = extra.get(CONTAINED)
@@ -149,8 +160,12 @@ class Resolver:
         """Return the member id of the person a reference names, if already registered."""
         return self.member_ids.get(self._key(ref))
 
-    @staticmethod
-    def _key(ref: Json) -> str:
+    def _key(self, ref: Json) -> str:
+        """One key per person: a resource the input carries is one person however it is referenced
+        (`Practitioner/1`, its fullUrl, a `urn:uuid:`), else the reference as written."""
+        resource = self.lookup(ref.get("reference"))
+        if resource is not None:
+            return f"@{id(resource)}"
         return ref.get("reference") or repr(sorted((k, str(v)) for k, v in ref.items()))
 
     def is_person(self, ref: Json) -> bool:

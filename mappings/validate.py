@@ -10,7 +10,9 @@ activity.detail.status / kind, CareTeam.status, Observation.status, Bundle.type 
 entry.request.method / entry.search.mode, the gender of Patient, Practitioner and RelatedPerson,
 Patient.link.type, a resource's identifier.use and text.status, and Quantity.comparator wherever a
 Quantity, Duration, Range or Ratio sits in a Goal target, an Observation value (and its components)
-or a CarePlan activity detail.
+or a CarePlan activity detail. Also the invariants a FHIR server checks on what planbridge maps
+(the local server in fhir-server/ refuses each with 422): bdl-1 to bdl-12 but bdl-6, dom-2, dom-4
+and dom-5 (what a contained resource may not carry), obs-3, obs-6 and pat-1.
 """
 
 from __future__ import annotations
@@ -104,13 +106,36 @@ def _values(element: Json, prefix: str, path: str) -> list[Issue]:
 
 
 def _common(resource: Json, rtype: str) -> list[Issue]:
-    """Bindings every mapped resource shares: identifier.use and text.status."""
+    """Bindings every mapped resource shares: identifier.use and text.status; and the contained rules dom-2, -4, -5."""
     issues = []
     for i, ident in enumerate(resource.get("identifier", ())):
         if "use" in ident:
             issues += _code(ident["use"], IDENTIFIER_USES, f"{rtype}.identifier[{i}].use")
     if "text" in resource:
         issues += _code(resource["text"].get("status"), NARRATIVE_STATUSES, f"{rtype}.text.status")
+    for i, inner in enumerate(resource.get("contained", ())):
+        issues += _contained(inner, f"{rtype}.contained[{i}]")
+    return issues
+
+
+def _contained(inner: Json, path: str) -> list[Issue]:
+    """dom-2, dom-4, dom-5 (https://hl7.org/fhir/R4/domainresource.html#invs): a contained resource holds no
+    contained resources, no meta.versionId or meta.lastUpdated, and no security labels."""
+    issues = []
+    if "contained" in inner:
+        issues.append(
+            Issue(f"{path}.contained", "dom-2: a contained resource holds no contained resources", code="invariant")
+        )
+    meta = inner.get("meta") or {}
+    for key in ("versionId", "lastUpdated"):
+        if key in meta:
+            issues.append(
+                Issue(f"{path}.meta.{key}", f"dom-4: a contained resource has no meta.{key}", code="invariant")
+            )
+    if "security" in meta:
+        issues.append(
+            Issue(f"{path}.meta.security", "dom-5: a contained resource has no security labels", code="invariant")
+        )
     return issues
 
 
@@ -159,10 +184,24 @@ def _observation(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues = _code(resource.get("status"), OBSERVATION_STATUSES, "Observation.status")
     issues += _common(resource, "Observation")
     issues += _values(resource, "value", "Observation")
+    if "dataAbsentReason" in resource and any(k.startswith("value") for k in resource):
+        issues.append(
+            Issue(
+                "Observation.dataAbsentReason", "obs-6: dataAbsentReason only when there is no value", code="invariant"
+            )
+        )
     for i, component in enumerate(resource.get("component", ())):
         issues += _values(component, "value", f"Observation.component[{i}]")
     for i, reference_range in enumerate(resource.get("referenceRange", ())):
         issues += _range(reference_range, f"Observation.referenceRange[{i}]")
+        if not any(k in reference_range for k in ("low", "high", "text")):
+            issues.append(
+                Issue(
+                    f"Observation.referenceRange[{i}]",
+                    "obs-3: a reference range has at least a low, a high or a text",
+                    code="invariant",
+                )
+            )
     return issues
 
 
@@ -173,19 +212,100 @@ def _person(resource: Json, types: dict[str, str]) -> list[Issue]:
     issues += _common(resource, rtype)
     for i, contact in enumerate(resource.get("contact", ()) if rtype == "Patient" else ()):
         issues += _code(contact.get("gender"), GENDERS, f"Patient.contact[{i}].gender")
+        if not any(k in contact for k in ("name", "telecom", "address", "organization")):
+            issues.append(
+                Issue(
+                    f"Patient.contact[{i}]",
+                    "pat-1: a contact has a name, a telecom, an address or an organization",
+                    code="invariant",
+                )
+            )
     for i, link in enumerate(resource.get("link", ()) if rtype == "Patient" else ()):
         issues += _code(link.get("type"), PATIENT_LINK_TYPES, f"Patient.link[{i}].type")
     return issues
 
 
 def _bundle(resource: Json, types: dict[str, str]) -> list[Issue]:
-    """Bundle.type, entry.request.method and entry.search.mode (not the entries' resources)."""
-    issues = _code(resource.get("type"), BUNDLE_TYPES, "Bundle.type")
+    """Bundle.type, entry.request.method and entry.search.mode, and the invariants bdl-1 to bdl-12
+    (https://hl7.org/fhir/R4/bundle.html#invs) but bdl-6 (not the entries' resources)."""
+    kind = resource.get("type")
+    issues = _code(kind, BUNDLE_TYPES, "Bundle.type")
+    if "total" in resource and kind not in ("searchset", "history"):
+        issues.append(Issue("Bundle.total", "bdl-1: total only when a search or history", code="invariant"))
+    seen: set[tuple[str, object]] = set()
     for i, entry in enumerate(resource.get("entry", ())):
+        path = f"Bundle.entry[{i}]"
         if "request" in entry:
-            issues += _code(entry["request"].get("method"), HTTP_VERBS, f"Bundle.entry[{i}].request.method")
+            issues += _code(entry["request"].get("method"), HTTP_VERBS, f"{path}.request.method")
         if "search" in entry:
-            issues += _code(entry["search"].get("mode"), SEARCH_MODES, f"Bundle.entry[{i}].search.mode")
+            issues += _code(entry["search"].get("mode"), SEARCH_MODES, f"{path}.search.mode")
+        issues += _entry_invariants(entry, kind, path)
+        full_url, inner = entry.get("fullUrl"), entry.get("resource")
+        if isinstance(full_url, str) and kind != "history":
+            version = ((inner.get("meta") or {}) if isinstance(inner, dict) else {}).get("versionId")
+            if (full_url, version) in seen:
+                issues.append(
+                    Issue(f"{path}.fullUrl", f"bdl-7: {full_url} is the fullUrl of an earlier entry", code="invariant")
+                )
+            seen.add((full_url, version))
+    return issues + _bundle_kind_invariants(resource, kind)
+
+
+def _entry_invariants(entry: Json, kind: object, path: str) -> list[Issue]:
+    """bdl-2, bdl-3, bdl-4, bdl-5 and bdl-8 of one Bundle.entry."""
+    issues = []
+    if "search" in entry and kind != "searchset":
+        issues.append(Issue(f"{path}.search", "bdl-2: entry.search only when a search", code="invariant"))
+    if ("request" in entry) != (kind in ("batch", "transaction", "history")):
+        issues.append(
+            Issue(
+                f"{path}.request",
+                "bdl-3: entry.request is mandatory for batch, transaction and history, otherwise prohibited",
+                code="invariant",
+            )
+        )
+    if ("response" in entry) != (kind in ("batch-response", "transaction-response", "history")):
+        issues.append(
+            Issue(
+                f"{path}.response",
+                "bdl-4: entry.response is mandatory for batch-response, transaction-response and history, "
+                "otherwise prohibited",
+                code="invariant",
+            )
+        )
+    if not any(k in entry for k in ("resource", "request", "response")):
+        issues.append(Issue(path, "bdl-5: an entry has a resource, a request or a response", code="invariant"))
+    if "/_history/" in str(entry.get("fullUrl", "")):
+        issues.append(Issue(f"{path}.fullUrl", "bdl-8: fullUrl is not a version-specific reference", code="invariant"))
+    return issues
+
+
+def _bundle_kind_invariants(resource: Json, kind: object) -> list[Issue]:
+    """bdl-9 to bdl-12: what a document and a message need."""
+    issues = []
+    entries = resource.get("entry") or [{}]
+    first = entries[0].get("resource") if isinstance(entries[0], dict) else None
+    first_type = first.get("resourceType") if isinstance(first, dict) else None
+    if kind == "document":
+        identifier = resource.get("identifier") or {}
+        if not (identifier.get("system") and identifier.get("value")):
+            issues.append(
+                Issue(
+                    "Bundle.identifier",
+                    "bdl-9: a document has an identifier with a system and a value",
+                    code="invariant",
+                )
+            )
+        if "timestamp" not in resource:
+            issues.append(Issue("Bundle.timestamp", "bdl-10: a document has a timestamp", code="invariant"))
+        if first_type != "Composition":
+            issues.append(
+                Issue("Bundle.entry[0]", "bdl-11: a document's first resource is a Composition", code="invariant")
+            )
+    if kind == "message" and first_type != "MessageHeader":
+        issues.append(
+            Issue("Bundle.entry[0]", "bdl-12: a message's first resource is a MessageHeader", code="invariant")
+        )
     return issues
 
 

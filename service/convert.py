@@ -12,7 +12,8 @@ import re
 from typing import Any
 
 from mappings.bundle import bundle_to_plan, plan_to_bundle
-from mappings.fhir import issues_of
+from mappings.fhir import issues_of, structure_errors
+from mappings.validate import check_resource
 from service.domain.codec import from_dict, to_dict
 from service.domain.errors import PlanbridgeError
 from service.domain.model import Plan
@@ -100,7 +101,17 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
     shell = dict(bundle)
     if isinstance(entries, list):
         shell["entry"] = [_without_resource(e) for e in entries]
-    out = resource_issues(shell)
+    # The shell's structure, then the Bundle's bindings and invariants on the whole Bundle (bdl-3, bdl-5 look at
+    # the entries' resources). An entry that holds only its resource is empty in the shell: not a problem.
+    only_resource = {
+        f"Bundle.entry[{i}]"
+        for i, e in enumerate(entries if isinstance(entries, list) else [])
+        if isinstance(e, dict) and set(e) == {"resource"}
+    }
+    shape = {_fhir_path(p): m for p, m in structure_errors(shell).items()}
+    out = [Issue(p, m, code="structure") for p, m in shape.items() if p not in only_resource]
+    if not out:
+        out = check_resource(bundle)
     for i, entry in enumerate(entries if isinstance(entries, list) else []):
         if isinstance(entry, dict) and "resource" in entry:
             out += resource_issues(entry["resource"], f"Bundle.entry[{i}].resource")
@@ -131,7 +142,10 @@ def to_fhir(document: Any, settings: Settings) -> tuple[dict[str, Any], list[Iss
         bundle = plan_to_bundle(plan, settings.identifier_base, settings.mrn_system)
     except PlanbridgeError as exc:
         raise ConversionRefused("the plan cannot be mapped to FHIR", _mapping_issues(exc)) from None
-    problems = []
+    problems = [
+        Issue(issue.path, f"in the Bundle the plan maps to: {issue.message}", code=issue.code)
+        for issue in errors(check_resource(bundle))
+    ]
     for i, entry in enumerate(bundle["entry"]):
         rtype = entry["resource"]["resourceType"]
         for issue in errors(resource_issues(entry["resource"], f"Bundle.entry[{i}].resource")):

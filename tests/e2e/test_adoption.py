@@ -388,6 +388,7 @@ def test_plans_import_stores_a_plan_json_or_a_bundle_and_queues_its_push(tmp_pat
         {
             "fullUrl": "urn:uuid:p",
             "resource": {"resourceType": "Patient", "identifier": [{"system": "urn:x", "value": "9"}]},
+            "request": {"method": "POST", "url": "Patient"},  # a transaction's entry has its request (bdl-3)
         }
     ]
     for entry in document["entry"]:
