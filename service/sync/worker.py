@@ -35,12 +35,13 @@ from sqlalchemy.exc import IntegrityError
 
 from service.domain.errors import NotFound, PlanbridgeError
 from service.fhir.client import FhirClient
+from service.leases import Hold
 from service.polling import PollingWorker
 from service.settings import Settings
 from service.store.retention import prune
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
-from service.sync.leases import _Hold, _Leases
+from service.sync.leases import _Leases
 from service.sync.notifications import silent_subscriptions
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class OutboxWorker(PollingWorker):
     def _handle(self, claimed: Claimed, uow: UnitOfWork) -> None:
         """Run a claimed entry and record how it went (done, or failed with a retry due later)."""
         entry_id, plan_id, *_what, claimed_at = claimed
-        hold = self._leases.hold(entry_id, plan_id, claimed_at)
+        hold = self._leases.hold(entry_id, claimed_at, label=f"plan {plan_id}")
         try:
             self._handle_held(claimed, uow, hold)
         finally:
@@ -156,7 +157,7 @@ class OutboxWorker(PollingWorker):
         a clock moved by hand (tests)."""
         return self._leases.renew_due(by_clock=True)
 
-    def _handle_held(self, claimed: Claimed, uow: UnitOfWork, hold: _Hold) -> None:
+    def _handle_held(self, claimed: Claimed, uow: UnitOfWork, hold: Hold) -> None:
         entry_id, plan_id, kind, _subject, claimed_at = claimed
         error: str | None = None
         finished: list[bool] = []  # the outcome is recorded (True), or a newer claim holds the entry (False)
