@@ -59,6 +59,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import select
 import threading
 import time
 import uuid
@@ -69,6 +70,7 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import urllib3
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy.engine import Engine
@@ -167,6 +169,9 @@ class Endpoint:
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # the model's (set by each example)
         self.subscriptions: dict[str, int] = {}
         self.arrivals: list[Arrival] = []
+        # Connections accepted whose request is not recorded yet (nor found empty), under `lock`.
+        self.unheard: set[Any] = set()
+        self.heard = threading.Condition(self.lock)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,6 +183,8 @@ class Endpoint:
                 with endpoint.lock:
                     arrival.index = len(endpoint.arrivals)
                     endpoint.arrivals.append(arrival)
+                    endpoint.unheard.discard(self.request)
+                    endpoint.heard.notify_all()
                 time.sleep(delay)
                 try:
                     self.send_response(status)
@@ -191,7 +198,20 @@ class Endpoint:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def get_request(self) -> tuple[Any, Any]:
+                with endpoint.lock:  # accepted and unheard at once, as `wait_heard` sees it
+                    request = super().get_request()
+                    endpoint.unheard.add(request[0])
+                return request
+
+            def shutdown_request(self, request: Any) -> None:
+                with endpoint.lock:
+                    endpoint.unheard.discard(request)
+                    endpoint.heard.notify_all()
+                super().shutdown_request(request)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
@@ -241,6 +261,22 @@ class Endpoint:
         except Exception as exc:
             arrival.error = f"{type(exc).__name__}: {exc}"
         return arrival
+
+    def wait_heard(self, seconds: float = 30.0) -> bool:
+        """Wait until every connection made to the endpoint so far is accepted and its request recorded
+        (or found to carry none); return False if that takes more than `seconds`."""
+        deadline = time.monotonic() + seconds
+        with self.heard:
+            while self.unheard or select.select([self.server.socket], [], [], 0)[0]:
+                if time.monotonic() > deadline:
+                    return False
+                self.heard.wait(0.01)
+        return True
+
+    def received(self, webhook_id: str) -> int:
+        """How many requests with this webhook id the endpoint recorded."""
+        with self.lock:
+            return sum(a.webhook_id == webhook_id for a in self.arrivals)
 
     def since(self, start: int) -> list[Arrival]:
         with self.lock:
@@ -378,6 +414,8 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
             self.meanwhile: list[str] = []  # what happens while the worker waits for the endpoint's answer
             self.meanwhile_error: BaseException | None = None
             self.killed: Counter[str] = Counter()  # sends by killed workers, by webhook id
+            # sends that got no answer and whose request never reached the endpoint, by webhook id
+            self.unsent: Counter[str] = Counter()
             self.requests: Counter[str] = Counter()  # requests the endpoint received, by webhook id
             self.answered_2xx: set[str] = set()  # webhook ids whose 2xx the worker recorded
             self.start = len(endpoint.arrivals)
@@ -478,7 +516,21 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
 
         def sending(self, target: Any, body: bytes, headers: dict[str, str], timeout: float) -> http.Answer:
             """The worker's real POST; then, before the worker records the answer, what `meanwhile` says."""
-            answer = http.post(target, body, headers, timeout)
+            webhook_id = headers["webhook-id"]
+            before = endpoint.received(webhook_id)
+            try:
+                answer = http.post(target, body, headers, timeout)
+            except urllib3.exceptions.HTTPError:
+                # No answer within the timeout. On a loaded machine the endpoint may not even have read the
+                # request yet, or the worker cut the connection before it was sent: wait (before the worker
+                # records the attempt, so the endpoint still sees the database as it was when it was sent)
+                # until the endpoint has read every connection made to it, and count a request that never came.
+                if not endpoint.wait_heard():
+                    self.meanwhile_error = ModelViolation(f"the endpoint did not read {webhook_id}'s request in 30 s")
+                elif endpoint.received(webhook_id) == before:
+                    with endpoint.lock:
+                        self.unsent[webhook_id] += 1
+                raise
             todo, self.meanwhile = self.meanwhile, []
             try:
                 self.meanwhile_actions(todo, self.seen.get(headers["webhook-id"]))
@@ -657,6 +709,8 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
             if claimed is not None:
                 self.killed[claimed.webhook_id] += 1
                 attempt = self.worker.attempt(claimed)
+                if self.meanwhile_error is not None:
+                    raise self.meanwhile_error
                 self.note(
                     f"worker killed after sending delivery {claimed.delivery_id} "
                     f"(sub {claimed.subscription_id}, {claimed.plan_id} #{claimed.sequence}): {attempt.status_code}"
@@ -764,7 +818,8 @@ def notify_machine(engine: Engine, endpoint: Endpoint, stats: Counter) -> type[R
                 assert sub is not None
                 if (d.plan_id, d.sequence) not in sub.expected:
                     self.fail(f"rule 3: delivery {d.id} ({d.plan_id} #{d.sequence}) queued for sub {sub.id}")
-                sent = self.requests[d.webhook_id] - self.killed[d.webhook_id]
+                # a killed worker's sends are not logged; an attempt whose request never came is
+                sent = self.requests[d.webhook_id] - self.killed[d.webhook_id] + self.unsent[d.webhook_id]
                 if sent != d.attempts:
                     self.fail(f"rule 2: delivery {d.id}: {sent} recorded request(s), {d.attempts} attempt(s) logged")
                 twoxx = [n for n, code in enumerate(d.codes) if code is not None and 200 <= code < 300]
