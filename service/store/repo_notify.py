@@ -103,7 +103,7 @@ class SubscriptionRepository:
         transaction = self._session.get_transaction()
         if self._active is None or transaction is None or self._active[0] is not transaction:
             rows = _ACTIVE_SUBSCRIPTIONS.all(self._session, {"status": "active"})
-            self._active = (self._session.get_transaction(), rows)
+            self._active = (transaction or self._session.get_transaction(), rows)  # the query may have begun one
         return [sub_id for sub_id, types in self._active[1] if "*" in types or event_type in types]
 
     def set_status(self, row: SubscriptionRow, status: str, reason: str | None, now: datetime) -> None:
