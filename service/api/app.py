@@ -6,7 +6,18 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from service import console
-from service.api import errors, fhir_notifications, health, metrics, openapi, outcomes, plans, subscriptions, webhooks
+from service.api import (
+    errors,
+    fhir_notifications,
+    health,
+    intake_lane,
+    metrics,
+    openapi,
+    outcomes,
+    plans,
+    subscriptions,
+    webhooks,
+)
 from service.api import history as plan_history  # GET /plans/{id}/history
 from service.api.container import Container
 from service.api.digits import AsciiIntConverter
@@ -42,4 +53,5 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         plan_history.bp,
     ):
         app.register_blueprint(blueprint)
+    intake_lane.install(app)  # signed team events skip Flask's dispatch (service/api/intake_lane.py)
     return app

@@ -324,6 +324,37 @@ class AuthCollector(Collector):
         yield from (refused, lockouts)
 
 
+def request_id_for(incoming: str) -> str:
+    """Return the request's id: the caller's X-Request-ID when it is 1-64 printable characters, else a new one."""
+    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+
+
+class RequestRecorder:
+    """Counts and times the requests this process serves (planbridge_http_requests, _request_seconds).
+
+    Each label set's child is kept: `labels()` validates and locks on every call, and the same few
+    (method, endpoint, status) sets recur on every request. A child is the one `labels()` returns.
+    """
+
+    def __init__(self, requests_total: Counter, latency: Histogram, pid: str) -> None:
+        self._requests_total, self._latency, self._pid = requests_total, latency, pid
+        self._counted: dict[tuple[str, str, int], Any] = {}
+        self._timed: dict[str, Any] = {}
+
+    def observe(self, method: str, endpoint: str, status: int, started: float | None) -> None:
+        """Count one answered request; time it when its start is known (a perf_counter reading)."""
+        key = (method, endpoint, status)
+        counter = self._counted.get(key)
+        if counter is None:
+            counter = self._counted[key] = self._requests_total.labels(method, endpoint, str(status), self._pid)
+        counter.inc()
+        if started is not None:
+            timer = self._timed.get(endpoint)
+            if timer is None:
+                timer = self._timed[endpoint] = self._latency.labels(endpoint, self._pid)
+            timer.observe(time.perf_counter() - started)
+
+
 def init_app(app: Flask, engine: Engine) -> None:
     """Register the registry, per-process request metrics and the /metrics route."""
     registry = CollectorRegistry()
@@ -343,34 +374,20 @@ def init_app(app: Flask, engine: Engine) -> None:
         ["endpoint", "pid"],
         registry=registry,
     )
-    pid = str(os.getpid())
     app.extensions["planbridge.metrics"] = registry
-    # Each label set's child, kept: `labels()` validates and locks on every call, and the same few
-    # (method, endpoint, status) sets recur on every request. A child is the one `labels()` returns.
-    counted: dict[tuple[str, str, str], Any] = {}
-    timed: dict[str, Any] = {}
+    recorder = app.extensions["planbridge.requests"] = RequestRecorder(requests_total, latency, str(os.getpid()))
 
     @app.before_request
     def _start() -> None:
         g.planbridge_started = time.perf_counter()
-        incoming = request.headers.get("X-Request-ID", "")
-        g.planbridge_request_id = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        g.planbridge_request_id = request_id_for(request.headers.get("X-Request-ID", ""))
         g.planbridge_token = logs.request_id.set(g.planbridge_request_id)
 
     @app.after_request
     def _count(response: Response) -> Response:
-        endpoint = request.endpoint or "unmatched"
-        key = (request.method, endpoint, str(response.status_code))
-        counter = counted.get(key)
-        if counter is None:
-            counter = counted[key] = requests_total.labels(*key, pid)
-        counter.inc()
-        started = g.get("planbridge_started")
-        if started is not None:
-            timer = timed.get(endpoint)
-            if timer is None:
-                timer = timed[endpoint] = latency.labels(endpoint, pid)
-            timer.observe(time.perf_counter() - started)
+        recorder.observe(
+            request.method, request.endpoint or "unmatched", response.status_code, g.get("planbridge_started")
+        )
         if g.get("planbridge_request_id"):
             response.headers["X-Request-ID"] = g.planbridge_request_id
         return response
