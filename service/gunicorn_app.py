@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import secrets
 import sys
@@ -16,7 +17,7 @@ from gunicorn.app.base import BaseApplication
 from service.api.app import create_app
 from service.api.digits import is_ascii_integer
 from service.domain.errors import ConfigurationError
-from service.logs import EscapingFormatter
+from service.logs import EscapingFormatter, escape_controls
 from service.settings import Settings
 
 
@@ -117,6 +118,48 @@ class AccessLogger(glogging.Logger):  # type: ignore[misc]
             for handler in log.handlers:
                 if not isinstance(handler.formatter, EscapingFormatter):
                     handler.setFormatter(EscapingFormatter(handler.formatter))
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        """Write one access-log line: straight to the stream when the access log is gunicorn's own plain
+        handler (`accesslog` set to "-" or a file), through `logging` as gunicorn does otherwise.
+
+        Through `logging`, each line costs a LogRecord, the logger's and the handler's checks and two
+        formatters: ~3% of a signed event's CPU under load (py-spy, bench/webhook_load.py). The line
+        written, and its escaping, are the same.
+        """
+        handler = self._plain_access_handler()
+        if handler is None:
+            super().access(resp, req, environ, request_time)
+            return
+        atoms = self.atoms_wrapper_class(self.atoms(resp, req, environ, request_time))
+        line = escape_controls(self.cfg.access_log_format % atoms)
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.stream.flush()
+        except Exception:  # as logging does: say so on stderr, never fail the request
+            handler.handleError(logging.makeLogRecord({"msg": line, "name": self.access_log.name}))
+        finally:
+            handler.release()
+
+    def _plain_access_handler(self) -> logging.StreamHandler | None:  # type: ignore[type-arg]
+        """Return the access log's one handler when a line written to its stream is exactly what logging
+        would write (gunicorn's StreamHandler or FileHandler, the escaping "%(message)s" formatter, no
+        filters, INFO on); None otherwise (a logging config file, syslog, a level set higher)."""
+        log = self.access_log
+        if not self.access_log_enabled or log.disabled or log.filters or len(log.handlers) != 1:
+            return None
+        handler = log.handlers[0]
+        if type(handler) not in (logging.StreamHandler, logging.FileHandler) or handler.filters:
+            return None
+        formatter = handler.formatter
+        if not isinstance(formatter, EscapingFormatter) or type(formatter.inner) is not logging.Formatter:
+            return None
+        if formatter.inner._fmt != self.access_fmt or not log.isEnabledFor(logging.INFO):
+            return None
+        if handler.level > logging.INFO or getattr(handler, "stream", None) is None:
+            return None
+        return handler
 
     def atoms(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> dict[str, Any]:
         """Return the fields of one access-log line."""
