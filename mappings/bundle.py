@@ -8,7 +8,6 @@ people are created only when absent (`ifNoneExist`), the rest is a conditional u
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +36,7 @@ from mappings.refs import (
     Resolver,
     contained_id,
     member_identifier,
+    parse_reference,
     refs_for_bundle,
     urn_for,
 )
@@ -198,15 +198,10 @@ def _mrn_identifier(idents: list[Any], mrn_system: str) -> Json | None:
     return (ours or typed or usable or [None])[0]
 
 
-_LITERAL_TYPE = re.compile(r"(?:^|/)([A-Z][A-Za-z]+)/[^/]+(?:/_history/[^/]+)?$")
-
-
 def _literal_type(reference: Any) -> str | None:
     """Return the resource type a literal reference (`Group/1`, `[base]/Patient/2`) names; None for others."""
-    if not isinstance(reference, str) or reference.startswith(("urn:", "#")):
-        return None
-    found = _LITERAL_TYPE.search(reference.split("?", 1)[0]) if "?" not in reference else None
-    return found.group(1) if found else None
+    parsed = parse_reference(reference)
+    return parsed.type if parsed is not None else None  # None too for a urn:uuid or #contained
 
 
 def _patient(subject: Json, index: dict[str, Json], mrn_system: str, ehr_authored: bool = False) -> Patient:

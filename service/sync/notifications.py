@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from mappings import codes, fhirtext
+from mappings.refs import parse_reference
 from service.domain.errors import InvalidInput
 from service.store.tables import SyncCursorRow
 from service.store.uow import UnitOfWork
@@ -270,9 +271,11 @@ def silent_subscriptions(uow: UnitOfWork, now: datetime, timeout_seconds: float)
     return silent
 
 
-def _type_id(reference: str) -> str:
-    """Return `Type/id` from a relative or absolute reference, with or without `_history`."""
-    return "/".join(reference.split("/_history")[0].rstrip("/").split("/")[-2:])
+def _type_id(reference: object) -> str:
+    """Return `Type/id` from a relative or absolute reference, with or without `_history`; "" for any other
+    (a urn:uuid, #contained or malformed focus names nothing a plan is linked to: everything is re-read)."""
+    parsed = parse_reference(reference.rstrip("/") if isinstance(reference, str) else reference)
+    return (parsed.type_id if parsed is not None else None) or ""
 
 
 def _queue_focus(

@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from mappings import codes
-from mappings.refs import member_identifier
+from mappings.refs import local_reference, member_identifier, parse_reference
 from service.domain.model import Member, Plan
 from service.store.prepared import Prepared
 from service.store.tables import PlanHistoryRow
@@ -85,11 +85,6 @@ def _device(base: str, kind: str, value: str, role: str) -> Json:
     }
 
 
-def _local_type_id(reference: str) -> str:
-    parts = reference.rstrip("/").split("/")
-    return "/".join(parts[-2:])
-
-
 def _person_keys(plan: Plan, member: Member, base: str) -> set[str]:
     keys = {person_key(member_identifier(plan.id, member, base)[1]), person_key(codes.scoped_value(plan.id, member.id))}
     if member.identifier is not None:
@@ -113,12 +108,14 @@ def member_reference(
             rtype, fhir_id, _ = links["patient"]
             return f"{rtype}/{fhir_id}"
         if patient_ref:
-            return _local_type_id(patient_ref)
+            return local_reference(patient_ref)
         if plan.patient.fhir_reference:
-            return _local_type_id(plan.patient.fhir_reference)
+            return local_reference(plan.patient.fhir_reference)
         return next((e["fullUrl"] for e in entries if e["resource"]["resourceType"] == "Patient"), None)
-    if member.fhir_reference:
-        return _local_type_id(member.fhir_reference)
+    parsed = parse_reference(member.fhir_reference)
+    if member.fhir_reference and (parsed is None or parsed.kind != "contained"):
+        return local_reference(member.fhir_reference)
+    # a person contained in the CarePlan (`#pr1`) cannot be named from the Provenance (ref-1): by a link, if any
     keys = _person_keys(plan, member, base)
     for key in keys:
         if key in links:

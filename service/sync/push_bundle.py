@@ -12,6 +12,7 @@ import json
 from typing import Any
 
 from mappings import codes
+from mappings.refs import local_reference, parse_reference
 from service.domain import codec
 from service.domain.errors import NotFound
 from service.domain.model import Plan
@@ -83,11 +84,8 @@ def _bookkeeping(document: dict[str, Any]) -> dict[str, Any]:
 
 def parse_location(location: str) -> tuple[str, str, str | None] | None:
     """Return (type, id, version) from a Location, relative or absolute, with or without _history."""
-    parts = location.rstrip("/").split("/")
-    if "_history" in parts:
-        i = parts.index("_history")
-        return (parts[i - 2], parts[i - 1], parts[i + 1]) if i >= 2 and i + 1 < len(parts) else None
-    return (parts[-2], parts[-1], None) if len(parts) >= 2 else None
+    parsed = parse_reference(location.rstrip("/"))
+    return parsed.literal if parsed is not None else None  # None for a urn:uuid, #contained or malformed
 
 
 def _patient_reference(
@@ -102,8 +100,8 @@ def _patient_reference(
     Call it outside any database transaction: finding the Patient may take a request.
     """
     if plan.patient.fhir_reference:
-        parts = plan.patient.fhir_reference.rstrip("/").split("/")
-        return "/".join(parts[-2:]), 0  # the Bundle names the Patient by the reference itself (plan_to_bundle)
+        # the Bundle names the Patient by the reference itself (plan_to_bundle); this is its `Patient/id`
+        return local_reference(plan.patient.fhir_reference), 0
     if linked_id is not None:
         return f"Patient/{linked_id}", 0
     system = plan.patient.mrn_system or settings.mrn_system

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from mappings.refs import parse_reference
 from service.fhir.capabilities import Limits
 
 Json = dict[str, Any]
@@ -156,12 +157,12 @@ def _without(node: Any, drop: Callable[[str], bool]) -> Any:
 def _known_at(entry: Json) -> Landed | None:
     """Return where a `PUT Type/id` entry writes (with the version it names), None for any other entry."""
     request = entry.get("request") or {}
-    url = str(request.get("url", ""))
-    parts = url.split("/")
-    if request.get("method") != "PUT" or "?" in url or len(parts) != 2 or not all(parts):
-        return None
+    url = parse_reference(str(request.get("url", "")))
+    at = url.literal if url is not None and url.kind == "relative" else None
+    if request.get("method") != "PUT" or at is None or at[2] is not None:
+        return None  # a POST, a conditional update (`Goal?identifier=...`), or not a plain `Type/id`
     version = str(request.get("ifMatch") or "").removeprefix("W/").strip('"') or None
-    return parts[0], parts[1], version
+    return at[0], at[1], version
 
 
 def _sccs(nodes: list[int], deps: dict[int, set[int]]) -> list[list[int]]:
@@ -361,16 +362,11 @@ def location_of(result: Json) -> Landed | None:
     """Return (type, id, version) of one transaction-response entry: from `response.location` (relative
     or absolute, with or without `_history`), the version else from `etag` or the returned resource."""
     response = result.get("response") or {}
-    parts = str(response.get("location") or "").rstrip("/").split("/")
-    if "_history" in parts:
-        i = parts.index("_history")
-        if i < 2 or i + 1 >= len(parts):
-            return None
-        rtype, rid, version = parts[i - 2], parts[i - 1], parts[i + 1]
-    elif len(parts) >= 2 and all(parts[-2:]):
-        rtype, rid, version = parts[-2], parts[-1], None
-    else:
+    parsed = parse_reference(str(response.get("location") or "").rstrip("/"))
+    at = parsed.literal if parsed is not None else None
+    if at is None:  # no Location, or not `[base/]Type/id[/_history/vid]`
         return None
+    rtype, rid, version = at
     if version is None:
         etag = str(response.get("etag") or "").removeprefix("W/").strip('"')
         meta = ((result.get("resource") or {}).get("meta") or {}).get("versionId")
