@@ -81,14 +81,13 @@ class ReusedWebhookId(Conflict):
     code = "webhook-id-reused"
 
 
-def _refuse_a_twin_in_all_but_case(uow: UnitOfWork, plan_id: str) -> None:
-    """Refuse (409) an event that opens a plan whose id equals another plan's but for case.
+def _refuse_a_twin_in_all_but_case(plan_id: str, twin: str | None) -> None:
+    """Refuse (409) an event that opens a plan whose id equals another plan's (`twin`) but for case.
 
     Plan ids are case-sensitive, but FHIR servers such as Medplum (and the local server) match identifier
     values without case: the new plan's push would find the other plan's CarePlan, CareTeam and Goals by
     their identifiers and overwrite them, linking them to this event's patient.
     """
-    twin = uow.plans.twin_in_all_but_case(plan_id)
     if twin is not None:
         raise Conflict(
             f"plan {plan_id} differs from plan {twin} only in case, which FHIR identifier searches do not tell apart",
@@ -101,7 +100,7 @@ def _apply(uow: UnitOfWork, command: Command, now: datetime, names: FhirNames) -
     before = uow.deliveries.plans_before[command.plan_id] = uow.plans.get(command.plan_id)  # for the change's paths
     plan = apply_command(command, before, now.isoformat())
     if before is None:
-        _refuse_a_twin_in_all_but_case(uow, plan.id)
+        _refuse_a_twin_in_all_but_case(plan.id, uow.plans.twin_in_all_but_case(plan.id))
     # Accepted only if the push can send it: what FHIR refuses would be refused on every retry.
     check_deliverable(before, plan, names.identifier_base, names.mrn_system)
     document = uow.plans.save(plan)
@@ -146,13 +145,17 @@ def _draft(engine: Engine, command: Command, clock: Callable[[], datetime], name
 
 
 def _apply_draft(uow: UnitOfWork, draft: _Draft, plan_id: str, now: datetime) -> tuple[Plan, dict[str, Any]]:
-    """Keep a draft the transaction found still valid: save its plan, or raise its refusal (as _apply would)."""
+    """Keep a draft the transaction found still valid: save its plan, or raise its refusal (as _apply would).
+
+    Called right after `uow.plans.still` said so: for a plan that was not there, that probe also found
+    any plan whose id equals it but for case (`twin_seen`), so the twin is refused without another read.
+    """
     uow.deliveries.plans_before[plan_id] = draft.before  # for the change's paths
     if draft.refusal is not None:
         raise draft.refusal
     assert draft.plan is not None
     if draft.before is None:
-        _refuse_a_twin_in_all_but_case(uow, plan_id)
+        _refuse_a_twin_in_all_but_case(plan_id, uow.plans.twin_seen)
     document = uow.plans.save(draft.plan)
     uow.outbox.add(draft.plan.id, "push_plan", None, None, now)
     return draft.plan, document

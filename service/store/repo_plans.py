@@ -24,6 +24,7 @@ _PLAN_TWIN = Prepared(
     )
 )  # no LIMIT (a Prepared statement takes no literal binds): the rule leaves at most one such plan
 _PLAN_READ = Prepared(sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id")))
+_PLAN_FOLDED = Prepared(sa.select(_PLANS.c.id).where(sa.func.lower(_PLANS.c.id) == sa.bindparam("folded")))
 _PLAN_INSERT = _insert(_PLANS, "id", "patient_mrn", "version", "document", "created_at", "updated_at")
 _PLAN_UPDATE = Prepared(
     sa.update(_PLANS)
@@ -81,6 +82,8 @@ class PlanRepository:
     def __init__(self, session: Session) -> None:
         self._session = session
         self._loaded: dict[str, int] = {}
+        # What the last `still` of a plan not yet there found of another plan equal to it but for case.
+        self.twin_seen: str | None = None
 
     def get(self, plan_id: str) -> Plan | None:
         """Return the plan, remembering the version read for the optimistic check on save."""
@@ -103,9 +106,18 @@ class PlanRepository:
     def still(self, plan_id: str, committed: CommittedPlan | None) -> bool:
         """Return whether the plan is, in this transaction, exactly what read_committed read (the same
         version and document; None: still no such plan); if so, remember the version, as get does, for
-        the optimistic check on save."""
+        the optimistic check on save.
+
+        When no plan was read (`committed` None), one probe of ix_plans_id_folded answers both whether there
+        is still no such plan and whether another plan's id equals it but for case: that id (or None) is
+        left in `twin_seen`, for the caller to refuse the new plan without asking again.
+        """
+        if committed is None:
+            ids = [row[0] for row in _PLAN_FOLDED.all(self._session, {"folded": plan_id.lower()})]
+            self.twin_seen = next((other for other in ids if other != plan_id), None)
+            return plan_id not in ids
         row = _PLAN_READ.first(self._session, {"id": plan_id})
-        if row is None or committed is None:
+        if row is None:
             return row is None and committed is None
         document, version = row
         if version != committed[1] or document != committed[0]:

@@ -11,8 +11,8 @@ from service.notify import subscriptions as use
 from service.notify.ssrf import OutboundGuard
 from service.services.events import ReusedWebhookId
 from service.store import repo_notify
-from service.store.repo_plans import InboundEventRepository
-from service.store.tables import DeliveryRow, OutboxRow, PlanHistoryRow
+from service.store.repo_plans import InboundEventRepository, PlanRepository
+from service.store.tables import DeliveryRow, OutboxRow, PlanHistoryRow, PlanRow
 from service.store.uow import UnitOfWork
 from tests.integration.test_event_service import apply, count
 from tests.support import Clock, goal_event
@@ -110,3 +110,22 @@ def test_a_subscription_made_between_two_events_hears_the_second(engine):
     apply(engine, goal_event(plan_id="plan-c", goal_id="goal-swim", mrn="MRN-C"), "msg_2")
     with engine.connect() as conn:
         assert conn.execute(sa.select(DeliveryRow.sequence)).scalars().all() == [2]
+
+
+def test_a_new_plan_is_probed_once_for_itself_and_for_a_twin_in_all_but_case(engine, monkeypatch):
+    """A drafted event that opens a plan learns from one probe of the folded-id index both that the plan is
+    still not there and whether another plan's id equals it but for case: no second read, same refusal."""
+    asked: list[str] = []
+    real = PlanRepository.twin_in_all_but_case
+
+    def twin_in_all_but_case(self, plan_id: str):
+        asked.append(plan_id)
+        return real(self, plan_id)
+
+    monkeypatch.setattr(PlanRepository, "twin_in_all_but_case", twin_in_all_but_case)
+    assert apply(engine, goal_event(plan_id="plan-Case"), "msg_a").status == 202
+    twin = apply(engine, goal_event(plan_id="plan-case"), "msg_b")
+    assert twin.status == 409
+    assert "plan plan-case differs from plan plan-Case only in case" in twin.body["detail"]
+    assert asked == []  # each draft's probe answered it
+    assert count(engine, PlanRow) == 1
