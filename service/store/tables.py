@@ -9,6 +9,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
+def _sqlite_utc_text(value: datetime | None) -> str | None:
+    """The text SQLite's DATETIME stores for an aware instant: UTC, `YYYY-MM-DD HH:MM:SS.ffffff`, no zone."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetimes are not stored")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """A timezone-aware UTC timestamp on every backend (SQLite keeps no zone of its own)."""
 
@@ -22,6 +31,13 @@ class UTCDateTime(sa.types.TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetimes are not stored")
         return value.astimezone(UTC)
+
+    def bind_processor(self, dialect: Any) -> Any:
+        """On SQLite, one step to the stored text (what process_bind_param and SQLite's DATETIME make in two,
+        for a few of the intake's statements' CPU); elsewhere SQLAlchemy's own."""
+        if dialect.name == "sqlite":
+            return _sqlite_utc_text
+        return super().bind_processor(dialect)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
         """Give back an aware datetime."""
