@@ -38,6 +38,7 @@ from mappings.refs import (
     member_identifier,
     parse_reference,
     refs_for_bundle,
+    resolve_placeholders,
     urn_for,
 )
 from service.domain.errors import MappingError
@@ -244,7 +245,20 @@ def bundle_to_plan(bundle: Json, identifier_base: str, mrn_system: str) -> Plan:
         entries = dt.retarget(entries, aliases)
         careplans = [e["resource"] for e in entries if dt.resource_type(e.get("resource")) == "CarePlan"]
     index = index_entries(entries)
-    return careplan_from_fhir(careplans[0], index, identifier_base, mrn_system, _unnamed_id(careplans[0], full_url))
+    plan = careplan_from_fhir(careplans[0], index, identifier_base, mrn_system, _unnamed_id(careplans[0], full_url))
+    # a `urn:` reference kept as it came must name an entry of the plan's own Bundle, or need none
+    return resolve_placeholders(
+        plan, entries, bundle.get("type"), lambda read: _own_full_urls(read, identifier_base, mrn_system)
+    )
+
+
+def _own_full_urls(plan: Plan, identifier_base: str, mrn_system: str) -> set[str]:
+    """Return the fullUrls of the Bundle a plan is written as (none when it cannot be written: refused later)."""
+    try:
+        written = plan_to_bundle(plan, identifier_base, mrn_system)
+    except MappingError:
+        return set()
+    return {e["fullUrl"] for e in written["entry"]}
 
 
 def _unnamed_id(careplan: Json, full_url: Any) -> str:

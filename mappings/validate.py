@@ -353,3 +353,64 @@ _CHECKS = {
     "RelatedPerson": _person,
     "Bundle": _bundle,
 }
+
+
+# ---- placeholders no entry resolves --------------------------------------------------------------------------
+#
+# A `urn:uuid:` / `urn:oid:` reference in a Bundle names the entry with that fullUrl; a FHIR server refuses a
+# transaction holding one no entry has (HAPI-0541 "Unable to satisfy placeholder ID ...", whatever element holds
+# it; the local server in fhir-server/ does the same). The intake runs this on the Bundle of every event's plan:
+# one walk of the entries' resources looking only at `reference` strings that start with "urn:", and element
+# paths worked out only when one dangles.
+
+_DICT, _LIST = dict, list
+
+
+def _dangling(node: Json, full_urls: set[object], found: list[str]) -> None:
+    for key, value in node.items():
+        kind = value.__class__
+        if kind is str:
+            if key == "reference" and value[:4] == "urn:" and value not in full_urls:
+                found.append(value)
+        elif kind is _DICT:
+            _dangling(value, full_urls, found)
+        elif kind is _LIST:
+            for item in value:
+                if item.__class__ is _DICT:
+                    _dangling(item, full_urls, found)
+
+
+def _dangling_paths(value: object, path: str, full_urls: set[object], out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and item[:4] == "urn:" and item not in full_urls:
+                out[f"{path}.reference"] = (
+                    f"{item} is the fullUrl of no entry of the Bundle: a FHIR server refuses the transaction "
+                    "(unable to satisfy the placeholder)"
+                )
+            elif isinstance(item, dict | list):
+                _dangling_paths(item, f"{path}.{key}", full_urls, out)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _dangling_paths(item, f"{path}[{i}]", full_urls, out)
+
+
+def unresolved_placeholders(bundle: Json) -> dict[str, str]:
+    """Return {element path: problem} for each `urn:` reference in the Bundle's entries' resources that is the
+    fullUrl of no entry (`Bundle.entry[3].resource.addresses[0].reference`); empty when every one resolves."""
+    entries = bundle.get("entry")
+    if entries.__class__ is not _LIST:
+        return {}
+    full_urls = {entry.get("fullUrl") for entry in entries if entry.__class__ is _DICT}
+    found: list[str] = []
+    for entry in entries:
+        resource = entry.get("resource") if entry.__class__ is _DICT else None
+        if resource.__class__ is _DICT:
+            _dangling(resource, full_urls, found)
+    if not found:
+        return {}
+    out: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
+            _dangling_paths(entry["resource"], f"Bundle.entry[{i}].resource", full_urls, out)
+    return out

@@ -13,7 +13,7 @@ from typing import Any
 
 from mappings.bundle import bundle_to_plan, plan_to_bundle
 from mappings.fhir import issues_of, structure_errors
-from mappings.validate import check_resource
+from mappings.validate import check_resource, unresolved_placeholders
 from service.domain.codec import from_dict, to_dict
 from service.domain.errors import PlanbridgeError
 from service.domain.model import Plan
@@ -112,6 +112,8 @@ def bundle_issues(bundle: dict[str, Any]) -> list[Issue]:
     out = [Issue(p, m, code="structure") for p, m in shape.items() if p not in only_resource]
     if not out:
         out = check_resource(bundle)
+        if bundle.get("type") == "transaction":  # a server refuses it (HAPI-0541): the input is broken as it is
+            out += [Issue(p, m, code="invalid") for p, m in unresolved_placeholders(bundle).items()]
     for i, entry in enumerate(entries if isinstance(entries, list) else []):
         if isinstance(entry, dict) and "resource" in entry:
             out += resource_issues(entry["resource"], f"Bundle.entry[{i}].resource")
@@ -150,6 +152,8 @@ def to_fhir(document: Any, settings: Settings) -> tuple[dict[str, Any], list[Iss
         rtype = entry["resource"]["resourceType"]
         for issue in errors(resource_issues(entry["resource"], f"Bundle.entry[{i}].resource")):
             problems.append(Issue(issue.path, f"in the {rtype} the plan maps to: {issue.message}", code=issue.code))
+    for path, message in unresolved_placeholders(bundle).items():
+        problems.append(Issue(path, f"in the Bundle the plan maps to: {message}", code="invalid"))
     if problems:
         raise ConversionRefused("the plan maps to FHIR that is not valid R4", problems)
     return bundle, warnings

@@ -29,6 +29,7 @@ from typing import Any
 from mappings import codes
 from mappings.bundle import plan_to_bundle
 from mappings.fhir import validate_bundle
+from mappings.validate import unresolved_placeholders
 from service.domain.errors import InvalidInput, MappingError
 from service.domain.model import CheckIn, OutcomeRating, Plan
 
@@ -102,9 +103,16 @@ def _element_path(bundle: dict[str, Any], path: str, identifier_base: str) -> st
     return f"{kind}({ours[0]}){rest.removeprefix('.resource')}" if ours else f"{kind}{rest.removeprefix('.resource')}"
 
 
-def _refusal(plan: Plan, error: MappingError, bundle: dict[str, Any], identifier_base: str) -> Undeliverable:
+def _named(error: MappingError, bundle: dict[str, Any], identifier_base: str) -> dict[str, str]:
     found = error.data.get("errors") or {"": error.detail}
-    errors = {_element_path(bundle, str(p), identifier_base): str(m) for p, m in dict(found).items()}
+    return {_element_path(bundle, str(p), identifier_base): str(m) for p, m in dict(found).items()}
+
+
+def _refusal(
+    plan: Plan, error: MappingError | None, bundle: dict[str, Any], identifier_base: str, named: dict[str, str]
+) -> Undeliverable:
+    """The refusal naming each problem: `named` (already named), then those of `error` in `bundle`."""
+    errors = {**named, **(_named(error, bundle, identifier_base) if error is not None else {})}
     path = next(iter(errors))
     return Undeliverable(
         f"plan {plan.id} would not be valid FHIR at {path}, so it could never be sent", {"fhir": errors}
@@ -145,10 +153,15 @@ def _check(
     try:
         bundle = plan_to_bundle(_touched_only(before, after), identifier_base, mrn_system)
     except MappingError as exc:
-        raise _refusal(after, exc, {}, identifier_base) from None
+        raise _refusal(after, exc, {}, identifier_base, {}) from None
+    # before any Goal is left out: the references to a goal left out would dangle, and legitimately
+    dangling = unresolved_placeholders(bundle)
+    named = {_element_path(bundle, p, identifier_base): m for p, m in dangling.items()} if dangling else {}
     if untouched:
         bundle = _without_goals(bundle, after.id, untouched, identifier_base)
     try:
         validate_bundle(bundle)
     except MappingError as exc:
-        raise _refusal(after, exc, bundle, identifier_base) from None
+        raise _refusal(after, exc, bundle, identifier_base, named) from None
+    if named:
+        raise _refusal(after, None, bundle, identifier_base, named)

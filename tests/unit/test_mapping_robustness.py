@@ -299,6 +299,12 @@ def _silent(bundle: dict, rtype: str, key: str) -> None:
     _first(bundle, rtype)[key] = {"extension": [{"url": "http://ehr.example/ext/x", "valueString": "y"}]}
 
 
+def _unread_goal_reference(bundle: dict) -> dict:
+    """The CarePlan's reference to a Goal the plan cannot hold is kept, but not as the `urn:uuid:` it came as: the
+    written Bundle has no entry under it (a server refuses the transaction), so it names the Goal by its identifier."""
+    return {"type": "Goal", "identifier": _first(bundle, "Goal")["identifier"][0]}
+
+
 def _retarget_careteam(careplan: dict) -> dict:
     careplan["careTeam"] = [{"reference": careplan["goal"][0]["reference"]}]
     return careplan["careTeam"][0]
@@ -391,7 +397,7 @@ KEPT: dict[str, tuple[str, Any, Any]] = {
     ),
     "Goal whose description has neither text nor coding": (
         "plan:minimal",
-        lambda b: _silent(b, "Goal", "description") or _careplan(b)["goal"][0],
+        lambda b: _silent(b, "Goal", "description") or _unread_goal_reference(b),
         lambda ref: None,
     ),
     "Observation whose code has neither text nor coding": (
