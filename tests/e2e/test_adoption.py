@@ -383,7 +383,10 @@ def test_plans_import_stores_a_plan_json_or_a_bundle_and_queues_its_push(tmp_pat
     assert (replaced.exit_code, replaced.stdout.strip()) == (0, plan_id)
 
     bundle = run("convert", "to-fhir", str(plan_file)).stdout
-    document = json.loads(bundle)
+    # The Patient replaced by another entry: every reference to it (subject, team member, proposer, agreement,
+    # performer) names the new entry, or the transaction would hold placeholders no entry has (HAPI-0541).
+    patient_url = next(e["fullUrl"] for e in json.loads(bundle)["entry"] if e["resource"]["resourceType"] == "Patient")
+    document = json.loads(bundle.replace(json.dumps(patient_url), json.dumps("urn:uuid:p")))
     document["entry"] = [e for e in document["entry"] if e["resource"]["resourceType"] != "Patient"] + [
         {
             "fullUrl": "urn:uuid:p",
