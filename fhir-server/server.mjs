@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // planbridge local FHIR R4 server: node:http in front of Medplum's FhirRouter + MemoryRepository.
 // Usage: node server.mjs [--profile medplum|hapi] [--host 127.0.0.1] [--port 8090] [--page-size 20]
-//        [--subscription-retry-delays 1,2,4,8,15,30] [--quiet] [--exit-on-stdin-close]
+//        [--subscription-retry-delays 1,2,4,8,15,30] [--referential-integrity-on-delete] [--quiet] [--exit-on-stdin-close]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
 const PROFILE_NAMES = ['medplum', 'hapi']; // lib/app.mjs PROFILES (not imported: core needs the WebSocket stub first)
 const USAGE = 'usage: node server.mjs [--profile medplum|hapi (default medplum: Medplum\'s transaction limits)] [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
-  '[--subscription-retry-delays S1,S2,... (seconds between delivery attempts)] [--quiet] [--exit-on-stdin-close]';
+  '[--subscription-retry-delays S1,S2,... (seconds between delivery attempts)] ' +
+  '[--referential-integrity-on-delete (409 HAPI-0550 for deleting a referenced resource)] [--quiet] [--exit-on-stdin-close]';
 
 function options() {
   try {
@@ -18,6 +19,7 @@ function options() {
         port: { type: 'string', default: '8090' },
         'page-size': { type: 'string', default: '20' },
         'subscription-retry-delays': { type: 'string', default: '1,2,4,8,15,30' },
+        'referential-integrity-on-delete': { type: 'boolean', default: false },
         quiet: { type: 'boolean', default: false },
         'exit-on-stdin-close': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -61,6 +63,7 @@ const { createApp, BASE_PATH } = await import('./lib/app.mjs');
 loadDefinitions();
 const app = createApp({
   pageSize: opts.pageSize, log, subscriptionRetryDelaysMs: opts.retryDelaysMs, profile: opts.profile,
+  referentialIntegrityOnDelete: opts['referential-integrity-on-delete'],
 });
 log(`profile ${opts.profile}`);
 const server = http.createServer((req, res) => {

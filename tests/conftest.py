@@ -5,6 +5,7 @@ import os
 import pytest
 
 from service.devfhir import PROFILES, LocalFhirServer, default_profile
+from tests.ehr_world import seed_ehr_world
 
 
 class LocalFhirServers:
@@ -22,6 +23,7 @@ class LocalFhirServers:
             server = LocalFhirServer(profile=profile, log_path=log)
             self.servers[profile] = server
             self.urls[profile] = server.start()
+            seed_ehr_world(self.urls[profile])  # the EHR resources the fixture plans name
         return self.urls[profile]
 
     def stop(self) -> None:
@@ -40,9 +42,18 @@ def local_fhir_servers(tmp_path_factory):
         servers.stop()
 
 
+_seeded: set[str] = set()
+
+
 def _external() -> str | None:
     url = os.environ.get("FHIR_TEST_SERVER_URL")
-    return url.rstrip("/") if url else None
+    if not url:
+        return None
+    url = url.rstrip("/")
+    if url not in _seeded:
+        seed_ehr_world(url)  # the EHR resources the fixture plans name, once per session
+        _seeded.add(url)
+    return url
 
 
 @pytest.fixture(scope="session")

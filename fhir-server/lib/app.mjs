@@ -97,11 +97,16 @@ function readBody(req) {
   });
 }
 
-export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDelaysMs, profile = 'medplum' } = {}) {
+export function createApp({
+  pageSize = 20, log = () => {}, subscriptionRetryDelaysMs, profile = 'medplum', referentialIntegrityOnDelete = false,
+} = {}) {
   if (!PROFILES.includes(profile)) throw new Error(`unknown profile ${profile}; use one of ${PROFILES.join(', ')}`);
   const repo = new HapiLikeRepository({
     validate: (r) => { validate(r); validateSubscription(r); },
     staleVersion: profile === 'medplum' ? 'medplum' : 'hapi',
+    // Referential integrity on write in both profiles: Medplum's `checkReferencesOnWrite` looks at every
+    // reference, HAPI at those on its reference search parameters' paths. On delete only when asked.
+    references: { scope: profile === 'medplum' ? 'all' : 'search-params', onDelete: referentialIntegrityOnDelete },
   });
   const Processor = profile === 'medplum' ? HapiLikeBatchProcessor : UncappedBatchProcessor;
   const router = new FhirRouter();
@@ -177,7 +182,7 @@ export function createApp({ pageSize = 20, log = () => {}, subscriptionRetryDela
           bundle.entry?.find((e) => Number.parseInt(e?.response?.status, 10) >= 400);
         if (failed) throw new OperationOutcomeError(failed.response.outcome ?? badRequest('Transaction entry failed'));
         return { status: 200, resource: bundleResponse(bundle, entryMethods, prefer(req)) };
-      });
+      }, { deferReferenceChecks: body?.type === 'transaction' });
     }
     if (segments.length === 2 && segments[1] === '_history') {
       throw oo(400, 'not-supported', 'Type-level _history is not supported by planbridge-fhir');

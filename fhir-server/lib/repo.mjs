@@ -4,6 +4,7 @@
 // identifier index that narrows `identifier=` searches.
 import { MemoryRepository } from '@medplum/fhir-router';
 import { OperationOutcomeError, badRequest, deepClone, formatSearchQuery, matchesSearchRequest } from '@medplum/core';
+import { ReferenceChecker } from './references.mjs';
 
 const outcome = (id, code, diagnostics) => ({
   resourceType: 'OperationOutcome',
@@ -40,9 +41,22 @@ function coalesce(writes) {
 }
 
 export class HapiLikeRepository extends MemoryRepository {
-  /** @param {{ validate?: (resource: object) => void, staleVersion?: 'hapi' | 'medplum' }} [options] */
+  /**
+   * @param {{ validate?: (resource: object) => void, staleVersion?: 'hapi' | 'medplum',
+   *   references?: { scope: 'all' | 'search-params', onDelete?: boolean } }} [options]
+   * `references`: referential integrity on write (HAPI-1094/1096/0541; `scope` says which references are
+   * checked) and, with `onDelete`, on delete (409 HAPI-0550/0515). Without it nothing is checked.
+   */
   constructor(options = {}) {
     super();
+    this.refs = options.references && new ReferenceChecker({
+      scope: options.references.scope,
+      exists: (type, id) => this.current(type, id) !== undefined,
+      deleted: (type, id) => this.deleted.has(`${type}/${id}`),
+    });
+    this.refsOnDelete = Boolean(options.references?.onDelete);
+    this.deferredWrites = null; // Set("Type/id") written by the running transaction, checked when it ends
+    this.deferredDeletes = null; // Set("Type/id") it deleted
     this.validateFn = options.validate ?? (() => {});
     this.staleVersion = options.staleVersion ?? 'hapi'; // how a stale If-Match is answered
     this.nextId = 1;
@@ -89,6 +103,8 @@ export class HapiLikeRepository extends MemoryRepository {
       ...rest,
     };
     this.validateFn(candidate);
+    if (this.deferredWrites) this.deferredWrites.add(key); // once the transaction's own creates are in place
+    else this.refs?.check(candidate);
     this.remember(type, id);
     const wasSeeding = this.seeding;
     this.seeding = true; // keep our versionId/lastUpdated instead of random UUIDs
@@ -200,6 +216,10 @@ export class HapiLikeRepository extends MemoryRepository {
       throw notKnown(type, id);
     }
     if (options?.ifMatch !== undefined) this.checkVersion(existing, options.ifMatch, 'delete');
+    if (this.refs && this.refsOnDelete) {
+      if (this.deferredDeletes) this.deferredDeletes.add(key);
+      else this.assertUnreferenced(type, id);
+    }
     this.remember(type, id);
     this.resources.get(type).delete(id);
     this.unindex(existing);
@@ -287,17 +307,50 @@ export class HapiLikeRepository extends MemoryRepository {
     });
   }
 
-  async withTransaction(callback) {
+  /** Throw HAPI's 409 when a current resource still references Type/id. */
+  assertUnreferenced(type, id) {
+    const all = function* (resources) {
+      for (const byId of resources.values()) yield* byId.values();
+    };
+    const found = this.refs.referrer(type, id, all(this.resources));
+    if (found) throw ReferenceChecker.deleteConflict(`${type}/${id}`, found);
+  }
+
+  /** The references of what a transaction wrote or deleted, checked against its final state. */
+  checkDeferred() {
+    for (const key of this.deferredWrites ?? []) {
+      const [type, id] = key.split('/');
+      const resource = this.current(type, id);
+      if (resource) this.refs.check(resource, { inTransaction: true });
+    }
+    for (const key of this.deferredDeletes ?? []) {
+      const [type, id] = key.split('/');
+      if (!this.current(type, id)) this.assertUnreferenced(type, id);
+    }
+  }
+
+  /**
+   * Run `callback` all-or-nothing. `deferReferenceChecks` (a `transaction` Bundle): references are checked once
+   * every entry has run, so entries may reference each other; any failure rolls the whole Bundle back.
+   */
+  async withTransaction(callback, { deferReferenceChecks = false } = {}) {
     if (this.journal) return callback(this); // nested: the outermost transaction owns the journal
     this.journal = new Map();
     this.pendingWrites = [];
+    const defer = Boolean(this.refs && deferReferenceChecks);
+    this.deferredWrites = defer ? new Set() : null;
+    this.deferredDeletes = defer ? new Set() : null;
     let result;
     try {
       result = await callback(this);
+      if (defer) this.checkDeferred();
     } catch (err) {
       this.pendingWrites = null; // a rolled-back transaction notifies nobody
       this.rollback();
       throw err;
+    } finally {
+      this.deferredWrites = null;
+      this.deferredDeletes = null;
     }
     this.journal = null;
     const writes = this.pendingWrites;

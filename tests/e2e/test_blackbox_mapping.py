@@ -88,7 +88,12 @@ def resources(bundle: dict, rtype: str) -> list[dict]:
 
 
 def server_accepts(base_url: str, document: dict) -> bool:
-    """Whether the local FHIR server (HAPI's and Medplum's answers) takes the resource or Bundle."""
+    """Whether the local FHIR server (HAPI's and Medplum's answers) takes the resource or Bundle, once it holds the
+    EHR's Patient: planbridge names the Patient it read by the EHR's reference (`Patient/p1`) and never writes it,
+    and the server refuses a reference to a resource it does not hold (HAPI-1094)."""
+    headers = {"Content-Type": "application/fhir+json"}
+    held = requests.put(f"{base_url}/Patient/{PATIENT['id']}", json=PATIENT, headers=headers, timeout=30)
+    assert held.status_code in (200, 201), held.text
     kind = document.get("type") if document["resourceType"] == "Bundle" else None
     url = base_url if kind in ("transaction", "batch") else f"{base_url}/{document['resourceType']}"
     answer = requests.post(url, json=document, headers={"Content-Type": "application/fhir+json"}, timeout=30)

@@ -18,6 +18,7 @@ import pytest
 
 from service.devfhir import LocalFhirServer
 from service.store.db import create_engine, upgrade
+from tests.ehr_world import seed_ehr_world
 from tests.sync_model_support import SyncWorld
 
 BIN = Path(sys.executable).parent / "planbridge"
@@ -28,7 +29,7 @@ def server(fhir_profile, tmp_path):
     if os.environ.get("FHIR_TEST_SERVER_URL"):
         pytest.skip("needs a local FHIR server it can restart")
     server = LocalFhirServer(profile=fhir_profile, log_path=tmp_path / "fhir-server.log")
-    server.start()
+    seed_ehr_world(server.start())
     yield server
     server.stop()
 
@@ -38,7 +39,8 @@ def _restart(server: LocalFhirServer) -> None:
     port = int(server.base_url.split(":")[2].split("/")[0])
     server.stop()
     server.port = port
-    server.start()
+    # The EHR's own resources the plans name (Conditions...) are back (restored with the EHR), the plans are not.
+    seed_ehr_world(server.start())
 
 
 def _linked(world: SyncWorld, plan_id: str) -> dict[str, str]:

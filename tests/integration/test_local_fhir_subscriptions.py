@@ -145,10 +145,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def http():
+def http(fhir_base_url):
     with requests.Session() as session:
         session.headers.update(HEADERS)
+        put_subject(session, fhir_base_url)
         yield session
+
+
+def put_subject(http, base: str) -> None:
+    """Put the Patient the Goals name: the server refuses a reference to a resource it does not hold (HAPI-1094)."""
+    patient = {"resourceType": "Patient", "id": "subscription-test"}
+    http.put(f"{base}/Patient/subscription-test", json=patient).raise_for_status()
 
 
 def unique() -> str:
@@ -431,6 +438,7 @@ def test_delivery_gives_up_after_the_retries_and_the_subscription_stays_active(h
             line = process.stdout.readline()
             assert line.startswith("planbridge-fhir listening on "), line
             base = line.split(" on ", 1)[1].strip()
+            put_subject(http, base)
             value = unique()
             late = Receiver(port=free_port())
             try:

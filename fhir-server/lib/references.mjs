@@ -1,0 +1,148 @@
+// Referential integrity on write, as HAPI FHIR enforces it by default (`enforce_referential_integrity_on_write`),
+// and on delete where asked (`enforce_referential_integrity_on_delete`). What HAPI says:
+//   HAPI-1094: Resource Patient/123 not found, specified in path: Goal.subject              (400)
+//   HAPI-1096: Resource Patient/123 is deleted, specified in path: Goal.subject             (400)
+//   HAPI-0541: Unable to satisfy placeholder ID urn:uuid:... found in element named 'subject'
+//              within resource of type: Goal                                                (400, transactions)
+//   HAPI-0550: HAPI-0515: Unable to delete Patient/1 because at least one resource has a reference to this
+//              resource. First reference found was resource Goal/2 in path Goal.subject     (409)
+// Not checked, as on HAPI: absolute URLs (other servers), `#contained`, logical (identifier-only) and
+// display-only references.
+import { OperationOutcomeError, globalSchema, isResourceType } from '@medplum/core';
+
+const error = (id, diagnostics) => new OperationOutcomeError({
+  resourceType: 'OperationOutcome',
+  id,
+  issue: [{ severity: 'error', code: 'processing', details: { text: diagnostics }, diagnostics }],
+});
+
+const LITERAL = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
+const PLACEHOLDER = /^urn:(uuid|oid):/;
+
+/**
+ * Every Reference in a resource: `{ path, name, reference }`, where `path` is the element path without
+ * indices (`CarePlan.activity.detail.goal`) and `name` the element's own name (`goal`).
+ * With `contained: false`, references inside `contained` resources are left out. Resources nested otherwise
+ * (a stored Bundle's entries, Parameters) are always left out.
+ */
+export function collectReferences(resource, { contained = true } = {}) {
+  const found = [];
+  const walk = (value, path, name) => {
+    if (Array.isArray(value)) {
+      for (const item of value) walk(item, path, name);
+      return;
+    }
+    if (value === null || typeof value !== 'object') return;
+    if (typeof value.reference === 'string' && path.includes('.')) found.push({ path, name, reference: value.reference });
+    for (const [key, child] of Object.entries(value)) {
+      if (key === 'reference' || (child === null || typeof child !== 'object')) continue;
+      if (key === 'contained' && path === resource.resourceType) {
+        if (contained) for (const r of [child].flat()) if (r?.resourceType) walk(r, r.resourceType, r.resourceType);
+        continue;
+      }
+      // A resource inside another (`Bundle.entry.resource`, `Parameters.parameter.resource`) is not written
+      // as itself: its references resolve within its container (a Bundle's fullUrls), and HAPI does not index them.
+      if ([child].flat().some((c) => typeof c?.resourceType === 'string')) continue;
+      walk(child, `${path}.${key}`, key);
+    }
+  };
+  walk(resource, resource.resourceType, resource.resourceType);
+  return found;
+}
+
+// ---- the paths HAPI checks: those of its reference search parameters (its ResourceLinks) ----
+
+const searchParamPaths = new Map(); // type -> Set of element paths
+
+/** The element paths of a type's reference search parameters (`Goal.subject`, `CarePlan.goal`, ...). */
+export function referencePaths(type) {
+  let paths = searchParamPaths.get(type);
+  if (paths) return paths;
+  paths = new Set();
+  for (const param of Object.values(globalSchema.types[type]?.searchParams ?? {})) {
+    if (param?.type !== 'reference' || !param.expression) continue;
+    for (const part of param.expression.split('|')) {
+      const text = part.trim();
+      const match = /^\(?\s*([A-Za-z]+(?:\.[A-Za-z]+)*)/.exec(text);
+      if (!match || !match[1].startsWith(`${type}.`)) continue;
+      let path = match[1];
+      // `Goal.subject.where(resolve() is Patient)`: the last name is a function, not an element
+      if (text[match.index + match[0].length] === '(') path = path.slice(0, path.lastIndexOf('.'));
+      if (path.startsWith(`${type}.meta.`)) continue; // Medplum's own `_compartment`, not HAPI's
+      if (/\bas\s+Reference\b|ofType\(Reference\)/.test(part)) path += 'Reference'; // value[x] as Reference
+      paths.add(path);
+    }
+  }
+  searchParamPaths.set(type, paths);
+  return paths;
+}
+
+/**
+ * Checks the references of resources being written against what the repository holds.
+ * `scope`: `all` (every literal reference, as Medplum's `checkReferencesOnWrite` does) or `search-params`
+ * (only the paths of reference search parameters, as HAPI's JPA server does).
+ */
+export class ReferenceChecker {
+  /** @param {{ scope: 'all' | 'search-params', exists: (type, id) => boolean, deleted: (type, id) => boolean }} options */
+  constructor({ scope, exists, deleted }) {
+    this.scope = scope;
+    this.exists = exists;
+    this.deleted = deleted;
+  }
+
+  /** The references of a resource that this server checks on write. */
+  checked(resource) {
+    const all = collectReferences(resource, { contained: this.scope === 'all' });
+    if (this.scope === 'all') return all;
+    const paths = referencePaths(resource.resourceType);
+    return all.filter((r) => paths.has(r.path));
+  }
+
+  /**
+   * Throw HAPI's 400 for the first reference of `resource` that does not resolve. `inTransaction`: also refuse
+   * `urn:uuid:`/`urn:oid:` placeholders (any still present once the transaction has rewritten the ones its
+   * entries' fullUrls resolve).
+   */
+  check(resource, { inTransaction = false } = {}) {
+    const self = `${resource.resourceType}/${resource.id}`;
+    if (inTransaction) {
+      // HAPI looks at every reference for placeholders, whatever its path.
+      for (const { name, reference } of collectReferences(resource)) {
+        if (PLACEHOLDER.test(reference)) {
+          throw error('bad-request', `HAPI-0541: Unable to satisfy placeholder ID ${reference} found in element ` +
+            `named '${name}' within resource of type: ${resource.resourceType}`);
+        }
+      }
+    }
+    for (const { path, reference } of this.checked(resource)) {
+      const match = LITERAL.exec(reference);
+      if (!match || !isResourceType(match[1])) continue;
+      const [, type, id] = match;
+      if (`${type}/${id}` === self || this.exists(type, id)) continue;
+      if (this.deleted(type, id)) {
+        throw error('bad-request', `HAPI-1096: Resource ${type}/${id} is deleted, specified in path: ${path}`);
+      }
+      throw error('bad-request', `HAPI-1094: Resource ${type}/${id} not found, specified in path: ${path}`);
+    }
+  }
+
+  /** The first `{ source, path }` among `resources` that references `Type/id` (a delete's conflict), if any. */
+  referrer(type, id, resources) {
+    const target = `${type}/${id}`;
+    for (const resource of resources) {
+      const source = `${resource.resourceType}/${resource.id}`;
+      if (source === target) continue;
+      for (const { path, reference } of this.checked(resource)) {
+        const match = LITERAL.exec(reference);
+        if (match && `${match[1]}/${match[2]}` === target) return { source, path };
+      }
+    }
+    return undefined;
+  }
+
+  /** HAPI's 409 for deleting a resource that is still referenced. */
+  static deleteConflict(target, { source, path }) {
+    return error('conflict', `HAPI-0550: HAPI-0515: Unable to delete ${target} because at least one resource has a ` +
+      `reference to this resource. First reference found was resource ${source} in path ${path}`);
+  }
+}
