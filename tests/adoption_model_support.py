@@ -231,6 +231,7 @@ class AdoptionWorld(SyncWorld):
             },
             own_identifier=False,
         )
+        self.ehr_drop_deleted_goals(careplan)  # as a real EHR must: the server refuses a CarePlan naming them
         careplan["goal"] = [*careplan.get("goal", []), {"reference": f"Goal/{goal['id']}"}]
         self.ehr_put(careplan, careplan["meta"]["versionId"])
         return goal

@@ -289,6 +289,32 @@ def without_dangling_goals(careplan: dict[str, Any], index: dict[str, Any]) -> d
     return out
 
 
+def _names_goal_not_in(value: Any, live: set[str] | dict[str, Any]) -> bool:
+    """Tell whether `value` names, anywhere inside, a `Goal/id` that `live` does not hold."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref.startswith("Goal/") and ref not in live:
+            return True
+        return any(_names_goal_not_in(v, live) for v in value.values())
+    if isinstance(value, list):
+        return any(_names_goal_not_in(v, live) for v in value)
+    return False
+
+
+def without_dangling_extensions(resource: dict[str, Any], live: set[str] | dict[str, Any]) -> dict[str, Any]:
+    """Return a Goal (or a goal's `fhir_extra`) without its extensions naming a Goal the server no longer holds (a
+    replacement by a Goal the EHR deleted): like a CarePlan's reference to one, no value of its own, which
+    planbridge drops when it reads it (a server checking every reference refuses a write naming it)."""
+    extensions = resource.get("extension")
+    if not isinstance(extensions, list) or not _names_goal_not_in(extensions, live):
+        return resource
+    out = dict(resource)
+    out["extension"] = [e for e in extensions if not _names_goal_not_in(e, live)]
+    if not out["extension"]:
+        del out["extension"]
+    return out
+
+
 def without_refs_to(document: dict[str, Any], live: set[str] | dict[str, Any]) -> dict[str, Any]:
     """Return the plan document without the references to Goals the server does not hold that it keeps as they
     came (`careplan_extra.goal`, a step's `detail_extra.goal`): the counterpart of `without_dangling_goals`."""
@@ -310,6 +336,9 @@ def without_refs_to(document: dict[str, Any], live: set[str] | dict[str, Any]) -
             holder["goal"] = kept(holder["goal"])
             if not holder["goal"]:
                 del holder["goal"]
+    for goal in out.get("goals", []):
+        if isinstance(goal, dict) and isinstance(goal.get("fhir_extra"), dict):
+            goal["fhir_extra"] = without_dangling_extensions(goal["fhir_extra"], live)
     return out
 
 
@@ -560,6 +589,7 @@ class SyncWorld:
             }
         )
         careplan = without_dangling_goals(careplans[0], index)
+        index = {k: without_dangling_extensions(r, index) if k.startswith("Goal/") else r for k, r in index.items()}
         plan = careplan_from_fhir(careplan, index, self.base, self.settings.mrn_system)
         resources = {
             f"{r['resourceType']}/{r['id']}": r
@@ -614,9 +644,41 @@ class SyncWorld:
                 "subject": careplan["subject"],
             },
         ).json()
+        self.ehr_drop_deleted_goals(careplan)
         careplan["goal"] = [*careplan.get("goal", []), {"reference": f"Goal/{goal['id']}"}]
         self.ehr_put(careplan, careplan["meta"]["versionId"])
         return goal
+
+    def ehr_drop_deleted_goals(self, careplan: dict[str, Any]) -> None:
+        """Take out of the CarePlan (in place) its references to Goals the server no longer holds, as an EHR must
+        before it saves the CarePlan again: a server that checks references on write (HAPI's default, Medplum's
+        `checkReferencesOnWrite`, the local server) refuses a CarePlan naming a deleted Goal (400 HAPI-1096).
+        One search (`Goal?_id=`) for the Goals it names; none when it names none."""
+        named = {
+            r["reference"]
+            for r in [
+                *careplan.get("goal", []),
+                *(g for a in careplan.get("activity", []) for g in a.get("detail", {}).get("goal", [])),
+            ]
+            if str(r.get("reference", "")).startswith("Goal/")
+        }
+        if not named:
+            return
+        ids = sorted(ref.split("/", 1)[1] for ref in named)
+        found = self.ehr.request("GET", "Goal", params={"_id": ",".join(ids), "_count": str(len(ids))}).json()
+        held = {f"Goal/{e['resource']['id']}" for e in found.get("entry", []) if "resource" in e}
+        gone = named - held
+        if not gone:
+            return
+        careplan["goal"] = [r for r in careplan.get("goal", []) if r.get("reference") not in gone]
+        if not careplan["goal"]:
+            del careplan["goal"]
+        for activity in careplan.get("activity", []):
+            detail = activity.get("detail", {})
+            if "goal" in detail:
+                detail["goal"] = [r for r in detail["goal"] if r.get("reference") not in gone]
+                if not detail["goal"]:
+                    del detail["goal"]
 
     def ehr_delete(self, key: str) -> None:
         self.ehr.request("DELETE", key)

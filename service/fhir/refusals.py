@@ -8,6 +8,9 @@ matches several resources (HAPI-0958/0988/0962) and 409 when a delete is blocked
 (https://hl7.org/fhir/R4/valueset-issue-type.html). HAPI sends `processing` for nearly every
 refusal, so for 409 and 412 the diagnostics (HAPI's message codes) are read first. Medplum refuses a
 transaction over its caps with 400 `invalid` and a fixed message (TOO_LARGE), read before anything else.
+A 400/422 that says the written resource names a resource the server does not hold (DANGLING: HAPI's
+referential integrity on write, Medplum's `checkReferencesOnWrite`) is the EHR having deleted something
+under us, not bad content: `FhirDanglingReference`, decision "merge".
 
 The table, with each class's `decision`, is also in docs/fhir-refusals.md; keep the two in step.
 """
@@ -18,6 +21,7 @@ import re
 from typing import Any
 
 from service.fhir.errors import (
+    Decision,
     FhirAuthError,
     FhirError,
     FhirGone,
@@ -32,6 +36,17 @@ from service.fhir.errors import (
 )
 
 ErrorKind = type[FhirError]
+
+
+class FhirDanglingReference(FhirValidationFailed):
+    """400 (or 422): the written resource names a resource the server does not hold, deleted or never there
+    (HAPI-1096 "Resource Goal/5 is deleted, specified in path: CarePlan.goal", HAPI-1094 "... not found ...";
+    Medplum: "Invalid reference (Not found)" / "(Gone)"). The EHR deleted something the plan still names:
+    re-read, merge (the pull drops references to Goals the server no longer holds), then one more try; refused
+    so again after the re-read, it is a stop (the push sets `decision` to "stop" and records it)."""
+
+    decision: Decision = "merge"
+
 
 # (status, OperationOutcome issue code) -> error. Looked up with each error/fatal issue's code in turn.
 BY_OUTCOME: dict[tuple[int, str], ErrorKind] = {
@@ -100,6 +115,15 @@ TOO_LARGE = re.compile(
 )
 
 
+# A write naming what the server does not hold: HAPI's referential integrity on write (its JPA server's default,
+# `enforce_referential_integrity_on_write`: HAPI-1094 "Resource X/1 not found, specified in path: ...", HAPI-1096
+# "Resource X/1 is deleted, specified in path: ...", inside a transaction after "HAPI-0550: "), and Medplum's
+# reference check (project setting `checkReferencesOnWrite`: 400 `structure`, details "Invalid reference (Not
+# found)" or "Invalid reference (Gone)"). Read for 400 and 422 only; any error issue saying so is enough.
+DANGLING = re.compile(r"HAPI-109[46]\b|\bInvalid reference \((not found|gone|deleted)\b", re.I)
+DANGLING_STATUSES = frozenset({400, 422})
+
+
 def _issues(outcome: dict[str, Any] | None) -> list[dict[str, Any]]:
     issues = [i for i in (outcome or {}).get("issue") or [] if isinstance(i, dict)]
     errors = [i for i in issues if i.get("severity") in ("error", "fatal")]
@@ -124,6 +148,8 @@ def classify(status: int, outcome: dict[str, Any] | None) -> ErrorKind:
     issues = _issues(outcome)
     if 400 <= status < 500 and any(TOO_LARGE.search(_text(i)) for i in issues):
         return FhirTransactionTooLarge
+    if status in DANGLING_STATUSES and any(DANGLING.search(_text(i)) for i in issues):
+        return FhirDanglingReference
     if status in REFUSAL_STATUSES:
         text = " ".join(str(i.get("diagnostics") or (i.get("details") or {}).get("text") or "") for i in issues)
         for pattern, kind in BY_DIAGNOSTICS:

@@ -10,6 +10,11 @@ service.sync.merge.record_removals), or makes it a conflict when the team change
 
 An item recorded as removed in the EHR stays in the plan and is never sent: `on_server` is the plan
 document as the server should hold it.
+
+A reference the pull would keep as it came (a CarePlan's goal or an activity's goal the mapping does not model,
+a Goal's extension naming another Goal) to a Goal the server no longer holds is dropped from what the pull
+reads (`kept_goal_refs`, `absent_goals`, `without_refs`): a server that checks references on write (HAPI's
+default, Medplum's `checkReferencesOnWrite`) refuses every write that still names it (400, HAPI-1096/1094).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from mappings import datatypes as dt
@@ -26,12 +32,73 @@ from service.fhir.errors import FhirError
 
 log = logging.getLogger(__name__)
 MAX_LOOKUPS = 20  # per CarePlan; a CarePlan naming more deleted Goals than this is read in later pulls
+MAX_ABSENT_LOOKUPS = 50  # Goal ids in the one `Goal?_id=` search per CarePlan; more are looked up in later pulls
+# A literal reference to a Goal on this server (also to one of its versions): what a server checks on write.
+GOAL_REFERENCE = re.compile(r"(Goal/[A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?")
 
 
 def unresolved_goal_refs(careplan: dict[str, Any], index: dict[str, Any]) -> list[str]:
     """Return the `Goal/id` references of the CarePlan that the pulled resources do not hold."""
     refs = [r.get("reference", "") for r in careplan.get("goal", []) if isinstance(r, dict)]
     return [ref for ref in refs if ref.startswith("Goal/") and ref.count("/") == 1 and ref not in index]
+
+
+def kept_goal_refs(careplan: dict[str, Any], index: dict[str, Any]) -> list[str]:
+    """Return the `Goal/id` the pulled CarePlan, and the pulled Goals it names, refer to literally (anywhere: its
+    goals, its activities' goals, extensions, contained resources) that the pulled resources do not hold, first
+    seen first. These are what the pull would keep as they came and a push would write back."""
+    named = [r.get("reference") for r in careplan.get("goal", []) if isinstance(r, dict)]
+    goals = [index[ref] for ref in named if isinstance(ref, str) and ref in index]
+    found: dict[str, None] = {}
+    for resource in (careplan, *goals):
+        for ref in _references(resource):
+            goal = _goal_of(ref)
+            if goal is not None and goal not in index:
+                found.setdefault(goal)
+    return list(found)
+
+
+def absent_goals(client: FhirClient, refs: list[str]) -> tuple[set[str], int]:
+    """Return which of these `Goal/id` name no Goal the server holds (deleted, or never there), and the requests
+    spent: one search `Goal?_id=a,b,…` for the first MAX_ABSENT_LOOKUPS of them, none for no reference. A search
+    that fails, or that the server did not restrict to those ids, tells nothing: no reference is called absent."""
+    ids = list(dict.fromkeys(ref.split("/", 1)[1] for ref in refs))[:MAX_ABSENT_LOOKUPS]
+    if not ids:
+        return set(), 0
+    try:
+        bundle = client.request("GET", "Goal", params={"_id": ",".join(ids), "_count": str(len(ids))}).json()
+    except FhirError as exc:
+        log.info("could not tell whether %d referenced goals are still on the server: %s", len(ids), exc.code)
+        return set(), 1
+    entries = bundle.get("entry", []) if isinstance(bundle, dict) else []
+    held = {
+        str(entry["resource"].get("id"))
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("resource"), dict)
+        and (entry.get("search") or {}).get("mode", "match") == "match"
+    }
+    if not held <= set(ids):  # the server ignored `_id`: its answer says nothing about these
+        return set(), 1
+    return {f"Goal/{goal_id}" for goal_id in ids if goal_id not in held}, 1
+
+
+def _references(node: Any) -> Iterator[str]:
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            yield ref
+        for value in node.values():
+            yield from _references(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _references(value)
+
+
+def _goal_of(ref: str) -> str | None:
+    """`Goal/id` for a literal reference to that Goal (`Goal/id` or `Goal/id/_history/n`), else None."""
+    match = GOAL_REFERENCE.fullmatch(ref)
+    return match.group(1) if match else None
 
 
 REMOVED = "removed_in_ehr"  # the plan JSON key of an item the EHR deleted or removed (service.domain.model.Removal)
@@ -43,6 +110,7 @@ def deleted_goals(
     goal_system: str,
     plan_id: str,
     known: Mapping[str, str] | None = None,
+    not_held: set[str] | None = None,
 ) -> dict[str, tuple[str, str | None]]:
     """Return {`Goal/id`: (goal id in the plan, last version seen)} for the references whose history shows
     one of the plan's goals.
@@ -52,6 +120,9 @@ def deleted_goals(
     carries planbridge's identifier only once planbridge wrote it, so the history of a Goal the EHR deleted
     before then names no goal of the plan. planbridge's identifier in the history is the fallback. Either way
     the history is read: it tells the Goal was deleted, and its last version.
+
+    `not_held`, when given, collects the references whose history the server answered 404 or 410 for: it holds
+    no such Goal (any more), whichever goal it was.
     """
     found: dict[str, tuple[str, str | None]] = {}
     known = known or {}
@@ -60,6 +131,8 @@ def deleted_goals(
             history = client.request("GET", f"{ref}/_history").json()
         except FhirError as exc:  # a server without instance history, or a Goal it never had
             log.info("plan %s: the history of a deleted goal could not be read: %s", plan_id, exc.code)
+            if not_held is not None and exc.status in (404, 410):
+                not_held.add(ref)
             continue
         entries = [e for e in history.get("entry", []) if isinstance(e, dict)]
         versions = [str((entry.get("resource") or {}).get("meta", {}).get("versionId", "")) for entry in entries]
@@ -103,21 +176,41 @@ def _newest(versions: list[str]) -> str | None:
     return given[0] if given else None
 
 
-def without_refs(careplan: dict[str, Any], refs: set[str]) -> dict[str, Any]:
-    """Return a copy of the CarePlan that no longer names these (deleted) resources."""
-    if not refs:
-        return careplan
-    out = copy.deepcopy(careplan)
-    out["goal"] = [r for r in out.get("goal", []) if r.get("reference") not in refs]
-    if not out["goal"]:
-        del out["goal"]
-    for activity in out.get("activity", []):
-        detail = activity.get("detail")
-        if isinstance(detail, dict) and "goal" in detail:
-            detail["goal"] = [r for r in detail["goal"] if r.get("reference") not in refs]
-            if not detail["goal"]:
-                del detail["goal"]
+def without_refs(resource: dict[str, Any], refs: set[str]) -> dict[str, Any]:
+    """Return a copy of the resource (a CarePlan, a Goal) that no longer names these (deleted) Goals: a list's
+    reference to one (a CarePlan's goal, an activity's goal) is left out, and so is an extension naming one
+    anywhere inside (a Goal's replacement), and a list left empty goes with its key. The resource itself is
+    returned when it names none of them."""
+    if not refs or not any(_goal_of(ref) in refs for ref in _references(resource)):
+        return resource
+    out = _without(copy.deepcopy(resource), refs)
+    assert isinstance(out, dict)
     return out
+
+
+def _names(item: Any, refs: set[str]) -> bool:
+    """Tell whether a list item goes: a reference to one of `refs`, or an extension naming one anywhere."""
+    if not isinstance(item, dict):
+        return False
+    ref = item.get("reference")
+    if isinstance(ref, str) and _goal_of(ref) in refs:
+        return True
+    extension = isinstance(item.get("url"), str) and "resourceType" not in item
+    return extension and any(_goal_of(r) in refs for r in _references(item))
+
+
+def _without(node: Any, refs: set[str]) -> Any:
+    if isinstance(node, list):
+        return [_without(item, refs) for item in node if not _names(item, refs)]
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            kept = _without(value, refs)
+            if isinstance(value, list) and value and not kept:
+                continue  # every item went: the element goes
+            out[key] = kept
+        return out
+    return node
 
 
 def prune_goal_references(document: dict[str, Any]) -> dict[str, Any]:

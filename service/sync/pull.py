@@ -27,7 +27,15 @@ from service.notify.changes import record_change
 from service.settings import Settings
 from service.store.uow import UnitOfWork
 from service.sync.adopt import adopted_links, carry_sources, reachable, source_keys
-from service.sync.deletions import MAX_LOOKUPS, deleted_goals, known_goals, unresolved_goal_refs, without_refs
+from service.sync.deletions import (
+    MAX_LOOKUPS,
+    absent_goals,
+    deleted_goals,
+    kept_goal_refs,
+    known_goals,
+    unresolved_goal_refs,
+    without_refs,
+)
 from service.sync.merge import (
     changed_paths,
     get_path,
@@ -170,11 +178,13 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
     def _merge_once(
         self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult, queue_push: bool
     ) -> None:
-        refs = unresolved_goal_refs(careplan, index)
-        gone = self._deleted_goals(self._plan_id(careplan), refs) if refs else {}
-        result.requests += min(len(refs), MAX_LOOKUPS)
+        gone, absent, spent = self._gone_goals(self._plan_id(careplan), careplan, index)
+        result.requests += spent
+        dropped = set(gone) | absent
         try:
-            theirs = careplan_from_fhir(without_refs(careplan, set(gone)), index, self.base, self.settings.mrn_system)
+            theirs = careplan_from_fhir(
+                without_refs(careplan, dropped), self._without_refs(index, dropped), self.base, self.settings.mrn_system
+            )
         except PlanbridgeError as exc:
             plan_id = self._plan_id(careplan)
             result.outcomes[plan_id] = "invalid"
@@ -250,14 +260,44 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         result.outcomes[theirs.id] = outcome
         log.info("plan %s pulled: %s", theirs.id, outcome)
 
-    def _deleted_goals(self, plan_id: str, refs: list[str]) -> dict[str, tuple[str, str | None]]:
-        """Which of the CarePlan's unresolved Goal references name goals of the plan the EHR deleted (see
-        service.sync.deletions.deleted_goals): known first by the plan's links and its goals' source marks (an
-        adopted goal's Goal carries no planbridge identifier until planbridge writes it), else by the history."""
+    def _gone_goals(
+        self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any]
+    ) -> tuple[dict[str, tuple[str, str | None]], set[str], int]:
+        """Return the Goals the pulled CarePlan (or a Goal it names) refers to that the server no longer holds:
+        ({`Goal/id`: (goal id in the plan, last version seen)} for goals of the plan the EHR deleted, the other
+        such `Goal/id`, the requests spent). Nothing is asked when every reference resolved.
+
+        Goals of the plan (see service.sync.deletions.deleted_goals) are known first by the plan's links and its
+        goals' source marks (an adopted goal's Goal carries no planbridge identifier until planbridge writes it),
+        else by the history (one read per unresolved CarePlan.goal, at most MAX_LOOKUPS). References the history
+        did not settle (a Goal the plan never held, a server without instance history, a reference outside
+        CarePlan.goal) are looked up in one search (`absent_goals`); a Goal it does not find is gone, and
+        recorded as deleted when the plan knows it as one of its goals (its last version unknown)."""
+        refs, kept = unresolved_goal_refs(careplan, index), kept_goal_refs(careplan, index)
+        if not refs and not kept:
+            return {}, set(), 0
         with self.uow:
             stored = self.uow.plans.get(plan_id)
             known = known_goals(self.uow.links.for_plan(plan_id), stored.goals if stored is not None else [])
-        return deleted_goals(self.client, refs, self._system("goal"), plan_id, known)
+        not_held: set[str] = set()
+        gone = deleted_goals(self.client, refs, self._system("goal"), plan_id, known, not_held) if refs else {}
+        spent = min(len(refs), MAX_LOOKUPS)
+        absent, asked = absent_goals(self.client, [ref for ref in kept if ref not in gone and ref not in not_held])
+        absent |= not_held
+        for ref in sorted(absent):
+            if ref in known and ref not in gone:
+                gone[ref] = (known[ref], None)
+        return gone, absent - set(gone), spent + asked
+
+    @staticmethod
+    def _without_refs(index: dict[str, Any], refs: set[str]) -> dict[str, Any]:
+        """The pulled resources, each Goal without its references to these gone Goals (see deletions.without_refs)."""
+        if not refs:
+            return index
+        return {
+            key: without_refs(resource, refs) if key.startswith("Goal/") else resource
+            for key, resource in index.items()
+        }
 
     def _plan_id(self, careplan: dict[str, Any]) -> str:
         ours = [i.get("value") for i in careplan.get("identifier", []) if i.get("system") == self._system("plan")]

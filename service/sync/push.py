@@ -24,6 +24,7 @@ from service.domain.model import Plan
 from service.fhir.capabilities import Limits, server_limits
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError, FhirTransportError
+from service.fhir.refusals import FhirDanglingReference
 from service.settings import Settings
 from service.store.repo_sync import PushView
 from service.store.uow import UnitOfWork
@@ -177,9 +178,11 @@ class Pusher:
         before it commits (at most once; not at all when the push records nothing, e.g. nothing changed).
 
         A refusal that means "the server is not what we last saw" (a version conflict, a resource
-        deleted in the EHR: `decision == "merge"`) is answered by re-reading and merging the plan,
-        then one more try at most. Every other failure is recorded on the plan (`last_error`, and the
-        server's OperationOutcome) and raised, for the outbox to back off on or the operator to read.
+        deleted in the EHR: `decision == "merge"`, also a write refused for naming a resource the server no
+        longer holds, `FhirDanglingReference`) is answered by re-reading and merging the plan, then one more
+        try at most; a second such dangling-reference refusal is final. Every other failure is recorded on
+        the plan (`last_error`, and the server's OperationOutcome) and raised, for the outbox to back off on
+        or the operator to read.
         """
         self._on_recorded = on_recorded
         try:
@@ -216,6 +219,11 @@ class Pusher:
         except FhirError as exc:
             self._mark_in_flight(plan_id, None)  # the server answered: a transaction is all or nothing
             if exc.decision != "merge" or self.on_conflict is None:
+                raise
+            if isinstance(exc, FhirDanglingReference) and not retry_after_merge:
+                # Still naming what the server does not hold after a re-read: the pull could not drop it (a deleted
+                # Patient, a Practitioner...). Final: recorded on the plan like any stop, never re-read again.
+                exc.decision = "stop"
                 raise
             if exc.status in (404, 410) and retry_after_merge:  # lost by the server, or deleted in the EHR?
                 before = self.client.requests_sent

@@ -2,8 +2,9 @@
 
 Every test runs against the real local FHIR server, on SQLite and on PostgreSQL, with plans the EHR authored and
 planbridge adopted (tests/adoption_model_support.AdoptionWorld). The semantics they check are those of
-docs/sync.md: an adopted plan keeps the EHR's references as they came; an open conflict holds its path on the
-server until someone resolves it; nothing planbridge has not merged is written over.
+docs/sync.md: an adopted plan keeps the EHR's references as they came (while the server holds what they name);
+an open conflict holds its path on the server until someone resolves it; nothing planbridge has not merged is
+written over.
 """
 
 import json
@@ -23,20 +24,33 @@ def world(engine, fhir_base_url):
     return AdoptionWorld(engine, fhir_base_url)
 
 
+class Blind:
+    """Whether the server, as `blind` makes it, cannot tell planbridge that a Goal was deleted (`on`)."""
+
+    on = True
+
+
 @pytest.fixture
-def no_history(monkeypatch):
-    """A server without instance history (`GET Goal/X/_history` refused, as deletions.deleted_goals allows): the
-    pull cannot tell that a Goal the CarePlan names was deleted, so the CarePlan's reference to it is kept as it
-    came (`careplan_extra.goal`, `detail_extra.goal`) and the goal counts as taken out of the CarePlan. The
-    plan's links now tell a deleted adopted goal where the history is readable; these cases need the other."""
+def blind(monkeypatch):
+    """A server that cannot tell planbridge a Goal was deleted while `blind.on`: no instance history (`GET
+    Goal/X/_history` refused, as deletions.deleted_goals allows) and no lookup of Goals by id (`GET Goal?_id=…`
+    refused, as deletions.absent_goals allows; the incremental pull's `_lastUpdated` searches still answer). The
+    pull then keeps the CarePlan's reference to a deleted Goal as it came (`careplan_extra.goal`,
+    `detail_extra.goal`) and the goal counts as taken out of the CarePlan. Where either answers, the pull tells
+    the deletion (and drops the reference, which the server would refuse a write naming, HAPI-1096): these
+    cases need neither, until they turn it off (`blind.on = False`) to let the plan settle."""
     request = FhirClient.request
+    state = Blind()
 
     def refusing(self, method, path, **kwargs):
-        if method == "GET" and path.endswith("/_history"):
-            raise FhirError("instance history is not supported", status=405)
+        params = kwargs.get("params") or {}
+        lookup = path == "Goal" and "_id" in params and "_lastUpdated" not in params
+        if state.on and method == "GET" and (path.endswith("/_history") or lookup):
+            raise FhirError("instance history and lookups by id are not supported", status=405)
         return request(self, method, path, **kwargs)
 
     monkeypatch.setattr(FhirClient, "request", refusing)
+    return state
 
 
 def _checkin(world: AdoptionWorld, plan_id: str, goal_id: str, checkin_id: str) -> None:
@@ -55,7 +69,7 @@ def _checkin(world: AdoptionWorld, plan_id: str, goal_id: str, checkin_id: str) 
 def _adopted_plan_whose_changed_goal_the_ehr_deleted(world: AdoptionWorld) -> tuple[str, str, str]:
     """The EHR authors a CarePlan with two Goals; planbridge adopts it; the team records a check-in on the first
     goal; the EHR deletes that Goal; a pull makes it a conflict on the whole goal (the team changed it). On a
-    server without instance history (`no_history`) the CarePlan's reference to the deleted Goal is kept as it
+    server that cannot tell the deletion (`blind`) the CarePlan's reference to the deleted Goal is kept as it
     came (`careplan_extra.goal`)."""
     mrn = world.ehr_patient()
     authored = world.ehr_careplan(mrn, goals=2, checkins=1, careteam=False, own_identifiers=False, created=True)
@@ -75,7 +89,7 @@ def _references(value: object) -> list[str]:
     return [part.split('"')[0] for part in text.split('"reference": "')[1:]]
 
 
-def test_a_team_event_does_not_write_bundle_references_into_an_adopted_plan(world, no_history):
+def test_a_team_event_does_not_write_bundle_references_into_an_adopted_plan(world, blind):
     """Found by the adoption model (PostgreSQL, hapi profile): checking that a team event leaves the plan
     deliverable maps it to a transaction Bundle, in which the EHR's Goals the plan models are re-emitted under
     `urn:uuid:` fullUrls, and the references the plan keeps as they came are retargeted to follow them. The
@@ -83,7 +97,8 @@ def test_a_team_event_does_not_write_bundle_references_into_an_adopted_plan(worl
     (valid inside one Bundle only) in `careplan_extra.goal`: the next pull read that as a team change of the
     CarePlan's goal list, opened a conflict on `careplan_extra.goal` whose `ours` named no resource, and the
     final push changed that path on the server while the conflict was open. (Where the Goal's history is
-    readable, the plan's links now tell the deletion and no reference is kept: `no_history` keeps the case.)"""
+    readable, or the Goal can be looked up by id, the pull tells the deletion and no reference is kept: `blind`
+    keeps the case.)"""
     plan_id, goal_id, deleted = _adopted_plan_whose_changed_goal_the_ehr_deleted(world)
     kept = world.plan_doc(plan_id)["careplan_extra"].get("goal")
     assert kept is not None and deleted in _references(kept)
@@ -140,9 +155,14 @@ def _goal_ids(document: dict | None, step_id: str) -> list[str] | None:
 
 
 def _goal_list_conflict_then_a_revision(world: AdoptionWorld) -> tuple[str, str, list[str]]:
-    """The steps of the test below up to the revision: an adopted plan whose two Goals the EHR deleted around a
-    killed push, a conflict open on the whole `goals` list, and the team's revision `goal-next` of the first goal
-    (which activity-1 names). Return the plan id, the first goal's id and the deleted Goals."""
+    """The steps of the tests below up to the revision, on a server that cannot tell deletions (`blind`): an adopted
+    plan whose two Goals the EHR deleted after a push whose worker was killed once it had sent it, a conflict open
+    on the whole `goals` list, and the team's revision `goal-next` of the first goal (which activity-1 names).
+    Return the plan id, the first goal's id and the deleted Goals.
+
+    (The model found it with the EHR deleting the second Goal before the team's note was pushed and the first one
+    before the killed push. A server that checks references on write refuses those pushes (HAPI-1096), so both
+    deletes now come once the killed push landed; the pull reads the server the same way.)"""
     mrn = world.ehr_patient()
     authored = world.ehr_careplan(
         mrn, goals=2, checkins=1, careteam=False, own_identifiers=True, created=False, activities=True
@@ -152,19 +172,21 @@ def _goal_list_conflict_then_a_revision(world: AdoptionWorld) -> tuple[str, str,
     first, second = authored.goals
     goal_id = f"goal-{first.split('/')[1]}"
     assert _goal_ids(world.plan_doc(plan_id), "activity-1") == [goal_id]
-    world.ehr_delete(second)
     assert world.team("note.added", plan_id=plan_id, text="Team note", author="patient")[0] == 202
     assert world.sync.push(plan_id).status == "in_sync"
     status, detail = world.team("step.added", plan_id=plan_id, step_id="step-1", title="Walk", goal_ids=[goal_id])
     assert status == 202, detail
-    world.ehr_delete(first)
     assert world.kill_worker() is not None, "the worker sent no transaction"
+    world.ehr_delete(second)
+    world.ehr_delete(first)
     world.lease_expires()
     assert world.sync.pull_changed().outcomes == {plan_id: "conflicted"}
     open_ = {c["path"]: c for c in world.open_conflicts(plan_id)}
     assert "goals" in open_, list(open_)
-    # The step's own conflict resolved: only the list's conflict holds its link.
-    world.sync.resolve(open_["steps[id=activity-1].goal_ids"]["id"], "ours")
+    # The steps' own conflicts resolved: only the list's conflict holds their links.
+    for path, conflict in open_.items():
+        if path.startswith("steps["):
+            world.sync.resolve(conflict["id"], "ours")
 
     revision = {"id": "goal-next", "description": "Team goal", "priority": "high-priority"}
     status, detail = world.team(
@@ -175,15 +197,15 @@ def _goal_list_conflict_then_a_revision(world: AdoptionWorld) -> tuple[str, str,
     return plan_id, goal_id, authored.goals
 
 
-def test_a_goal_revised_under_an_open_conflict_on_the_whole_goal_list_waits_with_the_steps_naming_it(world, no_history):
+def test_a_goal_revised_under_an_open_conflict_on_the_whole_goal_list_waits_with_the_steps_naming_it(world, blind):
     """Found by the adoption model (PostgreSQL, hapi profile) as a rule-5 failure of the model, not the service:
     the EHR deletes both Goals of an adopted plan around a push whose worker was killed after sending it; the
     next pull merges the two readings of the server differently and opens a conflict on the whole `goals` list.
     While it is open the list is held (docs/sync.md, the conflict lifecycle): a goal the team adds to it (here a
     revision) is not written to the server, so a step the revision moved to it names no Goal there, even once
     the step's own conflict is resolved. Resolving the list's conflict `ours` writes the goal and the link.
-    (Where the Goals' history is readable, the plan's links now tell both deletions alike, and no conflict opens:
-    `no_history` keeps the case.)"""
+    (Where the Goals' history is readable, or the Goals can be looked up by id, the pull tells both deletions
+    alike, and no conflict opens: `blind` keeps the case, until the resolution.)"""
     plan_id, _, _ = _goal_list_conflict_then_a_revision(world)
     _settle(world, plan_id)
 
@@ -201,6 +223,7 @@ def test_a_goal_revised_under_an_open_conflict_on_the_whole_goal_list_waits_with
     assert [p for p in diff_paths(plan, server) if not any(related(p, c["path"]) for c in open_)] == []
 
     (held,) = [c for c in world.open_conflicts(plan_id) if c["path"] == "goals"]
+    blind.on = False  # the server refuses a CarePlan naming the deleted Goals: the pull must be able to tell them
     world.sync.resolve(held["id"], "ours")
     _settle(world, plan_id)
     server = world.server(plan_id).doc
@@ -309,15 +332,18 @@ def test_resolving_ours_a_goal_the_ehr_took_out_of_the_careplan_and_deleted_crea
     assert world.ehr.request("GET", again).json()["description"]["text"] == "EHR goal 0"
 
 
-def test_resolving_the_whole_goal_list_ours_writes_the_deleted_goals_anew_and_names_each_once(world, no_history):
+def test_resolving_the_whole_goal_list_ours_writes_the_deleted_goals_anew_and_names_each_once(world, blind):
     """Known bug: resolving a conflict on the whole `goals` list `ours` after the EHR deleted its Goals wrote the
     goals again, but (unlike a conflict on one goal) each kept its mark of the deleted Goal it was read from, so
     the CarePlan's references kept as they came followed the new Goals: the CarePlan named each new Goal twice,
     and the step the team had moved to the revision named the replaced goal's new Goal beside the revision. Each
-    goal the server's list lacks is now written again as a goal of its own (mark and link gone)."""
+    goal the server's list lacks is now written again as a goal of its own (mark and link gone). (The server
+    refuses a CarePlan still naming the deleted Goals, HAPI-1096: `blind` is off for the resolution, so the
+    re-read after that refusal drops the kept references and the plan settles.)"""
     plan_id, goal_id, deleted = _goal_list_conflict_then_a_revision(world)
     _settle(world, plan_id)
     (held,) = [c for c in world.open_conflicts(plan_id) if c["path"] == "goals"]
+    blind.on = False  # the server refuses a CarePlan naming the deleted Goals: the pull must be able to tell them
     world.sync.resolve(held["id"], "ours")
     _settle(world, plan_id)
 
