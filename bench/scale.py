@@ -34,7 +34,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sync import Bench, make_plans, now  # bench/sync.py, beside this file
+from sync import Bench, make_plans, now, seed_ehr_world  # bench/sync.py, beside this file
 
 from service.devfhir import LocalFhirServer
 from service.devproxy import LatencyProxy
@@ -222,6 +222,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         LocalFhirServer(log_path=Path(tmp) / "fhir.log", profile=args.profile) as server,
     ):
+        seed_ehr_world(server.base_url)  # what the fixture plans name: the server refuses dangling references
         with LatencyProxy.for_url(server.base_url, args.latency_ms / 1000) as proxy:
             for workers in counts:
                 results[workers] = run(workers, args, server.base_url, proxy, Path(tmp))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 import uuid
@@ -51,6 +52,9 @@ from service.sync.merge import strip_bookkeeping
 from service.sync.pull import CURSOR
 from service.sync.push import bundle_digest, local_key, parse_location
 from service.sync.worker import OutboxWorker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for tests.ehr_world
+from tests.ehr_world import seed_ehr_world
 
 FIXTURES = sorted((Path(__file__).resolve().parent.parent / "fixtures" / "plans").glob("*.json"))
 MRN = "http://hospital.example.org/mrn"
@@ -347,6 +351,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as tmp,
         LocalFhirServer(log_path=Path(tmp) / "fhir.log", profile="hapi") as server,
     ):
+        seed_ehr_world(server.base_url)  # what the fixture plans name: the server refuses dangling references
         with LatencyProxy.for_url(server.base_url, args.latency_ms / 1000) as proxy:
             db = create_engine(f"sqlite:///{tmp}/bench.db")
             upgrade(db)
