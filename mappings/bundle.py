@@ -28,6 +28,8 @@ from mappings.datatypes import Json
 from mappings.goal import goal_fits, goal_from_fhir, goal_to_fhir
 from mappings.notes import note_from_fhir, note_is_modelled
 from mappings.outcome import rating_to_fhir
+from mappings.placeholders import resolve_placeholders
+from mappings.reference_parse import parse_reference
 from mappings.refs import (
     CONTAINED,
     IMPLIED,
@@ -36,9 +38,7 @@ from mappings.refs import (
     Resolver,
     contained_id,
     member_identifier,
-    parse_reference,
     refs_for_bundle,
-    resolve_placeholders,
     urn_for,
 )
 from service.domain.errors import MappingError

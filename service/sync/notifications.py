@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from mappings import codes, fhirtext
-from mappings.refs import parse_reference
+from mappings.reference_parse import parse_reference
 from service.domain.errors import InvalidInput
 from service.store.tables import SyncCursorRow
 from service.store.uow import UnitOfWork

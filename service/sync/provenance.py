@@ -25,7 +25,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from mappings import codes
-from mappings.refs import local_reference, member_identifier, parse_reference
+from mappings.reference_parse import local_reference, parse_reference
+from mappings.refs import member_identifier
 from service.domain.model import Member, Plan
 from service.store.prepared import Prepared
 from service.store.tables import PlanHistoryRow

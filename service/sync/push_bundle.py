@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from mappings import codes
-from mappings.refs import local_reference, parse_reference
+from mappings.reference_parse import local_reference, parse_reference
 from service.domain import codec
 from service.domain.errors import NotFound
 from service.domain.model import Plan

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mappings.refs import parse_reference
+from mappings.reference_parse import parse_reference
 from service.fhir.capabilities import Limits
 
 Json = dict[str, Any]

@@ -1,4 +1,4 @@
-"""mappings.refs.parse_reference: FHIR R4 references taken apart once (https://hl7.org/fhir/R4/references.html),
+"""mappings.reference_parse.parse_reference: FHIR R4 references taken apart once (https://hl7.org/fhir/R4/references.html),
 and each place that reads a reference (an import's subject and team, a notification's focus, a push's Patient,
 Provenance agents and transaction Locations) reading it the same way."""
 
@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from mappings.bundle import _literal_type
-from mappings.refs import ParsedRef, Resolver, local_reference, parse_reference
+from mappings.reference_parse import ParsedRef, local_reference, parse_reference
+from mappings.refs import Resolver
 from service.domain.errors import MappingError
 from service.domain.model import Member, Patient, Plan
 from service.sync.notifications import _type_id
