@@ -12,18 +12,22 @@ A Bundle over the server's transaction limits goes as several dependency-ordered
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from mappings.bundle import plan_to_bundle
+from mappings.datatypes import retarget
 from mappings.fhir import validate_bundle
+from mappings.reference_parse import parse_reference
 from service.domain import codec
-from service.domain.errors import NotFound, PlanbridgeError
+from service.domain.errors import MappingError, NotFound, PlanbridgeError
 from service.domain.model import Plan
 from service.fhir.capabilities import Limits, server_limits
 from service.fhir.client import FhirClient
-from service.fhir.errors import FhirError, FhirTransportError
+from service.fhir.errors import FhirError, FhirMultipleMatches, FhirTransportError
 from service.fhir.refusals import FhirDanglingReference
 from service.settings import Settings
 from service.store.repo_sync import PushView
@@ -61,6 +65,18 @@ from service.sync.split import (
 
 log = logging.getLogger(__name__)
 
+# A conditional reference (https://hl7.org/fhir/R4/http.html#trules): `Type?params`, also `Type/?params` (HAPI).
+_CONDITIONAL = re.compile(r"(?P<type>[A-Z][A-Za-z]+)/?\?(?P<query>.*)", re.DOTALL)
+
+
+def conditional_search(reference: str | None) -> tuple[str, list[tuple[str, str]]] | None:
+    """Return (type, search parameters) of a conditional reference (`Patient?identifier=system|value`), None
+    for any other: a literal, `urn:` or `#contained` reference (mappings.reference_parse), or none at all."""
+    if not reference or parse_reference(reference) is not None:
+        return None
+    found = _CONDITIONAL.fullmatch(reference)
+    return (found["type"], parse_qsl(found["query"], keep_blank_values=True)) if found else None
+
 
 class Pusher:
     """Pushes plans; `on_conflict(plan_id)` re-reads and merges the plan, returning True when it could."""
@@ -92,12 +108,14 @@ class Pusher:
                 return RECONCILE
             links = self._links(plan_id)
             linked_id = links["patient"][1] if "patient" in links else None
-            if plan.patient.fhir_reference or linked_id is not None:  # no request needed: go on in this transaction
-                patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
+            conditional = conditional_search(plan.patient.fhir_reference) is not None
+            if (plan.patient.fhir_reference and not conditional) or linked_id is not None:
+                # no request needed: go on in this transaction
+                patient_ref, spent = self._find_patient(linked_id, plan)
                 prepared = self._prepare(plan, state, links, patient_ref, spent)
         if prepared is None:
             # No transaction is open while the server is asked (on SQLite one would hold the write lock).
-            patient_ref, spent = _patient_reference(linked_id, self.client, self.settings, plan)
+            patient_ref, spent = self._find_patient(linked_id, plan)
             with self.uow:
                 prepared = self._prepare(
                     plan, self.uow.sync.push_view(plan_id), self._links(plan_id), patient_ref, spent
@@ -109,6 +127,52 @@ class Pusher:
 
     def _links(self, plan_id: str) -> Linked:
         return self.uow.links.linked(plan_id)
+
+    def _find_patient(self, linked_id: str | None, plan: Plan) -> tuple[str | None, int]:
+        """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it).
+
+        A plan naming its Patient by a conditional reference (`Patient?identifier=system|value`, as an imported
+        Bundle may) has it resolved as HAPI resolves one in a transaction: the search must match exactly one
+        Patient (none: PatientNotOnServer; several: FhirMultipleMatches), and the Bundle names that Patient by
+        `Patient/<id>` (`_named_literally`), so every server, resolving such references or not, holds the same
+        literal reference. Found once, it is the plan's `patient` link, as a Patient found by MRN is. Any other
+        plan: `service.sync.push_bundle._patient_reference`. Call it outside any database transaction when it
+        may ask the server (no link yet).
+        """
+        search = conditional_search(plan.patient.fhir_reference)
+        if search is None:
+            return _patient_reference(linked_id, self.client, self.settings, plan)
+        if linked_id is not None:
+            return f"Patient/{linked_id}", 0
+        rtype, params = search
+        if rtype != "Patient" or not params or not all(name and value for name, value in params):
+            raise MappingError(
+                f"plan {plan.id}: the patient's conditional reference is not a search for a Patient",
+                errors={"patient.fhir_reference": "Patient?<parameter>=<value>"},
+            )
+        # One page of at most two is enough to tell one match from several (the values are PHI: never logged).
+        page = self.client.request("GET", "Patient", params=[*params, ("_count", "2")]).json()
+        found = [e["resource"] for e in page.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
+        names = ", ".join(sorted({name for name, _ in params}))
+        if not found:
+            raise PatientNotOnServer(
+                f"no Patient matches the conditional reference of plan {plan.id}'s patient (a search by {names})",
+                plan_id=plan.id,
+            )
+        if len(found) > 1:
+            raise FhirMultipleMatches(
+                f"several Patients match the conditional reference of plan {plan.id}'s patient (a search by {names})"
+            )
+        return f"Patient/{found[0]['id']}", 1
+
+    @staticmethod
+    def _named_literally(bundle: dict[str, Any], plan: Plan, patient_ref: str | None) -> dict[str, Any]:
+        """Return the Bundle naming the Patient by `patient_ref` (`Patient/<id>`, found by `_find_patient`)
+        wherever the plan names it by a conditional reference; any other Bundle as it is."""
+        conditional = plan.patient.fhir_reference
+        if patient_ref is None or not conditional or conditional_search(conditional) is None:
+            return bundle
+        return retarget(bundle, {conditional: patient_ref})
 
     def _prepare(
         self, plan: Plan, state: PushView, links: Linked, patient_ref: str | None, spent: int
@@ -125,9 +189,11 @@ class Pusher:
             sent = codec.from_dict(Plan, out)
             document = codec.to_dict(sent)
         bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
+        # the digest of the plan as it is (a pull computes the same from the plan: pull.py), sent literally
         digest = bundle_digest(bundle)
         if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
             return PushResult(plan_id, state.status, spent)
+        bundle = self._named_literally(bundle, sent, patient_ref)
         validate_bundle(bundle)
         _pin_versions(bundle, links, self.settings.identifier_base)
         # An adopted plan's resources are the EHR's: only what the plan changed is written (service.sync.delta).
@@ -163,6 +229,7 @@ class Pusher:
             bundle = plan_to_bundle(base_plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
         except (PlanbridgeError, KeyError, TypeError, ValueError, AttributeError):
             return None
+        bundle = self._named_literally(bundle, base_plan, patient_ref)
         _pin_versions(bundle, links, self.settings.identifier_base)
         return bundle
 
@@ -361,9 +428,10 @@ class Pusher:
         with self.uow:
             # (a split push recorded its links as each transaction landed, and the plan is held by this push)
             rows = self._landed(snapshot.bundle, answer)
-            if snapshot.patient_ref and "patient" not in snapshot.links and all(row[0] != "patient" for row in rows):
-                rtype, fhir_id = snapshot.patient_ref.split("/")
-                rows.append(("patient", rtype, fhir_id, None))
+            named = parse_reference(snapshot.patient_ref)  # `Patient/<id>`, or None: created by the Bundle
+            literal = named.literal if named is not None else None
+            if literal is not None and "patient" not in snapshot.links and all(row[0] != "patient" for row in rows):
+                rows.append(("patient", literal[0], literal[1], None))
             self._link(snapshot, rows, now)
             patient = snapshot.links.get("patient")
             # Remember the digest of the Bundle the next push would build for this same plan: by now the
