@@ -204,15 +204,27 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     """Store the plan in a plan JSON document or a FHIR Bundle around one CarePlan (told apart by content),
     checked as `convert` checks it (ConversionRefused with every issue), and queue its push.
 
-    A plan id already stored is a Conflict unless `replace`: then the stored plan is replaced (its
-    version and creation time go on).
+    Plan JSON is mapped to FHIR as `convert to-fhir` maps it, and refused as that refuses it; a Bundle is
+    checked as `convert from-fhir` checks it. Either way the plan must then pass the push's own check
+    (service.services.deliverable): a plan the push could never send is refused, naming each bad element,
+    and nothing is stored. A plan id already stored is a Conflict unless `replace`: then the stored plan is
+    replaced (its version and creation time go on).
     """
-    from service.convert import from_fhir, load_plan
+    from service.convert import ConversionRefused, from_fhir, load_plan, to_fhir
+    from service.domain.rules import Issue
+    from service.services.deliverable import Undeliverable, check_deliverable
 
     if isinstance(document, dict) and "resourceType" in document:
         plan = codec.from_dict(Plan, from_fhir(document, settings)[0])
     else:
+        to_fhir(document, settings)  # the mapping and the checks of `convert to-fhir`: the same refusals
         plan = load_plan(document)[0]
+    try:
+        check_deliverable(None, plan, settings.identifier_base, settings.mrn_system)
+    except Undeliverable as refused:
+        found = refused.errors.get("fhir")
+        issues = [Issue(str(path), str(why)) for path, why in (found if isinstance(found, dict) else {}).items()]
+        raise ConversionRefused(refused.detail, issues or [Issue("", refused.detail)]) from None
     with uow:
         existing = uow.plans.get(plan.id)
         if existing is not None and not replace:
