@@ -6,9 +6,9 @@ whose path, method and media type are known before any of it runs. The lane is W
 the Flask app (`app.wsgi_app`), so the test client and gunicorn both pass through it. It takes a request
 only when it is POST /webhooks/team, `application/json`, with a Content-Length within
 MAX_CONTENT_LENGTH, the three webhook-* headers, a signature that verifies and a body the event schemas
-accept. It then runs exactly what `service.api.webhooks.team_event` runs (`handle_event`, the same
-parsing and checks), and answers as that view answers, with the same X-Request-ID and request metrics
-as the app's hooks.
+accept. It then runs exactly what `service.api.webhooks.team_event` runs: the same three functions
+(`read_signed`, `read_event`, `apply_event`), and answers as that view answers, with the same
+X-Request-ID and request metrics as the app's hooks.
 
 Anything else, and every refusal before the event is applied (a bad signature, a body refused by the
 schemas, a reused webhook-id with a bad body), goes to Flask with the body it read, so every error keeps
@@ -32,8 +32,6 @@ from service.api import webhooks
 from service.api.container import Container
 from service.api.metrics import RequestRecorder, request_id_for
 from service.domain.errors import PlanbridgeError
-from service.services.events import Envelope, FhirNames, check_webhook_id, handle_event
-from service.signing import verify_sender
 
 PATH = "/webhooks/team"
 ENDPOINT = "webhooks.team_event"  # the view's endpoint name, as the request metrics label it
@@ -70,24 +68,15 @@ class IntakeLane:
         container: Container = self.app.extensions["planbridge"]
         try:
             headers = {name: environ[key] for name, key in _SIGNATURE_HEADERS}
-            sender, webhook_id = verify_sender(container.settings.signing_secrets, raw, headers)
-            check_webhook_id(webhook_id)
-            body = webhooks._parse(raw)
-            event_type, command = webhooks._command(body)
+            sender, webhook_id = webhooks.read_signed(container, raw, headers)
+            body, event_type, command = webhooks.read_event(raw)
         except PlanbridgeError:
             return self._to_flask(environ, raw, start_response)  # refused: Flask's view says why
         request_id = request_id_for(environ.get("HTTP_X_REQUEST_ID", ""))
         token = logs.request_id.set(request_id)
         try:
-            settings = container.settings
-            outcome = handle_event(
-                container.engine,
-                Envelope(webhook_id, hashlib.sha256(raw).hexdigest(), body, sender),
-                event_type,
-                command,
-                container.clock,
-                FhirNames(settings.identifier_base, settings.mrn_system),
-            )
+            digest = hashlib.sha256(raw).hexdigest()
+            outcome = webhooks.apply_event(container, sender, webhook_id, digest, body, event_type, command)
         except Exception:
             # Nothing of the event was committed (handle_event commits it with its answer, or raises):
             # Flask's view runs it again and its error handlers answer whatever it raises.

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, request
 from marshmallow import ValidationError
 
 from service.api import fastload
-from service.api.container import container
+from service.api.container import Container, container
 from service.api.errors import problem_response
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
 from service.domain.errors import InvalidInput
@@ -59,6 +60,32 @@ def _command(body: dict[str, Any]) -> tuple[str, Any]:
         raise InvalidInput(f"{envelope['type']} data is invalid", {"data": exc.normalized_messages()}) from None
 
 
+def read_signed(c: Container, raw: bytes, headers: Mapping[str, str]) -> tuple[str, str]:
+    """Return (sender, webhook-id) of a body whose signature verifies; raise Unauthorized or InvalidInput.
+
+    The first step of both ways in: Flask's view below and the intake lane (service/api/intake_lane.py)."""
+    sender, webhook_id = verify_sender(c.settings.signing_secrets, raw, headers)
+    check_webhook_id(webhook_id)
+    return sender, webhook_id
+
+
+def read_event(raw: bytes) -> tuple[dict[str, Any], str, Any]:
+    """Return the body, its event type and its command; raise InvalidInput naming what is wrong."""
+    body = _parse(raw)
+    event_type, command = _command(body)
+    return body, event_type, command
+
+
+def apply_event(
+    c: Container, sender: str, webhook_id: str, digest: str, body: dict[str, Any], event_type: str, command: Any
+) -> Outcome:
+    """Apply a signed, well-formed event (`handle_event`) with the container's settings; the last step of both
+    ways in."""
+    names = FhirNames(c.settings.identifier_base, c.settings.mrn_system)
+    envelope = Envelope(webhook_id, digest, body, sender)
+    return handle_event(c.engine, envelope, event_type, command, c.clock, names)
+
+
 @bp.post("/webhooks/team")
 def team_event() -> Response:
     """Verify, validate and apply one team event."""
@@ -73,20 +100,16 @@ def team_event() -> Response:
         )
     c = container()
     raw = request.get_data(cache=True)  # raises 413 past MAX_CONTENT_LENGTH
-    sender, webhook_id = verify_sender(c.settings.signing_secrets, raw, request.headers)
-    check_webhook_id(webhook_id)
+    sender, webhook_id = read_signed(c, raw, request.headers)
     digest = hashlib.sha256(raw).hexdigest()
     try:
-        body = _parse(raw)
-        event_type, command = _command(body)
+        body, event_type, command = read_event(raw)
     except InvalidInput:
         seen = seen_answer(c.engine, sender, webhook_id, digest)  # a reused id is 409 whatever the body
         if seen is None:
             raise
         return _answer(seen)
-    envelope = Envelope(webhook_id, digest, body, sender)
-    names = FhirNames(c.settings.identifier_base, c.settings.mrn_system)
-    return _answer(handle_event(c.engine, envelope, event_type, command, c.clock, names))
+    return _answer(apply_event(c, sender, webhook_id, digest, body, event_type, command))
 
 
 def _answer(outcome: Outcome) -> Response:
