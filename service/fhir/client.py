@@ -301,6 +301,27 @@ class FhirClient:
             raise errors.FhirAmbiguous(f"{resource_type} search matched {len(matches)} resources", status=None)
         return matches[0] if matches else None
 
+    def find_by_identifier(self, resource_type: str, system: str, value: str) -> dict[str, Any] | None:
+        """Return the one resource holding the identifier `system|value` exactly, None when the server holds none.
+
+        Servers such as Medplum match a token's value without regard to case (`identifier=urn:mrn|ABC-1` finds a
+        Patient whose MRN is `abc-1`), so a match is kept only when one of its identifiers is exactly the one
+        sought. A server matching only such case twins raises FhirAmbiguous (a stop): taking the twin would name
+        another patient's record, and creating one on the server's own conditional terms would find the twin
+        again. Several exact matches raise FhirAmbiguous too. No identifier value is put in a message.
+        """
+        matches = self.search(resource_type, {"identifier": identifier_token(system, value)})
+        exact = [m for m in matches if _holds_identifier(m, system, value)]
+        if len(exact) > 1:
+            raise errors.FhirAmbiguous(f"{resource_type} search matched {len(exact)} resources", status=None)
+        if not exact and matches:
+            raise errors.FhirAmbiguous(
+                f"{resource_type} search by an identifier of system {system} matched {len(matches)} resource(s) "
+                "whose identifier equals it only without regard to case",
+                status=None,
+            )
+        return exact[0] if exact else None
+
     def create_if_none_exist(self, resource: dict[str, Any], condition: str) -> dict[str, Any]:
         """Conditional create: POST with If-None-Exist, so a resource matching `condition` is reused."""
         response = self.request(
@@ -333,3 +354,11 @@ class FhirClient:
     def capabilities(self) -> dict[str, Any]:
         """Return the server's CapabilityStatement."""
         return self.request("GET", "metadata").json()
+
+
+def _holds_identifier(resource: dict[str, Any], system: str, value: str) -> bool:
+    """Tell whether one of the resource's identifiers is exactly `system|value` (case and all)."""
+    identifiers = resource.get("identifier")
+    return isinstance(identifiers, list) and any(
+        isinstance(i, dict) and i.get("system") == system and i.get("value") == value for i in identifiers
+    )

@@ -127,7 +127,8 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
     def pull_patient(self, mrn: str) -> PullResult:
         """Pull every CarePlan of the patient with this MRN (plans the EHR authored included)."""
         result = PullResult()
-        patient = self.client.find_one("Patient", {"identifier": codes.identifier_token(self.settings.mrn_system, mrn)})
+        # exactly this MRN: servers matching identifiers without case would give a case twin's record
+        patient = self.client.find_by_identifier("Patient", self.settings.mrn_system, mrn)
         result.requests += 1
         if patient is not None:
             for careplan, index in self.fetch([("subject", f"Patient/{patient['id']}")], result):

@@ -105,7 +105,8 @@ def _patient_reference(
     if linked_id is not None:
         return f"Patient/{linked_id}", 0
     system = plan.patient.mrn_system or settings.mrn_system
-    found = client.find_one("Patient", {"identifier": codes.identifier_token(system, plan.patient.mrn)})
+    # exactly this MRN: a server matching identifiers without case must not hand over a case twin's record
+    found = client.find_by_identifier("Patient", system, plan.patient.mrn)
     if found is not None:
         return f"Patient/{found['id']}", 1
     if settings.create_patients:
