@@ -185,7 +185,8 @@ export function createApp({
       }, { deferReferenceChecks: body?.type === 'transaction' });
     }
     if (segments.length === 2 && segments[1] === '_history') {
-      throw oo(400, 'not-supported', 'Type-level _history is not supported by planbridge-fhir');
+      if (method !== 'GET') throw oo(405, 'not-supported', `HTTP method ${method} is not supported for ${first}/_history`);
+      return { status: 200, resource: await pager.history(first, query, base, selfUrl) };
     }
     const [outcome, resource] = await router.handleRequest(fhirRequest, repo);
     const status = getStatus(outcome);

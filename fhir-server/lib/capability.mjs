@@ -1,7 +1,7 @@
 // The CapabilityStatement served at GET [base]/metadata, built from the loaded R4 schema.
 import { getSearchParameters, globalSchema, isResourceType } from '@medplum/core';
 
-const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'delete', 'history-instance', 'create', 'search-type'];
+const TYPE_INTERACTIONS = ['read', 'vread', 'update', 'delete', 'history-instance', 'history-type', 'create', 'search-type'];
 const NOT_STORABLE = new Set(['Resource', 'DomainResource', 'Bundle', 'Parameters', 'OperationOutcome']);
 
 /** Every R4 resource type this server stores, sorted. */

@@ -1,5 +1,5 @@
-// Type-level search with HAPI-style paging: the first page comes straight from the search, later
-// pages from a snapshot of the matching ids, reached through
+// Type-level search (and type-level history) with HAPI-style paging: the first page comes straight from the
+// search, later pages from a snapshot of the matching ids (of the history's entries), reached through
 // `[base]?_getpages=<uuid>&_getpagesoffset=N&_count=M&_bundletype=searchset` links.
 import { randomUUID } from 'node:crypto';
 import { OperationOutcomeError, badRequest, getSearchParameters, parseSearchRequest } from '@medplum/core';
@@ -42,6 +42,25 @@ export function checkParameterNames(resourceType, names) {
   }
 }
 
+/**
+ * One entry of a history Bundle as HAPI writes it (its R4BundleFactory): `fullUrl` without the version,
+ * `request` the write that made the version (`POST` for version 1, `PUT` after, `DELETE` for a delete, whose
+ * entry has no resource) with the versioned `Type/id/_history/n`, `response` `201 Created` or `200 OK` and the
+ * ETag.
+ */
+function historyEntry({ resource, deleted }, base) {
+  const type = resource?.resourceType ?? deleted.type;
+  const id = resource?.id ?? deleted.id;
+  const version = resource?.meta?.versionId ?? deleted.versionId;
+  const method = deleted ? 'DELETE' : version === '1' ? 'POST' : 'PUT';
+  return {
+    fullUrl: `${base}/${type}/${id}`,
+    ...(resource ? { resource } : undefined),
+    request: { method, url: `${type}/${id}/_history/${version}` },
+    response: { status: version === '1' ? '201 Created' : '200 OK', etag: `W/"${version}"` },
+  };
+}
+
 export class SearchPager {
   /** @param {import('./repo.mjs').HapiLikeRepository} repo */
   constructor(repo, { defaultPageSize = 20, maxSnapshots = 500, ttlMs = 60 * 60 * 1000 } = {}) {
@@ -72,6 +91,40 @@ export class SearchPager {
     return this.bundle({ resourceType, ...request }, matches.slice(0, size), total, base, selfUrl, snapshotId, 0, size);
   }
 
+  /**
+   * Run `GET [base]/[type]/_history` as HAPI does: a `history` Bundle of every version of every resource of the
+   * type, newest first, deletes included (an entry with no resource, `request` `DELETE Type/id/_history/n`);
+   * `_since` keeps the versions written at or after that instant; `_count` pages (later pages from a snapshot,
+   * `_getpages` links with `_bundletype=history`). Every entry names its version in `request.url`, as HAPI's do.
+   */
+  async history(resourceType, query, base, selfUrl) {
+    const count = pageSize(query, this.defaultPageSize);
+    const sinceRaw = [query._since].flat().at(-1);
+    const since = sinceRaw === undefined ? undefined : Date.parse(sinceRaw);
+    if (Number.isNaN(since)) throw new OperationOutcomeError(badRequest(`Invalid _since value: ${sinceRaw}`));
+    const entries = this.repo.readTypeHistory(resourceType)
+      .filter((e) => since === undefined || Date.parse(e.lastUpdated) >= since)
+      .map((e) => historyEntry(e, base));
+    const snapshotId = entries.length > count ? this.store(resourceType, [], {}, entries) : undefined;
+    return this.historyBundle(entries.slice(0, count), entries.length, selfUrl, base, snapshotId, 0, count);
+  }
+
+  historyBundle(entry, total, selfUrl, base, snapshotId, offset, count) {
+    const link = [{ relation: 'self', url: selfUrl }];
+    const pageUrl = (o) => `${base}?_getpages=${snapshotId}&_getpagesoffset=${o}&_count=${count}&_bundletype=history`;
+    if (snapshotId && offset + count < total) link.push({ relation: 'next', url: pageUrl(offset + count) });
+    if (snapshotId && offset > 0) link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
+    return {
+      resourceType: 'Bundle',
+      id: randomUUID(),
+      meta: { lastUpdated: new Date().toISOString() },
+      type: 'history',
+      total,
+      link,
+      ...(entry.length ? { entry } : undefined),
+    };
+  }
+
   /** Serve `[base]?_getpages=...` from a stored snapshot. */
   async page(query, base, selfUrl) {
     const id = [query._getpages].flat().at(-1);
@@ -81,6 +134,10 @@ export class SearchPager {
     const offset = Number([query._getpagesoffset].flat().at(-1) ?? 0);
     if (!Number.isInteger(offset) || offset < 0) throw new OperationOutcomeError(badRequest('Invalid _getpagesoffset'));
     const count = pageSize(query, this.defaultPageSize);
+    if (snap.history) {
+      const entries = snap.history.slice(offset, offset + count);
+      return this.historyBundle(entries, snap.history.length, selfUrl, base, id, offset, count);
+    }
     const resources = [];
     for (const rid of snap.ids.slice(offset, offset + count)) {
       try {
@@ -92,12 +149,12 @@ export class SearchPager {
     return this.bundle(snap, resources, snap.ids.length, base, selfUrl, id, offset, count);
   }
 
-  store(resourceType, ids, request) {
+  store(resourceType, ids, request, history = undefined) {
     this.expire();
     while (this.snapshots.size >= this.maxSnapshots) this.snapshots.delete(this.snapshots.keys().next().value);
     const id = randomUUID();
     this.snapshots.set(id, {
-      resourceType, ids, include: request.include, revInclude: request.revInclude,
+      resourceType, ids, include: request.include, revInclude: request.revInclude, history,
       expires: Date.now() + this.ttlMs,
     });
     return id;

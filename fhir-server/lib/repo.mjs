@@ -62,6 +62,9 @@ export class HapiLikeRepository extends MemoryRepository {
     this.nextId = 1;
     this.versions = new Map(); // "Type/id" -> last version number (deletes count, like HAPI)
     this.deleted = new Set(); // "Type/id" of deleted resources (read -> 410)
+    this.deletions = new Map(); // type -> Map(id -> [{ versionId, lastUpdated, seq }]): each delete, for type history
+    this.writeOrder = new WeakMap(); // stored version -> its place among all writes (type history's order)
+    this.writes = 0;
     this.identifierIndex = new Map(); // type -> Map(lower-cased identifier.value -> Set(id))
     this.journal = null; // Map("Type/id" -> prior state) while a transaction runs
     this.pendingWrites = null; // writes of the running transaction, reported once it commits
@@ -116,6 +119,7 @@ export class HapiLikeRepository extends MemoryRepository {
     }
     this.versions.set(key, version);
     this.deleted.delete(key);
+    this.writeOrder.set(this.current(type, id), ++this.writes);
     this.unindex(existing);
     this.index(this.current(type, id));
     this.recordWrite(existing ? 'update' : 'create', this.current(type, id));
@@ -199,6 +203,26 @@ export class HapiLikeRepository extends MemoryRepository {
     return { resourceType: 'Bundle', type: 'history', total: entry.length, entry };
   }
 
+  /**
+   * Every version of every resource of a type, deletes included, newest first (HAPI's type-level `_history`):
+   * `{ resource }` for a version written, `{ deleted: { id, versionId, lastUpdated } }` for a delete.
+   */
+  readTypeHistory(type) {
+    const entries = [];
+    for (const versions of this.history.get(type)?.values() ?? []) {
+      for (const resource of versions) {
+        entries.push({ resource, lastUpdated: resource.meta.lastUpdated, seq: this.writeOrder.get(resource) ?? 0 });
+      }
+    }
+    for (const [id, deletes] of this.deletions.get(type) ?? []) {
+      for (const { seq, ...d } of deletes) entries.push({ deleted: { type, id, ...d }, lastUpdated: d.lastUpdated, seq });
+    }
+    entries.sort((a, b) => b.seq - a.seq); // the order the writes were made in, newest first
+    return entries.map(({ resource, deleted, lastUpdated }) => (resource
+      ? { resource: deepClone(resource), lastUpdated }
+      : { deleted, lastUpdated }));
+  }
+
   async readVersion(type, id, versionId) {
     const version = this.history.get(type)?.get(id)?.find((v) => v.meta?.versionId === versionId);
     if (!version) {
@@ -223,8 +247,13 @@ export class HapiLikeRepository extends MemoryRepository {
     this.remember(type, id);
     this.resources.get(type).delete(id);
     this.unindex(existing);
-    this.versions.set(key, (this.versions.get(key) ?? 0) + 1);
+    const version = (this.versions.get(key) ?? 0) + 1;
+    this.versions.set(key, version);
     this.deleted.add(key);
+    let byId = this.deletions.get(type);
+    if (!byId) this.deletions.set(type, (byId = new Map()));
+    if (!byId.has(id)) byId.set(id, []);
+    byId.get(id).push({ versionId: String(version), lastUpdated: new Date().toISOString(), seq: ++this.writes });
     this.recordWrite('delete', existing);
   }
 
@@ -304,6 +333,7 @@ export class HapiLikeRepository extends MemoryRepository {
       historyLength: this.history.get(type)?.get(id)?.length ?? 0,
       version: this.versions.get(key),
       deleted: this.deleted.has(key),
+      deletions: this.deletions.get(type)?.get(id)?.length ?? 0,
     });
   }
 
@@ -378,6 +408,8 @@ export class HapiLikeRepository extends MemoryRepository {
       else this.versions.set(key, prior.version);
       if (prior.deleted) this.deleted.add(key);
       else this.deleted.delete(key);
+      const deletes = this.deletions.get(type)?.get(id);
+      if (deletes) deletes.length = prior.deletions;
     }
   }
 }

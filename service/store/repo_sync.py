@@ -193,6 +193,24 @@ class FhirLinkRepository:
             for key, rtype, fhir_id, version in _PLAN_LINKS.all(self._session, {"plan_id": plan_id})
         }
 
+    def naming(self, resource_type: str, fhir_ids: list[str]) -> list[FhirLinkRow]:
+        """Return the links to these resources of one type, whatever their plan (200 ids a query; none asked
+        for none): how a resource the server says was deleted is traced to the plans that hold it."""
+        found: list[FhirLinkRow] = []
+        wanted = sorted(set(fhir_ids))
+        for start in range(0, len(wanted), 200):
+            query = sa.select(FhirLinkRow).where(
+                FhirLinkRow.resource_type == resource_type, FhirLinkRow.fhir_id.in_(wanted[start : start + 200])
+            )
+            found.extend(self._session.scalars(query))
+        return found
+
+    def oldest_sync(self, resource_type: str) -> datetime | None:
+        """Return when the least recently synced link to a resource of this type was last written or read
+        (planbridge's clock), None when there is no such link."""
+        query = sa.select(sa.func.min(FhirLinkRow.synced_at)).where(FhirLinkRow.resource_type == resource_type)
+        return self._session.scalar(query)
+
     def forget(self, plan_id: str, local_keys: list[str]) -> None:
         """Drop links to resources the server no longer holds (deleted in the EHR)."""
         if not local_keys:

@@ -152,6 +152,42 @@ def deleted_goals(
     return found
 
 
+def deleted_in_history(entries: Iterable[Any], resource_type: str = "Goal") -> dict[str, str | None]:
+    """Return {id: version of the delete} of the resources a type-level history (`GET Goal/_history?_since=`, its
+    entries newest first, https://hl7.org/fhir/R4/http.html#history) shows deleted last: an entry with
+    `request.method` `DELETE` and no later version of the same resource in the answer (written again since: not
+    deleted). The id comes from `request.url` (`Goal/7` or HAPI's `Goal/7/_history/3`, which also gives the
+    version), else `fullUrl`; the version, else, from `response.etag`."""
+    newest: dict[str, tuple[bool, str | None]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+        resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+        url = str(request.get("url") or "")
+        parts = url.split("?")[0].split("/")
+        if len(parts) >= 2 and parts[0] == resource_type:
+            fhir_id, version = parts[1], parts[3] if len(parts) == 4 and parts[2] == "_history" else None
+        else:
+            fhir_id = str(resource.get("id") or str(entry.get("fullUrl") or "").rstrip("/").rsplit("/", 1)[-1])
+            version = None
+        if not fhir_id or (resource and resource.get("resourceType") not in (None, resource_type)):
+            continue
+        etag = str((entry.get("response") or {}).get("etag") or "") if isinstance(entry.get("response"), dict) else ""
+        version = version or resource.get("meta", {}).get("versionId") or (etag.split('"')[1] if '"' in etag else None)
+        deleted = str(request.get("method", "")).upper() == "DELETE"
+        seen = newest.get(fhir_id)
+        if seen is None or _later(version, seen[1]):
+            newest[fhir_id] = (deleted, version)
+    return {fhir_id: version for fhir_id, (deleted, version) in newest.items() if deleted}
+
+
+def _later(version: str | None, than: str | None) -> bool:
+    """Whether a history entry of this version is newer than one already seen: by number when both are numbers,
+    else not (the history lists the newest first)."""
+    return bool(version and than and version.isdigit() and than.isdigit() and int(version) > int(than))
+
+
 def known_goals(links: Iterable[Any], goals: Iterable[Any]) -> dict[str, str]:
     """Return `Goal/id` -> goal id in the plan for the Goals the plan knows by resource id: its links (`fhir_links`
     rows keyed `goal:<goal id>`), then, for a link already dropped, the EHR Goal each adopted goal was read from

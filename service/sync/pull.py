@@ -59,10 +59,12 @@ from service.sync.pull_search import (  # noqa: F401  (re-exported)
     BATCH_ENTRIES,
     BATCH_RETRY,
     CHUNK,
+    Deleted,
     PullResult,
     PullSearches,
     _chunks,
     batch_cursor,
+    history_cursor,
 )
 from service.sync.push import bundle_digest, sendable
 
@@ -144,19 +146,39 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         return result
 
     def pull_changed(self, since: str | None = None) -> PullResult:
-        """Pull what others changed since `since` (default: the last successful pull) and move the cursor."""
+        """Pull what others changed since `since` (default: the last successful pull), and the plans naming a
+        Goal the EHR deleted since then (see PullSearches.changed_plan_ids), and move the cursor."""
         with self.uow:
-            since = since or self.uow.sync.cursor(CURSOR) or "1970-01-01T00:00:00Z"
+            since = since or self.uow.sync.cursor(CURSOR)
+        history_since = self.history_since(since)
+        since = since or "1970-01-01T00:00:00Z"
         result = PullResult()
-        changed, newest = self.changed_plan_ids(since, result)
+        changed, newest, deleted = self.changed_plan_ids(since, result, history_since)
         if changed:
             pulled = self.pull_plans(sorted(changed))
             result.outcomes.update(pulled.outcomes)
             result.requests += pulled.requests
         with self.uow:
+            self._forget_deleted_links(deleted, result.outcomes)
             self.uow.sync.set_cursor(CURSOR, newest)
             self.uow.commit()
         return result
+
+    def _forget_deleted_links(self, deleted: Deleted, outcomes: dict[str, str]) -> None:
+        """Drop the links of the plans just pulled to Goals the server's history says were deleted, so the next
+        pull, which reads the history from a cursor that may not have moved past the delete, does not pull them
+        again. A link the pull moved on (it read the Goal again: written again after the delete) is kept, and so
+        are the links of a plan the pull could not merge."""
+        for plan_id, keys in deleted.links.items():
+            if outcomes.get(plan_id) in (None, "invalid", "not-on-server"):
+                continue
+            stale = [
+                key
+                for key, (fhir_id, version) in keys.items()
+                if (link := self.uow.links.get(plan_id, key)) is not None
+                and (link.fhir_id, link.version_id) == (fhir_id, version)
+            ]
+            self.uow.links.forget(plan_id, stale)
 
     def merge(
         self, careplan: dict[str, Any], index: dict[str, Any], result: PullResult, *, queue_push: bool = True

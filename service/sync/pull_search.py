@@ -2,8 +2,10 @@
 
 A pull reads CarePlans with everything a plan needs in one search, and the check-ins their Goals name in
 one more. An incremental pull first asks which plans changed since the last successful pull (`_lastUpdated`,
-every search in one `batch` request); a server that refuses batches is searched one type a request, and
-that is remembered a while (sync_cursors, see `batch_cursor`).
+every search in one `batch` request), and which Goals were deleted since (`Goal/_history?_since=`, the
+batch's last entry: a deleted resource is no search's match); a server that refuses batches is searched one
+type a request, and that is remembered a while (sync_cursors, see `batch_cursor`), as is a server without
+type-level history (`history_cursor`).
 """
 
 from __future__ import annotations
@@ -17,20 +19,39 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from mappings.bundle import index_entries
-from service.fhir.client import BatchUnsupported
+from service.fhir.client import BatchUnsupported, search_url
+from service.fhir.errors import FhirError
 from service.sync.adopt import TRACKED, adopted_links
+from service.sync.deletions import deleted_in_history
 from service.sync.push import local_key
 
 log = logging.getLogger("service.sync.pull")  # the puller's records, under the name they always had
 CHUNK = 50
 BATCH_ENTRIES = 100  # searches per batch request
 BATCH_RETRY = timedelta(hours=24)  # after a server refused a batch, pulls search one by one for this long
+HISTORY = "Goal/_history"  # the type-level history read for deletions (a Goal is what the EHR deletes)
+HISTORY_REFUSALS = frozenset({400, 404, 405, 501})  # a server without type-level history answers so
+HISTORY_PAGE = 1000  # a history page: every Goal write counts, planbridge's own too (a server caps it)
+FIRST_SINCE_MARGIN = timedelta(hours=1)  # clock skew allowed between planbridge and the server (first pull)
 
 
 def batch_cursor(base_url: str) -> str:
     """Return the name under which a server's refusal of batches is remembered (sync_cursors, 64 characters):
     its value is `refused <instant>`, or `accepted <instant>` once a later batch went through."""
     return f"fhir-batch:{hashlib.sha256(base_url.encode()).hexdigest()[:40]}"
+
+
+def history_cursor(base_url: str) -> str:
+    """Return the name under which a server's refusal of type-level history is remembered, as `batch_cursor`."""
+    return f"fhir-history:{hashlib.sha256(base_url.encode()).hexdigest()[:40]}"
+
+
+@dataclass
+class Deleted:
+    """Goals the server's history says were deleted since the cursor, and the links naming them that the pull
+    may drop once it pulled their plans: {plan id: {link key: (Goal id, link version before the pull)}}."""
+
+    links: dict[str, dict[str, tuple[str, str | None]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,13 +110,17 @@ class PullSearches:
         ]
         return [(careplan, index) for careplan in plans]
 
-    def changed_plan_ids(self, since: str, result: PullResult) -> tuple[set[str], str]:
-        """Return the plans whose CarePlan, CareTeam, Goals or check-ins someone else changed after `since`,
-        and the newest `lastUpdated` seen (the next cursor, in the server's own clock).
+    def changed_plan_ids(
+        self, since: str, result: PullResult, history_since: str | None = None
+    ) -> tuple[set[str], str, Deleted]:
+        """Return the plans whose CarePlan, CareTeam, Goals or check-ins someone else changed after `since`, or
+        one of whose Goals the EHR deleted at or after `history_since` (None: deletions are not asked); the
+        newest `lastUpdated` the searches saw (the next cursor, in the server's own clock); and the links to the
+        deleted Goals.
 
         A resource whose version is the one planbridge last wrote or read is not a change to pull. Every
         search (the four by planbridge's identifiers, and the adopted plans' by `_id`) goes in one `batch`
-        request when the server takes batches (see `_search_all`).
+        request when the server takes batches, the history read last (see `_search_all`).
         """
         kinds = (("plan", "CarePlan"), ("careteam", "CareTeam"), ("goal", "Goal"), ("checkin", "Observation"))
         searches: list[tuple[str, dict[str, str]]] = [
@@ -112,7 +137,10 @@ class PullSearches:
                 searches.append(
                     (rtype, {"_id": ",".join(chunk), "_lastUpdated": f"gt{since}", "_count": str(len(chunk))})
                 )
-        answers = self._search_all(searches, result)
+        history = None
+        if history_since is not None and self._history_allowed():
+            history = {"_since": history_since, "_count": str(HISTORY_PAGE)}
+        answers, history_entries = self._search_all(searches, result, history)
         plan_ids: set[str] = set()
         newest = since
         with self.uow:
@@ -127,6 +155,7 @@ class PullSearches:
                     link = self.uow.links.get(plan_id, local_key(resource, self.base))
                     if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
                         plan_ids.add(plan_id)
+            deleted = self._deleted_links(history_entries or [])
         # The adopted plans' resources may carry no planbridge identifier: searched by the ids their links name.
         for (rtype, _), found in zip(searches[len(kinds) :], answers[len(kinds) :], strict=True):
             for resource in found:
@@ -134,7 +163,30 @@ class PullSearches:
                 for plan_id, version in versions.get((rtype, str(resource.get("id"))), []):
                     if version != resource.get("meta", {}).get("versionId"):
                         plan_ids.add(plan_id)
-        return plan_ids, newest
+        plan_ids |= set(deleted.links)
+        return plan_ids, newest, deleted
+
+    def history_since(self, cursor: str | None) -> str | None:
+        """Return from when to ask the server's history for deleted Goals: the pull's cursor; before the first
+        pull (no cursor), an hour before the least recently synced Goal link (a deletion that matters came after
+        planbridge last read or wrote that Goal); None when no plan links a Goal (nothing to look for)."""
+        if cursor is not None:
+            return cursor
+        with self.uow:
+            oldest = self.uow.links.oldest_sync("Goal")
+        if oldest is None:
+            return None
+        return (oldest - FIRST_SINCE_MARGIN).isoformat().replace("+00:00", "Z")
+
+    def _deleted_links(self, entries: list[dict[str, Any]]) -> Deleted:
+        """Trace the Goals the history shows deleted to the plans whose links name them (one query per 200)."""
+        gone = deleted_in_history(entries)
+        deleted = Deleted()
+        for link in self.uow.links.naming("Goal", sorted(gone)) if gone else []:
+            deleted.links.setdefault(link.plan_id, {})[link.local_key] = (link.fhir_id, link.version_id)
+        if deleted.links:
+            log.info("%d deleted goals name %d plans", len(gone), len(deleted.links))
+        return deleted
 
     def _adopted_versions(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
         """Return (type, id) -> [(plan, version last seen)] of the resources adopted plans link (none: no
@@ -147,21 +199,35 @@ class PullSearches:
                         versions.setdefault((link.resource_type, link.fhir_id), []).append((plan_id, link.version_id))
         return versions
 
-    def _search_all(self, searches: list[tuple[str, dict[str, str]]], result: PullResult) -> list[list[dict[str, Any]]]:
-        """Run the searches; return each one's matches, every page (`next` links followed exactly).
+    def _search_all(
+        self, searches: list[tuple[str, dict[str, str]]], result: PullResult, history: dict[str, str] | None = None
+    ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]] | None]:
+        """Run the searches; return each one's matches, every page (`next` links followed exactly), and, when
+        `history` gives the parameters of a `Goal/_history` read, every entry of its answer (deletes included;
+        None when the server has no type-level history).
 
-        One `batch` request carries them all (up to BATCH_ENTRIES a request), unless this server refused a
-        batch within BATCH_RETRY (remembered in sync_cursors, see `batch_cursor`): then, and for any search
-        the batch did not answer completely (an error for that entry, a page short of its total with no
-        `next` link), each goes as a search of its own, whose refusal fails the pull (the cursor stays).
+        One `batch` request carries them all, the history last (up to BATCH_ENTRIES a request), unless this
+        server refused a batch within BATCH_RETRY (remembered in sync_cursors, see `batch_cursor`): then, and
+        for any search the batch did not answer completely (an error for that entry, a page short of its total
+        with no `next` link), each goes as a request of its own, whose refusal fails the pull (the cursor
+        stays); the history's refusal by a server without it (HISTORY_REFUSALS) is remembered instead.
         """
         before = self.client.requests_sent
         answers: list[list[dict[str, Any]] | None] = [None] * len(searches)
+        history_entries: list[dict[str, Any]] | None = None
+        history_done = history is None
+        requests = [{"method": "GET", "url": search_url(rtype, params)} for rtype, params in searches]
+        if history is not None:
+            requests.append({"method": "GET", "url": search_url(HISTORY, history)})
         if searches and self._batch_allowed():
             try:
-                for start in range(0, len(searches), BATCH_ENTRIES):
-                    part = searches[start : start + BATCH_ENTRIES]
-                    answers[start : start + len(part)] = self.client.search_batch(part)
+                for start in range(0, len(requests), BATCH_ENTRIES):
+                    part = self.client.batch(requests[start : start + BATCH_ENTRIES])
+                    for at, entry in enumerate(part, start):
+                        if at < len(searches):
+                            answers[at] = self._batch_answer(searches[at][1], entry, "searchset")
+                        else:
+                            history_entries, history_done = self._history_answer(history or {}, entry)
             except BatchUnsupported as exc:
                 self._remember_batch(f"refused {self.clock().isoformat()}")
                 log.warning(
@@ -179,26 +245,130 @@ class PullSearches:
                 out.append(self.client.search(rtype, params))
             else:
                 out.append([e["resource"] for e in entries if e.get("search", {}).get("mode", "match") == "match"])
+        if not history_done:
+            history_entries = self._history_alone(history or {})
         result.requests += self.client.requests_sent - before
-        return out
+        return out, history_entries
+
+    def _batch_answer(self, params: dict[str, str], entry: dict[str, Any], kind: str) -> list[dict[str, Any]] | None:
+        """Return every entry of one batch entry's answer (a `searchset` or a `history` Bundle), page after page
+        (`next` links followed exactly); None where the batch did not answer it completely: an error status, not
+        that kind of Bundle, or a page short of its `total` (or as full as `_count` asks, with no total) that
+        gives no `next` link (as FhirClient.search_batch tells them)."""
+        status = str((entry.get("response") or {}).get("status", ""))
+        bundle = entry.get("resource")
+        if not status.startswith("2") or not isinstance(bundle, dict) or bundle.get("type") != kind:
+            return None
+        if not _next_link(bundle):
+            count, ids = params.get("_count"), params.get("_id")
+            total, held = bundle.get("total"), _matched(bundle, kind)
+            short = isinstance(total, int) and total > held
+            full = total is None and count is not None and count.isdigit() and held >= int(count)
+            full = full and not (ids and held >= len(ids.split(",")))  # every id asked for: nothing more
+            if short or full:
+                return None
+        return self._pages(bundle, kind)
+
+    def _pages(self, bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        """Every entry from this page on, following `next` links exactly as given. A history's deletes have no
+        resource and are kept; a search's entries without one are not (as FhirClient.pages_from)."""
+        found: list[dict[str, Any]] = []
+        while True:
+            found.extend(_entries(bundle, kind))
+            next_url = _next_link(bundle)
+            if not next_url:
+                return found
+            bundle = self.client.request("GET", next_url).json()
+
+    def _history_answer(
+        self, params: dict[str, str], entry: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]] | None, bool]:
+        """Read the batch's answer to the history: (its entries, True) when complete; (None, True) when the
+        server does not have type-level history (remembered); (None, False) to read it again on its own."""
+        found = self._batch_answer(params, entry, "history")
+        if found is not None:
+            return found, True
+        status = str((entry.get("response") or {}).get("status", ""))[:3]
+        if status.isdigit() and int(status) in HISTORY_REFUSALS:
+            self._refuse_history(int(status))
+            return None, True
+        return None, False
+
+    def _history_alone(self, params: dict[str, str]) -> list[dict[str, Any]] | None:
+        """Read `Goal/_history` as a request of its own, every page; None when the server does not have it
+        (remembered). Any other failure fails the pull, as a search's does."""
+        try:
+            bundle = self.client.request("GET", HISTORY, params=params).json()
+        except FhirError as exc:
+            if exc.status in HISTORY_REFUSALS:
+                self._refuse_history(exc.status)
+                return None
+            raise
+        if not isinstance(bundle, dict) or bundle.get("type") != "history":
+            self._refuse_history(200)
+            return None
+        return self._pages(bundle, "history")
+
+    def _history_allowed(self) -> bool:
+        """Tell whether to ask the server's history: yes unless it refused one within BATCH_RETRY."""
+        with self.uow:
+            state = self.uow.sync.cursor(history_cursor(self.client.base_url)) or ""
+        return not _refused_within(state, self.clock())
+
+    def _refuse_history(self, status: int | None) -> None:
+        log.warning(
+            "the FHIR server answered a type-level history read HTTP %s: incremental pulls do not see deleted "
+            "goals for %d h",
+            status,
+            BATCH_RETRY.total_seconds() // 3600,
+        )
+        with self.uow:
+            self.uow.sync.set_cursor(history_cursor(self.client.base_url), f"refused {self.clock().isoformat()}"[:64])
+            self.uow.commit()
 
     def _batch_allowed(self) -> bool:
         """Tell whether to send searches as a batch: yes unless this server refused one within BATCH_RETRY."""
         with self.uow:
             self._batch_state = self.uow.sync.cursor(batch_cursor(self.client.base_url)) or ""
-        word, _, when = self._batch_state.partition(" ")
-        if word != "refused":
-            return True
-        try:
-            refused = datetime.fromisoformat(when)
-        except ValueError:
-            return True
-        with contextlib.suppress(TypeError):  # a naive instant against an aware clock: try the batch
-            return self.clock() - refused >= BATCH_RETRY
-        return True
+        return not _refused_within(self._batch_state, self.clock())
 
     def _remember_batch(self, value: str) -> None:
         with self.uow:
             self.uow.sync.set_cursor(batch_cursor(self.client.base_url), value[:64])
             self.uow.commit()
         self._batch_state = value
+
+
+def _refused_within(state: str, now: datetime) -> bool:
+    """Whether a remembered `refused <instant>` is less than BATCH_RETRY old (anything else: not refused)."""
+    word, _, when = state.partition(" ")
+    if word != "refused":
+        return False
+    try:
+        refused = datetime.fromisoformat(when)
+    except ValueError:
+        return False
+    with contextlib.suppress(TypeError):  # a naive instant against an aware clock: try again
+        return now - refused < BATCH_RETRY
+    return False
+
+
+def _next_link(bundle: dict[str, Any]) -> str | None:
+    links = bundle.get("link") if isinstance(bundle.get("link"), list) else []
+    return next((link.get("url") for link in links if isinstance(link, dict) and link.get("relation") == "next"), None)
+
+
+def _entries(bundle: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    """A page's entries: a search's with a resource (matches and includes), a history's all (deletes have none)."""
+    entries = [e for e in bundle.get("entry", []) if isinstance(e, dict)]
+    if kind == "history":
+        return entries
+    return [e for e in entries if "resource" in e]
+
+
+def _matched(bundle: dict[str, Any], kind: str) -> int:
+    """How many of a page's entries count toward its `total`: a search's matches (not its includes), every
+    entry of a history."""
+    if kind == "history":
+        return len(_entries(bundle, kind))
+    return sum(1 for e in _entries(bundle, kind) if e.get("search", {}).get("mode", "match") == "match")

@@ -28,8 +28,8 @@ B. no duplicate on the server: every CarePlan, CareTeam, Goal and Observation of
    it and a conflict resolution brought it back) or of an EHR check-in, no Practitioner copied from the EHR's
    (by NPI, or under planbridge's member identifier for an EHR person); at most one resource per identifier;
 C. an incremental pull (`pull_changed`) pulls every adopted plan whose CarePlan, CareTeam, Goals or check-ins the
-   EHR wrote (a new version) since planbridge last pulled it (docs/sync.md: "so an EHR edit to them is pulled
-   like any other").
+   EHR wrote (a new version), or one of whose Goals the EHR deleted, since planbridge last pulled it (docs/sync.md:
+   "so an EHR edit to them is pulled like any other"; "Deletions").
 
 Default: 12 examples of up to 20 steps per database, derandomized. A soak, e.g.:
 
@@ -37,7 +37,8 @@ Default: 12 examples of up to 20 steps per database, derandomized. A soak, e.g.:
         .venv/bin/pytest tests/integration/test_adoption_model.py -x -rA
 
 (`_RANDOM=1` explores new interleavings at the default size, `_SHRINK=1` shrinks a failure.) A failure it finds
-is to be reduced to a deterministic test in tests/integration/test_adoption_regressions.py (none found so far).
+is to be reduced to a deterministic test in tests/integration/test_adoption_regressions.py (so far: rule C, a Goal
+the EHR edited then deleted, `test_an_incremental_pull_pulls_an_adopted_plan_whose_goal_the_ehr_edited_then_deleted`).
 """
 
 from __future__ import annotations
@@ -140,10 +141,11 @@ def adoption_machine(engine: Any, fhir_base_url: str, stats: Counter, pulls: Pul
             self.shared_written(before, what)
 
         def edited(self, plan_id: str, was: dict[str, str]) -> None:
-            """Rule C's bookkeeping: the EHR wrote a new version of something the plan reaches (a delete is no new
-            version: an incremental pull is not promised to see it)."""
+            """Rule C's bookkeeping: the EHR wrote a new version of something the plan reaches, or deleted a Goal it
+            reaches (an incremental pull reads the Goals deleted since its cursor: docs/sync.md, "Deletions")."""
             now = self.server[plan_id].versions()
-            if any(was.get(key) != version for key, version in now.items()):
+            deleted = [key for key in was if key.startswith("Goal/") and key not in now]
+            if deleted or any(was.get(key) != version for key, version in now.items()):
                 self.unpulled.add(plan_id)
 
         @rule()

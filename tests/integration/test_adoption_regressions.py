@@ -359,3 +359,47 @@ def test_resolving_the_whole_goal_list_ours_writes_the_deleted_goals_anew_and_na
     assert step["description"] == "EHR step 0"
     step_goals = [r["reference"] for r in step.get("goal", [])]
     assert revision in step_goals and replaced not in step_goals, f"the step names {step_goals}"
+
+
+def test_an_incremental_pull_pulls_an_adopted_plan_whose_goal_the_ehr_edited_then_deleted(world):
+    """Found by the adoption model (SQLite, rule C): the EHR edits a Goal of an adopted CarePlan, then deletes it
+    (`DELETE Goal/X`, the CarePlan left as it is). The incremental pull's `_lastUpdated` searches find no
+    resource the plan links at a new version (a deleted resource is no search match), so `pull_changed` pulled
+    nothing and the edit, and the deletion, waited for some other change. The pull now also reads the Goals
+    deleted since its cursor (`Goal/_history?_since=`, one more entry of the same batch) and pulls the plans
+    linking them: the plan records the goal deleted in the EHR, and the next pull does not pull it again."""
+    mrn = world.ehr_patient()
+    authored = world.ehr_careplan(mrn, goals=2, checkins=1, careteam=False, own_identifiers=False, created=True)
+    plan_id = authored.plan_id
+    assert world.sync.adopt(Target(mrn=mrn)).outcomes == {plan_id: "new"}
+    quiet = world.sync.pull_changed()
+    assert (quiet.outcomes, quiet.requests) == ({}, 1)  # nothing changed: the batch alone
+    deleted = authored.goals[0]
+    goal_id = f"goal-{deleted.split('/')[1]}"
+
+    world.ehr_edit(deleted, lambda goal: goal.update(description={"text": "Edited in the EHR"}))
+    world.ehr_delete(deleted)
+    pulled = world.sync.pull_changed()
+
+    assert pulled.outcomes == {plan_id: "updated"}, pulled.outcomes
+    goal = next(g for g in world.plan_doc(plan_id)["goals"] if g["id"] == goal_id)
+    assert goal["lifecycle_status"] == "entered-in-error"
+    assert goal["removed_in_ehr"]["how"] == "deleted"
+    assert world.sync.status(plan_id).status == "in_sync"
+    again = world.sync.pull_changed()
+    assert (again.outcomes, again.requests) == ({}, 1), "the deletion was pulled a second time"
+
+
+def test_an_incremental_pull_pulls_an_adopted_plan_whose_goal_the_ehr_deleted(world):
+    """The same without the edit: a Goal the EHR deletes, and nothing else, reaches the plan on the next
+    incremental pull."""
+    mrn = world.ehr_patient()
+    authored = world.ehr_careplan(mrn, goals=2, checkins=0, careteam=True, own_identifiers=True, created=False)
+    plan_id = authored.plan_id
+    assert world.sync.adopt(Target(careplan_id=authored.id)).outcomes == {plan_id: "new"}
+    assert world.sync.pull_changed().outcomes == {}
+    world.ehr_delete(authored.goals[1])
+
+    assert world.sync.pull_changed().outcomes == {plan_id: "updated"}
+    removed = [g["id"] for g in world.plan_doc(plan_id)["goals"] if g.get("removed_in_ehr")]
+    assert removed == [f"goal-{authored.goals[1].split('/')[1]}"]

@@ -8,6 +8,7 @@ import os
 import shutil
 import time
 import uuid
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -355,6 +356,57 @@ def test_searches_in_a_batch_page_and_refuse_unknown_parameters_entry_by_entry(h
     assert empty["response"]["status"].startswith("200") and empty["resource"]["total"] == 0
 
 
+def test_type_level_history_lists_versions_and_deletes_newest_first_since_an_instant(http, fhir_base_url, subject):
+    """`GET [type]/_history?_since=` (what an incremental pull reads to learn which Goals were deleted) answers as
+    HAPI does: a `history` Bundle of every version of the type written at or after the instant, newest first; a
+    delete is an entry without a resource whose `request` is `DELETE Goal/<id>/_history/<n>` and whose `response`
+    is `200 OK` with the delete's ETag; `_count` pages through `next` links; inside a `batch` it is one more
+    entry."""
+    before = create(http, fhir_base_url, goal(subject))
+    time.sleep(0.02)
+    kept = create(http, fhir_base_url, goal(subject))
+    since = kept["meta"]["lastUpdated"]
+    edited = http.put(f"{fhir_base_url}/Goal/{kept['id']}", json={**kept, "lifecycleStatus": "completed"})
+    assert edited.status_code == 200, edited.text
+    assert http.delete(f"{fhir_base_url}/Goal/{kept['id']}").status_code in (200, 204)
+    gone = create(http, fhir_base_url, goal(subject))
+    assert http.delete(f"{fhir_base_url}/Goal/{gone['id']}").status_code in (200, 204)
+    mine = {before["id"], kept["id"], gone["id"]}
+
+    page = http.get(f"{fhir_base_url}/Goal/_history", params={"_since": since, "_count": "2"}).json()
+    assert (page["type"], len(page["entry"])) == ("history", 2)
+    entries = []
+    while True:
+        entries += page.get("entry", [])
+        next_url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+        if not next_url:
+            break
+        page = http.get(next_url).json()
+        assert page["type"] == "history"
+    seen = [e for e in entries if e["fullUrl"].rsplit("/", 1)[1] in mine]
+    assert [(e["request"]["method"], e["request"]["url"]) for e in seen] == [
+        ("DELETE", f"Goal/{gone['id']}/_history/2"),
+        ("POST", f"Goal/{gone['id']}/_history/1"),
+        ("DELETE", f"Goal/{kept['id']}/_history/3"),
+        ("PUT", f"Goal/{kept['id']}/_history/2"),
+        ("POST", f"Goal/{kept['id']}/_history/1"),
+    ]
+    deleted = seen[2]
+    assert "resource" not in deleted and deleted["fullUrl"] == f"{fhir_base_url}/Goal/{kept['id']}"
+    assert (deleted["response"]["status"], deleted["response"]["etag"]) == ("200 OK", 'W/"3"')
+    assert [e["resource"]["meta"]["versionId"] for e in seen if "resource" in e] == ["1", "2", "1"]
+    assert seen[1]["response"]["status"] == "201 Created"
+
+    url = f"Goal/_history?{urlencode({'_since': since, '_count': '1000'})}"
+    batch = {"resourceType": "Bundle", "type": "batch", "entry": [{"request": {"method": "GET", "url": url}}]}
+    answer = http.post(fhir_base_url, json=batch)
+    assert answer.status_code == 200, answer.text
+    (entry,) = answer.json()["entry"]
+    assert entry["response"]["status"].startswith("200") and entry["resource"]["type"] == "history"
+    in_batch = [e for e in entry["resource"]["entry"] if e["fullUrl"].rsplit("/", 1)[1] in mine]
+    assert [e["request"] for e in in_batch] == [e["request"] for e in seen]
+
+
 def test_invalid_code_is_rejected_with_operation_outcome(http, fhir_base_url, subject):
     bad = {**goal(subject), "lifecycleStatus": "banana"}
     assert_outcome(http.post(f"{fhir_base_url}/Goal", json=bad), 400, 422)
@@ -476,7 +528,16 @@ def test_metadata_is_a_capability_statement(http, fhir_base_url):
     by_type = {r["type"]: r for r in rest["resource"]}
     for resource_type in ("Goal", "CarePlan", "CareTeam", "Patient", "Observation"):
         codes = {i["code"] for i in by_type[resource_type]["interaction"]}
-        assert {"read", "vread", "create", "update", "delete", "search-type", "history-instance"} <= codes
+        assert {
+            "read",
+            "vread",
+            "create",
+            "update",
+            "delete",
+            "search-type",
+            "history-instance",
+            "history-type",
+        } <= codes
 
 
 @needs_node

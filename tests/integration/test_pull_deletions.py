@@ -1,0 +1,162 @@
+"""An incremental pull learns of the Goals the EHR deleted since its cursor (docs/sync.md, "Deletions"): a deleted
+resource is no match of the `_lastUpdated` searches, so the pull also reads `Goal/_history?_since=<cursor>` (the
+batch's last entry) and pulls the plans whose links name a Goal deleted there. On the real local FHIR server in
+both profiles, on SQLite; servers without type-level history, or without batch, simulated with `responses` in
+front of it."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import responses
+
+from service.fhir.errors import FhirError
+from service.store.db import create_engine, upgrade
+from service.store.uow import UnitOfWork
+from service.sync.pull import CURSOR, batch_cursor, history_cursor
+from tests.integration.test_pull_batch import BATCH, _forward
+from tests.sync_model_support import SyncWorld
+
+FIXTURE = "knee-rehabilitation.json"
+
+
+@pytest.fixture
+def world(tmp_path, fhir_profile_url):
+    engine = create_engine(f"sqlite:///{tmp_path / 'planbridge.db'}")
+    upgrade(engine)
+    yield SyncWorld(engine, fhir_profile_url)
+    engine.dispose()
+
+
+def _pushed(world: SyncWorld) -> str:
+    plan_id = world.add_plan(FIXTURE)
+    assert world.sync.push(plan_id).status == "in_sync"
+    world.sync.pull_plans([plan_id])
+    return plan_id
+
+
+def _cursor(world: SyncWorld, name: str) -> str | None:
+    with UnitOfWork(world.db) as uow:
+        return uow.sync.cursor(name)
+
+
+def _sent_batches(server: responses.RequestsMock) -> list[list[str]]:
+    return [
+        [e["request"]["url"].split("?")[0] for e in json.loads(call.request.body)["entry"]]
+        for call in server.calls
+        if call.request.method == "POST" and json.loads(call.request.body).get("type") == "batch"
+    ]
+
+
+def test_a_goal_of_planbridges_own_plan_the_ehr_deletes_is_pulled_once_by_the_next_incremental_pull(world):
+    """The EHR deletes a Goal of a plan planbridge authored and changes nothing else: the next incremental pull
+    pulls the plan (one batch, the plan, its check-ins, the deleted Goal's history) and records the goal deleted;
+    the pull after it pulls nothing."""
+    plan_id = _pushed(world)
+    other = _pushed(world)
+    assert world.sync.pull_changed().outcomes == {}
+    goal = world.ehr_goal(plan_id, "goal-exercise")
+    world.ehr_delete(f"Goal/{goal['id']}")
+
+    pulled = world.sync.pull_changed()
+
+    assert pulled.outcomes == {plan_id: "updated"}, pulled.outcomes
+    assert other not in pulled.outcomes
+    kept = world.plan(plan_id).goal("goal-exercise")
+    assert kept is not None and kept.removed_in_ehr is not None and kept.removed_in_ehr.how == "deleted"
+    assert pulled.requests <= 4, pulled.requests
+    again = world.sync.pull_changed()
+    assert (again.outcomes, again.requests) == ({}, 1)
+
+
+def test_a_goal_the_ehr_took_out_of_the_careplan_then_deleted_is_not_pulled_again_and_again(world):
+    """The EHR takes the Goal out of the CarePlan (a new CarePlan version, which the searches see) and then deletes
+    it. The cursor stops at the CarePlan's write, before the delete, so the next history read lists the delete
+    again; the plan's link to the Goal is dropped once the plan was pulled for it, so it is pulled once."""
+    plan_id = _pushed(world)
+    assert world.sync.pull_changed().outcomes == {}
+    goal = world.ehr_goal(plan_id, "goal-exercise")
+    careplan = world.find("CarePlan", "plan", plan_id)
+    assert careplan is not None
+    careplan["goal"] = [r for r in careplan["goal"] if r["reference"] != f"Goal/{goal['id']}"]
+    for activity in careplan.get("activity", []):
+        detail = activity.get("detail", {})
+        detail["goal"] = [r for r in detail.get("goal", []) if r["reference"] != f"Goal/{goal['id']}"]
+        if not detail["goal"]:
+            del detail["goal"]
+    world.ehr_put(careplan, careplan["meta"]["versionId"])
+    world.ehr_delete(f"Goal/{goal['id']}")
+
+    assert plan_id in world.sync.pull_changed().outcomes
+    again = world.sync.pull_changed()
+    assert (again.outcomes, again.requests) == ({}, 1), "the plan was pulled again for the same delete"
+
+
+def test_a_server_without_type_level_history_is_remembered_and_pulls_go_on(world, fhir_profile_url):
+    """The batch answers the history entry 405 (a server without type-level history): the searches' changes are
+    pulled, the refusal is remembered (`fhir-history:<hash>`), and the next pulls leave the history out of their
+    batch, so they cost what they did before. Without batch either, the history is not asked on its own."""
+    plan_id = _pushed(world)
+    assert world.sync.pull_changed().outcomes == {}
+
+    def no_history(request: Any) -> tuple[int, dict[str, str], str]:
+        answer = _forward(fhir_profile_url, request.body)
+        for entry, result in zip(json.loads(request.body)["entry"], answer["entry"], strict=True):
+            if entry["request"]["url"].startswith("Goal/_history"):
+                result.clear()
+                result["response"] = {"status": "405 Method Not Allowed"}
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(answer)
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as server:
+        server.add_passthru(fhir_profile_url)
+        server.add_callback(responses.POST, fhir_profile_url, callback=no_history, match=BATCH)
+        world.ehr_edit(
+            f"Goal/{world.ehr_goal(plan_id, 'goal-exercise')['id']}", lambda g: g.update(statusReason="edited")
+        )
+        first = world.sync.pull_changed()
+        assert first.outcomes == {plan_id: "updated"}
+        assert (_cursor(world, history_cursor(fhir_profile_url)) or "").startswith("refused ")
+        second = world.sync.pull_changed()
+        assert (second.outcomes, second.requests) == ({}, 1)
+        batches = _sent_batches(server)
+        assert batches[0][-1] == "Goal/_history" and "Goal/_history" not in batches[1]
+
+        # without batch too: no history request of its own while the refusal is remembered
+        with UnitOfWork(world.db) as uow:
+            uow.sync.set_cursor(batch_cursor(world.client.base_url), f"refused {world.clock().isoformat()}")
+            uow.commit()
+        world.client.log.clear()
+        assert world.sync.pull_changed().outcomes == {}
+        assert not [entry for entry in world.client.log if "_history" in str(entry)]
+
+
+def test_a_history_the_server_fails_to_answer_fails_the_pull_and_the_cursor_stays(world, fhir_profile_url):
+    """A history entry answered with another error (a 500) is read again on its own; when that fails too the pull
+    fails and the cursor stays, so no deletion is skipped. On its own it works: the deletion is pulled."""
+    plan_id = _pushed(world)
+    assert world.sync.pull_changed().outcomes == {}
+    cursor = _cursor(world, CURSOR)
+    world.ehr_delete(f"Goal/{world.ehr_goal(plan_id, 'goal-exercise')['id']}")
+
+    def history_fails(request: Any) -> tuple[int, dict[str, str], str]:
+        answer = _forward(fhir_profile_url, request.body)
+        for entry, result in zip(json.loads(request.body)["entry"], answer["entry"], strict=True):
+            if entry["request"]["url"].startswith("Goal/_history"):
+                result.clear()
+                result["response"] = {"status": "500 Internal Server Error"}
+        return 200, {"Content-Type": "application/fhir+json"}, json.dumps(answer)
+
+    with responses.RequestsMock(assert_all_requests_are_fired=False) as server:
+        server.add_passthru(fhir_profile_url)
+        server.add_callback(responses.POST, fhir_profile_url, callback=history_fails, match=BATCH)
+        alone = server.add(responses.GET, f"{fhir_profile_url}/Goal/_history", status=500, json={})
+        with pytest.raises(FhirError):
+            world.sync.pull_changed()
+        assert _cursor(world, CURSOR) == cursor
+        assert world.plan(plan_id).goal("goal-exercise").removed_in_ehr is None
+        server.remove(alone)
+        assert world.sync.pull_changed().outcomes == {plan_id: "updated"}
+    assert world.plan(plan_id).goal("goal-exercise").removed_in_ehr is not None
+    assert _cursor(world, history_cursor(fhir_profile_url)) is None
