@@ -1,14 +1,16 @@
 #!/usr/bin/env node
 // planbridge local FHIR R4 server: node:http in front of Medplum's FhirRouter + MemoryRepository.
 // Usage: node server.mjs [--profile medplum|hapi] [--host 127.0.0.1] [--port 8090] [--page-size 20]
-//        [--subscription-retry-delays 1,2,4,8,15,30] [--referential-integrity-on-delete] [--quiet] [--exit-on-stdin-close]
+//        [--subscription-retry-delays 1,2,4,8,15,30] [--referential-integrity-on-delete] [--allow-external-references]
+//        [--quiet] [--exit-on-stdin-close]
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
 const PROFILE_NAMES = ['medplum', 'hapi']; // lib/app.mjs PROFILES (not imported: core needs the WebSocket stub first)
 const USAGE = 'usage: node server.mjs [--profile medplum|hapi (default medplum: Medplum\'s transaction limits)] [--host HOST] [--port PORT (0 = any free port)] [--page-size N] ' +
   '[--subscription-retry-delays S1,S2,... (seconds between delivery attempts)] ' +
-  '[--referential-integrity-on-delete (409 HAPI-0550 for deleting a referenced resource)] [--quiet] [--exit-on-stdin-close]';
+  '[--referential-integrity-on-delete (409 HAPI-0550 for deleting a referenced resource)] ' +
+  '[--allow-external-references (store absolute references to other servers instead of HAPI-0507)] [--quiet] [--exit-on-stdin-close]';
 
 function options() {
   try {
@@ -20,6 +22,7 @@ function options() {
         'page-size': { type: 'string', default: '20' },
         'subscription-retry-delays': { type: 'string', default: '1,2,4,8,15,30' },
         'referential-integrity-on-delete': { type: 'boolean', default: false },
+        'allow-external-references': { type: 'boolean', default: false },
         quiet: { type: 'boolean', default: false },
         'exit-on-stdin-close': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
@@ -64,6 +67,7 @@ loadDefinitions();
 const app = createApp({
   pageSize: opts.pageSize, log, subscriptionRetryDelaysMs: opts.retryDelaysMs, profile: opts.profile,
   referentialIntegrityOnDelete: opts['referential-integrity-on-delete'],
+  allowExternalReferences: opts['allow-external-references'],
 });
 log(`profile ${opts.profile}`);
 const server = http.createServer((req, res) => {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import urlsplit
 
 RefKind = Literal["relative", "absolute", "urn", "contained"]
 LITERAL_KINDS: tuple[RefKind, ...] = ("relative", "absolute")
@@ -101,8 +102,65 @@ def parse_reference(reference: object) -> ParsedRef | None:
     )
 
 
-def local_reference(reference: str) -> str:
-    """Return `Type/id` for a literal reference (its base, version and any trailing slash dropped), any other
-    reference (urn:uuid, #contained, conditional, malformed) as it is."""
+def _origin_and_path(base: str) -> tuple[str, str, str] | None:
+    """Return (scheme, host[:port], path ending in `/`) of an http(s) base, the scheme and host lower-cased and
+    a default port (80 for http, 443 for https) dropped; None for anything that is not an http(s) URL."""
+    parts = urlsplit(base.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        return None
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    host = parts.hostname.lower()
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        host = f"{host}:{port}"
+    return scheme, host, parts.path.rstrip("/") + "/"
+
+
+def same_server(base: str | None, server_base: str | None) -> bool:
+    """Tell whether an absolute reference's `base` is `server_base` (the configured FHIR base, FHIR_BASE_URL).
+
+    As RFC 3986 compares URLs: the scheme and host without regard to case, a default port the same as none,
+    the path exactly (`/fhir/` is not `/FHIR/`); a trailing slash on either is ignored. `http` and `https` are
+    different servers. False when either is None or not an http(s) URL.
+    """
+    if not base or not server_base:
+        return False
+    ours, theirs = _origin_and_path(server_base), _origin_and_path(base)
+    return ours is not None and ours == theirs
+
+
+def is_foreign(reference: object, server_base: str | None) -> bool:
+    """Tell whether a reference is an absolute literal reference to a resource on another server than the one at
+    `server_base` (every absolute reference when `server_base` is None: none can be told to be ours)."""
+    parsed = parse_reference(reference.rstrip("/") if isinstance(reference, str) else reference)
+    return parsed is not None and parsed.kind == "absolute" and not same_server(parsed.base, server_base)
+
+
+def relative_to(reference: str, server_base: str | None) -> str:
+    """Return a reference as the server at `server_base` names it: an absolute literal reference on that server
+    without its base (`Patient/1`, `Patient/1/_history/2`, as HAPI stores it); any other reference as it is.
+
+    An absolute reference on another server is never rebased onto ours: `https://other.example/fhir/Patient/1`
+    is not our `Patient/1` (which may not exist, or be someone else)."""
     parsed = parse_reference(reference.rstrip("/"))
-    return (parsed.type_id if parsed is not None else None) or reference
+    if parsed is None or parsed.kind != "absolute" or not same_server(parsed.base, server_base):
+        return reference
+    return f"{parsed.type_id}/_history/{parsed.version}" if parsed.version else str(parsed.type_id)
+
+
+def local_reference(reference: str, server_base: str | None = None) -> str:
+    """Return `Type/id` for a literal reference to a resource of the server at `server_base`: a relative one, or
+    an absolute one on that server (base, version and any trailing slash dropped).
+
+    Any other reference is returned as it is: one on another server (or any absolute one when `server_base` is
+    None: it cannot be told to be ours), which names that server's resource and never `Type/id` of ours, and
+    a urn:uuid, #contained, conditional or malformed one."""
+    parsed = parse_reference(reference.rstrip("/"))
+    if parsed is None or not parsed.is_literal:
+        return reference
+    if parsed.kind == "absolute" and not same_server(parsed.base, server_base):
+        return reference
+    return str(parsed.type_id)

@@ -7,6 +7,7 @@ import {
 import { BatchProcessor, FhirRouter } from '@medplum/fhir-router';
 import { capabilityStatement } from './capability.mjs';
 import { SearchPager } from './paging.mjs';
+import { relativeToBase } from './references.mjs';
 import { HapiLikeRepository } from './repo.mjs';
 import { validate } from './schema.mjs';
 import { SubscriptionNotifier, validateSubscription } from './subscriptions.mjs';
@@ -99,6 +100,7 @@ function readBody(req) {
 
 export function createApp({
   pageSize = 20, log = () => {}, subscriptionRetryDelaysMs, profile = 'medplum', referentialIntegrityOnDelete = false,
+  allowExternalReferences = false,
 } = {}) {
   if (!PROFILES.includes(profile)) throw new Error(`unknown profile ${profile}; use one of ${PROFILES.join(', ')}`);
   const repo = new HapiLikeRepository({
@@ -106,7 +108,12 @@ export function createApp({
     staleVersion: profile === 'medplum' ? 'medplum' : 'hapi',
     // Referential integrity on write in both profiles: Medplum's `checkReferencesOnWrite` looks at every
     // reference, HAPI at those on its reference search parameters' paths. On delete only when asked.
-    references: { scope: profile === 'medplum' ? 'all' : 'search-params', onDelete: referentialIntegrityOnDelete },
+    // Absolute references to other servers: refused (HAPI-0507 / Medplum's `Invalid reference`) unless allowed.
+    references: {
+      scope: profile === 'medplum' ? 'all' : 'search-params',
+      onDelete: referentialIntegrityOnDelete,
+      externalReferences: allowExternalReferences,
+    },
   });
   const Processor = profile === 'medplum' ? HapiLikeBatchProcessor : UncappedBatchProcessor;
   const router = new FhirRouter();
@@ -289,6 +296,8 @@ export function createApp({
         throw oo(405, 'not-supported', `HTTP method ${req.method} is not supported`);
       }
       const body = await parseRequest(req, url);
+      // HAPI reads a request's resources with its base set: a reference on its own base becomes relative
+      if (profile === 'hapi' && body?.resourceType) relativeToBase(body, base);
       const result = await serialized(() => dispatch(req, url, body, base));
       status = result.status;
       const headers = {};

@@ -6,8 +6,15 @@
 //              within resource of type: Goal                                                (400, transactions)
 //   HAPI-0550: HAPI-0515: Unable to delete Patient/1 because at least one resource has a reference to this
 //              resource. First reference found was resource Goal/2 in path Goal.subject     (409)
-// Not checked, as on HAPI: absolute URLs (other servers), `#contained`, logical (identifier-only) and
-// display-only references.
+//   HAPI-0507: Resource contains external reference to URL "https://other.example/fhir/Patient/1" but this
+//              server is not configured to allow external references                      (400)
+// Absolute references: HAPI's parser first makes those on the server's own base relative (`relativeToBase`,
+// `IParser.setServerBaseUrl`), so they are checked as any `Type/id`; one on another server is refused with
+// HAPI-0507 (its `allow_external_references` is off by default) and, with `externalReferences`, stored as it
+// is and never checked. Medplum's `checkReferencesOnWrite` reads a reference as `Type/id` only
+// (`readReference`), so the `medplum` scope refuses every absolute one, on its own base too, as Medplum does:
+// 400, issue `structure`, `Invalid reference (Invalid reference)` at the element's path.
+// Not checked, as on HAPI: `#contained`, logical (identifier-only) and display-only references.
 import { OperationOutcomeError, globalSchema, isResourceType } from '@medplum/core';
 
 const error = (id, diagnostics) => new OperationOutcomeError({
@@ -18,6 +25,42 @@ const error = (id, diagnostics) => new OperationOutcomeError({
 
 const LITERAL = /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})(?:\/_history\/[A-Za-z0-9\-.]{1,64})?$/;
 const PLACEHOLDER = /^urn:(uuid|oid):/;
+// `[base/]Type/id[/_history/vid]` with an http(s) base (R4's literal reference, absolute)
+const ABSOLUTE = /^https?:\/\/[^?#]*?\/([A-Z][A-Za-z]+)\/([^/?#]+)(?:\/_history\/[^/?#]+)?$/i;
+
+const invalidForMedplum = (path) => new OperationOutcomeError({
+  resourceType: 'OperationOutcome',
+  id: 'invalid-reference',
+  issue: [{
+    severity: 'error', code: 'structure', details: { text: 'Invalid reference (Invalid reference)' }, expression: [path],
+  }],
+});
+
+/**
+ * HAPI's parser with its server base set (`IParser.setServerBaseUrl`): every reference `${base}/Type/id...`
+ * in `value` (a resource, a Bundle and its entries) made relative, in place. Other references are left as
+ * they are. Returns `value`.
+ */
+export function relativeToBase(value, base) {
+  const prefix = `${base.replace(/\/+$/, '')}/`;
+  const walk = (node) => {
+    if (Array.isArray(node)) {
+      node.forEach(walk);
+      return;
+    }
+    if (node === null || typeof node !== 'object') return;
+    for (const [key, child] of Object.entries(node)) {
+      if (key === 'reference' && typeof child === 'string' && child.startsWith(prefix)) {
+        const rest = child.slice(prefix.length);
+        if (LITERAL.test(rest)) node.reference = rest;
+      } else if (child !== null && typeof child === 'object') {
+        walk(child);
+      }
+    }
+  };
+  walk(value);
+  return value;
+}
 
 /**
  * Every Reference in a resource: `{ path, name, reference }`, where `path` is the element path without
@@ -83,11 +126,17 @@ export function referencePaths(type) {
  * (only the paths of reference search parameters, as HAPI's JPA server does).
  */
 export class ReferenceChecker {
-  /** @param {{ scope: 'all' | 'search-params', exists: (type, id) => boolean, deleted: (type, id) => boolean }} options */
-  constructor({ scope, exists, deleted }) {
+  /**
+   * @param {{ scope: 'all' | 'search-params', exists: (type, id) => boolean, deleted: (type, id) => boolean,
+   *   externalReferences?: boolean }} options
+   * `externalReferences`: accept absolute references to other servers (HAPI's `allow_external_references`),
+   * stored as they are; off by default, as on HAPI.
+   */
+  constructor({ scope, exists, deleted, externalReferences = false }) {
     this.scope = scope;
     this.exists = exists;
     this.deleted = deleted;
+    this.externalReferences = externalReferences;
   }
 
   /** The references of a resource that this server checks on write. */
@@ -115,6 +164,16 @@ export class ReferenceChecker {
       }
     }
     for (const { path, reference } of this.checked(resource)) {
+      if (!this.externalReferences && /^https?:\/\//i.test(reference)) {
+        // Medplum reads no absolute reference; HAPI refuses one naming a resource (on the `hapi` profile one on
+        // the server's own base was made relative when the request was read, by `relativeToBase`)
+        if (this.scope === 'all') throw invalidForMedplum(path);
+        const absolute = ABSOLUTE.exec(reference);
+        if (absolute && isResourceType(absolute[1])) {
+          throw error('bad-request', `HAPI-0507: Resource contains external reference to URL "${reference}" ` +
+            'but this server is not configured to allow external references');
+        }
+      }
       const match = LITERAL.exec(reference);
       if (!match || !isResourceType(match[1])) continue;
       const [, type, id] = match;

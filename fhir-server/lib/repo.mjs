@@ -43,7 +43,7 @@ function coalesce(writes) {
 export class HapiLikeRepository extends MemoryRepository {
   /**
    * @param {{ validate?: (resource: object) => void, staleVersion?: 'hapi' | 'medplum',
-   *   references?: { scope: 'all' | 'search-params', onDelete?: boolean } }} [options]
+   *   references?: { scope: 'all' | 'search-params', onDelete?: boolean, externalReferences?: boolean } }} [options]
    * `references`: referential integrity on write (HAPI-1094/1096/0541; `scope` says which references are
    * checked) and, with `onDelete`, on delete (409 HAPI-0550/0515). Without it nothing is checked.
    */
@@ -51,6 +51,7 @@ export class HapiLikeRepository extends MemoryRepository {
     super();
     this.refs = options.references && new ReferenceChecker({
       scope: options.references.scope,
+      externalReferences: Boolean(options.references.externalReferences),
       exists: (type, id) => this.current(type, id) !== undefined,
       deleted: (type, id) => this.deleted.has(`${type}/${id}`),
     });

@@ -207,18 +207,26 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     Plan JSON is mapped to FHIR as `convert to-fhir` maps it, and refused as that refuses it; a Bundle is
     checked as `convert from-fhir` checks it. Either way the plan must then pass the push's own check
     (service.services.deliverable): a plan the push could never send is refused, naming each bad element,
-    and nothing is stored. A plan id already stored is a Conflict unless `replace`: then the stored plan is
-    replaced (its version and creation time go on).
+    and nothing is stored. So is one naming a resource on another FHIR server than the configured one
+    (FHIR_BASE_URL), naming its field (`patient.fhir_reference`); a reference to a resource of the
+    configured server is stored relative, `Patient/123` (docs/references.md). A plan id already stored is a
+    Conflict unless `replace`: then the stored plan is replaced (its version and creation time go on).
     """
     from service.convert import ConversionRefused, from_fhir, load_plan, to_fhir
     from service.domain.rules import Issue
     from service.services.deliverable import Undeliverable, check_deliverable
+    from service.sync.push_bundle import on_configured_server
 
     if isinstance(document, dict) and "resourceType" in document:
         plan = codec.from_dict(Plan, from_fhir(document, settings)[0])
     else:
         to_fhir(document, settings)  # the mapping and the checks of `convert to-fhir`: the same refusals
         plan = load_plan(document)[0]
+    # a reference on the configured server is stored relative; one on another server could never be pushed
+    plan, foreign = on_configured_server(plan, settings.fhir_base_url)
+    if foreign:
+        issues = [Issue(path, why, code="invalid") for path, why in foreign.items()]
+        raise ConversionRefused("the plan names resources on another FHIR server than the configured one", issues)
     try:
         check_deliverable(None, plan, settings.identifier_base, settings.mrn_system)
     except Undeliverable as refused:

@@ -101,21 +101,26 @@ def member_reference(
     patient_ref: str | None,
     base: str,
     key_of: Any,
+    server_base: str | None = None,
 ) -> str | None:
     """Return the FHIR reference of a member: the Patient, their EHR reference, their linked resource, or the
-    fullUrl of their entry in this push; None when the server has no resource for them."""
+    fullUrl of their entry in this push; None when the server has no resource for them.
+
+    An EHR reference is named as `Type/id` when it is on the configured server (`server_base`, FHIR_BASE_URL),
+    and as it is when it is an absolute reference to another server (or to any, with no `server_base`): the
+    Provenance names the very resource the plan does, never our `Type/<its id>` (docs/references.md)."""
     if member.kind == "patient":
         if "patient" in links:
             rtype, fhir_id, _ = links["patient"]
             return f"{rtype}/{fhir_id}"
         if patient_ref:
-            return local_reference(patient_ref)
+            return local_reference(patient_ref, server_base)
         if plan.patient.fhir_reference:
-            return local_reference(plan.patient.fhir_reference)
+            return local_reference(plan.patient.fhir_reference, server_base)
         return next((e["fullUrl"] for e in entries if e["resource"]["resourceType"] == "Patient"), None)
     parsed = parse_reference(member.fhir_reference)
     if member.fhir_reference and (parsed is None or parsed.kind != "contained"):
-        return local_reference(member.fhir_reference)
+        return local_reference(member.fhir_reference, server_base)
     # a person contained in the CarePlan (`#pr1`) cannot be named from the Provenance (ref-1): by a link, if any
     keys = _person_keys(plan, member, base)
     for key in keys:
@@ -138,10 +143,12 @@ def provenance_entry(
     base: str,
     now: datetime,
     key_of: Any,
+    server_base: str | None = None,
 ) -> Json | None:
     """Return the transaction entry (`POST Provenance`) recording a push of `entries`, None for no entries.
 
-    `key_of(resource, base)` names a resource as fhir_links does (service.sync.push.local_key)."""
+    `key_of(resource, base)` names a resource as fhir_links does (service.sync.push.local_key); `server_base` is
+    the configured FHIR base (FHIR_BASE_URL), to tell a member's reference on it from one on another server."""
     targets: list[str] = []
     for entry in entries:
         url = entry.get("fullUrl")
@@ -155,7 +162,7 @@ def provenance_entry(
     named: list[str] = []
     for member_id in what.members:
         member = team.get(member_id)
-        ref = member_reference(plan, member, entries, links, patient_ref, base, key_of) if member else None
+        ref = member_reference(plan, member, entries, links, patient_ref, base, key_of, server_base) if member else None
         if ref and ref not in named:
             named.append(ref)
     agents += [

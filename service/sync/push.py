@@ -206,7 +206,15 @@ class Pusher:
         snapshot = _Snapshot(plan, sent, bundle, digest, spent, patient_ref, bool(held), what)
         snapshot.sent_document, snapshot.links = strip_bookkeeping(document), dict(links)
         snapshot.provenance = provenance_entry(
-            sent, bundle["entry"], what, links, patient_ref, self.settings.identifier_base, self.clock(), local_key
+            sent,
+            bundle["entry"],
+            what,
+            links,
+            patient_ref,
+            self.settings.identifier_base,
+            self.clock(),
+            local_key,
+            server_base=self.settings.fhir_base_url,
         )
         if bundle["entry"]:
             # Marked in flight in the transaction that read it: from here the server may hold what it sends.
@@ -429,7 +437,8 @@ class Pusher:
             # (a split push recorded its links as each transaction landed, and the plan is held by this push)
             rows = self._landed(snapshot.bundle, answer)
             named = parse_reference(snapshot.patient_ref)  # `Patient/<id>`, or None: created by the Bundle
-            literal = named.literal if named is not None else None
+            # an absolute reference to another server's Patient is no Patient of ours: never our link
+            literal = named.literal if named is not None and named.kind == "relative" else None
             if literal is not None and "patient" not in snapshot.links and all(row[0] != "patient" for row in rows):
                 rows.append(("patient", literal[0], literal[1], None))
             self._link(snapshot, rows, now)

@@ -2,7 +2,8 @@
 
 The digest that tells whether a plan changed since its last push, the key each resource is remembered
 under in fhir_links, the document sent while conflicts are open, the Patient reference the Bundle
-names, and the pinning of resources the server already holds to the version last seen (If-Match).
+names, and the pinning of resources the server already holds to the version last seen (If-Match); and
+`on_configured_server`, which tells at the door (an import) which references the push could never send.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 from typing import Any
 
 from mappings import codes
-from mappings.reference_parse import local_reference, parse_reference
+from mappings.reference_parse import is_foreign, local_reference, parse_reference, relative_to
 from service.domain import codec
 from service.domain.errors import NotFound
 from service.domain.model import Plan
@@ -95,13 +96,18 @@ def _patient_reference(
 
     A plan holding the EHR's own reference to its Patient (`patient.fhir_reference`, e.g. imported
     from a Bundle whose Patient was referenced but absent) is pushed with that reference as it is,
-    and its MRN need not be known. Otherwise the Patient is found by the plan's MRN under the plan's
-    `mrn_system` (default `PLANBRIDGE_MRN_SYSTEM`): the identifier as the EHR has it, never rewritten.
+    and its MRN need not be known: `Patient/<id>` when it names a Patient of the configured server,
+    the absolute reference as it is when it names another server's (only a plan pulled from a server
+    that holds such references has one: an import is refused one, `on_configured_server`). Otherwise
+    the Patient is found by the plan's MRN under the plan's `mrn_system` (default
+    `PLANBRIDGE_MRN_SYSTEM`): the identifier as the EHR has it, never rewritten.
     Call it outside any database transaction: finding the Patient may take a request.
     """
     if plan.patient.fhir_reference:
-        # the Bundle names the Patient by the reference itself (plan_to_bundle); this is its `Patient/id`
-        return local_reference(plan.patient.fhir_reference), 0
+        # The Bundle names the Patient by the reference itself (plan_to_bundle). On the configured server this
+        # is its `Patient/id`; an absolute reference to another server's Patient stays as it is, never our
+        # `Patient/<its id>` (docs/references.md).
+        return local_reference(plan.patient.fhir_reference, settings.fhir_base_url), 0
     if linked_id is not None:
         return f"Patient/{linked_id}", 0
     system = plan.patient.mrn_system or settings.mrn_system
@@ -127,3 +133,62 @@ def _pin_versions(bundle: dict[str, Any], versions: dict[str, tuple[str, str, st
             request["url"] = f"{rtype}/{fhir_id}"
             request["ifMatch"] = f'W/"{version}"'
             resource["id"] = fhir_id
+
+
+# The keys under which a plan document holds FHIR references: a person's `fhir_reference` (and the patient's),
+# a `Ref`'s `reference` (a goal's `addresses`...) and every Reference in the FHIR content kept as it came
+# (`fhir_extra`, `careplan_extra`...).
+REFERENCE_KEYS = ("reference", "fhir_reference")
+
+
+def on_configured_server(plan: Plan, server_base: str | None) -> tuple[Plan, dict[str, str]]:
+    """Return the plan with every absolute reference to a resource of the configured FHIR server (`server_base`,
+    FHIR_BASE_URL) made relative, and every reference naming a resource of another server: plan path -> why.
+
+    The push writes to one server. A reference to another server's resource is refused by HAPI by default
+    (`HAPI-0507: Resource contains external reference to URL ... but this server is not configured to allow
+    external references`) and by Medplum when it checks references on write, for ever: the plan would never
+    be sent. So an import naming one is refused at the door, naming the field; one on our server is stored as
+    the server names it (`Patient/123`). None is ever rebased onto ours (docs/references.md). Only the base
+    is named in a refusal: a reference's id may be the EHR's key of a patient.
+    """
+    document = codec.to_dict(plan)
+    foreign: dict[str, str] = {}
+    changed = False
+
+    def walk(value: Any, path: str) -> Any:
+        nonlocal changed
+        if isinstance(value, list):
+            return [walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
+        if not isinstance(value, dict):
+            return value
+        out = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if key in REFERENCE_KEYS and isinstance(item, str):
+                if is_foreign(item, server_base):
+                    foreign[where] = _foreign_problem(item, server_base)
+                rebased = relative_to(item, server_base)
+                changed = changed or rebased != item
+                out[key] = rebased
+            else:
+                out[key] = walk(item, where)
+        return out
+
+    rebased = walk(document, "")
+    return (codec.from_dict(Plan, rebased) if changed else plan), foreign
+
+
+def _foreign_problem(reference: str, server_base: str | None) -> str:
+    parsed = parse_reference(reference.rstrip("/"))
+    theirs = parsed.base if parsed is not None else None
+    if not server_base:
+        return (
+            f"an absolute reference (to {theirs}) cannot be told to be on the FHIR server planbridge writes to: "
+            "FHIR_BASE_URL is not set; name the resource by Type/id, or set FHIR_BASE_URL"
+        )
+    return (
+        f"names a resource on another FHIR server ({theirs}), not on {server_base.rstrip('/')}/ where the plan is "
+        "written, which refuses such a reference unless configured to allow external ones (HAPI-0507); name a "
+        "resource on the configured server (Type/id)"
+    )

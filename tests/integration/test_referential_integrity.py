@@ -4,8 +4,13 @@ A create or update (alone, or inside a Bundle) whose resource names `Type/id` th
 refused with 400 and HAPI's `HAPI-1094: Resource Patient/x not found, specified in path: Goal.subject`
 (`HAPI-1096 ... is deleted ...` for a deleted one). Inside a transaction the references are checked once all
 its entries are in place (entries may name each other), a `urn:uuid:`/`urn:oid:` placeholder no entry's
-fullUrl resolves is refused (`HAPI-0541`), and a refused transaction keeps nothing. Absolute URLs, `#contained`,
-identifier-only and display-only references are not checked (HAPI does not either).
+fullUrl resolves is refused (`HAPI-0541`), and a refused transaction keeps nothing. `#contained`, identifier-only
+and display-only references are not checked (HAPI does not either).
+
+Absolute references: `hapi` makes one on its own base relative as it reads the request (HAPI's parser does, with its
+server base set) and refuses one on another server with `HAPI-0507` (HAPI's `allow_external_references` is off by
+default); `medplum` refuses every absolute reference (Medplum's `checkReferencesOnWrite` reads only `Type/id`);
+`--allow-external-references` stores those to other servers as they are.
 
 Which references are checked differs by profile: `hapi` checks those on its reference search parameters'
 paths (HAPI's resource links), `medplum` every reference (Medplum's `checkReferencesOnWrite`). Deleting a
@@ -125,12 +130,12 @@ def test_a_reference_to_a_deleted_resource_is_refused_with_hapi_1096(http, fhir_
 
 
 def test_references_the_server_cannot_check_are_accepted(http, fhir_profile_url, subject):
-    """Absolute URLs (another server), `#contained`, identifier-only and display-only references: as on HAPI."""
+    """`#contained`, identifier-only and display-only references: as on HAPI. (An absolute URL to another server
+    was here too, stored by both profiles: HAPI and Medplum refuse it by default, see below.)"""
     resource = goal(
         subject,
         contained=[{"resourceType": "Condition", "id": "c1", "subject": {"reference": subject}}],
         addresses=[
-            {"reference": "https://ehr.example.org/fhir/Condition/elsewhere"},
             {"reference": "#c1"},
             {"identifier": {"system": SYSTEM, "value": "by-identifier"}},
             {"display": "Knee replacement"},
@@ -327,3 +332,123 @@ def test_with_the_option_a_transaction_deleting_a_referenced_resource_keeps_noth
     response = http.post(base, json=bundle, timeout=30)
     assert "HAPI-0515: Unable to delete" in refused(response, 409)
     assert http.get(f"{base}/Patient/{other['id']}", timeout=30).status_code == 200, "the transaction kept a delete"
+
+
+# ---- absolute references ----
+
+ELSEWHERE = "https://other.example/fhir"
+
+
+def external_refusal(reference: str) -> str:
+    return (
+        f'HAPI-0507: Resource contains external reference to URL "{reference}" but this server is not configured '
+        "to allow external references"
+    )
+
+
+def medplum_refusal(response: requests.Response, path: str) -> None:
+    """Assert Medplum's refusal of a reference it cannot read as `Type/id` (checkReferencesOnWrite)."""
+    assert response.status_code == 400, response.text
+    (issue,) = response.json()["issue"]
+    assert (issue["severity"], issue["code"]) == ("error", "structure"), issue
+    assert issue["details"]["text"] == "Invalid reference (Invalid reference)" and issue["expression"] == [path]
+
+
+@local_only
+def test_the_hapi_profile_refuses_a_reference_to_another_server_with_hapi_0507(http, fhir_hapi_url):
+    """Bug fixed: both profiles stored `https://other.example/fhir/Patient/<id>`, which HAPI (by default) refuses,
+    so a push naming another server's Patient passed against the local server and failed against HAPI. Its id
+    is one of ours on purpose: the reference still names the other server's Patient."""
+    who = f"Patient/{create(http, fhir_hapi_url, patient(unique()))['id']}"
+    value = unique()
+    external = f"{ELSEWHERE}/{who}"
+    response = http.post(f"{fhir_hapi_url}/Goal", json=goal(external, value), timeout=30)
+    assert refused(response) == external_refusal(external)
+    assert count(http, fhir_hapi_url, "Goal", value) == 0
+    # in a transaction too, which then keeps nothing
+    bundle = transaction(post(patient(value), f"urn:uuid:{uuid.uuid4()}"), post(goal(external)))
+    response = http.post(fhir_hapi_url, json=bundle, timeout=30)
+    assert refused(response) == external_refusal(external)
+    assert count(http, fhir_hapi_url, "Patient", value) == 0
+
+
+@local_only
+def test_the_hapi_profile_stores_an_external_reference_on_a_path_it_does_not_index(http, fhir_hapi_url):
+    """HAPI looks at the references of its resource links only (reference search parameters): `Goal.addresses`
+    is on none, so an absolute reference there is stored as it is."""
+    who = f"Patient/{create(http, fhir_hapi_url, patient(unique()))['id']}"
+    external = f"{ELSEWHERE}/Condition/c1"
+    created = create(http, fhir_hapi_url, goal(who, addresses=[{"reference": external}]))
+    assert created["addresses"] == [{"reference": external}]
+
+
+@local_only
+def test_the_hapi_profile_makes_a_reference_on_its_own_base_relative(http, fhir_hapi_url):
+    """HAPI reads a request's resources with its server base set: `[base]/Patient/1` is stored as `Patient/1`, and
+    checked as it (a missing one is HAPI-1094), in a transaction's entries too."""
+    who = f"Patient/{create(http, fhir_hapi_url, patient(unique()))['id']}"
+    created = create(http, fhir_hapi_url, goal(f"{fhir_hapi_url}/{who}"))
+    assert created["subject"] == {"reference": who}
+    versioned = create(http, fhir_hapi_url, goal(f"{fhir_hapi_url}/{who}/_history/1"))
+    assert versioned["subject"] == {"reference": f"{who}/_history/1"}
+    response = http.post(f"{fhir_hapi_url}/Goal", json=goal(f"{fhir_hapi_url}/Patient/nobody"), timeout=30)
+    assert refused(response) == "HAPI-1094: Resource Patient/nobody not found, specified in path: Goal.subject"
+    value = unique()
+    bundle = transaction(post(goal(f"{fhir_hapi_url}/{who}", value)))
+    assert http.post(fhir_hapi_url, json=bundle, timeout=30).status_code == 200
+    found = http.get(f"{fhir_hapi_url}/Goal", params={"identifier": f"{SYSTEM}|{value}"}, timeout=30).json()
+    (stored,) = found["entry"]
+    assert stored["resource"]["subject"] == {"reference": who}
+
+
+@local_only
+def test_the_medplum_profile_refuses_every_absolute_reference(http, fhir_medplum_url):
+    """Medplum's `checkReferencesOnWrite` reads a reference as `Type/id` (`readReference`): an absolute one, on
+    another server or on its own base, on any path, is `Invalid reference`."""
+    who = f"Patient/{create(http, fhir_medplum_url, patient(unique()))['id']}"
+    for reference in (f"{ELSEWHERE}/{who}", f"{fhir_medplum_url}/{who}"):
+        value = unique()
+        response = http.post(f"{fhir_medplum_url}/Goal", json=goal(reference, value), timeout=30)
+        medplum_refusal(response, "Goal.subject")
+        assert count(http, fhir_medplum_url, "Goal", value) == 0
+    addressed = goal(who, addresses=[{"reference": f"{ELSEWHERE}/Condition/c1"}])
+    medplum_refusal(http.post(f"{fhir_medplum_url}/Goal", json=addressed, timeout=30), "Goal.addresses")
+
+
+ALLOW_EXTERNAL = ["--allow-external-references"]
+
+
+def own_server(profile: str, *options: str) -> Iterator[str]:
+    """A local server of its own, started with `options`; yields its base URL."""
+    node = shutil.which("node")
+    if node is None or not (Path(SERVER_DIR) / "node_modules").is_dir():
+        pytest.skip("Node.js or the local server's packages are not installed")
+    process = subprocess.Popen(
+        [node, "server.mjs", "--profile", profile, "--port", "0", "--quiet", "--exit-on-stdin-close", *options],
+        cwd=SERVER_DIR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline() if process.stdout else ""
+        assert line.startswith("planbridge-fhir listening on "), line
+        yield line.removeprefix("planbridge-fhir listening on ").strip()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def external_url() -> Iterator[str]:
+    """A hapi-profile server started with --allow-external-references (HAPI's `allow_external_references`)."""
+    yield from own_server("hapi", *ALLOW_EXTERNAL)
+
+
+def test_with_the_option_an_external_reference_is_stored_as_it_is(http, external_url):
+    who = f"Patient/{create(http, external_url, patient(unique()))['id']}"
+    external = f"{ELSEWHERE}/{who}"  # our Patient's id, on another server: not ours, stored as it came
+    created = create(http, external_url, goal(external))
+    assert created["subject"] == {"reference": external}
+    own = create(http, external_url, goal(f"{external_url}/{who}"))
+    assert own["subject"] == {"reference": who}  # one on its own base is still made relative

@@ -17,8 +17,10 @@ from service.sync.notifications import _type_id
 from service.sync.provenance import member_reference
 from service.sync.push_bundle import _patient_reference, parse_location
 from service.sync.split import _known_at, location_of
+from tests.support import settings
 
 BASE = "https://planbridge.example.org/id"
+EHR = "https://ehr.example/fhir"  # the configured FHIR base (FHIR_BASE_URL) of the push tests below
 UUID = "urn:uuid:0b7e6f0c-1111-4a4a-8a8a-000000000001"
 
 
@@ -183,7 +185,7 @@ def _plan(patient_ref: str | None = None, *team: Member) -> Plan:
 
 
 def _named(plan: Plan, member: Member, patient_ref: str | None = None) -> str | None:
-    return member_reference(plan, member, [], {}, patient_ref, BASE, lambda resource, base: None)
+    return member_reference(plan, member, [], {}, patient_ref, BASE, lambda resource, base: None, EHR)
 
 
 def test_provenance_names_a_versioned_member_reference_by_type_and_id() -> None:
@@ -193,7 +195,8 @@ def test_provenance_names_a_versioned_member_reference_by_type_and_id() -> None:
     assert _named(_plan(None, member), member) == "Practitioner/5"
 
 
-def test_provenance_names_an_absolute_member_reference_by_type_and_id() -> None:
+def test_provenance_names_an_absolute_member_reference_on_the_configured_server_by_type_and_id() -> None:
+    """(One on another server is named as it is: tests/unit/test_absolute_references.py.)"""
     member = Member(id="dr", kind="practitioner", fhir_reference="https://ehr.example/fhir/Practitioner/5")
     assert _named(_plan(None, member), member) == "Practitioner/5"
 
@@ -215,20 +218,21 @@ def test_a_push_names_a_versioned_patient_reference_by_type_and_id() -> None:
     """Bug fixed: a plan whose `patient.fhir_reference` is versioned gave the push `_history/2` as its
     Patient (recorded in fhir_links as a resource of type `_history`)."""
     plan = _plan("Patient/1/_history/2")
-    assert _patient_reference(None, None, None, plan) == ("Patient/1", 0)  # type: ignore[arg-type]
+    assert _patient_reference(None, None, settings(fhir_base_url=EHR), plan) == ("Patient/1", 0)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
     ("reference", "expected"),
     [
         ("Patient/1", "Patient/1"),
-        ("https://ehr.example/fhir/Patient/1", "Patient/1"),
+        ("https://ehr.example/fhir/Patient/1", "Patient/1"),  # on the configured server
+        ("https://elsewhere.example/fhir/Patient/1", "https://elsewhere.example/fhir/Patient/1"),  # never rebased
         ("Patient/1/", "Patient/1"),
         ("Patient?identifier=http://mrn|1", "Patient?identifier=http://mrn|1"),  # as it is
     ],
 )
 def test_a_push_names_the_patient_reference_it_holds(reference: str, expected: str) -> None:
-    assert _patient_reference(None, None, None, _plan(reference)) == (expected, 0)  # type: ignore[arg-type]
+    assert _patient_reference(None, None, settings(fhir_base_url=EHR), _plan(reference)) == (expected, 0)  # type: ignore[arg-type]
 
 
 # --- service.sync.push_bundle / split: where a transaction entry landed, and what a PUT names ---
