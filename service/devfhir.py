@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -77,14 +78,17 @@ class LocalFhirServer:
         server_dir: Path = SERVER_DIR,
         log_path: Path | None = None,
         profile: str | None = None,
+        options: Sequence[str] = (),
     ) -> None:
         """Configure the server; nothing starts until start(). profile is "medplum" (Medplum's transaction
-        limits, 412 on a stale If-Match) or "hapi" (no limits, 409); by default PLANBRIDGE_FHIR_PROFILE or medplum."""
+        limits, 412 on a stale If-Match) or "hapi" (no limits, 409); by default PLANBRIDGE_FHIR_PROFILE or medplum.
+        options: more of server.mjs's flags (`--referential-integrity-on-delete`, `--allow-external-references`)."""
         if profile is not None and profile not in PROFILES:
             raise ValueError(f"unknown local FHIR server profile {profile!r}: use medplum or hapi")
         self.profile = profile or default_profile()
         self.host = host
         self.port = port
+        self.options = tuple(options)
         self.server_dir = Path(server_dir)
         self.log_path = Path(log_path) if log_path is not None else None
         self.base_url: str = ""
@@ -103,7 +107,7 @@ class LocalFhirServer:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self.log_path.open("a", encoding="utf-8")
         args = [node, "server.mjs", "--profile", self.profile, "--host", self.host, "--port", str(self.port)]
-        args.append("--exit-on-stdin-close")
+        args += ["--exit-on-stdin-close", *self.options]
         if self._log_file is None:
             args.append("--quiet")
         self.process = subprocess.Popen(

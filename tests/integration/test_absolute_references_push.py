@@ -17,11 +17,8 @@ See docs/references.md.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -29,7 +26,7 @@ from click.testing import CliRunner
 from service.api.container import utcnow
 from service.cli import main
 from service.convert import load_plan, to_fhir
-from service.devfhir import SERVER_DIR
+from service.devfhir import LocalFhirServer
 from service.domain.model import Patient
 from service.fhir.client import FhirClient
 from service.store.uow import UnitOfWork
@@ -133,24 +130,8 @@ def test_an_import_naming_its_patient_by_the_server_s_own_url_is_stored_and_push
 def external_url() -> Iterator[str]:
     """A local server (hapi profile) of its own, with --allow-external-references (HAPI's
     `allow_external_references: true`): it holds references to other servers, so a pulled plan may name one."""
-    node = shutil.which("node")
-    if node is None or not (Path(SERVER_DIR) / "node_modules").is_dir():
-        pytest.skip("Node.js or the local server's packages are not installed")
-    command = [node, "server.mjs", "--profile", "hapi", "--port", "0", "--quiet", "--exit-on-stdin-close"]
-    process = subprocess.Popen(
-        [*command, "--allow-external-references"],
-        cwd=SERVER_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("planbridge-fhir listening on "), line
-        yield line.removeprefix("planbridge-fhir listening on ").strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with LocalFhirServer(profile="hapi", options=["--allow-external-references"]) as server:
+        yield server.base_url
 
 
 def test_a_plan_holding_another_server_s_patient_is_pushed_naming_it_as_is_and_never_linked(database, external_url):

@@ -20,16 +20,13 @@ referenced resource is refused (409 `HAPI-0550: HAPI-0515 ...`) only with `--ref
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from service.devfhir import SERVER_DIR
+from service.devfhir import LocalFhirServer
 
 HEADERS = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 SYSTEM = "urn:planbridge:test:refint"
@@ -280,23 +277,8 @@ STRICT_DELETE = ["--referential-integrity-on-delete"]
 @pytest.fixture(scope="module")
 def strict_delete_url() -> Iterator[str]:
     """A local server of its own, started with --referential-integrity-on-delete (HAPI's default)."""
-    node = shutil.which("node")
-    if node is None or not (Path(SERVER_DIR) / "node_modules").is_dir():
-        pytest.skip("Node.js or the local server's packages are not installed")
-    process = subprocess.Popen(
-        [node, "server.mjs", "--profile", "hapi", "--port", "0", "--quiet", "--exit-on-stdin-close", *STRICT_DELETE],
-        cwd=SERVER_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("planbridge-fhir listening on "), line
-        yield line.removeprefix("planbridge-fhir listening on ").strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with LocalFhirServer(profile="hapi", options=STRICT_DELETE) as server:
+        yield server.base_url
 
 
 def test_with_the_option_deleting_a_referenced_resource_is_refused_with_409_hapi_0550(http, strict_delete_url):
@@ -420,23 +402,8 @@ ALLOW_EXTERNAL = ["--allow-external-references"]
 
 def own_server(profile: str, *options: str) -> Iterator[str]:
     """A local server of its own, started with `options`; yields its base URL."""
-    node = shutil.which("node")
-    if node is None or not (Path(SERVER_DIR) / "node_modules").is_dir():
-        pytest.skip("Node.js or the local server's packages are not installed")
-    process = subprocess.Popen(
-        [node, "server.mjs", "--profile", profile, "--port", "0", "--quiet", "--exit-on-stdin-close", *options],
-        cwd=SERVER_DIR,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        line = process.stdout.readline() if process.stdout else ""
-        assert line.startswith("planbridge-fhir listening on "), line
-        yield line.removeprefix("planbridge-fhir listening on ").strip()
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with LocalFhirServer(profile=profile, options=options) as server:
+        yield server.base_url
 
 
 @pytest.fixture(scope="module")
