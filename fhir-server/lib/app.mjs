@@ -106,6 +106,8 @@ export function createApp({
   const repo = new HapiLikeRepository({
     validate: (r) => { validate(r); validateSubscription(r); },
     staleVersion: profile === 'medplum' ? 'medplum' : 'hapi',
+    // A conditional reference (`Patient?identifier=s|v`) is resolved on every write, as each real server does.
+    conditionalReferences: profile === 'medplum' ? 'medplum' : 'hapi',
     // Referential integrity on write in both profiles: Medplum's `checkReferencesOnWrite` looks at every
     // reference, HAPI at those on its reference search parameters' paths. On delete only when asked.
     // Absolute references to other servers: refused (HAPI-0507 / Medplum's `Invalid reference`) unless allowed.

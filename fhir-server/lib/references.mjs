@@ -93,6 +93,63 @@ export function collectReferences(resource, { contained = true } = {}) {
   return found;
 }
 
+// ---- conditional references (`Patient?identifier=s|v`): resolved on write, as HAPI and Medplum do ----
+
+/**
+ * Every conditional reference in a resource, contained resources included: a Reference whose `reference` has a
+ * `?` (`Type?params`, `Type/?params`, `[base/]Type?params`; https://hl7.org/fhir/R4/http.html#trules).
+ * Each is `{ holder, key, path, reference }`: `holder[key]` is the Reference, `path` its element path as
+ * Medplum's crawler names it (`Goal.subject`, `CareTeam.participant.member`, `CarePlan.goal[0]`: an index
+ * only for an element that is itself a list of References).
+ */
+export function conditionalReferences(resource) {
+  const found = [];
+  const conditional = (value) => typeof value?.reference === 'string' && value.reference.includes('?');
+  const walk = (node, path) => {
+    for (const [key, child] of Object.entries(node)) {
+      if (child === null || typeof child !== 'object' || (key === 'meta' && typeof node.resourceType === 'string')) continue;
+      const childPath = `${path}.${key}`;
+      const items = Array.isArray(child) ? child : [child];
+      items.forEach((item, i) => {
+        if (item === null || typeof item !== 'object') return;
+        if (conditional(item)) {
+          found.push({ holder: Array.isArray(child) ? child : node, key: Array.isArray(child) ? i : key,
+            path: Array.isArray(child) ? `${childPath}[${i}]` : childPath, reference: item.reference });
+        }
+        walk(item, childPath);
+      });
+    }
+  };
+  walk(resource, resource.resourceType);
+  return found;
+}
+
+/**
+ * Why a conditional reference could not be resolved (`matches`: 0 or 2, or `unknownType`), as each server says.
+ * HAPI (`BaseSearchParamWithInlineReferencesExtractor`; messages from hapi-messages.properties, its tests):
+ *   404 `HAPI-1091: Invalid match URL "Patient?identifier=s|v" - No resources match this search`
+ *   412 `HAPI-1092: Invalid match URL "Patient?identifier=s|v" - Multiple resources match this search`
+ *   400 `HAPI-1090: Invalid match URL "Foo?x=1" - Unknown resource type: "Foo"`
+ * Medplum (`replaceConditionalReferences`, packages/server/src/fhir/references.ts): 400 `invalid`,
+ *   `Conditional reference 'Patient?identifier=s|v' did not match any resources` (or `matched multiple
+ *   resources`), with the element's path as `expression`.
+ */
+export function unresolvedConditionalReference(style, { reference, path, matches, unknownType }) {
+  if (style === 'medplum') {
+    const text = `Conditional reference '${reference}' ${matches ? 'matched multiple' : 'did not match any'} resources`;
+    return new OperationOutcomeError({
+      resourceType: 'OperationOutcome',
+      id: 'bad-request',
+      issue: [{ severity: 'error', code: 'invalid', details: { text }, expression: [path] }],
+    });
+  }
+  if (unknownType) {
+    return error('bad-request', `HAPI-1090: Invalid match URL "${reference}" - Unknown resource type: "${unknownType}"`);
+  }
+  if (matches) return error('precondition-failed', `HAPI-1092: Invalid match URL "${reference}" - Multiple resources match this search`);
+  return error('not-found', `HAPI-1091: Invalid match URL "${reference}" - No resources match this search`);
+}
+
 // ---- the paths HAPI checks: those of its reference search parameters (its ResourceLinks) ----
 
 const searchParamPaths = new Map(); // type -> Set of element paths

@@ -3,8 +3,11 @@
 // resources, validation on every write, all-or-nothing transactions (undo journal) and an
 // identifier index that narrows `identifier=` searches.
 import { MemoryRepository } from '@medplum/fhir-router';
-import { OperationOutcomeError, badRequest, deepClone, formatSearchQuery, matchesSearchRequest } from '@medplum/core';
-import { ReferenceChecker } from './references.mjs';
+import {
+  OperationOutcomeError, badRequest, createReference, deepClone, formatSearchQuery, isResourceType, matchesSearchRequest,
+  parseSearchRequest,
+} from '@medplum/core';
+import { ReferenceChecker, conditionalReferences, unresolvedConditionalReference } from './references.mjs';
 
 const outcome = (id, code, diagnostics) => ({
   resourceType: 'OperationOutcome',
@@ -46,6 +49,8 @@ export class HapiLikeRepository extends MemoryRepository {
    *   references?: { scope: 'all' | 'search-params', onDelete?: boolean, externalReferences?: boolean } }} [options]
    * `references`: referential integrity on write (HAPI-1094/1096/0541; `scope` says which references are
    * checked) and, with `onDelete`, on delete (409 HAPI-0550/0515). Without it nothing is checked.
+   * `conditionalReferences`: whose way a conditional reference (`Patient?identifier=s|v`) is resolved on
+   * every write: HAPI's (`hapi`, the default) or Medplum's (`medplum`); see `resolveConditionalReferences`.
    */
   constructor(options = {}) {
     super();
@@ -60,6 +65,7 @@ export class HapiLikeRepository extends MemoryRepository {
     this.deferredDeletes = null; // Set("Type/id") it deleted
     this.validateFn = options.validate ?? (() => {});
     this.staleVersion = options.staleVersion ?? 'hapi'; // how a stale If-Match is answered
+    this.conditionalStyle = options.conditionalReferences ?? 'hapi';
     this.nextId = 1;
     this.versions = new Map(); // "Type/id" -> last version number (deletes count, like HAPI)
     this.deleted = new Set(); // "Type/id" of deleted resources (read -> 410)
@@ -100,12 +106,12 @@ export class HapiLikeRepository extends MemoryRepository {
     if (!update && existing) throw new OperationOutcomeError(badRequest('Assigned ID is already in use'));
     const version = (this.versions.get(key) ?? 0) + 1;
     const { resourceType: _t, id: _id, meta, ...rest } = resource; // HAPI's key order: type, id, meta
-    const candidate = {
+    const candidate = this.resolveConditionalReferences({
       resourceType: type,
       id,
       meta: { ...meta, versionId: String(version), lastUpdated: new Date().toISOString() },
       ...rest,
-    };
+    });
     this.validateFn(candidate);
     if (this.deferredWrites) this.deferredWrites.add(key); // once the transaction's own creates are in place
     else this.refs?.check(candidate);
@@ -125,6 +131,37 @@ export class HapiLikeRepository extends MemoryRepository {
     this.index(this.current(type, id));
     this.recordWrite(existing ? 'update' : 'create', this.current(type, id));
     return result;
+  }
+
+  /**
+   * The resource to write, every conditional reference in it (`Patient?identifier=s|v`) resolved to the one
+   * resource its search matches, as the real servers do on any write, in a transaction or not
+   * (https://hl7.org/fhir/R4/http.html#trules): HAPI (`allow_inline_match_url_references`, on by default) sets
+   * the reference to `Type/id` and keeps the rest of the Reference; Medplum replaces the Reference with its
+   * `createReference` of the match (`reference` and core's `display`). No match, several, or (HAPI) an unknown
+   * type: `unresolvedConditionalReference`. Inside a transaction the search sees what earlier entries wrote.
+   * A resource with none is returned as it is; one with some, as a copy (the caller's object is left alone).
+   */
+  resolveConditionalReferences(resource) {
+    if (conditionalReferences(resource).length === 0) return resource;
+    const copy = deepClone(resource);
+    for (const { holder, key, path, reference } of conditionalReferences(copy)) {
+      const question = reference.indexOf('?');
+      const type = reference.slice(0, question).split('/').filter(Boolean).pop() ?? '';
+      if (!isResourceType(type)) {
+        throw unresolvedConditionalReference(this.conditionalStyle, { reference, path, unknownType: type });
+      }
+      const { sortRules: _sort, count: _count, offset: _offset, include: _i, revInclude: _r, ...search } =
+        parseSearchRequest(`${type}${reference.slice(question)}`);
+      const matches = (this.searchSync({ ...search, count: 2, offset: 0 }).entry ?? []).map((e) => e.resource);
+      if (matches.length !== 1) {
+        throw unresolvedConditionalReference(this.conditionalStyle, { reference, path, matches: matches.length });
+      }
+      holder[key] = this.conditionalStyle === 'medplum'
+        ? createReference(matches[0])
+        : { ...holder[key], reference: `${type}/${matches[0].id}` };
+    }
+    return copy;
   }
 
   async updateResource(resource, options) {

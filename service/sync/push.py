@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl
@@ -78,6 +79,36 @@ def conditional_search(reference: str | None) -> tuple[str, list[tuple[str, str]
     return (found["type"], parse_qsl(found["query"], keep_blank_values=True)) if found else None
 
 
+def conditional_references(element: Any) -> list[str]:
+    """Return the conditional references (`conditional_search`) an element (a Bundle) holds, each once, in order."""
+    items = element.items() if isinstance(element, dict) else enumerate(element) if isinstance(element, list) else ()
+    found = [
+        [v] if k == "reference" and isinstance(v, str) and conditional_search(v) else conditional_references(v)
+        for k, v in items
+    ]
+    return list(dict.fromkeys(ref for refs in found for ref in refs))
+
+
+class ReferenceNotOnServer(NotFound):
+    """A conditional reference of the plan other than its patient's (a team member's
+    `Practitioner?identifier=system|value`, as an imported Bundle may hold) matches nothing on the server."""
+
+    code = "reference-not-found"
+
+
+@dataclass(frozen=True)
+class _Lookup:
+    """`Pusher._prepare`'s answer for a Bundle with conditional references but the patient's (a team member's
+    `Practitioner?identifier=system|value` an imported Bundle had): each is resolved as the patient's is
+    (`Pusher._find_one`), one search each per push that sends something. Left to the server, HAPI would keep the
+    Reference's `display` and Medplum put its own, and no match would refuse the Bundle quoting the identifier."""
+
+    references: list[str]
+
+    def resolve(self, find: Callable[[str], str]) -> dict[str, str]:
+        return {reference: find(reference) for reference in self.references}
+
+
 class Pusher:
     """Pushes plans; `on_conflict(plan_id)` re-reads and merges the plan, returning True when it could."""
 
@@ -114,12 +145,14 @@ class Pusher:
                 patient_ref, spent = self._find_patient(linked_id, plan)
                 prepared = self._prepare(plan, state, links, patient_ref, spent)
         if prepared is None:
-            # No transaction is open while the server is asked (on SQLite one would hold the write lock).
             patient_ref, spent = self._find_patient(linked_id, plan)
+        while prepared is None or isinstance(prepared, _Lookup):
+            # No transaction is open while the server is asked (on SQLite one would hold the write lock).
+            named = None if prepared is None else prepared.resolve(lambda r: self._find_one(r, plan, None))
+            spent += len(named or ())
             with self.uow:
-                prepared = self._prepare(
-                    plan, self.uow.sync.push_view(plan_id), self._links(plan_id), patient_ref, spent
-                )
+                state, links = self.uow.sync.push_view(plan_id), self._links(plan_id)
+                prepared = self._prepare(plan, state, links, patient_ref, spent, named)
         if isinstance(prepared, _Snapshot) and not prepared.bundle["entry"]:
             # the server already holds all of it: nothing to send
             return PushResult(plan_id, self._record(prepared, {}), spent)
@@ -131,54 +164,62 @@ class Pusher:
     def _find_patient(self, linked_id: str | None, plan: Plan) -> tuple[str | None, int]:
         """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it).
 
-        A plan naming its Patient by a conditional reference (`Patient?identifier=system|value`, as an imported
-        Bundle may) has it resolved as HAPI resolves one in a transaction: the search must match exactly one
-        Patient (none: PatientNotOnServer; several: FhirMultipleMatches), and the Bundle names that Patient by
-        `Patient/<id>` (`_named_literally`), so every server, resolving such references or not, holds the same
-        literal reference. Found once, it is the plan's `patient` link, as a Patient found by MRN is. Any other
-        plan: `service.sync.push_bundle._patient_reference`. Call it outside any database transaction when it
-        may ask the server (no link yet).
-        """
-        search = conditional_search(plan.patient.fhir_reference)
-        if search is None:
+        A conditional reference (`Patient?identifier=system|value`, as an imported Bundle may hold) is resolved
+        as a server resolves one in a transaction (`_find_one`; none: PatientNotOnServer) and the Bundle names
+        the Patient literally (`_named_literally`); found once, it is the plan's `patient` link. Any other plan:
+        `push_bundle._patient_reference`. Call it outside any database transaction when it may ask the server."""
+        conditional = plan.patient.fhir_reference
+        if conditional_search(conditional) is None:
             return _patient_reference(linked_id, self.client, self.settings, plan)
         if linked_id is not None:
             return f"Patient/{linked_id}", 0
-        rtype, params = search
-        if rtype != "Patient" or not params or not all(name and value for name, value in params):
+        return self._find_one(conditional, plan, "Patient", PatientNotOnServer), 1
+
+    def _find_one(
+        self, reference: str, plan: Plan, rtype: str | None, none: type[NotFound] = ReferenceNotOnServer
+    ) -> str:
+        """Return `Type/<id>` of the one resource a conditional reference's search matches, `rtype` the type it
+        must name (None: any); none matches: `none`; several: FhirMultipleMatches."""
+        whose = f"plan {plan.id}'s patient" if rtype == "Patient" else f"a reference of plan {plan.id}"
+        named, params = conditional_search(reference) or ("", [])
+        if (rtype or named) != named or not params or not all(name and value for name, value in params):
             raise MappingError(
-                f"plan {plan.id}: the patient's conditional reference is not a search for a Patient",
-                errors={"patient.fhir_reference": "Patient?<parameter>=<value>"},
+                f"the conditional reference of {whose} is not a search for a {rtype or 'resource'}",
+                errors={"patient.fhir_reference" if rtype else "reference": f"{rtype or 'Type'}?<parameter>=<value>"},
             )
         # One page of at most two is enough to tell one match from several (the values are PHI: never logged).
-        page = self.client.request("GET", "Patient", params=[*params, ("_count", "2")]).json()
+        page = self.client.request("GET", named, params=[*params, ("_count", "2")]).json()
         found = [e["resource"] for e in page.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
-        names = ", ".join(sorted({name for name, _ in params}))
+        search = f"the conditional reference of {whose} (a search by {', '.join(sorted({n for n, _ in params}))})"
         if not found:
-            raise PatientNotOnServer(
-                f"no Patient matches the conditional reference of plan {plan.id}'s patient (a search by {names})",
-                plan_id=plan.id,
-            )
+            raise none(f"no {named} matches {search}", plan_id=plan.id)
         if len(found) > 1:
-            raise FhirMultipleMatches(
-                f"several Patients match the conditional reference of plan {plan.id}'s patient (a search by {names})"
-            )
-        return f"Patient/{found[0]['id']}", 1
+            raise FhirMultipleMatches(f"several {named}s match {search}")
+        return f"{named}/{found[0]['id']}"
 
     @staticmethod
-    def _named_literally(bundle: dict[str, Any], plan: Plan, patient_ref: str | None) -> dict[str, Any]:
-        """Return the Bundle naming the Patient by `patient_ref` (`Patient/<id>`, found by `_find_patient`)
-        wherever the plan names it by a conditional reference; any other Bundle as it is."""
+    def _named_literally(
+        bundle: dict[str, Any], plan: Plan, patient_ref: str | None, named: dict[str, str]
+    ) -> dict[str, Any]:
+        """Return the Bundle naming literally what the plan names by a conditional reference: the Patient by
+        `patient_ref` (`Patient/<id>`, found by `_find_patient`), the rest as `named` (`_Lookup.resolve`) says."""
         conditional = plan.patient.fhir_reference
-        if patient_ref is None or not conditional or conditional_search(conditional) is None:
-            return bundle
-        return retarget(bundle, {conditional: patient_ref})
+        if patient_ref is not None and conditional and conditional_search(conditional) is not None:
+            named = {**named, conditional: patient_ref}
+        return retarget(bundle, named) if named else bundle
 
     def _prepare(
-        self, plan: Plan, state: PushView, links: Linked, patient_ref: str | None, spent: int
-    ) -> _Snapshot | PushResult:
+        self,
+        plan: Plan,
+        state: PushView,
+        links: Linked,
+        patient_ref: str | None,
+        spent: int,
+        named: dict[str, str] | None = None,
+    ) -> _Snapshot | PushResult | _Lookup:
         """Build the Bundle for `plan` (a PushResult when the server has it already) and, when it has entries
-        to send, mark the push in flight and commit, in the caller's open transaction."""
+        to send, mark the push in flight and commit, in the caller's open transaction. A Bundle holding
+        conditional references other than the patient's is a `_Lookup` until `named` (`_Lookup.resolve`) is given."""
         plan_id = plan.id
         held = self.uow.sync.held(plan_id)
         sent, document = plan, codec.to_dict(plan)
@@ -193,13 +234,18 @@ class Pusher:
         digest = bundle_digest(bundle)
         if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
             return PushResult(plan_id, state.status, spent)
-        bundle = self._named_literally(bundle, sent, patient_ref)
+        if named is None:
+            patients = {plan.patient.fhir_reference} if patient_ref is not None else set()
+            lookup = [ref for ref in conditional_references(bundle) if ref not in patients]
+            if lookup:
+                return _Lookup(lookup)
+        bundle = self._named_literally(bundle, sent, patient_ref, named or {})
         validate_bundle(bundle)
         _pin_versions(bundle, links, self.settings.identifier_base)
         # An adopted plan's resources are the EHR's: only what the plan changed is written (service.sync.delta).
         careplan = links.get("careplan")
         if careplan is not None and is_adopted(plan_id, careplan[1]):
-            base = self._base_bundle(self.uow.sync.base_document(plan_id), links, patient_ref)
+            base = self._base_bundle(self.uow.sync.base_document(plan_id), links, patient_ref, named or {})
             if base is not None:
                 bundle = only_changes(bundle, base)
         what = carried(self.uow, plan_id, state.provenance_through)
@@ -227,6 +273,7 @@ class Pusher:
         base_document: dict[str, Any] | None,
         links: dict[str, tuple[str, str, str | None]],
         patient_ref: str | None,
+        named: dict[str, str],
     ) -> dict[str, Any] | None:
         """Return the Bundle of what the server held after the last sync (the merge base), pinned as a push
         pins; None when there is no base or it does not map (then the whole plan is sent)."""
@@ -237,7 +284,7 @@ class Pusher:
             bundle = plan_to_bundle(base_plan, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
         except (PlanbridgeError, KeyError, TypeError, ValueError, AttributeError):
             return None
-        bundle = self._named_literally(bundle, base_plan, patient_ref)
+        bundle = self._named_literally(bundle, base_plan, patient_ref, named)
         _pin_versions(bundle, links, self.settings.identifier_base)
         return bundle
 
