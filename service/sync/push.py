@@ -12,12 +12,9 @@ A Bundle over the server's transaction limits goes as several dependency-ordered
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qsl
 
 from mappings.bundle import plan_to_bundle
 from mappings.datatypes import retarget
@@ -34,6 +31,7 @@ from service.settings import Settings
 from service.store.repo_sync import PushView
 from service.store.uow import UnitOfWork
 from service.sync.adopt import is_adopted
+from service.sync.conditional_refs import Lookup, ReferenceNotOnServer, conditional_references, conditional_search
 from service.sync.delta import only_changes
 from service.sync.merge import strip_bookkeeping
 from service.sync.provenance import Linked, carried, is_provenance, provenance_entry
@@ -65,48 +63,6 @@ from service.sync.split import (
 )
 
 log = logging.getLogger(__name__)
-
-# A conditional reference (https://hl7.org/fhir/R4/http.html#trules): `Type?params`, also `Type/?params` (HAPI).
-_CONDITIONAL = re.compile(r"(?P<type>[A-Z][A-Za-z]+)/?\?(?P<query>.*)", re.DOTALL)
-
-
-def conditional_search(reference: str | None) -> tuple[str, list[tuple[str, str]]] | None:
-    """Return (type, search parameters) of a conditional reference (`Patient?identifier=system|value`), None
-    for any other: a literal, `urn:` or `#contained` reference (mappings.reference_parse), or none at all."""
-    if not reference or parse_reference(reference) is not None:
-        return None
-    found = _CONDITIONAL.fullmatch(reference)
-    return (found["type"], parse_qsl(found["query"], keep_blank_values=True)) if found else None
-
-
-def conditional_references(element: Any) -> list[str]:
-    """Return the conditional references (`conditional_search`) an element (a Bundle) holds, each once, in order."""
-    items = element.items() if isinstance(element, dict) else enumerate(element) if isinstance(element, list) else ()
-    found = [
-        [v] if k == "reference" and isinstance(v, str) and conditional_search(v) else conditional_references(v)
-        for k, v in items
-    ]
-    return list(dict.fromkeys(ref for refs in found for ref in refs))
-
-
-class ReferenceNotOnServer(NotFound):
-    """A conditional reference of the plan other than its patient's (a team member's
-    `Practitioner?identifier=system|value`, as an imported Bundle may hold) matches nothing on the server."""
-
-    code = "reference-not-found"
-
-
-@dataclass(frozen=True)
-class _Lookup:
-    """`Pusher._prepare`'s answer for a Bundle with conditional references but the patient's (a team member's
-    `Practitioner?identifier=system|value` an imported Bundle had): each is resolved as the patient's is
-    (`Pusher._find_one`), one search each per push that sends something. Left to the server, HAPI would keep the
-    Reference's `display` and Medplum put its own, and no match would refuse the Bundle quoting the identifier."""
-
-    references: list[str]
-
-    def resolve(self, find: Callable[[str], str]) -> dict[str, str]:
-        return {reference: find(reference) for reference in self.references}
 
 
 class Pusher:
@@ -146,7 +102,7 @@ class Pusher:
                 prepared = self._prepare(plan, state, links, patient_ref, spent)
         if prepared is None:
             patient_ref, spent = self._find_patient(linked_id, plan)
-        while prepared is None or isinstance(prepared, _Lookup):
+        while prepared is None or isinstance(prepared, Lookup):
             # No transaction is open while the server is asked (on SQLite one would hold the write lock).
             named = None if prepared is None else prepared.resolve(lambda r: self._find_one(r, plan, None))
             spent += len(named or ())
@@ -202,7 +158,7 @@ class Pusher:
         bundle: dict[str, Any], plan: Plan, patient_ref: str | None, named: dict[str, str]
     ) -> dict[str, Any]:
         """Return the Bundle naming literally what the plan names by a conditional reference: the Patient by
-        `patient_ref` (`Patient/<id>`, found by `_find_patient`), the rest as `named` (`_Lookup.resolve`) says."""
+        `patient_ref` (`Patient/<id>`, found by `_find_patient`), the rest as `named` (`Lookup.resolve`) says."""
         conditional = plan.patient.fhir_reference
         if patient_ref is not None and conditional and conditional_search(conditional) is not None:
             named = {**named, conditional: patient_ref}
@@ -216,10 +172,10 @@ class Pusher:
         patient_ref: str | None,
         spent: int,
         named: dict[str, str] | None = None,
-    ) -> _Snapshot | PushResult | _Lookup:
+    ) -> _Snapshot | PushResult | Lookup:
         """Build the Bundle for `plan` (a PushResult when the server has it already) and, when it has entries
         to send, mark the push in flight and commit, in the caller's open transaction. A Bundle holding
-        conditional references other than the patient's is a `_Lookup` until `named` (`_Lookup.resolve`) is given."""
+        conditional references other than the patient's is a `Lookup` until `named` (`Lookup.resolve`) is given."""
         plan_id = plan.id
         held = self.uow.sync.held(plan_id)
         sent, document = plan, codec.to_dict(plan)
@@ -238,7 +194,7 @@ class Pusher:
             patients = {plan.patient.fhir_reference} if patient_ref is not None else set()
             lookup = [ref for ref in conditional_references(bundle) if ref not in patients]
             if lookup:
-                return _Lookup(lookup)
+                return Lookup(lookup)
         bundle = self._named_literally(bundle, sent, patient_ref, named or {})
         validate_bundle(bundle)
         _pin_versions(bundle, links, self.settings.identifier_base)
