@@ -60,6 +60,14 @@ FEATURES: dict[str, tuple[bool, str]] = {
         "a pulled CarePlan naming a Goal that no longer resolves is matched to the plan's goal through the "
         "Goal's `_history`; without it the goal is only seen as missing, and left to a later pull",
     ),
+    "type_history": (
+        False,
+        "an incremental pull reads what the EHR deleted since its cursor from the type-level history of Goals, "
+        "CareTeams, check-in Observations and CarePlans (`<Type>/_history?_since=`, in its `batch`): a deleted "
+        "resource is no search's match. Without it the pull cannot see deletions between full pulls: a deleted "
+        "Goal, CareTeam, check-in or CarePlan reaches the plan only when something else of it changes, or when "
+        "it is pulled by name (`sync pull --plan`); pulls remember the refusal for a day",
+    ),
     "batch": (
         False,
         "an incremental pull sends its `_lastUpdated` searches (CarePlan, CareTeam, Goal, Observation, and the "
@@ -295,13 +303,43 @@ def _probe_searches(probe: _Probe, unchanged: dict[str, Any], chain: list[str]) 
     return found
 
 
+def _probe_type_history(probe: _Probe, gone: dict[str, Any] | None) -> Feature:
+    """`Basic/_history?_since=` from the deleted scratch resource's creation: does it list that resource's
+    `DELETE`, as an incremental pull reads deletions (service.sync.pull_search)?"""
+    if gone is None:
+        return _feature("type_history", False, "not probed: the scratch resource to delete was not made", False)
+    since = (gone.get("meta") or {}).get("lastUpdated") or "1970-01-01T00:00:00Z"
+    try:
+        answer = probe.client.request("GET", "Basic/_history", params={"_since": since, "_count": "50"}).json()
+    except FhirError as exc:
+        return _feature("type_history", False, f"`Basic/_history`: {_failed(exc)}")
+    if not isinstance(answer, dict) or answer.get("type") != "history":
+        kind = answer.get("type") if isinstance(answer, dict) else type(answer).__name__
+        return _feature("type_history", False, f"`Basic/_history` answered no history Bundle ({kind})")
+    deletes = {
+        str((e.get("request") or {}).get("url", "")).split("?")[0].split("/_history")[0]
+        for e in answer.get("entry") or []
+        if isinstance(e, dict) and str((e.get("request") or {}).get("method", "")).upper() == "DELETE"
+    }
+    ok = f"Basic/{gone['id']}" in deletes
+    return _feature(
+        "type_history",
+        ok,
+        "`Basic/_history?_since=` lists a deleted resource's `DELETE`"
+        if ok
+        else "`Basic/_history?_since=` did not list the `DELETE` of a resource deleted after that instant",
+    )
+
+
 def _probe_history_and_batch(probe: _Probe, first: dict[str, Any]) -> dict[str, Feature]:
     client = probe.client
     found: dict[str, Feature] = {}
+    gone: dict[str, Any] | None = None  # the scratch resource deleted, for the type-level history too
     try:
-        gone = probe.create("deleted")
-        client.request("DELETE", f"Basic/{gone['id']}")
-        history = client.request("GET", f"Basic/{gone['id']}/_history").json()
+        made = probe.create("deleted")
+        client.request("DELETE", f"Basic/{made['id']}")
+        gone = made
+        history = client.request("GET", f"Basic/{made['id']}/_history").json()
         values = {
             i.get("value")
             for e in history.get("entry") or []
@@ -318,6 +356,7 @@ def _probe_history_and_batch(probe: _Probe, first: dict[str, Any]) -> dict[str, 
         )
     except FhirError as exc:
         found["instance_history"] = _feature("instance_history", False, _failed(exc))
+    found["type_history"] = _probe_type_history(probe, gone)
     try:
         search = f"Basic?{urlencode({'identifier': f'{probe.system}|', '_count': '1'})}"
         bundle = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -204,6 +205,26 @@ class FhirLinkRepository:
             )
             found.extend(self._session.scalars(query))
         return found
+
+    def linked_types(self, resource_types: Iterable[str]) -> set[str]:
+        """Return which of these resource types some link names, whatever its plan (one query, each type one probe
+        of the (resource_type, fhir_id) index)."""
+        probes = [
+            sa.select(sa.literal(rtype)).where(sa.exists().where(FhirLinkRow.resource_type == rtype))
+            for rtype in sorted(set(resource_types))
+        ]
+        if not probes:
+            return set()
+        return set(self._session.scalars(sa.union_all(*probes) if len(probes) > 1 else probes[0]))
+
+    def mark_deleted(self, plan_id: str, deletes: dict[str, tuple[str, str | None, str]]) -> None:
+        """Note on the plan's links (local key: (resource id, link version, version of the delete)) that a pull
+        was made for the server's delete of what they name, so it is not traced again; a link since moved to
+        another resource or version is left as it is."""
+        for key, (fhir_id, version, deleted) in deletes.items():
+            link = self.get(plan_id, key)
+            if link is not None and (link.fhir_id, link.version_id) == (fhir_id, version):
+                link.deleted_version = deleted
 
     def oldest_sync(self, resource_type: str) -> datetime | None:
         """Return when the least recently synced link to a resource of this type was last written or read

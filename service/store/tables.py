@@ -139,6 +139,8 @@ class FhirLinkRow(Base):
     """Where one internal thing lives on the FHIR server: resource id and last version seen."""
 
     __tablename__ = "fhir_links"
+    # A resource the server's history says was deleted is traced to the plans linking it (migration 0018).
+    __table_args__ = (sa.Index("ix_fhir_links_resource", "resource_type", "fhir_id"),)
 
     plan_id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
     local_key: Mapped[str] = mapped_column(sa.String(160), primary_key=True)
@@ -146,6 +148,9 @@ class FhirLinkRow(Base):
     fhir_id: Mapped[str] = mapped_column(sa.String(64))
     version_id: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
     synced_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # The version of the server's delete of this resource a pull was already made for, the link kept (its plan's
+    # CarePlan was gone too): an incremental pull does not trace that delete again ("" when it named no version).
+    deleted_version: Mapped[str | None] = mapped_column(sa.String(64), nullable=True)
 
 
 class SyncStateRow(Base):

@@ -146,8 +146,9 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         return result
 
     def pull_changed(self, since: str | None = None) -> PullResult:
-        """Pull what others changed since `since` (default: the last successful pull), and the plans naming a
-        Goal the EHR deleted since then (see PullSearches.changed_plan_ids), and move the cursor."""
+        """Pull what others changed since `since` (default: the last successful pull), and the plans linking a
+        Goal, CareTeam, check-in or CarePlan the EHR deleted since then (see PullSearches.changed_plan_ids), and
+        move the cursor."""
         with self.uow:
             since = since or self.uow.sync.cursor(CURSOR)
         history_since = self.history_since(since)
@@ -159,22 +160,29 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
             result.outcomes.update(pulled.outcomes)
             result.requests += pulled.requests
         with self.uow:
-            self._forget_deleted_links(deleted, result.outcomes)
+            self._settle_deleted_links(deleted, result.outcomes)
             self.uow.sync.set_cursor(CURSOR, newest)
             self.uow.commit()
         return result
 
-    def _forget_deleted_links(self, deleted: Deleted, outcomes: dict[str, str]) -> None:
-        """Drop the links of the plans just pulled to Goals the server's history says were deleted, so the next
-        pull, which reads the history from a cursor that may not have moved past the delete, does not pull them
-        again. A link the pull moved on (it read the Goal again: written again after the delete) is kept, and so
-        are the links of a plan the pull could not merge."""
+    def _settle_deleted_links(self, deleted: Deleted, outcomes: dict[str, str]) -> None:
+        """Settle the links of the plans just pulled to resources the server's history says were deleted, so the
+        next pull, which reads the history from a cursor that may not have moved past the delete, does not pull
+        them again: dropped (the merge recorded the deletion; the pull usually dropped them already), or, for a
+        plan whose CarePlan is gone (`not-on-server`: it stays as it is, its next push writes it again, see
+        docs/sync.md), kept and marked with the delete (`deleted_version`). A link the pull moved on (it read the
+        resource again: written again after the delete) is left as it is, and so are the links of a plan the
+        pull could not merge."""
         for plan_id, keys in deleted.links.items():
-            if outcomes.get(plan_id) in (None, "invalid", "not-on-server"):
+            outcome = outcomes.get(plan_id)
+            if outcome in (None, "invalid"):
+                continue
+            if outcome == "not-on-server":
+                self.uow.links.mark_deleted(plan_id, keys)
                 continue
             stale = [
                 key
-                for key, (fhir_id, version) in keys.items()
+                for key, (fhir_id, version, _) in keys.items()
                 if (link := self.uow.links.get(plan_id, key)) is not None
                 and (link.fhir_id, link.version_id) == (fhir_id, version)
             ]

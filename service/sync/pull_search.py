@@ -2,10 +2,10 @@
 
 A pull reads CarePlans with everything a plan needs in one search, and the check-ins their Goals name in
 one more. An incremental pull first asks which plans changed since the last successful pull (`_lastUpdated`,
-every search in one `batch` request), and which Goals were deleted since (`Goal/_history?_since=`, the
-batch's last entry: a deleted resource is no search's match); a server that refuses batches is searched one
-type a request, and that is remembered a while (sync_cursors, see `batch_cursor`), as is a server without
-type-level history (`history_cursor`).
+every search in one `batch` request), and which Goals, CareTeams, check-in Observations and CarePlans were
+deleted since (`<Type>/_history?_since=`, the batch's last entries: a deleted resource is no search's match); a
+server that refuses batches is searched one type a request, and that is remembered a while (sync_cursors, see
+`batch_cursor`), as is a server without type-level history (`history_cursor`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ log = logging.getLogger("service.sync.pull")  # the puller's records, under the 
 CHUNK = 50
 BATCH_ENTRIES = 100  # searches per batch request
 BATCH_RETRY = timedelta(hours=24)  # after a server refused a batch, pulls search one by one for this long
-HISTORY = "Goal/_history"  # the type-level history read for deletions (a Goal is what the EHR deletes)
+# The types whose type-level history is read for deletions: what the EHR may delete under a plan. Only the types
+# some plan links are asked (a type no plan links has no deletion to trace).
+HISTORY_TYPES = ("Goal", "CareTeam", "Observation", "CarePlan")
 HISTORY_REFUSALS = frozenset({400, 404, 405, 501})  # a server without type-level history answers so
-HISTORY_PAGE = 1000  # a history page: every Goal write counts, planbridge's own too (a server caps it)
+HISTORY_PAGE = 1000  # a history page: every write of the type counts, planbridge's own too (a server caps it)
 FIRST_SINCE_MARGIN = timedelta(hours=1)  # clock skew allowed between planbridge and the server (first pull)
 
 
@@ -48,10 +50,11 @@ def history_cursor(base_url: str) -> str:
 
 @dataclass
 class Deleted:
-    """Goals the server's history says were deleted since the cursor, and the links naming them that the pull
-    may drop once it pulled their plans: {plan id: {link key: (Goal id, link version before the pull)}}."""
+    """Resources the server's history says were deleted since the cursor, and the links naming them that the pull
+    drops (or marks, see Puller._settle_deleted_links) once it pulled their plans:
+    {plan id: {link key: (resource id, link version before the pull, version of the delete or "")}}."""
 
-    links: dict[str, dict[str, tuple[str, str | None]]] = field(default_factory=dict)
+    links: dict[str, dict[str, tuple[str, str | None, str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,16 +114,16 @@ class PullSearches:
         return [(careplan, index) for careplan in plans]
 
     def changed_plan_ids(
-        self, since: str, result: PullResult, history_since: str | None = None
+        self, since: str, result: PullResult, history_since: dict[str, str] | None = None
     ) -> tuple[set[str], str, Deleted]:
         """Return the plans whose CarePlan, CareTeam, Goals or check-ins someone else changed after `since`, or
-        one of whose Goals the EHR deleted at or after `history_since` (None: deletions are not asked); the
-        newest `lastUpdated` the searches saw (the next cursor, in the server's own clock); and the links to the
-        deleted Goals.
+        one of whose linked resources the EHR deleted at or after `history_since[type]` (a type not named, or
+        None: its deletions are not asked); the newest `lastUpdated` the searches saw (the next cursor, in the
+        server's own clock); and the links to the deleted resources.
 
         A resource whose version is the one planbridge last wrote or read is not a change to pull. Every
         search (the four by planbridge's identifiers, and the adopted plans' by `_id`) goes in one `batch`
-        request when the server takes batches, the history read last (see `_search_all`).
+        request when the server takes batches, the histories read last (see `_search_all`).
         """
         kinds = (("plan", "CarePlan"), ("careteam", "CareTeam"), ("goal", "Goal"), ("checkin", "Observation"))
         searches: list[tuple[str, dict[str, str]]] = [
@@ -137,10 +140,14 @@ class PullSearches:
                 searches.append(
                     (rtype, {"_id": ",".join(chunk), "_lastUpdated": f"gt{since}", "_count": str(len(chunk))})
                 )
-        history = None
-        if history_since is not None and self._history_allowed():
-            history = {"_since": history_since, "_count": str(HISTORY_PAGE)}
-        answers, history_entries = self._search_all(searches, result, history)
+        histories: dict[str, dict[str, str]] = {}
+        if history_since and self._history_allowed():
+            histories = {
+                rtype: {"_since": history_since[rtype], "_count": str(HISTORY_PAGE)}
+                for rtype in HISTORY_TYPES
+                if rtype in history_since
+            }
+        answers, history_entries = self._search_all(searches, result, histories)
         plan_ids: set[str] = set()
         newest = since
         with self.uow:
@@ -155,7 +162,7 @@ class PullSearches:
                     link = self.uow.links.get(plan_id, local_key(resource, self.base))
                     if link is None or link.version_id != resource.get("meta", {}).get("versionId"):
                         plan_ids.add(plan_id)
-            deleted = self._deleted_links(history_entries or [])
+            deleted = self._deleted_links(history_entries)
         # The adopted plans' resources may carry no planbridge identifier: searched by the ids their links name.
         for (rtype, _), found in zip(searches[len(kinds) :], answers[len(kinds) :], strict=True):
             for resource in found:
@@ -166,26 +173,37 @@ class PullSearches:
         plan_ids |= set(deleted.links)
         return plan_ids, newest, deleted
 
-    def history_since(self, cursor: str | None) -> str | None:
-        """Return from when to ask the server's history for deleted Goals: the pull's cursor; before the first
-        pull (no cursor), an hour before the least recently synced Goal link (a deletion that matters came after
-        planbridge last read or wrote that Goal); None when no plan links a Goal (nothing to look for)."""
-        if cursor is not None:
-            return cursor
+    def history_since(self, cursor: str | None) -> dict[str, str]:
+        """Return, for each type of HISTORY_TYPES some plan links, from when to ask the server's history for its
+        deleted resources: the pull's cursor; before the first pull (no cursor), an hour before the least recently
+        synced link of that type (a deletion that matters came after planbridge last read or wrote it). A type no
+        plan links is left out (nothing to look for): no link at all, no history read."""
         with self.uow:
-            oldest = self.uow.links.oldest_sync("Goal")
-        if oldest is None:
-            return None
-        return (oldest - FIRST_SINCE_MARGIN).isoformat().replace("+00:00", "Z")
+            if cursor is not None:
+                return dict.fromkeys(self.uow.links.linked_types(HISTORY_TYPES), cursor)
+            oldest = {rtype: self.uow.links.oldest_sync(rtype) for rtype in HISTORY_TYPES}
+        return {
+            rtype: (when - FIRST_SINCE_MARGIN).isoformat().replace("+00:00", "Z")
+            for rtype, when in oldest.items()
+            if when is not None
+        }
 
-    def _deleted_links(self, entries: list[dict[str, Any]]) -> Deleted:
-        """Trace the Goals the history shows deleted to the plans whose links name them (one query per 200)."""
-        gone = deleted_in_history(entries)
+    def _deleted_links(self, histories: dict[str, list[dict[str, Any]] | None]) -> Deleted:
+        """Trace the resources each history shows deleted to the plans whose links name them (one query per type
+        and 200 ids). A link already marked with that very delete (its plan was pulled for it and its CarePlan
+        was gone: see Puller._settle_deleted_links) is not traced again."""
         deleted = Deleted()
-        for link in self.uow.links.naming("Goal", sorted(gone)) if gone else []:
-            deleted.links.setdefault(link.plan_id, {})[link.local_key] = (link.fhir_id, link.version_id)
-        if deleted.links:
-            log.info("%d deleted goals name %d plans", len(gone), len(deleted.links))
+        for rtype, entries in histories.items():
+            gone = deleted_in_history(entries or [], rtype)
+            traced = 0
+            for link in self.uow.links.naming(rtype, sorted(gone)) if gone else []:
+                version = gone.get(link.fhir_id) or ""
+                if link.deleted_version is not None and link.deleted_version == version:
+                    continue
+                deleted.links.setdefault(link.plan_id, {})[link.local_key] = (link.fhir_id, link.version_id, version)
+                traced += 1
+            if traced:
+                log.info("%d deleted %s resources name %d links", len(gone), rtype, traced)
         return deleted
 
     def _adopted_versions(self) -> dict[tuple[str, str], list[tuple[str, str | None]]]:
@@ -200,25 +218,30 @@ class PullSearches:
         return versions
 
     def _search_all(
-        self, searches: list[tuple[str, dict[str, str]]], result: PullResult, history: dict[str, str] | None = None
-    ) -> tuple[list[list[dict[str, Any]]], list[dict[str, Any]] | None]:
-        """Run the searches; return each one's matches, every page (`next` links followed exactly), and, when
-        `history` gives the parameters of a `Goal/_history` read, every entry of its answer (deletes included;
-        None when the server has no type-level history).
+        self,
+        searches: list[tuple[str, dict[str, str]]],
+        result: PullResult,
+        histories: dict[str, dict[str, str]] | None = None,
+    ) -> tuple[list[list[dict[str, Any]]], dict[str, list[dict[str, Any]] | None]]:
+        """Run the searches; return each one's matches, every page (`next` links followed exactly), and, for each
+        type `histories` gives the parameters of a `<Type>/_history` read for, every entry of its answer (deletes
+        included; None when the server has no type-level history).
 
-        One `batch` request carries them all, the history last (up to BATCH_ENTRIES a request), unless this
+        One `batch` request carries them all, the histories last (up to BATCH_ENTRIES a request), unless this
         server refused a batch within BATCH_RETRY (remembered in sync_cursors, see `batch_cursor`): then, and
         for any search the batch did not answer completely (an error for that entry, a page short of its total
         with no `next` link), each goes as a request of its own, whose refusal fails the pull (the cursor
-        stays); the history's refusal by a server without it (HISTORY_REFUSALS) is remembered instead.
+        stays); a history's refusal by a server without it (HISTORY_REFUSALS) is remembered instead, and no
+        other history is asked on its own after it.
         """
+        histories = histories or {}
         before = self.client.requests_sent
         answers: list[list[dict[str, Any]] | None] = [None] * len(searches)
-        history_entries: list[dict[str, Any]] | None = None
-        history_done = history is None
+        history_entries: dict[str, list[dict[str, Any]] | None] = dict.fromkeys(histories)
+        pending = set(histories)  # histories not answered yet, neither read nor refused
+        kinds = list(histories)
         requests = [{"method": "GET", "url": search_url(rtype, params)} for rtype, params in searches]
-        if history is not None:
-            requests.append({"method": "GET", "url": search_url(HISTORY, history)})
+        requests += [{"method": "GET", "url": search_url(f"{rtype}/_history", histories[rtype])} for rtype in kinds]
         if searches and self._batch_allowed():
             try:
                 for start in range(0, len(requests), BATCH_ENTRIES):
@@ -226,8 +249,14 @@ class PullSearches:
                     for at, entry in enumerate(part, start):
                         if at < len(searches):
                             answers[at] = self._batch_answer(searches[at][1], entry, "searchset")
-                        else:
-                            history_entries, history_done = self._history_answer(history or {}, entry)
+                            continue
+                        rtype = kinds[at - len(searches)]
+                        found, done = self._history_answer(histories[rtype], entry)
+                        if done:
+                            history_entries[rtype] = found
+                            pending.discard(rtype)
+                        if found is None and done:  # refused: the server has no type-level history
+                            pending.clear()
             except BatchUnsupported as exc:
                 self._remember_batch(f"refused {self.clock().isoformat()}")
                 log.warning(
@@ -245,8 +274,11 @@ class PullSearches:
                 out.append(self.client.search(rtype, params))
             else:
                 out.append([e["resource"] for e in entries if e.get("search", {}).get("mode", "match") == "match"])
-        if not history_done:
-            history_entries = self._history_alone(history or {})
+        for rtype in kinds:
+            if rtype in pending:
+                history_entries[rtype] = found = self._history_alone(rtype, histories[rtype])
+                if found is None:  # refused: the other types are not asked either
+                    pending.clear()
         result.requests += self.client.requests_sent - before
         return out, history_entries
 
@@ -294,11 +326,11 @@ class PullSearches:
             return None, True
         return None, False
 
-    def _history_alone(self, params: dict[str, str]) -> list[dict[str, Any]] | None:
-        """Read `Goal/_history` as a request of its own, every page; None when the server does not have it
+    def _history_alone(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]] | None:
+        """Read `<Type>/_history` as a request of its own, every page; None when the server does not have it
         (remembered). Any other failure fails the pull, as a search's does."""
         try:
-            bundle = self.client.request("GET", HISTORY, params=params).json()
+            bundle = self.client.request("GET", f"{resource_type}/_history", params=params).json()
         except FhirError as exc:
             if exc.status in HISTORY_REFUSALS:
                 self._refuse_history(exc.status)
@@ -318,7 +350,7 @@ class PullSearches:
     def _refuse_history(self, status: int | None) -> None:
         log.warning(
             "the FHIR server answered a type-level history read HTTP %s: incremental pulls do not see deleted "
-            "goals for %d h",
+            "goals, care teams, check-ins or care plans for %d h",
             status,
             BATCH_RETRY.total_seconds() // 3600,
         )

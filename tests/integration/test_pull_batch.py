@@ -183,17 +183,21 @@ def test_a_server_without_batch_is_searched_one_type_a_request_and_that_is_remem
             assert first.outcomes == {world.plans[1].id: "updated"}
             assert refused.call_count == 1
             searches = [path for method, path, _ in world.client.sent if method == "GET"]
-            # the four searches, the Goals deleted since (`Goal/_history`), then the plan and its check-ins
+            # the four searches, what was deleted since (`<Type>/_history`, one a type the plans link), then the
+            # plan and its check-ins
             assert searches == [
                 "CarePlan",
                 "CareTeam",
                 "Goal",
                 "Observation",
                 "Goal/_history",
+                "CareTeam/_history",
+                "Observation/_history",
+                "CarePlan/_history",
                 "CarePlan",
                 "Observation",
             ]
-            assert first.requests == 1 + 4 + 1 + 2
+            assert first.requests == 1 + 4 + 4 + 2
             stored = world.cursor(batch_cursor(fhir_profile_url))
             assert stored is not None and stored.startswith("refused ")
             warned = [r.getMessage() for r in caplog.records if "batch" in r.getMessage()]
@@ -205,7 +209,7 @@ def test_a_server_without_batch_is_searched_one_type_a_request_and_that_is_remem
             world.ehr_edit(world.plans[2], "still no batch")
             second = world.sync.pull_changed()
             assert second.outcomes == {world.plans[2].id: "updated"}
-            assert (refused.call_count, second.requests) == (1, 4 + 1 + 2)
+            assert (refused.call_count, second.requests) == (1, 4 + 4 + 2)
 
             # `fhir check` names the gap and what pulls do without it
             checked = check_server(world.client, world.client.capabilities())

@@ -7,15 +7,19 @@ front of it."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 import responses
 
+from service.fhir.client import FhirClient
 from service.fhir.errors import FhirError
+from service.fhir.server_check import check_server
 from service.store.db import create_engine, upgrade
 from service.store.uow import UnitOfWork
 from service.sync.pull import CURSOR, batch_cursor, history_cursor
+from service.sync.pull_search import HISTORY_TYPES
 from tests.integration.test_pull_batch import BATCH, _forward
 from tests.sync_model_support import SyncWorld
 
@@ -104,7 +108,7 @@ def test_a_server_without_type_level_history_is_remembered_and_pulls_go_on(world
     def no_history(request: Any) -> tuple[int, dict[str, str], str]:
         answer = _forward(fhir_profile_url, request.body)
         for entry, result in zip(json.loads(request.body)["entry"], answer["entry"], strict=True):
-            if entry["request"]["url"].startswith("Goal/_history"):
+            if "/_history" in entry["request"]["url"]:
                 result.clear()
                 result["response"] = {"status": "405 Method Not Allowed"}
         return 200, {"Content-Type": "application/fhir+json"}, json.dumps(answer)
@@ -121,7 +125,8 @@ def test_a_server_without_type_level_history_is_remembered_and_pulls_go_on(world
         second = world.sync.pull_changed()
         assert (second.outcomes, second.requests) == ({}, 1)
         batches = _sent_batches(server)
-        assert batches[0][-1] == "Goal/_history" and "Goal/_history" not in batches[1]
+        assert batches[0][-4:] == [f"{rtype}/_history" for rtype in HISTORY_TYPES]
+        assert not [url for url in batches[1] if url.endswith("/_history")]
 
         # without batch too: no history request of its own while the refusal is remembered
         with UnitOfWork(world.db) as uow:
@@ -160,3 +165,30 @@ def test_a_history_the_server_fails_to_answer_fails_the_pull_and_the_cursor_stay
         assert world.sync.pull_changed().outcomes == {plan_id: "updated"}
     assert world.plan(plan_id).goal("goal-exercise").removed_in_ehr is not None
     assert _cursor(world, history_cursor(fhir_profile_url)) is None
+
+
+def test_fhir_check_says_plainly_when_the_server_lacks_type_level_history(fhir_profile_url):
+    """`planbridge fhir check` probes type-level history as it probes batch: the local server lists a deleted
+    scratch resource's `DELETE` in `Basic/_history?_since=`; a server answering it 405 is named without it, with
+    what pulls then miss (deletions between full pulls), and, the feature being optional, not as missing."""
+    client = FhirClient(fhir_profile_url, timeout=10)
+    has = check_server(client, client.capabilities()).features["type_history"]
+    assert (has.ok, has.required, has.probed) == (True, False, True), has.detail
+    assert has.detail == "`Basic/_history?_since=` lists a deleted resource's `DELETE`"
+
+    with responses.RequestsMock(assert_all_requests_are_fired=True) as server:
+        server.add_passthru(fhir_profile_url)
+        refused = server.add(
+            responses.GET,
+            re.compile(re.escape(f"{fhir_profile_url}/Basic/_history") + r"(\?.*)?$"),
+            status=405,
+            json={"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "not-supported"}]},
+        )
+        checked = check_server(client, client.capabilities())
+    lacks = checked.features["type_history"]
+    assert refused.call_count == 1
+    assert (lacks.ok, lacks.required, lacks.probed) == (False, False, True)
+    assert "405" in lacks.detail and "Basic/_history" in lacks.detail
+    assert "cannot see deletions between full pulls" in lacks.without_it
+    assert not any(gap.startswith("type_history") for gap in checked.missing())
+    assert checked.features["instance_history"].ok and checked.features["batch"].ok  # the other probes unchanged
