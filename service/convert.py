@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from mappings.bundle import bundle_to_plan, plan_to_bundle
+from mappings.bundle_base import absolute_references
 from mappings.fhir import issues_of, structure_errors
 from mappings.validate import check_resource, unresolved_placeholders
 from service.domain.codec import from_dict, to_dict
@@ -166,8 +167,15 @@ def _plan_of_bundle(bundle: dict[str, Any], settings: Settings) -> Plan:
         raise ConversionRefused("the Bundle cannot be read as a plan", _mapping_issues(exc)) from None
 
 
-def from_fhir(document: Any, settings: Settings) -> tuple[dict[str, Any], list[Issue]]:
-    """Return the plan JSON for a Bundle around one CarePlan, and the plan's warnings."""
+def from_fhir(document: Any, settings: Settings, door: bool = False) -> tuple[dict[str, Any], list[Issue]]:
+    """Return the plan JSON for a Bundle around one CarePlan, and the plan's warnings.
+
+    A relative reference in an entry whose fullUrl is on another FHIR server than FHIR_BASE_URL is read as R4
+    resolves it in a Bundle: a reference to that server (`mappings.bundle_base.absolute_references`). Offline
+    (FHIR_BASE_URL unset) `convert` cannot tell ours from theirs and keeps the references as written; the door
+    (`door`, `plans import`) then takes every absolute fullUrl as another server's, as it takes every absolute
+    reference (docs/references.md).
+    """
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         found = f"a {document['resourceType']}" if isinstance(document, dict) and "resourceType" in document else None
         found = found or ("a plan" if isinstance(document, dict) else "JSON that is not an object")
@@ -176,6 +184,8 @@ def from_fhir(document: Any, settings: Settings) -> tuple[dict[str, Any], list[I
     problems = errors(bundle_issues(document))
     if problems:
         raise ConversionRefused("the Bundle is not valid FHIR R4", problems)
+    if door or settings.fhir_base_url:
+        document = absolute_references(document, settings.fhir_base_url)
     plan = _plan_of_bundle(document, settings)
     issues = check_plan(plan)
     if errors(issues):

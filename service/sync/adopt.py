@@ -209,8 +209,10 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     (service.services.deliverable): a plan the push could never send is refused, naming each bad element,
     and nothing is stored. So is one naming a resource on another FHIR server than the configured one
     (FHIR_BASE_URL), naming its field (`patient.fhir_reference`); a reference to a resource of the
-    configured server is stored relative, `Patient/123` (docs/references.md). A plan id already stored is a
-    Conflict unless `replace`: then the stored plan is replaced (its version and creation time go on).
+    configured server is stored relative, `Patient/123` (docs/references.md). In a Bundle, a relative reference
+    in an entry whose fullUrl is on another server names that server's resource (R4), and is refused so too. A
+    plan id already stored is a Conflict unless `replace`: then the stored plan is replaced (its version and
+    creation time go on).
     """
     from service.convert import ConversionRefused, from_fhir, load_plan, to_fhir
     from service.domain.rules import Issue
@@ -218,7 +220,8 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     from service.sync.push_bundle import on_configured_server
 
     if isinstance(document, dict) and "resourceType" in document:
-        plan = codec.from_dict(Plan, from_fhir(document, settings)[0])
+        # a relative reference in an entry on another server names that server's resource (R4), refused below
+        plan = codec.from_dict(Plan, from_fhir(document, settings, door=True)[0])
     else:
         to_fhir(document, settings)  # the mapping and the checks of `convert to-fhir`: the same refusals
         plan = load_plan(document)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from service.sync.deletions import accept_removal, prune_goal_references, writte
 from service.sync.merge import get_path, set_path, strip_bookkeeping
 from service.sync.pull import Puller, PullResult
 from service.sync.push import Pusher, PushResult, sendable
+from service.sync.push_bundle import held_references, references_on_configured_server
 
 CHOICES = ("ours", "theirs", "value")
 
@@ -157,6 +159,24 @@ def sync_status(uow: UnitOfWork, plan_id: str) -> SyncStatus:
         )
 
 
+_LAST_KEY = re.compile(r"(?:^|\.)([A-Za-z_][A-Za-z0-9_]*)$")
+
+
+def _on_configured_server(conflict: Any, value: Any, ours: Any, settings: Settings) -> Any:
+    """Return a value given by hand with its references on the configured FHIR server made relative; refuse it
+    when it names another server's resource, as an import is refused (docs/references.md): the push could never
+    send it. A reference the plan (ours) or the server (theirs) already holds is let through: a pull keeps
+    another server's reference the server accepted."""
+    found = _LAST_KEY.search(conflict.path)
+    key = found.group(1) if found else None
+    held = held_references(ours, key) | held_references(conflict.theirs, key)
+    rebased, foreign = references_on_configured_server(value, settings.fhir_base_url, conflict.path, key, held)
+    if foreign:
+        where, why = next(iter(foreign.items()))
+        raise RuleViolation(f"that value names a resource on another FHIR server: {where}: {why}", errors=foreign)
+    return rebased
+
+
 def resolve_conflict(
     uow: UnitOfWork,
     clock: Callable[[], datetime],
@@ -170,7 +190,8 @@ def resolve_conflict(
 
     With `settings`, a plan resolved to a typed value must map to FHIR the push can send, as a team event's
     must (service.services.deliverable): a value FHIR cannot carry (a NUL, an infinite number) is refused,
-    not accepted and then pushed for ever in vain."""
+    not accepted and then pushed for ever in vain. So is a value naming a resource on another FHIR server than
+    the configured one (as an import is: docs/references.md); one on the configured server is stored relative."""
     if choice not in CHOICES:
         raise RuleViolation(f"choose one of {', '.join(CHOICES)}", choice=choice)
     now = clock()
@@ -183,6 +204,8 @@ def resolve_conflict(
         document = codec.to_dict(plan)
         # "ours" is the plan's value now: the team may have changed it again since the conflict arose.
         chosen = {"ours": get_path(document, conflict.path), "theirs": conflict.theirs, "value": value}[choice]
+        if settings is not None and choice == "value":
+            chosen = _on_configured_server(conflict, chosen, get_path(document, conflict.path), settings)
         again: list[str] = []
         try:
             # Accepting the EHR's deletion of a whole goal, step or member keeps the item, marked as removed.

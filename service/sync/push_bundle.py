@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Collection
 from typing import Any
 
 from mappings import codes
@@ -153,30 +154,49 @@ def on_configured_server(plan: Plan, server_base: str | None) -> tuple[Plan, dic
     is named in a refusal: a reference's id may be the EHR's key of a patient.
     """
     document = codec.to_dict(plan)
-    foreign: dict[str, str] = {}
-    changed = False
+    rebased, foreign = references_on_configured_server(document, server_base)
+    return (plan if rebased == document else codec.from_dict(Plan, rebased)), foreign
 
-    def walk(value: Any, path: str) -> Any:
-        nonlocal changed
-        if isinstance(value, list):
-            return [walk(item, f"{path}[{i}]") for i, item in enumerate(value)]
-        if not isinstance(value, dict):
-            return value
+
+def references_on_configured_server(
+    value: Any, server_base: str | None, path: str = "", key: str | None = None, held: Collection[str] = ()
+) -> tuple[Any, dict[str, str]]:
+    """Return `value` (part of a plan document, at plan path `path`; `key`: the key it is held under, when
+    `value` is itself a reference string) with every absolute reference on the configured server made relative,
+    and each reference naming another server's resource: plan path -> why. `value` is never changed.
+
+    The check of `on_configured_server`, for any part of a plan: a conflict resolved to a value given by hand
+    (`service.sync.engine.resolve_conflict`) is checked as an import is. A reference in `held` (one the plan or
+    the server already holds: a pull keeps another server's reference the server accepted) is not refused."""
+    foreign: dict[str, str] = {}
+
+    def reference(item: str, where: str) -> str:
+        if is_foreign(item, server_base) and item not in held:
+            foreign[where] = _foreign_problem(item, server_base)
+        return relative_to(item, server_base)
+
+    def walk(item: Any, where: str) -> Any:
+        if isinstance(item, list):
+            return [walk(x, f"{where}[{i}]") for i, x in enumerate(item)]
+        if not isinstance(item, dict):
+            return item
         out = {}
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else key
-            if key in REFERENCE_KEYS and isinstance(item, str):
-                if is_foreign(item, server_base):
-                    foreign[where] = _foreign_problem(item, server_base)
-                rebased = relative_to(item, server_base)
-                changed = changed or rebased != item
-                out[key] = rebased
-            else:
-                out[key] = walk(item, where)
+        for k, x in item.items():
+            at = f"{where}.{k}" if where else k
+            out[k] = reference(x, at) if k in REFERENCE_KEYS and isinstance(x, str) else walk(x, at)
         return out
 
-    rebased = walk(document, "")
-    return (codec.from_dict(Plan, rebased) if changed else plan), foreign
+    rebased = reference(value, path) if key in REFERENCE_KEYS and isinstance(value, str) else walk(value, path)
+    return rebased, foreign
+
+
+def held_references(value: Any, key: str | None = None) -> set[str]:
+    """Return every reference string in `value` (part of a plan document; `key` as for
+    `references_on_configured_server`)."""
+    if isinstance(value, str):
+        return {value} if key in REFERENCE_KEYS else set()
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return set().union(*(held_references(x, k if isinstance(k, str) else None) for k, x in items))
 
 
 def _foreign_problem(reference: str, server_base: str | None) -> str:
