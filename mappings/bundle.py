@@ -291,13 +291,20 @@ def _fullurl_aliases(entries: list[Json]) -> dict[str, str]:
 
 
 def careplan_from_fhir(
-    resource: Json, index: dict[str, Json], base: str, mrn_system: str, unnamed_id: str = "careplan-new"
+    resource: Json,
+    index: dict[str, Json],
+    base: str,
+    mrn_system: str,
+    unnamed_id: str = "careplan-new",
+    people: dict[str, Member] | None = None,
 ) -> Plan:
     """Return the plan for a CarePlan, reading its team, goals and check-ins from `index`; `unnamed_id` is the
-    plan's id when the CarePlan has neither planbridge's identifier nor an id."""
+    plan's id when the CarePlan has neither planbridge's identifier nor an id. `people` (literal reference ->
+    member): the people the caller knows, read as those members where `index` lacks their resource (see
+    refs.Resolver)."""
     subject = resource.get("subject", {})
     contained = {f"#{c['id']}": c for c in resource.get("contained", []) if dt.resource_type(c) and c.get("id")}
-    resolver = Resolver({**index, **contained} if contained else index, subject.get("reference"), base)
+    resolver = Resolver({**index, **contained} if contained else index, subject.get("reference"), base, people)
     ours = codes.identifier_system(base, "plan")
     plan_ids = [i for i in resource.get("identifier", []) if i.get("system") == ours and i.get("value")]
     plan_id = plan_ids[0]["value"] if plan_ids else f"careplan-{resource['id']}" if "id" in resource else unnamed_id

@@ -135,11 +135,24 @@ def _named_type(reference: str | None) -> str:
 
 
 class Resolver:
-    """Turns references found in FHIR resources back into plan members and goals."""
+    """Turns references found in FHIR resources back into plan members and goals.
 
-    def __init__(self, resources: dict[str, Json], patient_ref: str | None, identifier_base: str) -> None:
+    `people` (literal reference -> member) names the people the reader already knows by the reference the server
+    gave them (a pull: the members a push wrote, by the plan's links): a reference to one of them whose resource
+    the input does not carry (a pull includes only the CareTeam's participants) is that member, under the id,
+    identifier and reference the plan has, not a new `practitioner-<id>` pinned to the literal reference.
+    """
+
+    def __init__(
+        self,
+        resources: dict[str, Json],
+        patient_ref: str | None,
+        identifier_base: str,
+        people: dict[str, Member] | None = None,
+    ) -> None:
         self.resources = resources  # keyed by every way they can be referenced ("Goal/1", fullUrl)
         self.patient_ref = patient_ref
+        self.people = people or {}
         self.member_system = codes.identifier_system(identifier_base, "member")
         self.members: dict[str, Member] = {}
         self.member_ids: dict[str, str] = {}
@@ -194,6 +207,16 @@ class Resolver:
         if rtype not in codes.RESOURCE_MEMBER:
             raise MappingError(
                 f"a reference to {rtype or 'an unknown type'} cannot name a person", errors={"reference": reference}
+            )
+        known = self.people.get(reference or "") if resource is None else None
+        if known is not None and known.kind == codes.RESOURCE_MEMBER[rtype] and known.kind != "patient":
+            return Member(
+                id=known.id,
+                kind=known.kind,
+                name=ref.get("display"),
+                identifier=known.identifier,
+                fhir_reference=known.fhir_reference,
+                in_team=in_team,
             )
         idents = (resource or {}).get("identifier") or ([ref["identifier"]] if "identifier" in ref else [])
         usable = [i for i in idents if i.get("system") and i.get("value")]  # a conditional create needs both

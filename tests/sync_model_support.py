@@ -29,6 +29,7 @@ from service.store.tables import Base, ConflictRow, OutboxRow, SyncStateRow
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
 from service.sync.notifications import receive_resource
+from service.sync.pull_links import known_people
 from service.sync.worker import OutboxWorker
 from tests.support import FIXTURES, Clock, settings
 
@@ -590,7 +591,10 @@ class SyncWorld:
         )
         careplan = without_dangling_goals(careplans[0], index)
         index = {k: without_dangling_extensions(r, index) if k.startswith("Goal/") else r for k, r in index.items()}
-        plan = careplan_from_fhir(careplan, index, self.base, self.settings.mrn_system)
+        with UnitOfWork(self.db) as uow:  # the people a pull does not read, named as the plan knows them
+            stored = uow.plans.get(plan_id)
+            people = known_people(stored, uow.links.for_plan(plan_id), self.base) if stored is not None else {}
+        plan = careplan_from_fhir(careplan, index, self.base, self.settings.mrn_system, people=people)
         resources = {
             f"{r['resourceType']}/{r['id']}": r
             for r in [careplan, *index.values()]

@@ -212,10 +212,9 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         gone, absent, spent = self._gone_goals(self._plan_id(careplan), careplan, index)
         result.requests += spent
         dropped = set(gone) | absent
+        pulled_careplan, pulled_index = without_refs(careplan, dropped), self._without_refs(index, dropped)
         try:
-            theirs = careplan_from_fhir(
-                without_refs(careplan, dropped), self._without_refs(index, dropped), self.base, self.settings.mrn_system
-            )
+            theirs = careplan_from_fhir(pulled_careplan, pulled_index, self.base, self.settings.mrn_system)
         except PlanbridgeError as exc:
             plan_id = self._plan_id(careplan)
             result.outcomes[plan_id] = "invalid"
@@ -236,6 +235,12 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         self._pulled = (careplan, index, {goal_id: ref for ref, (goal_id, _) in gone.items()})
         with self.uow:
             ours = self.uow.plans.get(theirs.id)
+            if ours is not None and (people := self._known_people(theirs, ours)):
+                # people the pull does not read (not on the CareTeam), named as the plan knows them (pull_links)
+                theirs = careplan_from_fhir(
+                    pulled_careplan, pulled_index, self.base, self.settings.mrn_system, people=people
+                )
+                theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
             if ours is not None and carry_sources(theirs, ours, reached):
                 theirs_doc = strip_bookkeeping(codec.to_dict(theirs))
                 self._keys = source_keys(theirs)

@@ -7,14 +7,60 @@ and links to resources the server no longer has are dropped.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from mappings.refs import member_identifier
+from service.domain.model import Member, Plan
+from service.store.tables import FhirLinkRow
 from service.sync.push import local_key
+from service.sync.push_bundle import person_key
+
+PEOPLE = ("Practitioner", "RelatedPerson")
+
+
+def known_people(plan: Plan, links: Iterable[FhirLinkRow], base: str) -> dict[str, Member]:
+    """Return literal reference (`Practitioner/5`) -> member, for the plan's people the server holds as the plan knows
+    them: a member known by an identifier (theirs, else planbridge's `{base}/member`) whose person a push linked
+    (`person:<value>`), and a member pinned to a literal reference. A reference two members would claim is left
+    out. A pull reads only the CareTeam's participants; with these, a reference to anyone else the plan names (a
+    surgeon who wrote a goal's note) reads back as that member, not as a new `practitioner-<id>`."""
+    by_key: dict[str, list[FhirLinkRow]] = {}
+    for link in links:
+        if link.resource_type in PEOPLE:
+            by_key.setdefault(link.local_key, []).append(link)
+    claims: dict[str, list[Member]] = {}
+    for member in plan.team:
+        if member.kind == "patient":
+            continue
+        refs = {
+            f"{link.resource_type}/{link.fhir_id}"
+            for link in by_key.get(person_key(member_identifier(plan.id, member, base)[1]), [])
+        }
+        if member.fhir_reference and not member.fhir_reference.startswith(("#", "urn:")):
+            refs.add(member.fhir_reference)
+        for ref in refs:
+            claims.setdefault(ref, []).append(member)
+    return {ref: members[0] for ref, members in claims.items() if len(members) == 1}
+
+
+def _naming(member: Member) -> tuple[str, Any, str | None]:
+    return member.id, member.identifier, member.fhir_reference
 
 
 class PulledLinks:
     """The Puller's bookkeeping of the links between a plan and the server resources it was read from."""
+
+    def _known_people(self, theirs: Plan, ours: Plan) -> dict[str, Member]:
+        """Return the people (see known_people) the pulled CarePlan must be read again with: those it named by a
+        literal reference alone (their resource not pulled) that the plan knows under another id, identifier or
+        reference. Empty when the reading named everyone as the plan does (nothing to read again)."""
+        pinned = {m.fhir_reference: m for m in theirs.team if m.fhir_reference}
+        if not pinned:
+            return {}
+        people = known_people(ours, self.uow.links.for_plan(ours.id), self.base)
+        return {ref: m for ref, m in people.items() if ref in pinned and _naming(pinned[ref]) != _naming(m)}
 
     def _server_moved(self, plan_id: str, careplan: dict[str, Any], index: dict[str, Any]) -> bool:
         """Tell whether any of the plan's resources on the server is at another version than recorded."""
