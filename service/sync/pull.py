@@ -65,6 +65,7 @@ from service.sync.pull_search import (  # noqa: F401  (re-exported)
     _chunks,
     batch_cursor,
     history_cursor,
+    history_since_cursor,
 )
 from service.sync.push import bundle_digest, sendable
 
@@ -162,6 +163,8 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         with self.uow:
             self._settle_deleted_links(deleted, result.outcomes)
             self.uow.sync.set_cursor(CURSOR, newest)
+            for rtype, seen in deleted.seen.items():  # each history's next read starts at its newest version
+                self.uow.sync.set_cursor(history_since_cursor(rtype), seen)
             self.uow.commit()
         return result
 

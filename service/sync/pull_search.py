@@ -15,7 +15,7 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from mappings.bundle import index_entries
@@ -48,6 +48,33 @@ def history_cursor(base_url: str) -> str:
     return f"fhir-history:{hashlib.sha256(base_url.encode()).hexdigest()[:40]}"
 
 
+def history_since_cursor(resource_type: str) -> str:
+    """Return the name of the cursor (sync_cursors) from which the next read of a type's history starts."""
+    return f"history-since:{resource_type}"
+
+
+def history_newest(entries: Iterable[Any]) -> str | None:
+    """Return the newest `meta.lastUpdated` among the versions a history lists (a delete carries none), None when
+    it lists none. A history read from there (`_since` is inclusive) lists that version again and what came
+    after it: nothing is skipped, and a type whose resources planbridge never touches is not read again and
+    again from an old cursor."""
+    instants = [
+        updated
+        for entry in entries
+        if isinstance(entry, dict)
+        and isinstance(entry.get("resource"), dict)
+        and isinstance(updated := (entry["resource"].get("meta") or {}).get("lastUpdated"), str)
+    ]
+    return max(instants, key=_instant) if instants else None
+
+
+def _instant(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
+
+
 @dataclass
 class Deleted:
     """Resources the server's history says were deleted since the cursor, and the links naming them that the pull
@@ -55,6 +82,8 @@ class Deleted:
     {plan id: {link key: (resource id, link version before the pull, version of the delete or "")}}."""
 
     links: dict[str, dict[str, tuple[str, str | None, str]]] = field(default_factory=dict)
+    # type -> the newest `meta.lastUpdated` among the versions its history listed: where its next read starts
+    seen: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,18 +204,23 @@ class PullSearches:
 
     def history_since(self, cursor: str | None) -> dict[str, str]:
         """Return, for each type of HISTORY_TYPES some plan links, from when to ask the server's history for its
-        deleted resources: the pull's cursor; before the first pull (no cursor), an hour before the least recently
+        deleted resources: the newest version the previous read of that history listed (`history_since_cursor`,
+        so each pull reads only what was written since the last one, however long planbridge's own resources stay
+        unchanged); without one, the pull's cursor; before the first pull, an hour before the least recently
         synced link of that type (a deletion that matters came after planbridge last read or wrote it). A type no
         plan links is left out (nothing to look for): no link at all, no history read."""
         with self.uow:
-            if cursor is not None:
-                return dict.fromkeys(self.uow.links.linked_types(HISTORY_TYPES), cursor)
-            oldest = {rtype: self.uow.links.oldest_sync(rtype) for rtype in HISTORY_TYPES}
-        return {
-            rtype: (when - FIRST_SINCE_MARGIN).isoformat().replace("+00:00", "Z")
-            for rtype, when in oldest.items()
-            if when is not None
-        }
+            linked = self.uow.links.linked_types(HISTORY_TYPES)
+            read = {rtype: self.uow.sync.cursor(history_since_cursor(rtype)) for rtype in linked}
+            oldest = {rtype: self.uow.links.oldest_sync(rtype) for rtype in linked if not read[rtype] and not cursor}
+        since: dict[str, str] = {}
+        for rtype in linked:
+            start = read[rtype] or cursor or oldest.get(rtype)
+            if isinstance(start, datetime):
+                start = (start - FIRST_SINCE_MARGIN).isoformat().replace("+00:00", "Z")
+            if start:
+                since[rtype] = start
+        return since
 
     def _deleted_links(self, histories: dict[str, list[dict[str, Any]] | None]) -> Deleted:
         """Trace the resources each history shows deleted to the plans whose links name them (one query per type
@@ -194,6 +228,9 @@ class PullSearches:
         was gone: see Puller._settle_deleted_links) is not traced again."""
         deleted = Deleted()
         for rtype, entries in histories.items():
+            newest = history_newest(entries or [])
+            if newest is not None:
+                deleted.seen[rtype] = newest
             gone = deleted_in_history(entries or [], rtype)
             traced = 0
             for link in self.uow.links.naming(rtype, sorted(gone)) if gone else []:

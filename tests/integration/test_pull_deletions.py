@@ -192,3 +192,31 @@ def test_fhir_check_says_plainly_when_the_server_lacks_type_level_history(fhir_p
     assert "cannot see deletions between full pulls" in lacks.without_it
     assert not any(gap.startswith("type_history") for gap in checked.missing())
     assert checked.features["instance_history"].ok and checked.features["batch"].ok  # the other probes unchanged
+
+
+def test_each_history_is_read_from_its_newest_version_not_again_from_an_old_pull_cursor(world, monkeypatch):
+    """Bug fixed (found in review): the histories were read from the pull's cursor, which moves only when one of
+    planbridge's resources changes. On an EHR writing Goals (or Observations) planbridge has nothing to do with,
+    every incremental pull read them all again, page after page, for as long as the plans stayed unchanged. Each
+    type's history now starts where its previous read ended (its newest version, `history-since:<Type>`)."""
+    monkeypatch.setattr("service.sync.pull_search.HISTORY_PAGE", 5)
+    _pushed(world)
+    assert world.sync.pull_changed().outcomes == {}
+    patient = world.ehr.request("POST", "Patient", json={"resourceType": "Patient"}).json()
+    for n in range(12):  # the EHR's own Goals, of no plan: every one is in the Goal history
+        goal = {
+            "resourceType": "Goal",
+            "lifecycleStatus": "active",
+            "description": {"text": f"unrelated {n}"},
+            "subject": {"reference": f"Patient/{patient['id']}"},
+        }
+        world.ehr.request("POST", "Goal", json=goal)
+
+    first = world.sync.pull_changed()
+    assert first.outcomes == {} and first.requests >= 3  # the batch, then the Goal history's further pages
+    newest = _cursor(world, "history-since:Goal")
+    assert newest is not None and (search_cursor := _cursor(world, CURSOR)) is not None and newest > search_cursor
+
+    again = world.sync.pull_changed()
+    assert (again.outcomes, again.requests) == ({}, 1), "the Goal history was read again from the old cursor"
+    assert _cursor(world, "history-since:Goal") == newest
