@@ -373,7 +373,9 @@ def test_an_incremental_pull_pulls_an_adopted_plan_whose_goal_the_ehr_edited_the
     plan_id = authored.plan_id
     assert world.sync.adopt(Target(mrn=mrn)).outcomes == {plan_id: "new"}
     quiet = world.sync.pull_changed()
-    assert (quiet.outcomes, quiet.requests) == ({}, 1)  # nothing changed: the batch alone
+    # nothing changed (the first read of each history starts an hour before the links: on the shared test server
+    # it may take more than one page, so only the later pulls' request counts are exact)
+    assert quiet.outcomes == {}
     deleted = authored.goals[0]
     goal_id = f"goal-{deleted.split('/')[1]}"
 
