@@ -75,12 +75,26 @@ class _Merger:
     def items(self, path: str, key: str, base: Any, ours: Any, theirs: Any) -> list[Any]:
         b, o, t = _keyed(base, key), _keyed(ours, key), _keyed(theirs, key)
         order = [*o, *(k for k in t if k not in o)]
+        if [k for k in o if k in t and k in b] == [k for k in b if k in o and k in t]:
+            order = _theirs_order(list(o), list(t))  # only the server reordered what both hold: its order stands
         out = []
         for k in order:
             merged = self.value(f"{path}[{key}={k}]", b.get(k, MISSING), o.get(k, MISSING), t.get(k, MISSING))
             if merged is not MISSING:
                 out.append(merged)
         return out
+
+
+def _theirs_order(ours: list[Any], theirs: list[Any]) -> list[Any]:
+    """Return theirs' order, each item only ours holds placed after the one before it in ours (first when none):
+    a push maps the plan to FHIR and a pull maps it back in the server's order (members on the CareTeam before
+    those off it), so a list the team did not reorder takes that order rather than pushing its own forever."""
+    order = list(theirs)
+    for n, k in enumerate(ours):
+        if k not in order:
+            before = next((ours[j] for j in range(n - 1, -1, -1) if ours[j] in order), None)
+            order.insert(order.index(before) + 1 if before is not None else 0, k)
+    return order
 
 
 def strip_bookkeeping(document: dict[str, Any]) -> dict[str, Any]:

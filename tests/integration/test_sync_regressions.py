@@ -8,8 +8,17 @@ sends every other field; nothing planbridge has not merged is written over.
 
 import pytest
 
+from service.store.uow import UnitOfWork
 from tests.support import goal_event
-from tests.sync_model_support import SyncWorld, diff_paths, held_out, related, without_refs_to
+from tests.sync_model_support import (
+    SyncWorld,
+    diff_paths,
+    get_at,
+    held_out,
+    related,
+    without_refs_to,
+    without_removed,
+)
 
 
 @pytest.fixture
@@ -370,3 +379,74 @@ def test_taking_ours_for_a_goal_the_ehr_took_out_of_the_careplan_and_deleted_cre
     assert get_goal_ids(world, plan_id, "step-meal-plan") == ["goal-weight", "goal-meals"]
     assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
     assert world.open_conflicts(plan_id) == []
+
+
+def test_a_conflict_the_team_converged_on_closes_when_the_ehr_then_deletes_the_goal(world):
+    """Found by the model's soak run (a model bug, not planbridge's): a goal's status in conflict (the team's
+    `active`, the EHR's `on-hold`); the team took the EHR's value; then the EHR deleted the Goal. The pull closes
+    the conflict `converged` (the team's value is the one the conflict showed) and, the team's goal being the
+    server's last one, records the deletion as for a goal the team did not change (docs/sync.md, "The conflict
+    lifecycle" and "Deletes in the EHR"): no conflict, `in_sync`, the Goal not written again. The model took the
+    plan's `entered-in-error` against no Goal on the server for sides that disagree; an item the plan records as
+    deleted in the EHR is, by design, never on the server (`without_removed`)."""
+    plan_id, goal_id = _plan_with_a_proposed_goal(world)
+    assert world.team("goal.status_changed", plan_id=plan_id, goal_id=goal_id, lifecycle_status="active")[0] == 202
+    goal = world.ehr_goal(plan_id, goal_id)
+    world.ehr_edit(f"Goal/{goal['id']}", lambda g: g.update(lifecycleStatus="on-hold"))
+    assert world.sync.push(plan_id).status == "conflicted"
+    (conflict,) = world.open_conflicts(plan_id)
+    path = f"goals[id={goal_id}].lifecycle_status"
+    assert (conflict["path"], conflict["ours"], conflict["theirs"]) == (path, "active", "on-hold")
+
+    assert world.team("goal.status_changed", plan_id=plan_id, goal_id=goal_id, lifecycle_status="on-hold")[0] == 202
+    world.ehr_delete(f"Goal/{goal['id']}")
+    world.sync.pull_plans([plan_id])
+
+    with UnitOfWork(world.db) as uow:
+        closed = uow.sync.conflict(conflict["id"])
+        assert (closed.status, closed.resolution) == ("resolved", "converged")
+    assert world.open_conflicts(plan_id) == []
+    recorded = world.plan_doc(plan_id)
+    assert get_at(recorded, path) == "entered-in-error"
+    assert get_at(recorded, f"goals[id={goal_id}].removed_in_ehr.how") == "deleted"
+    server = world.server(plan_id)
+    assert get_at(without_removed(recorded), path) is None and get_at(server.doc, path) is None
+    assert world.sync.status(plan_id).status == "in_sync"
+
+    world.sync.push(plan_id)
+    world.worker.run_until_idle()
+    assert world.find("Goal", "goal", f"{plan_id}/{goal_id}") is None, "the deleted goal was written again"
+    assert world.sync.status(plan_id).last_error is None
+    assert _differences(world, plan_id) == []
+
+
+def test_a_member_joining_after_one_the_ehr_took_off_the_team_does_not_keep_every_pull_pushing(world):
+    """Found by the model's soak run (rule 5, never settled): a member the EHR took off the CareTeam stays in the
+    plan (`removed_in_ehr`), so the team list differs from the server's; a member who joins after one already off
+    the team (the fixture's surgeon) goes to the end of the plan's list, but a pull maps the CareTeam's members
+    back first. The merge kept the team's order (both sides "changed" the list), so every pull found the server's
+    order not the plan's and queued a push, and every push rewrote the plan's resources: forever."""
+    plan_id = _pushed_plan(world)
+    joined = {"kind": "practitioner", "role": "nurse"}
+    assert world.team("member.joined", plan_id=plan_id, member_id="member-a", name="Nurse A", **joined)[0] == 202
+    world.sync.push(plan_id)
+    careteam = next(k for k in world.server(plan_id).resources if k.startswith("CareTeam/"))
+    world.ehr_edit(
+        careteam,
+        lambda t: t.update(
+            participant=[p for p in t["participant"] if p.get("member", {}).get("display") != "Nurse A"]
+        ),
+    )
+    world.sync.pull_plans([plan_id])
+    assert world.plan(plan_id).member("member-a").removed_in_ehr is not None
+    assert world.team("member.joined", plan_id=plan_id, member_id="member-b", name="Nurse B", **joined)[0] == 202
+    world.sync.push(plan_id)
+    world.worker.run_until_idle()
+
+    world.sync.pull_plans([plan_id])  # takes the server's order of the members
+    sent = world.requests_sent
+    assert world.sync.push(plan_id).requests == 0
+    world.worker.run_until_idle()
+    assert world.requests_sent == sent, "a pull queued a push of a plan the server already holds"
+    assert world.sync.pull_plans([plan_id]).outcomes[plan_id] == "unchanged"
+    assert _differences(world, plan_id) == []
