@@ -20,7 +20,6 @@ from flask import Flask, Response, request
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 SQLITE_PAGE_SIZE = 2048  # planbridge's own for a new file (service.store.db.SQLITE_PAGE_SIZE)
-SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456", "PRAGMA cache_size=-16384")  # service.store.db's
 
 app = Flask("bare")
 
@@ -62,8 +61,6 @@ def _connection() -> sqlite3.Connection:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=10000")
-        for pragma in SQLITE_CACHE_PRAGMAS:  # planbridge's own (service.store.db)
-            conn.execute(pragma)
         conn.execute("CREATE TABLE IF NOT EXISTS events (webhook_id TEXT PRIMARY KEY, body TEXT NOT NULL)")
     return conn
 

@@ -149,11 +149,6 @@ class _LockingConnection(sqlite3.Connection):
 
 
 SQLITE_PAGE_SIZE = 2048  # bytes, for new database files
-# Reads of the database file through a memory map shared by every connection (the OS page cache, no copy per
-# read), and a larger page cache per connection: an accepted event touches about ten index leaves at random
-# keys, and past the default 2 MB cache each one was a read() again (bench/webhook_load.py: the rate fell round
-# after round as the file grew). Writes and their fsyncs are unchanged.
-SQLITE_CACHE_PRAGMAS = ("PRAGMA mmap_size=268435456", "PRAGMA cache_size=-16384")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -170,8 +165,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
-    for pragma in SQLITE_CACHE_PRAGMAS:
-        cursor.execute(pragma)
     cursor.close()
 
 

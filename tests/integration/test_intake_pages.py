@@ -114,18 +114,3 @@ def test_the_benchmarks_minimal_handler_uses_the_same_page_size():
     source = (ROOT / "bench" / "bare_app.py").read_text()
     assert f"SQLITE_PAGE_SIZE = {SQLITE_PAGE_SIZE} " in source
     assert "PRAGMA page_size={SQLITE_PAGE_SIZE}" in source
-
-
-def test_every_sqlite_connection_reads_through_a_memory_map_and_a_16_mib_page_cache(tmp_path):
-    """An accepted event touches about ten index leaves at random keys; past SQLite's default 2 MB cache each was
-    a read() again, and the intake's rate fell round after round as the file grew (bench/webhook_load.py:
-    922 -> 870 -> 617 events/s over three rounds before, 873 / 935 / 900 after). Writes and fsyncs are unchanged."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'cache.db'}")
-    upgrade(engine)
-    try:
-        with engine.connect() as conn:
-            assert conn.execute(sa.text("PRAGMA mmap_size")).scalar_one() == 256 * 1024 * 1024
-            assert conn.execute(sa.text("PRAGMA cache_size")).scalar_one() == -16384  # KiB
-            assert conn.execute(sa.text("PRAGMA synchronous")).scalar_one() == 2  # FULL, still
-    finally:
-        engine.dispose()
