@@ -61,6 +61,23 @@ function historyEntry({ resource, deleted }, base) {
   };
 }
 
+/** A page of a searchset or history Bundle, with HAPI's `_getpages` next and previous links into its snapshot. */
+function pageBundle(type, entry, total, { selfUrl, base, snapshotId, offset, count }) {
+  const link = [{ relation: 'self', url: selfUrl }];
+  const pageUrl = (o) => `${base}?_getpages=${snapshotId}&_getpagesoffset=${o}&_count=${count}&_bundletype=${type}`;
+  if (snapshotId && offset + count < total) link.push({ relation: 'next', url: pageUrl(offset + count) });
+  if (snapshotId && offset > 0) link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
+  return {
+    resourceType: 'Bundle',
+    id: randomUUID(),
+    meta: { lastUpdated: new Date().toISOString() },
+    type,
+    total,
+    link,
+    ...(entry.length ? { entry } : undefined),
+  };
+}
+
 export class SearchPager {
   /** @param {import('./repo.mjs').HapiLikeRepository} repo */
   constructor(repo, { defaultPageSize = 20, maxSnapshots = 500, ttlMs = 60 * 60 * 1000 } = {}) {
@@ -110,20 +127,9 @@ export class SearchPager {
   }
 
   historyBundle(entry, total, selfUrl, base, snapshotId, offset, count) {
-    const link = [{ relation: 'self', url: selfUrl }];
-    const pageUrl = (o) => `${base}?_getpages=${snapshotId}&_getpagesoffset=${o}&_count=${count}&_bundletype=history`;
-    if (snapshotId && offset + count < total) link.push({ relation: 'next', url: pageUrl(offset + count) });
-    if (snapshotId && offset > 0) link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
-    return {
-      resourceType: 'Bundle',
-      id: randomUUID(),
-      meta: { lastUpdated: new Date().toISOString() },
-      type: 'history',
-      total,
-      link,
-      ...(entry.length ? { entry } : undefined),
-    };
+    return pageBundle('history', entry, total, { selfUrl, base, snapshotId, offset, count });
   }
+
 
   /** Serve `[base]?_getpages=...` from a stored snapshot. */
   async page(query, base, selfUrl) {
@@ -176,19 +182,6 @@ export class SearchPager {
       const searchRequest = { resourceType: request.resourceType, include: request.include, revInclude: request.revInclude };
       await getExtraEntries(this.repo, searchRequest, resources, entry, { fullUrl });
     }
-    const link = [{ relation: 'self', url: selfUrl }];
-    const pageUrl = (o) =>
-      `${base}?_getpages=${snapshotId}&_getpagesoffset=${o}&_count=${count}&_bundletype=searchset`;
-    if (snapshotId && offset + count < total) link.push({ relation: 'next', url: pageUrl(offset + count) });
-    if (snapshotId && offset > 0) link.push({ relation: 'previous', url: pageUrl(Math.max(0, offset - count)) });
-    return {
-      resourceType: 'Bundle',
-      id: randomUUID(),
-      meta: { lastUpdated: new Date().toISOString() },
-      type: 'searchset',
-      total,
-      link,
-      ...(entry.length ? { entry } : undefined),
-    };
+    return pageBundle('searchset', entry, total, { selfUrl, base, snapshotId, offset, count });
   }
 }
