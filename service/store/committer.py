@@ -16,7 +16,6 @@ own transaction.
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -161,16 +160,23 @@ class GroupCommitter(Committer):
             item.error = exc
 
 
-_COMMITTERS: weakref.WeakKeyDictionary[Engine, Committer] = weakref.WeakKeyDictionary()
+_COMMITTER = "_planbridge_committer"  # the engine's attribute holding its committer
 _COMMITTERS_GUARD = threading.Lock()
 
 
 def committer_for(engine: Engine) -> Committer:
-    """Return the engine's committer: grouping on an SQLite file, one transaction per run otherwise."""
+    """Return the engine's committer: grouping on an SQLite file, one transaction per run otherwise.
+
+    Kept on the engine itself: a committer refers to its engine, so a module-level WeakKeyDictionary entry
+    would keep every engine ever used alive, with its pool's connections open."""
+    committer: Committer | None = getattr(engine, _COMMITTER, None)
+    if committer is not None:
+        return committer
     with _COMMITTERS_GUARD:
-        committer = _COMMITTERS.get(engine)
+        committer = getattr(engine, _COMMITTER, None)
         if committer is None:
             url = engine.url
             on_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
-            committer = _COMMITTERS[engine] = GroupCommitter(engine) if on_file else Committer(engine)
+            committer = GroupCommitter(engine) if on_file else Committer(engine)
+            setattr(engine, _COMMITTER, committer)
         return committer

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
@@ -52,14 +51,18 @@ __all__ = [
 ]
 
 
-_FACTORIES: weakref.WeakKeyDictionary[Engine, sessionmaker[Session]] = weakref.WeakKeyDictionary()
+_FACTORY = "_planbridge_sessionmaker"  # the engine's attribute holding its session factory
 
 
 def _session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Return the engine's one session factory (making one per unit of work costs a request ~0.1 ms)."""
-    factory = _FACTORIES.get(engine)
+    """Return the engine's one session factory (making one per unit of work costs a request ~0.1 ms).
+
+    Kept on the engine itself, not in a module-level WeakKeyDictionary: the factory refers to its engine, so
+    such an entry would keep every engine ever used alive, with its pool's connections open."""
+    factory: sessionmaker[Session] | None = getattr(engine, _FACTORY, None)
     if factory is None:
-        factory = _FACTORIES[engine] = sessionmaker(bind=engine, expire_on_commit=False)
+        factory = sessionmaker(bind=engine, expire_on_commit=False)
+        setattr(engine, _FACTORY, factory)
     return factory
 
 
