@@ -17,21 +17,21 @@ from datetime import datetime
 from typing import Any
 
 from mappings.bundle import plan_to_bundle
-from mappings.datatypes import retarget
 from mappings.fhir import validate_bundle
 from mappings.reference_parse import parse_reference
 from service.domain import codec
-from service.domain.errors import MappingError, NotFound, PlanbridgeError
+from service.domain.errors import NotFound, PlanbridgeError
 from service.domain.model import Plan
 from service.fhir.capabilities import Limits, server_limits
 from service.fhir.client import FhirClient
-from service.fhir.errors import FhirError, FhirMultipleMatches, FhirTransportError
+from service.fhir.errors import FhirError, FhirTransportError
 from service.fhir.refusals import FhirDanglingReference
 from service.settings import Settings
 from service.store.repo_sync import PushView
 from service.store.uow import UnitOfWork
 from service.sync.adopt import is_adopted
-from service.sync.conditional_refs import Lookup, ReferenceNotOnServer, conditional_references, conditional_search
+from service.sync.conditional_refs import Lookup, conditional_references, conditional_search
+from service.sync.conditional_refs import ReferenceNotOnServer as ReferenceNotOnServer  # re-exported
 from service.sync.delta import only_changes
 from service.sync.merge import strip_bookkeeping
 from service.sync.provenance import Linked, carried, is_provenance, provenance_entry
@@ -44,6 +44,7 @@ from service.sync.push_bundle import (  # noqa: F401  (re-exported)
     parse_location,
     sendable,
 )
+from service.sync.push_lookups import PushLookups
 from service.sync.push_snapshot import RECONCILE, LinkRow, PushResult, _Snapshot, _Tally
 from service.sync.recovery import RECREATED, RELINKED, recover_links
 from service.sync.split import (
@@ -65,7 +66,7 @@ from service.sync.split import (
 log = logging.getLogger(__name__)
 
 
-class Pusher:
+class Pusher(PushLookups):
     """Pushes plans; `on_conflict(plan_id)` re-reads and merges the plan, returning True when it could."""
 
     def __init__(
@@ -116,53 +117,6 @@ class Pusher:
 
     def _links(self, plan_id: str) -> Linked:
         return self.uow.links.linked(plan_id)
-
-    def _find_patient(self, linked_id: str | None, plan: Plan) -> tuple[str | None, int]:
-        """Return (`Patient/<id>` or None to create it in the Bundle, requests spent finding it).
-
-        A conditional reference (`Patient?identifier=system|value`, as an imported Bundle may hold) is resolved
-        as a server resolves one in a transaction (`_find_one`; none: PatientNotOnServer) and the Bundle names
-        the Patient literally (`_named_literally`); found once, it is the plan's `patient` link. Any other plan:
-        `push_bundle._patient_reference`. Call it outside any database transaction when it may ask the server."""
-        conditional = plan.patient.fhir_reference
-        if conditional_search(conditional) is None:
-            return _patient_reference(linked_id, self.client, self.settings, plan)
-        if linked_id is not None:
-            return f"Patient/{linked_id}", 0
-        return self._find_one(conditional, plan, "Patient", PatientNotOnServer), 1
-
-    def _find_one(
-        self, reference: str, plan: Plan, rtype: str | None, none: type[NotFound] = ReferenceNotOnServer
-    ) -> str:
-        """Return `Type/<id>` of the one resource a conditional reference's search matches, `rtype` the type it
-        must name (None: any); none matches: `none`; several: FhirMultipleMatches."""
-        whose = f"plan {plan.id}'s patient" if rtype == "Patient" else f"a reference of plan {plan.id}"
-        named, params = conditional_search(reference) or ("", [])
-        if (rtype or named) != named or not params or not all(name and value for name, value in params):
-            raise MappingError(
-                f"the conditional reference of {whose} is not a search for a {rtype or 'resource'}",
-                errors={"patient.fhir_reference" if rtype else "reference": f"{rtype or 'Type'}?<parameter>=<value>"},
-            )
-        # One page of at most two is enough to tell one match from several (the values are PHI: never logged).
-        page = self.client.request("GET", named, params=[*params, ("_count", "2")]).json()
-        found = [e["resource"] for e in page.get("entry", []) if e.get("search", {}).get("mode", "match") == "match"]
-        search = f"the conditional reference of {whose} (a search by {', '.join(sorted({n for n, _ in params}))})"
-        if not found:
-            raise none(f"no {named} matches {search}", plan_id=plan.id)
-        if len(found) > 1:
-            raise FhirMultipleMatches(f"several {named}s match {search}")
-        return f"{named}/{found[0]['id']}"
-
-    @staticmethod
-    def _named_literally(
-        bundle: dict[str, Any], plan: Plan, patient_ref: str | None, named: dict[str, str]
-    ) -> dict[str, Any]:
-        """Return the Bundle naming literally what the plan names by a conditional reference: the Patient by
-        `patient_ref` (`Patient/<id>`, found by `_find_patient`), the rest as `named` (`Lookup.resolve`) says."""
-        conditional = plan.patient.fhir_reference
-        if patient_ref is not None and conditional and conditional_search(conditional) is not None:
-            named = {**named, conditional: patient_ref}
-        return retarget(bundle, named) if named else bundle
 
     def _prepare(
         self,
