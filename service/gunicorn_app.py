@@ -13,6 +13,7 @@ from typing import Any
 
 from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import ThreadWorker
 
 from service.api.app import create_app
 from service.api.digits import is_ascii_integer
@@ -33,6 +34,26 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Any:
         return CloseWhenBodyUnread(create_app())
+
+
+class QuitOnceWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, quitting once however many quit signals reach it.
+
+    Ctrl-C in a terminal sends SIGINT to the whole process group, and gunicorn's master answers its own
+    SIGINT by sending each worker SIGQUIT: two quit signals within milliseconds. gthread's `handle_quit` shuts
+    its thread pool down holding the pool's lock, which is not reentrant; a second signal handled while the
+    first held it ran `handle_quit` again inside the first and waited on that lock for ever, until the master
+    SIGKILLed the worker at the graceful timeout (1 in 6 Ctrl-Cs of `scripts/run.sh`).
+    """
+
+    quitting = False
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        """Quit on the first quit signal; one arriving while quitting changes nothing."""
+        if self.quitting:
+            return
+        self.quitting = True
+        super().handle_quit(sig, frame)
 
 
 class _CountingInput:
@@ -263,7 +284,7 @@ def run(host: str, port: int, workers: int, threads: int = 4) -> None:
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": "gthread",
+            "worker_class": QuitOnceWorker,
             "threads": threads,
             "post_worker_init": _freeze_loaded_objects,
             "accesslog": "-",
