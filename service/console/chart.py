@@ -16,6 +16,7 @@ from decimal import Decimal
 
 from markupsafe import Markup, escape
 
+from service.domain.instants import parse_instant
 from service.domain.model import Goal, Target
 from service.domain.types import Concept, Quantity
 
@@ -46,22 +47,6 @@ class Series:
     target_high: float | None = None
     target_text: str | None = None
     due: date | None = None
-
-
-def parse_instant(value: str | None) -> datetime | None:
-    """Parse an ISO date or instant ("2026", "2026-09", "2026-09-13", "2026-09-13T19:00:00Z") as UTC."""
-    if not value:
-        return None
-    text = value.strip().replace("Z", "+00:00")
-    for candidate in (text, f"{text}-01" if len(text) == 7 else None, f"{text}-01-01" if len(text) == 4 else None):
-        if candidate is None:
-            continue
-        try:
-            parsed = datetime.fromisoformat(candidate)
-        except ValueError:
-            continue
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return None
 
 
 def concept_text(concept: Concept | None) -> str:

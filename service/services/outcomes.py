@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from service.domain import codec
+from service.domain.instants import parse_instant
 from service.domain.model import OUTCOME_SCALES, Goal, OutcomeRating, Plan
 from service.settings import Settings
 
@@ -38,16 +39,7 @@ GAS_SOURCE = "Kiresuk & Sherman (1968), Community Mental Health Journal 4(6):443
 
 def _instant(at: str) -> datetime:
     """Return a sortable instant for a FHIR dateTime (partial dates and dates without a zone read as UTC)."""
-    text = at.strip()
-    if len(text) == 4:
-        text += "-01-01"
-    elif len(text) == 7:
-        text += "-01"
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.max.replace(tzinfo=UTC)  # not a date: after every real one
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return parse_instant(at) or datetime.max.replace(tzinfo=UTC)  # not a date: after every real one
 
 
 def in_time_order(ratings: list[OutcomeRating]) -> list[OutcomeRating]:

@@ -7,25 +7,14 @@ author as FHIR tells them (`origin_of`, `changed_by`), looked up among the resou
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Any
 
+from service.domain.instants import zoned_instant
 from service.store.repo_sync import EhrOrigin
 
 SOURCE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[!-~]{1,500}|#[!-~]{1,500}")  # meta.source: a URI, no spaces
 AUTHOR_REF = re.compile(r"[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}")  # Medplum's meta.author: `Practitioner/12`
 ITEM_PATH = re.compile(r"(goals|steps|team)\[id=([^\]]*)\]")
-
-
-def _instant(value: Any) -> datetime | None:
-    """Read a FHIR instant (meta.lastUpdated); None when it is absent, malformed or has no zone."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
 
 
 def changed_by(meta: Any) -> str | None:
@@ -51,7 +40,7 @@ def origin_of(resource: dict[str, Any]) -> EhrOrigin:
         resource_type=str(resource.get("resourceType"))[:64],
         resource_id=str(resource.get("id"))[:64],
         version=str(version)[:64] if version is not None else None,
-        changed_at=_instant(meta.get("lastUpdated")),
+        changed_at=zoned_instant(meta.get("lastUpdated")),
         changed_by=changed_by(meta),
     )
 

@@ -15,10 +15,11 @@ import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from mappings.bundle import index_entries
+from service.domain.instants import zoned_instant
 from service.fhir.client import BatchUnsupported, search_url
 from service.fhir.errors import FhirError
 from service.sync.adopt import TRACKED, adopted_links
@@ -57,22 +58,16 @@ def history_newest(entries: Iterable[Any]) -> str | None:
     """Return the newest `meta.lastUpdated` among the versions a history lists (a delete carries none), None when
     it lists none. A history read from there (`_since` is inclusive) lists that version again and what came
     after it: nothing is skipped, and a type whose resources planbridge never touches is not read again and
-    again from an old cursor."""
-    instants = [
-        updated
-        for entry in entries
-        if isinstance(entry, dict)
-        and isinstance(entry.get("resource"), dict)
-        and isinstance(updated := (entry["resource"].get("meta") or {}).get("lastUpdated"), str)
-    ]
-    return max(instants, key=_instant) if instants else None
-
-
-def _instant(value: str) -> datetime:
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return datetime.min.replace(tzinfo=UTC)
+    again from an old cursor. A value that is not an instant (malformed, or without a zone) is passed over: sent
+    back as `_since` it would have the history refused on every later pull."""
+    instants: dict[str, datetime] = {}
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        updated = meta.get("lastUpdated") if isinstance(meta, dict) else None
+        if (at := zoned_instant(updated)) is not None:
+            instants[updated] = at
+    return max(instants, key=instants.__getitem__) if instants else None
 
 
 @dataclass
