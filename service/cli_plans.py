@@ -24,9 +24,11 @@ def plans_adopt(mrn: str | None, careplan: str | None, url: str | None) -> None:
 
     Adopting again re-reads them ("unchanged" when nothing moved). Prints each plan id and its outcome, and
     (`notifications`) the Subscriptions that tell planbridge of the EHR's edits to them, or why there are none.
+    A CarePlan that cannot be a plan (its subject is no Patient...) is not adopted: the reason and the element
+    go to stderr and the exit status is 1 (what was adopted beside it is still printed).
     """
     from service.cli_sync import _follow_adopted
-    from service.sync.adopt import Target, careplan_target
+    from service.sync.adopt import Target, adoption_answer, careplan_target, refusal_line
 
     if sum(x is not None for x in (mrn, careplan, url)) != 1:
         raise click.UsageError("give one of --patient MRN, --careplan ID or --url URL")
@@ -34,13 +36,13 @@ def plans_adopt(mrn: str | None, careplan: str | None, url: str | None) -> None:
     base_url = engine.puller.client.base_url
     target = _run(lambda: Target(mrn=mrn) if mrn is not None else careplan_target(careplan or url or "", base_url))
     result = _run(lambda: engine.adopt(target))
-    _emit(
-        {
-            "adopted": [{"plan_id": k, "outcome": v} for k, v in sorted(result.outcomes.items())],
-            "requests": result.requests,
-            "notifications": _follow_adopted(engine, result),
-        }
-    )
+    adopted = _run(lambda: adoption_answer(result.outcomes, result.refusals))  # none adoptable: exit 1
+    _emit({"adopted": adopted, "requests": result.requests, "notifications": _follow_adopted(engine, result)})
+    refused = [item for item in adopted if item["outcome"] == "invalid"]
+    for item in refused:
+        click.echo(f"Error: not-adoptable: {refusal_line(item)}", err=True)
+    if refused:
+        sys.exit(1)
 
 
 @plans.command("import")

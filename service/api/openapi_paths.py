@@ -71,7 +71,9 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "description": "Give exactly one of patient_mrn, careplan (`CarePlan/123` or `123`) or url "
                 "(`[base]/CarePlan/123` on the configured FHIR server). Each CarePlan becomes the plan "
                 "`careplan-<id>`, tracked by resource id; adopting again re-reads it (`unchanged` when "
-                "nothing moved). Answers `{adopted: [{plan_id, outcome}], requests, notifications}`; "
+                "nothing moved). Answers `{adopted: [{plan_id, outcome}], requests, notifications}`; a CarePlan "
+                "that cannot be a plan is an item `outcome: invalid` with `careplan`, `reason` and `errors`, or, "
+                "when no CarePlan found can be one, a 422 problem `not-adoptable` listing them in `refused`; "
                 "`notifications` (`{subscribed, patients, subscriptions, detail}`) says which FHIR Subscriptions "
                 "notify planbridge of the EHR's edits to the adopted plans, or why none do.",
                 "security": KEYED,
@@ -81,6 +83,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                     "400": _problem("not exactly one of patient_mrn, careplan, url; or a URL off the FHIR server"),
                     "401": _problem("no valid API key"),
                     "404": _problem("no such patient, or no CarePlan found"),
+                    "422": _problem("no CarePlan found can be a plan (e.g. a Group subject): `refused` says why"),
                     "502": _problem("the FHIR server failed"),
                 },
             }

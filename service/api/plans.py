@@ -21,11 +21,13 @@ from service.api.bodies import (
     page_response,
 )
 from service.api.container import container
+from service.api.errors import problem_response
 from service.domain import codec
 from service.domain.errors import InvalidInput, NotFound, RuleViolation
 from service.domain.model import Plan
+from service.problems import problem
 from service.store.uow import UnitOfWork
-from service.sync.adopt import Target, careplan_target
+from service.sync.adopt import NotAdoptable, Target, adoption_answer, careplan_target
 from service.sync.engine import conflict_dict, resolve_conflict, sync_status
 from service.sync.subscriptions import follow_adopted
 
@@ -153,7 +155,10 @@ def post_adopt() -> ResponseReturnValue:
     else:
         target = careplan_target(body[given[0]], c.settings.fhir_base_url or "")
     result = c.sync_engine().adopt(target)
-    adopted = [{"plan_id": plan_id, "outcome": outcome} for plan_id, outcome in sorted(result.outcomes.items())]
+    try:
+        adopted = adoption_answer(result.outcomes, result.refusals)  # an "invalid" one says why
+    except NotAdoptable as none:  # not one CarePlan can be a plan: 422, each named with its reason and element
+        return problem_response(problem(none.code, none.title, 422, none.detail, refused=none.refused))
     # The Subscriptions that notify planbridge of the EHR's edits to them (never an error: said when absent).
     notifications = follow_adopted(c.uow(), c.fhir(), c.settings, result.outcomes)
     return json_response({"adopted": adopted, "requests": result.requests, "notifications": notifications})

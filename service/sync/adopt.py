@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from mappings import datatypes as dt
 from service.domain import codec
-from service.domain.errors import Conflict, InvalidInput
+from service.domain.errors import Conflict, InvalidInput, RuleViolation
 from service.domain.model import Plan
 from service.settings import Settings
 from service.store.repo_history import history_row
@@ -200,6 +200,41 @@ def careplan_target(value: str, base_url: str) -> Target:
     return Target(careplan_id=fhir_id)
 
 
+class NotAdoptable(RuleViolation):
+    """No CarePlan the adoption found can be a plan (its subject is no Patient, ...): 422, each one named in
+    `refused` ({"careplan": "CarePlan/<id>", "reason", "errors": {FHIR element path: why}})."""
+
+    code = "not-adoptable"
+    title = "CarePlan not adoptable"
+
+    def __init__(self, refused: list[dict[str, Any]]) -> None:
+        super().__init__("; ".join(refusal_line(item) for item in refused), refused=refused)
+        self.refused = refused
+
+
+def refusal_line(item: dict[str, Any]) -> str:
+    """One line saying why a CarePlan was not adopted, naming each element (`CarePlan.subject`)."""
+    where = "; ".join(f"{path}: {why}" for path, why in item.get("errors", {}).items())
+    return f"{item['careplan']} cannot be adopted: {item['reason']}" + (f" ({where})" if where else "")
+
+
+def adoption_answer(outcomes: dict[str, str], refusals: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the `adopted` list of an adoption: `{"plan_id", "outcome"}` per plan, by plan id; a CarePlan that
+    cannot be a plan has outcome "invalid" and says why (`careplan`, `reason`, `errors`), nothing stored for it.
+    Raise NotAdoptable when that is so of every CarePlan found: then nothing was adopted."""
+    answer: list[dict[str, Any]] = []
+    for plan_id, outcome in sorted(outcomes.items()):
+        item: dict[str, Any] = {"plan_id": plan_id, "outcome": outcome}
+        if outcome == "invalid":
+            why = refusals.get(plan_id) or {"careplan": f"CarePlan of {plan_id}", "reason": "does not map"}
+            item.update({"careplan": why["careplan"], "reason": why["reason"], "errors": why.get("errors", {})})
+        answer.append(item)
+    refused = [{k: v for k, v in item.items() if k != "outcome"} for item in answer if item["outcome"] == "invalid"]
+    if answer and len(refused) == len(answer):
+        raise NotAdoptable(refused)
+    return answer
+
+
 def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: datetime, replace: bool = False) -> Plan:
     """Store the plan in a plan JSON document or a FHIR Bundle around one CarePlan (told apart by content),
     checked as `convert` checks it (ConversionRefused with every issue), and queue its push.
@@ -208,15 +243,19 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     checked as `convert from-fhir` checks it. Either way the plan must then pass the push's own check
     (service.services.deliverable): a plan the push could never send is refused, naming each bad element,
     and nothing is stored. So is one naming a resource on another FHIR server than the configured one
-    (FHIR_BASE_URL), naming its field (`patient.fhir_reference`); a reference to a resource of the
-    configured server is stored relative, `Patient/123` (docs/references.md). In a Bundle, a relative reference
-    in an entry whose fullUrl is on another server names that server's resource (R4), and is refused so too. A
-    plan id already stored is a Conflict unless `replace`: then the stored plan is replaced (its version and
-    creation time go on).
+    (FHIR_BASE_URL), naming its field (`patient.fhir_reference`); so is one that breaks a rule team events are
+    held to (service.services.plan_door: ids that are FHIR ids, unique ignoring case where the server cannot tell
+    them apart, an MRN without `|`, the events' lengths and ranges), naming each element (`goals[0].id`). A
+    reference to a resource of the configured server is stored relative, `Patient/123` (docs/references.md).
+    In a Bundle, a relative reference in an entry whose fullUrl is on another server names that server's
+    resource (R4), and is refused so too. A plan id already stored is a Conflict unless `replace`: then the
+    stored plan is replaced (its version and creation time go on). A plan id equal to a stored plan's but
+    for case is a Conflict, `replace` or not.
     """
     from service.convert import ConversionRefused, from_fhir, load_plan, to_fhir
     from service.domain.rules import Issue
     from service.services.deliverable import Undeliverable, check_deliverable
+    from service.services.plan_door import door_issues
     from service.sync.push_bundle import on_configured_server
 
     if isinstance(document, dict) and "resourceType" in document:
@@ -225,6 +264,11 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
     else:
         to_fhir(document, settings)  # the mapping and the checks of `convert to-fhir`: the same refusals
         plan = load_plan(document)[0]
+    # what a team event could not put into a plan (an id that is no FHIR id, ids equal but for case, an MRN
+    # with `|`, a text over its length...), a whole plan cannot bring either
+    door = door_issues(plan)
+    if door:
+        raise ConversionRefused("the plan breaks a rule team events are held to (docs/events.md)", door)
     # a reference on the configured server is stored relative; one on another server could never be pushed
     plan, foreign = on_configured_server(plan, settings.fhir_base_url)
     if foreign:
@@ -240,6 +284,13 @@ def import_document(uow: UnitOfWork, document: Any, settings: Settings, now: dat
         existing = uow.plans.get(plan.id)
         if existing is not None and not replace:
             raise Conflict(f"plan {plan.id} already exists; import with --replace to replace it", plan_id=plan.id)
+        twin = uow.plans.twin_in_all_but_case(plan.id)  # replaced or not: the two would share FHIR resources
+        if twin is not None:
+            raise Conflict(
+                f"plan {plan.id} differs from plan {twin} only in case, which FHIR identifier searches do not "
+                "tell apart: the two plans would write the same resources",
+                plan_id=plan.id,
+            )
         plan.version = existing.version if existing is not None else 0
         if existing is not None and plan.created_at is None:
             plan.created_at = existing.created_at

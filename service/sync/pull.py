@@ -159,6 +159,7 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         if changed:
             pulled = self.pull_plans(sorted(changed))
             result.outcomes.update(pulled.outcomes)
+            result.refusals.update(pulled.refusals)
             result.requests += pulled.requests
         with self.uow:
             self._settle_deleted_links(deleted, result.outcomes)
@@ -221,6 +222,12 @@ class Puller(PullSearches, OriginLookup, PulledLinks):
         except PlanbridgeError as exc:
             plan_id = self._plan_id(careplan)
             result.outcomes[plan_id] = "invalid"
+            found = exc.data.get("errors")
+            result.refusals[plan_id] = {
+                "careplan": f"CarePlan/{careplan.get('id')}",
+                "reason": exc.detail,
+                "errors": {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {},
+            }
             log.warning("plan %s: pulled CarePlan/%s does not map: %s", plan_id, careplan.get("id"), exc.code)
             with self.uow:
                 if self.uow.plans.get(plan_id) is not None:

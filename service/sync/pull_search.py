@@ -87,6 +87,8 @@ class PullResult:
 
     outcomes: dict[str, str] = field(default_factory=dict)
     requests: int = 0
+    # why each plan with outcome "invalid" was refused: {"careplan": "CarePlan/<id>", "reason", "errors" {path: why}}
+    refusals: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _chunks(items: list[str], size: int = CHUNK) -> Iterable[list[str]]:
