@@ -240,13 +240,19 @@ def webhook_secret() -> None:
 
 @webhook.command("send")
 @click.argument("event_file", type=click.File("rb"))
-@click.option("--url", default="http://127.0.0.1:8000/webhooks/team", show_default=True)
+@click.option(
+    "--url",
+    default=None,
+    help="Where to POST it (default: /webhooks/team of the API a running `planbridge dev` recorded in var/dev.json "
+    "here, else http://127.0.0.1:8000/webhooks/team).",
+)
 @click.option("--id", "msg_id", default=None, help="webhook-id to send (default: a new one).")
 @click.option(
     "--sender", default="default", show_default=True, help="sign as this sender (PLANBRIDGE_WEBHOOK_SENDERS)."
 )
-def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None, sender: str) -> None:
+def webhook_send(event_file: click.utils.LazyFile, url: str | None, msg_id: str | None, sender: str) -> None:
     """Sign EVENT_FILE with the sender's first secret and POST it; print the answer."""
+    from service.cli_sync import api_url
     from service.signing import sign_headers
 
     secrets = [secret for name, secret in _settings().signing_secrets if name == sender]
@@ -255,6 +261,7 @@ def webhook_send(event_file: click.utils.LazyFile, url: str, msg_id: str | None,
         raise click.ClickException(f"{setting} holds no secret for the sender {sender!r}")
     body = event_file.read()
     headers = sign_headers(secrets[0], body, msg_id)
+    url = api_url(url, "/webhooks/team")
     try:
         response = requests.post(url, data=body, headers={**headers, "Content-Type": "application/json"}, timeout=30)
     except requests.RequestException as exc:

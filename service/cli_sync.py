@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +23,35 @@ NOT_SET = (
 )
 
 
+def _recorded(root: Path | None = None) -> dict[str, Any] | None:
+    """Return what `planbridge dev` recorded in var/dev.json under root (by default the current directory);
+    None when there is no such file or it holds no JSON object."""
+    try:
+        recorded = json.loads(((root or Path.cwd()) / DEV_SETUP).read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
 def dev_setup(root: Path | None = None) -> dict[str, str]:
     """Return the settings `planbridge dev` recorded in var/dev.json (under root, by default the current
     directory) for the variables the environment leaves unset; empty when there is no such file."""
-    path = (root or Path.cwd()) / DEV_SETUP
-    try:
-        recorded = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(recorded, dict):
+    recorded = _recorded(root)
+    if recorded is None:
         return {}
     found = {
         "FHIR_BASE_URL": recorded.get("fhir_base_url"),
         "DATABASE_URL": recorded.get("database_url"),
         "PLANBRIDGE_PUBLIC_URL": recorded.get("api"),
     }
-    notify = path.parent / "notify-secret"
+    notify = (root or Path.cwd()) / DEV_SETUP.parent / "notify-secret"
     if notify.exists():
         found["PLANBRIDGE_FHIR_NOTIFY_SECRET"] = notify.read_text().strip()
     return {k: str(v) for k, v in found.items() if v and not os.environ.get(k)}
+
+
+def _say_dev_setup(shown: str) -> None:
+    click.echo(f"planbridge: using the running `planbridge dev` setup from {DEV_SETUP}: {shown}", err=True)
 
 
 def _use_dev_setup() -> None:
@@ -50,8 +62,23 @@ def _use_dev_setup() -> None:
     if "FHIR_BASE_URL" not in found:
         return
     os.environ.update(found)
-    shown = ", ".join(f"{k}={v}" for k, v in found.items() if k != "PLANBRIDGE_FHIR_NOTIFY_SECRET")
-    click.echo(f"planbridge: using the running `planbridge dev` setup from {DEV_SETUP}: {shown}", err=True)
+    _say_dev_setup(", ".join(f"{k}={v}" for k, v in found.items() if k != "PLANBRIDGE_FHIR_NOTIFY_SECRET"))
+
+
+DEFAULT_API = "http://127.0.0.1:8000"  # where `planbridge dev` and `serve` listen unless told
+
+
+def api_url(given: str | None, path: str = "") -> str:
+    """Return the planbridge URL a client command posts to: `--url` when given, else the API of the running
+    `planbridge dev` recorded in var/dev.json (said on stderr, as the other commands say it), else port 8000."""
+    if given:
+        return given
+    api = (_recorded() or {}).get("api")
+    if isinstance(api, str) and api.startswith(("http://", "https://")):
+        url = api.rstrip("/") + path
+        _say_dev_setup(f"--url {url}")
+        return url
+    return DEFAULT_API + path
 
 
 def _engine() -> Any:
@@ -96,13 +123,17 @@ def _row_id(kind: str, value: int) -> int:
     return value
 
 
-def _known_plan(engine: Any, plan_id: str) -> None:
-    """Stop with not-found unless planbridge holds the plan (as GET /plans/{id}/sync answers 404)."""
+def _unknown_plans(engine: Any, plan_ids: list[str]) -> list[str]:
+    """Return those of plan_ids planbridge does not hold (as GET /plans/{id}/sync answers 404 for them)."""
     from service.api.schemas.fhirtypes import ID as PLAN_ID
 
     with engine.uow as uow:
-        found = PLAN_ID.regex.fullmatch(plan_id) and uow.plans.get(plan_id) is not None
-    if not found:
+        return [p for p in plan_ids if not (PLAN_ID.regex.fullmatch(p) and uow.plans.get(p) is not None)]
+
+
+def _known_plan(engine: Any, plan_id: str) -> None:
+    """Stop with not-found unless planbridge holds the plan (as GET /plans/{id}/sync answers 404)."""
+    if _unknown_plans(engine, [plan_id]):
         raise click.ClickException(f"not-found: plan {plan_id} does not exist")
 
 
@@ -132,10 +163,34 @@ def sync_push(plan_ids: tuple[str, ...], push_all: bool) -> None:
         raise click.ClickException("; ".join(failures)[:4000])
 
 
+# A FHIR instant (https://hl7.org/fhir/R4/datatypes.html#instant): date, time to the second and a zone.
+INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+def _instant(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Take --since only as a FHIR instant the server's `_lastUpdated` and `_since` searches can take: an
+    input error stops here, as a usage error, and is never sent to the server."""
+    from service.api.schemas.fhirtypes import MAX_ZONE
+
+    try:
+        parsed = datetime.fromisoformat(value) if value is not None and INSTANT.fullmatch(value) else None
+    except ValueError:  # a day or hour that does not exist
+        parsed = None
+    if value is not None and (parsed is None or abs(parsed.utcoffset() or MAX_ZONE) > MAX_ZONE):
+        raise click.BadParameter(
+            f"{value!r} is not a FHIR instant: give e.g. 2026-12-01T00:00:00Z or 2026-12-01T09:30:00+01:00"
+        )
+    return value
+
+
 @sync.command("pull")
 @click.option("--plan", "plan_ids", multiple=True, help="A plan id (repeatable).")
 @click.option("--patient", "mrn", help="Every CarePlan of the patient with this MRN.")
-@click.option("--since", help="Pull what changed after this instant (default: since the last pull).")
+@click.option(
+    "--since",
+    callback=_instant,
+    help="Pull what changed after this FHIR instant, e.g. 2026-12-01T00:00:00Z (default: since the last pull).",
+)
 def sync_pull(plan_ids: tuple[str, ...], mrn: str | None, since: str | None) -> None:
     """Pull plans and merge them into the shared plans (incremental when no plan or patient is named)."""
     if plan_ids and mrn:
@@ -172,7 +227,8 @@ def sync_repair(plan_ids: tuple[str, ...], repair_all: bool) -> None:
 
     Checks each plan's linked CarePlan (one search per 50 plans); a plan whose CarePlan is gone is
     relinked by planbridge's identifier or, when nothing carries it, its links are forgotten and it is
-    pushed again at once. Prints {plan id: "present" | "relinked" | "recreated" | "not-linked" | "failed"}.
+    pushed again at once. Prints {plan id: "present" | "relinked" | "recreated" | "not-linked" | "failed" |
+    "not-found"}; a named plan planbridge does not hold is "not-found" (exit 1, the others repaired).
     """
     from service.sync.recovery import repair_plans
 
@@ -180,8 +236,13 @@ def sync_repair(plan_ids: tuple[str, ...], repair_all: bool) -> None:
         raise click.UsageError("give --plan ID (one or more) or --all")
     engine = _engine()
     ids = _run(engine.plan_ids) if repair_all else list(plan_ids)
+    unknown = [] if repair_all else _unknown_plans(engine, ids)
+    held = [p for p in ids if p not in unknown]
     puller = engine.puller
-    _emit(_run(lambda: repair_plans(engine.uow, puller.client, puller.settings, engine.clock, ids, engine.push)))
+    summary = _run(lambda: repair_plans(engine.uow, puller.client, puller.settings, engine.clock, held, engine.push))
+    _emit(dict(sorted({**summary, **dict.fromkeys(unknown, "not-found")}.items())))
+    if unknown:
+        raise click.ClickException("; ".join(f"not-found: plan {p} does not exist" for p in sorted(set(unknown))))
 
 
 @sync.command("status")
@@ -417,8 +478,13 @@ def subscribe(show_status: bool, rotate: bool) -> None:
 
 
 @click.command()
-@click.option("--url", default="http://127.0.0.1:8000", show_default=True, help="The running planbridge.")
-def demo(url: str) -> None:
+@click.option(
+    "--url",
+    default=None,
+    help=f"The running planbridge (default: the API a running `planbridge dev` recorded in var/dev.json here, "
+    f"else {DEFAULT_API}).",
+)
+def demo(url: str | None) -> None:
     """Run a short collaborative story against the running service and its FHIR server, printing each step."""
     from pathlib import Path
 
@@ -437,4 +503,4 @@ def demo(url: str) -> None:
     fhir_base = settings.fhir_base_url or dev.get("fhir_base_url")
     if not (secret and api_key and fhir_base):
         raise click.ClickException("start the service first (bash scripts/run.sh), from this directory")
-    run_demo(url, fhir_base, secret, api_key, settings.identifier_base, click.echo)
+    run_demo(api_url(url), fhir_base, secret, api_key, settings.identifier_base, click.echo)

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -232,10 +233,18 @@ def run_demo(url: str, fhir: str, secret: str, api_key: str, identifier_base: st
         say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}/sync')
         say(f'   curl -H "Authorization: Bearer $(cat var/api-key)" {demo.url}/plans/{demo.plan_id}/outcomes')
         say(f"   curl '{demo.fhir}/Goal/{goal['id']}/_history'")
+    except requests.RequestException as exc:  # nothing listens there (a wrong --url): one line, no traceback
+        raise click.ClickException(f"could not reach {_origin(exc, demo.url)}: {type(exc).__name__}") from None
     finally:
         if subscription_id is not None:
             _unsubscribe(demo, subscription_id, say)
         receiver.close()
+
+
+def _origin(exc: requests.RequestException, default: str) -> str:
+    """The scheme and host of the URL a request failed on (never its path or query)."""
+    url = urlsplit(getattr(exc.request, "url", None) or default)
+    return f"{url.scheme}://{url.netloc}"
 
 
 def _unsubscribe(demo: Demo, subscription_id: int, say: Callable[[str], None]) -> None:

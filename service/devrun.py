@@ -103,6 +103,9 @@ def run_dev(root: Path, port: int) -> None:
         threading.Thread(target=_subscribe_when_up, args=(port,), daemon=True).start()
     event = EXAMPLE_EVENT.relative_to(root) if EXAMPLE_EVENT.is_relative_to(root) else EXAMPLE_EVENT
     env_prefix = "PLANBRIDGE_WEBHOOK_SECRET=$(cat var/webhook-secret) " if generated else ""
+    api = f"http://127.0.0.1:{port}"
+    # the commands' own default is port 8000: elsewhere the printed commands name the API (as var/dev.json does)
+    send_url, demo_url = ("", "") if port == 8000 else (f" --url {api}/webhooks/team", f" --url {api}")
     click.echo(f"""
 planbridge is starting
   API              http://127.0.0.1:{port}   (health: http://127.0.0.1:{port}/healthz, docs: /docs)
@@ -114,7 +117,7 @@ planbridge is starting
   console          http://127.0.0.1:{port}/console/   (sign in with the API key)
 
 Send a signed example event (from another terminal, in this directory):
-  {env_prefix}.venv/bin/planbridge webhook send {event}
+  {env_prefix}.venv/bin/planbridge webhook send {event}{send_url}
 or with curl (the signature is valid for 5 minutes):
   {_example(port, os.environ["PLANBRIDGE_WEBHOOK_SECRET"])}
 Then see the Goal on the FHIR server, and the plan and its sync state through the API:
@@ -122,7 +125,7 @@ Then see the Goal on the FHIR server, and the plan and its sync state through th
   curl "$FHIR_BASE_URL/Goal?_count=5"
   curl -H "Authorization: Bearer $(cat var/api-key)" http://127.0.0.1:{port}/plans/plan-ed-0001/sync
 Or watch a whole collaborative story, EHR edit and team notification included:
-  .venv/bin/planbridge demo
+  .venv/bin/planbridge demo{demo_url}
 """)
     owner = os.getpid()
     try:
