@@ -52,6 +52,19 @@ def _next_link(bundle: dict[str, Any]) -> str | None:
     return next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"), None)
 
 
+def lookup_outcome(detail: str, code: str) -> dict[str, Any]:
+    """Return the OperationOutcome planbridge writes for a search of its own that found what it must not (several
+    matches: `code` an R4 issue type), so a plan stopped by one has a `last_outcome` though no server refused
+    anything. `detail` names no identifier value."""
+    issue = {"severity": "error", "code": code, "diagnostics": f"planbridge: {detail}"}
+    return {"resourceType": "OperationOutcome", "issue": [issue]}
+
+
+def ambiguous(detail: str, code: str) -> errors.FhirAmbiguous:
+    """Return the FhirAmbiguous of a search planbridge made itself, with its `lookup_outcome`."""
+    return errors.FhirAmbiguous(detail, status=None, outcome=lookup_outcome(detail, code))
+
+
 def _target(method: str, path: str) -> str:
     """Name what a request addressed in messages: the path without its query, or the base itself."""
     bare = path.split("?")[0]
@@ -298,7 +311,7 @@ class FhirClient:
         """Return the single match, None when there is none; several raise FhirAmbiguous."""
         matches = self.search(resource_type, params)
         if len(matches) > 1:
-            raise errors.FhirAmbiguous(f"{resource_type} search matched {len(matches)} resources", status=None)
+            raise ambiguous(f"{resource_type} search matched {len(matches)} resources", "multiple-matches")
         return matches[0] if matches else None
 
     def find_by_identifier(self, resource_type: str, system: str, value: str) -> dict[str, Any] | None:
@@ -313,12 +326,12 @@ class FhirClient:
         matches = self.search(resource_type, {"identifier": identifier_token(system, value)})
         exact = [m for m in matches if _holds_identifier(m, system, value)]
         if len(exact) > 1:
-            raise errors.FhirAmbiguous(f"{resource_type} search matched {len(exact)} resources", status=None)
+            raise ambiguous(f"{resource_type} search matched {len(exact)} resources", "multiple-matches")
         if not exact and matches:
-            raise errors.FhirAmbiguous(
+            raise ambiguous(
                 f"{resource_type} search by an identifier of system {system} matched {len(matches)} resource(s) "
                 "whose identifier equals it only without regard to case",
-                status=None,
+                "business-rule",
             )
         return exact[0] if exact else None
 

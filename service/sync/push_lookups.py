@@ -8,7 +8,7 @@ from typing import Any
 from mappings.datatypes import retarget
 from service.domain.errors import MappingError, NotFound
 from service.domain.model import Plan
-from service.fhir.client import FhirClient
+from service.fhir.client import FhirClient, lookup_outcome
 from service.fhir.errors import FhirMultipleMatches
 from service.settings import Settings
 from service.sync.conditional_refs import ReferenceNotOnServer, conditional_search
@@ -54,7 +54,8 @@ class PushLookups:
         if not found:
             raise none(f"no {named} matches {search}", plan_id=plan.id)
         if len(found) > 1:
-            raise FhirMultipleMatches(f"several {named}s match {search}")
+            several = f"several {named}s match {search}"
+            raise FhirMultipleMatches(several, outcome=lookup_outcome(several, "multiple-matches"))
         return f"{named}/{found[0]['id']}"
 
     @staticmethod
