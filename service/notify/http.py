@@ -10,6 +10,7 @@ likes, past the worker's lease. A watchdog cuts the connection when the attempt'
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from dataclasses import dataclass
@@ -102,6 +103,45 @@ def _pool(target: Target, timeout: float, deadline: _Deadline) -> urllib3.HTTPCo
     pool = urllib3.HTTPConnectionPool(target.address, target.port, **options)
     pool.ConnectionCls = _watched(urllib3.connection.HTTPConnection, deadline)
     return pool
+
+
+def _os_cause(exc: BaseException) -> OSError | None:
+    """Return the socket error under a urllib3 error (`raise ... from`), if any."""
+    seen: BaseException | None = exc.__cause__ or exc.__context__
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, urllib3.exceptions.HTTPError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _strerror(error: OSError, otherwise: str) -> str:
+    """Return the system's words for a socket error ("connection refused"), or `otherwise` without an errno."""
+    return os.strerror(error.errno).lower() if isinstance(error.errno, int) and error.errno > 0 else otherwise
+
+
+def transport_error(exc: urllib3.exceptions.HTTPError) -> str:
+    """Say why an attempt got no answer, as `Kind: reason` for the delivery log and the worker's log line.
+
+    Kind is the socket's own error when there is one (`ConnectionRefusedError: connection refused`), else
+    urllib3's (`ReadTimeoutError: timed out`). urllib3 2 makes a failed connection a ConnectTimeoutError
+    whatever the cause, so its class alone would call a refused connection a timeout. Never the URL (it
+    may hold a secret), the address, nor anything the receiver sent.
+    """
+    cause = _os_cause(exc)
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        if cause is None:
+            return f"{type(exc).__name__}: could not connect"
+        if isinstance(cause, TimeoutError):  # socket.timeout: the connection was not made in time
+            return f"{type(exc).__name__}: timed out connecting"
+        return f"{type(cause).__name__}: {_strerror(cause, 'could not connect')}"
+    if isinstance(exc, urllib3.exceptions.TimeoutError):
+        return f"{type(exc).__name__}: timed out"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return f"{type(exc).__name__}: TLS failed" + (f" ({type(cause).__name__})" if cause is not None else "")
+    if isinstance(cause, ConnectionError):  # reset, or closed without an answer
+        return f"{type(cause).__name__}: {_strerror(cause, 'connection closed')}"
+    return f"{type(exc).__name__}: transport error"
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:

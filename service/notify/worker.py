@@ -146,9 +146,7 @@ class DeliveryWorker(PollingWorker):
         try:
             answer = self.send(target, body, headers, self.settings.delivery_timeout)
         except urllib3.exceptions.HTTPError as exc:
-            kind = type(exc).__name__
-            reason = "timed out" if isinstance(exc, urllib3.exceptions.TimeoutError) else "transport error"
-            return Attempt(None, f"{kind}: {reason}")
+            return Attempt(None, http.transport_error(exc))
         except Exception as exc:  # recorded on the delivery and retried, never lost with the lease
             log.exception("delivery %s: unexpected error", claimed.delivery_id)
             return Attempt(None, f"{type(exc).__name__}: unexpected error")
