@@ -19,6 +19,26 @@ def json_response(body: Any, status: int = 200, content_type: str = "application
     return Response(json.dumps(body), status=status, mimetype=content_type)
 
 
+def error_paths(messages: Any, top: str = "body") -> Any:
+    """Return marshmallow's messages keyed by paths only: the messages of a whole object (an "at least one of"
+    rule), which marshmallow keys `_schema` inside it, go under the object's own key (`{"data": [...]}`, not
+    `{"data": {"_schema": [...]}}`), and those of the whole body under `top`."""
+
+    def fold(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node
+        folded = {key: fold(value) for key, value in node.items()}
+        return {
+            key: value["_schema"] if isinstance(value, dict) and set(value) == {"_schema"} else value
+            for key, value in folded.items()
+        }
+
+    folded = fold(messages)
+    if isinstance(folded, dict) and "_schema" in folded and top not in folded:
+        folded[top] = folded.pop("_schema")
+    return folded
+
+
 def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
     """Validate the JSON body with `schema`; a missing body is `{}` unless `required`."""
     try:
@@ -32,7 +52,7 @@ def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
     try:
         return schema.load(body or {})
     except ValidationError as exc:
-        raise InvalidInput("the request body is invalid", exc.normalized_messages()) from None
+        raise InvalidInput("the request body is invalid", error_paths(exc.normalized_messages())) from None
 
 
 def load_query(schema: Schema) -> dict[str, Any]:
@@ -40,7 +60,7 @@ def load_query(schema: Schema) -> dict[str, Any]:
     try:
         return schema.load(request.args.to_dict())
     except ValidationError as exc:
-        raise InvalidInput("the query string is invalid", exc.normalized_messages()) from None
+        raise InvalidInput("the query string is invalid", error_paths(exc.normalized_messages(), "query")) from None
 
 
 class PageQuerySchema(Schema):

@@ -48,6 +48,7 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 def _planbridge_error(error: PlanbridgeError) -> Response:
     status, title = next(((s, t) for kind, s, t in _STATUS if isinstance(error, kind)), (500, "Internal error"))
+    title = getattr(error, "title", title)  # a problem type of its own may carry its own title (`url-refused`)
     extra: dict[str, Any] = {"errors": error.errors} if isinstance(error, InvalidInput) else {}
     if isinstance(error, FhirError) and error.outcome:
         extra["operationOutcome"] = error.outcome

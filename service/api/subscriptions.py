@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
 from flask.typing import ResponseReturnValue
@@ -17,7 +16,7 @@ from service.api.digits import AsciiInteger
 from service.api.schemas.fhirtypes import FullMatch, fhir_uri
 from service.domain.errors import InvalidInput
 from service.notify import subscriptions as use
-from service.notify.ssrf import OutboundGuard
+from service.notify.ssrf import OutboundGuard, unreadable
 from service.store.uow import MAX_ROW_ID
 
 bp = Blueprint("subscriptions", __name__)
@@ -28,11 +27,11 @@ CONTROL = "must hold no control character other than tab, CR and LF"
 
 
 def _readable_url(url: str) -> None:
-    """Refuse a URL whose parts cannot be told (`http://[127.0.0.1]/`, `http://[::1/`): 400, not 500."""
-    try:
-        urlsplit(url.strip())
-    except ValueError as exc:
-        raise ValidationError(f"not a readable URL: {exc}") from None
+    """Refuse a URL whose parts cannot be told (`http://[127.0.0.1]/`, `http://[::1/`: 400, not 500), and an
+    http(s) URL without a host (`http://`, `http:///x`) or with a port that is no port (`:99999`, `:abc`)."""
+    reason = unreadable(url)
+    if reason is not None:
+        raise ValidationError(f"not a readable URL: {reason}")
 
 
 class SubscriptionSchema(Schema):

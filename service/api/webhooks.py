@@ -11,6 +11,7 @@ from flask import Blueprint, Response, request
 from marshmallow import ValidationError
 
 from service.api import fastload
+from service.api.bodies import error_paths
 from service.api.container import Container, container
 from service.api.errors import problem_response
 from service.api.schemas import EVENT_DATA_SCHEMAS, EventSchema
@@ -48,7 +49,7 @@ def _command(body: dict[str, Any]) -> tuple[str, Any]:
     try:
         envelope = fastload.load(_ENVELOPE, _ENVELOPE_LOADER, body)
     except ValidationError as exc:
-        raise InvalidInput("the event envelope is invalid", exc.normalized_messages()) from None
+        raise InvalidInput("the event envelope is invalid", error_paths(exc.normalized_messages())) from None
     schema = _DATA.get(envelope["type"])
     if schema is None:
         raise InvalidInput(
@@ -57,13 +58,27 @@ def _command(body: dict[str, Any]) -> tuple[str, Any]:
     try:
         return envelope["type"], fastload.load(schema, _DATA_LOADERS[envelope["type"]], envelope["data"])
     except ValidationError as exc:
-        raise InvalidInput(f"{envelope['type']} data is invalid", {"data": exc.normalized_messages()}) from None
+        messages = error_paths({"data": exc.normalized_messages()})
+        raise InvalidInput(f"{envelope['type']} data is invalid", messages) from None
+
+
+def _ascii_webhook_id(headers: Mapping[str, str]) -> None:
+    """Refuse (400) a `webhook-id` holding a character beyond ASCII before checking its signature: HTTP carries
+    header bytes, which the server reads as Latin-1, so whether the sender signed the id's UTF-8 or its Latin-1
+    bytes, no signature over it ever matches (a 401 that tells the sender nothing)."""
+    webhook_id = next((value for name, value in headers.items() if name.lower() == "webhook-id"), "")
+    if not webhook_id.isascii():
+        raise InvalidInput(
+            "the webhook-id holds a character that is not ASCII: no signature over it can be verified",
+            {"webhook-id": ["printable ASCII characters only"]},
+        )
 
 
 def read_signed(c: Container, raw: bytes, headers: Mapping[str, str]) -> tuple[str, str]:
     """Return (sender, webhook-id) of a body whose signature verifies; raise Unauthorized or InvalidInput.
 
     The first step of both ways in: Flask's view below and the intake lane (service/api/intake_lane.py)."""
+    _ascii_webhook_id(headers)
     sender, webhook_id = verify_sender(c.settings.signing_secrets, raw, headers)
     check_webhook_id(webhook_id)
     return sender, webhook_id

@@ -73,6 +73,25 @@ class OutboundRefused(RuleViolation):
     """A URL planbridge will not send to: not http(s), or its host is not a public address."""
 
     code = "url-refused"
+    title = "URL refused"  # the problem's title (the API's default for a RuleViolation is another type's)
+
+
+def unreadable(url: str) -> str | None:
+    """Return why a URL cannot be read as one (urlsplit cannot tell its parts, or an http(s) URL without a host
+    or with a port that is not a number from 0 to 65535), or None. A URL read fine may still be refused."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError as exc:
+        return str(exc)
+    if parts.scheme.lower() not in DEFAULT_PORTS:
+        return None  # refused for its scheme (`url-refused`), whatever the rest says
+    if not (parts.hostname or "").rstrip("."):
+        return "it has no host"
+    try:
+        parts.port  # noqa: B018 - reading it is the check: urlsplit raises for `:99999` or `:abc`
+    except ValueError:
+        return "its port is not a number from 0 to 65535"
+    return None
 
 
 @dataclass(frozen=True)

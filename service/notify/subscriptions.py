@@ -67,12 +67,14 @@ def check_event_types(event_types: list[str]) -> list[str]:
     """Return the event types, refusing unknown ones and "*" mixed with others."""
     if event_types == ["*"]:
         return event_types
-    unknown = sorted(set(event_types) - EVENT_TYPES)
-    if "*" in event_types or unknown or not event_types:
-        raise InvalidInput(
-            'event_types must be known event types, or ["*"] alone',
-            {"event_types": [f"unknown: {', '.join(unknown) or '*'}; known: {', '.join(sorted(EVENT_TYPES))}"]},
-        )
+    unknown = sorted(set(event_types) - EVENT_TYPES - {"*"})
+    problems = [f"unknown: {', '.join(unknown)}; known: {', '.join(sorted(EVENT_TYPES))}"] if unknown else []
+    if "*" in event_types:
+        problems.append('"*" stands for every event type and must be alone: ["*"]')
+    if not event_types:
+        problems.append('give at least one event type, or ["*"]')
+    if problems:
+        raise InvalidInput('event_types must be known event types, or ["*"] alone', {"event_types": problems})
     return sorted(set(event_types))
 
 

@@ -88,13 +88,26 @@ class _JsonNumber:
     """Mixin: the value is a JSON number, never digits in a string ("12", "١٢") and never a boolean."""
 
     default_error_messages: ClassVar[dict[str, str]] = {
-        "not_a_number": "Not a valid number: give a JSON number, not a string."
+        "not_a_number": "Not a valid number: give a JSON number, not {given}."
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-            raise self.make_error("not_a_number")  # type: ignore[attr-defined]
+            raise self.make_error("not_a_number", given=_json_kind(value))  # type: ignore[attr-defined]
         return super()._deserialize(value, attr, data, **kwargs)  # type: ignore[misc]
+
+
+def _json_kind(value: Any) -> str:
+    """Name the JSON type of a value that is not a number, as an error message says it ("a boolean")."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return "null" if value is None else "that"
 
 
 class JsonDecimal(_JsonNumber, fields.Decimal):
