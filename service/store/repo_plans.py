@@ -25,6 +25,8 @@ _PLAN_TWIN = Prepared(
 )  # no LIMIT (a Prepared statement takes no literal binds): the rule leaves at most one such plan
 _PLAN_READ = Prepared(sa.select(_PLANS.c.document, _PLANS.c.version).where(_PLANS.c.id == sa.bindparam("id")))
 _PLAN_FOLDED = Prepared(sa.select(_PLANS.c.id).where(sa.func.lower(_PLANS.c.id) == sa.bindparam("folded")))
+# PostgreSQL: a lock, held to the end of the transaction, on a plan id folded to lower case (see _hold_folded).
+_FOLD_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))")
 _PLAN_INSERT = _insert(_PLANS, "id", "patient_mrn", "version", "document", "created_at", "updated_at")
 _PLAN_UPDATE = Prepared(
     sa.update(_PLANS)
@@ -97,9 +99,24 @@ class PlanRepository:
         self._loaded[plan_id] = version
         return plan
 
+    def _hold_folded(self, plan_id: str) -> None:
+        """On PostgreSQL, hold until this transaction ends a lock on the plan id folded to lower case.
+
+        Two transactions opening `plan-x` and `PLAN-X` at once each probed, found no twin (the other's plan was
+        not committed yet) and saved: both plans were kept, and their pushes wrote the same FHIR resources.
+        With the lock the second waits for the first to end, and its probe then sees the committed plan (under
+        READ COMMITTED each statement reads what is committed when it starts). SQLite lets one writer in at a
+        time already. The lock is taken only for a plan not yet there.
+        """
+        bind = self._session.get_bind()
+        if bind.dialect.name == "postgresql":
+            self._session.execute(_FOLD_LOCK, {"key": "plan-id:" + plan_id.lower()})
+
     def twin_in_all_but_case(self, plan_id: str) -> str | None:
         """Return the id of another plan equal to `plan_id` but for case (one probe of ix_plans_id_folded),
-        None when there is none."""
+        None when there is none. On PostgreSQL the folded id stays locked to the end of the transaction
+        (`_hold_folded`), so a twin opened at the same time is found by whichever comes second."""
+        self._hold_folded(plan_id)
         row = _PLAN_TWIN.first(self._session, {"folded": plan_id.lower(), "id": plan_id})
         return None if row is None else row[0]
 
@@ -113,6 +130,7 @@ class PlanRepository:
         left in `twin_seen`, for the caller to refuse the new plan without asking again.
         """
         if committed is None:
+            self._hold_folded(plan_id)
             ids = [row[0] for row in _PLAN_FOLDED.all(self._session, {"folded": plan_id.lower()})]
             self.twin_seen = next((other for other in ids if other != plan_id), None)
             return plan_id not in ids
