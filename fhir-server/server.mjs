@@ -3,6 +3,7 @@
 // Usage: node server.mjs [--profile medplum|hapi] [--host 127.0.0.1] [--port 8090] [--page-size 20]
 //        [--subscription-retry-delays 1,2,4,8,15,30] [--referential-integrity-on-delete] [--allow-external-references]
 //        [--quiet] [--exit-on-stdin-close]
+import { fstatSync, writeSync } from 'node:fs';
 import http from 'node:http';
 import { parseArgs } from 'node:util';
 
@@ -52,7 +53,27 @@ function options() {
 }
 
 const opts = options();
-const log = opts.quiet ? () => {} : (line) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+// A log line per request: when stderr is a file, node's process.stderr writes each chunk with fs.writeSync
+// anyway, so write it straight to the descriptor (same bytes, same moment) without the stream machinery.
+const stderrIsFile = (() => {
+  try {
+    return fstatSync(2).isFile();
+  } catch {
+    return false;
+  }
+})();
+const writeLog = (text) => {
+  if (stderrIsFile) {
+    try {
+      writeSync(2, text);
+      return;
+    } catch {
+      // as before: let the stream report it
+    }
+  }
+  process.stderr.write(text);
+};
+const log = opts.quiet ? () => {} : (line) => writeLog(`${new Date().toISOString()} ${line}\n`);
 
 // @medplum/core touches a global WebSocket when it is imported; Node 20 has none. Nothing here uses it.
 globalThis.WebSocket ??= class WebSocket {

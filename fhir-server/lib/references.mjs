@@ -45,11 +45,12 @@ export function relativeToBase(value, base) {
   const prefix = `${base.replace(/\/+$/, '')}/`;
   const walk = (node) => {
     if (Array.isArray(node)) {
-      node.forEach(walk);
+      for (const item of node) walk(item);
       return;
     }
     if (node === null || typeof node !== 'object') return;
-    for (const [key, child] of Object.entries(node)) {
+    for (const key of Object.keys(node)) {
+      const child = node[key];
       if (key === 'reference' && typeof child === 'string' && child.startsWith(prefix)) {
         const rest = child.slice(prefix.length);
         if (LITERAL.test(rest)) node.reference = rest;
@@ -64,32 +65,38 @@ export function relativeToBase(value, base) {
 
 /**
  * Every Reference in a resource: `{ path, name, reference }`, where `path` is the element path without
- * indices (`CarePlan.activity.detail.goal`) and `name` the element's own name (`goal`).
+ * indices (`CarePlan.activity.detail.goal`) and `name` the element's own name (`goal`); one found inside a
+ * `contained` resource also has `contained: true`.
  * With `contained: false`, references inside `contained` resources are left out. Resources nested otherwise
  * (a stored Bundle's entries, Parameters) are always left out.
  */
 export function collectReferences(resource, { contained = true } = {}) {
   const found = [];
-  const walk = (value, path, name) => {
+  const isResource = (c) => typeof c?.resourceType === 'string';
+  const walk = (value, path, name, inContained) => {
     if (Array.isArray(value)) {
-      for (const item of value) walk(item, path, name);
+      for (const item of value) walk(item, path, name, inContained);
       return;
     }
     if (value === null || typeof value !== 'object') return;
-    if (typeof value.reference === 'string' && path.includes('.')) found.push({ path, name, reference: value.reference });
-    for (const [key, child] of Object.entries(value)) {
+    if (typeof value.reference === 'string' && path.includes('.')) {
+      const { reference } = value;
+      found.push(inContained ? { path, name, reference, contained: true } : { path, name, reference });
+    }
+    for (const key of Object.keys(value)) {
+      const child = value[key];
       if (key === 'reference' || (child === null || typeof child !== 'object')) continue;
       if (key === 'contained' && path === resource.resourceType) {
-        if (contained) for (const r of [child].flat()) if (r?.resourceType) walk(r, r.resourceType, r.resourceType);
+        if (contained) for (const r of [child].flat()) if (r?.resourceType) walk(r, r.resourceType, r.resourceType, true);
         continue;
       }
       // A resource inside another (`Bundle.entry.resource`, `Parameters.parameter.resource`) is not written
       // as itself: its references resolve within its container (a Bundle's fullUrls), and HAPI does not index them.
-      if ([child].flat().some((c) => typeof c?.resourceType === 'string')) continue;
-      walk(child, `${path}.${key}`, key);
+      if (Array.isArray(child) ? child.some(isResource) : isResource(child)) continue;
+      walk(child, `${path}.${key}`, key, inContained);
     }
   };
-  walk(resource, resource.resourceType, resource.resourceType);
+  walk(resource, resource.resourceType, resource.resourceType, false);
   return found;
 }
 
@@ -106,18 +113,21 @@ export function conditionalReferences(resource) {
   const found = [];
   const conditional = (value) => typeof value?.reference === 'string' && value.reference.includes('?');
   const walk = (node, path) => {
-    for (const [key, child] of Object.entries(node)) {
+    for (const key of Object.keys(node)) {
+      const child = node[key];
       if (child === null || typeof child !== 'object' || (key === 'meta' && typeof node.resourceType === 'string')) continue;
       const childPath = `${path}.${key}`;
-      const items = Array.isArray(child) ? child : [child];
-      items.forEach((item, i) => {
-        if (item === null || typeof item !== 'object') return;
-        if (conditional(item)) {
-          found.push({ holder: Array.isArray(child) ? child : node, key: Array.isArray(child) ? i : key,
-            path: Array.isArray(child) ? `${childPath}[${i}]` : childPath, reference: item.reference });
-        }
+      if (!Array.isArray(child)) {
+        if (conditional(child)) found.push({ holder: node, key, path: childPath, reference: child.reference });
+        walk(child, childPath);
+        continue;
+      }
+      for (let i = 0; i < child.length; i++) {
+        const item = child[i];
+        if (item === null || typeof item !== 'object') continue;
+        if (conditional(item)) found.push({ holder: child, key: i, path: `${childPath}[${i}]`, reference: item.reference });
         walk(item, childPath);
-      });
+      }
     }
   };
   walk(resource, resource.resourceType);
@@ -197,11 +207,12 @@ export class ReferenceChecker {
   }
 
   /** The references of a resource that this server checks on write. */
-  checked(resource) {
-    const all = collectReferences(resource, { contained: this.scope === 'all' });
-    if (this.scope === 'all') return all;
+  checked(resource, all = undefined) {
+    if (this.scope === 'all') return all ?? collectReferences(resource);
     const paths = referencePaths(resource.resourceType);
-    return all.filter((r) => paths.has(r.path));
+    // `all` (every reference, contained ones included) less those in contained resources is the same list, in
+    // the same order, as a walk that leaves contained resources out
+    return (all ?? collectReferences(resource, { contained: false })).filter((r) => !r.contained && paths.has(r.path));
   }
 
   /**
@@ -211,16 +222,19 @@ export class ReferenceChecker {
    */
   check(resource, { inTransaction = false } = {}) {
     const self = `${resource.resourceType}/${resource.id}`;
+    let checked;
     if (inTransaction) {
       // HAPI looks at every reference for placeholders, whatever its path.
-      for (const { name, reference } of collectReferences(resource)) {
+      const all = collectReferences(resource);
+      for (const { name, reference } of all) {
         if (PLACEHOLDER.test(reference)) {
           throw error('bad-request', `HAPI-0541: Unable to satisfy placeholder ID ${reference} found in element ` +
             `named '${name}' within resource of type: ${resource.resourceType}`);
         }
       }
+      checked = this.checked(resource, all); // from the same walk
     }
-    for (const { path, reference } of this.checked(resource)) {
+    for (const { path, reference } of checked ?? this.checked(resource)) {
       if (!this.externalReferences && /^https?:\/\//i.test(reference)) {
         // Medplum reads no absolute reference; HAPI refuses one naming a resource (on the `hapi` profile one on
         // the server's own base was made relative when the request was read, by `relativeToBase`)

@@ -5,7 +5,7 @@
 import { MemoryRepository } from '@medplum/fhir-router';
 import {
   OperationOutcomeError, badRequest, createReference, deepClone, formatSearchQuery, isResourceType, matchesSearchRequest,
-  parseSearchRequest,
+  parseSearchRequest, stringify,
 } from '@medplum/core';
 import { ReferenceChecker, conditionalReferences, unresolvedConditionalReference } from './references.mjs';
 
@@ -116,14 +116,7 @@ export class HapiLikeRepository extends MemoryRepository {
     if (this.deferredWrites) this.deferredWrites.add(key); // once the transaction's own creates are in place
     else this.refs?.check(candidate);
     this.remember(type, id);
-    const wasSeeding = this.seeding;
-    this.seeding = true; // keep our versionId/lastUpdated instead of random UUIDs
-    let result;
-    try {
-      result = super.createResourceSync(candidate, options, update);
-    } finally {
-      this.seeding = wasSeeding;
-    }
+    const result = this.store(candidate, options, update);
     this.versions.set(key, version);
     this.deleted.delete(key);
     this.writeOrder.set(this.current(type, id), ++this.writes);
@@ -131,6 +124,37 @@ export class HapiLikeRepository extends MemoryRepository {
     this.index(this.current(type, id));
     this.recordWrite(existing ? 'update' : 'create', this.current(type, id));
     return result;
+  }
+
+  /**
+   * Store `candidate` as MemoryRepository's createResourceSync does in seeding mode (our versionId and
+   * lastUpdated kept): the stored version is `JSON.parse(stringify(candidate))` (core's `stringify` drops empty
+   * values), the caller gets a separate copy of it. Both come from one serialisation: for a version that has its
+   * id and meta, `deepClone(stored)` would serialise to that same text. Anything else goes through core's path.
+   */
+  store(candidate, options, update) {
+    const text = stringify(candidate);
+    const stored = JSON.parse(text);
+    if (typeof stored.id !== 'string' || !stored.meta?.versionId || !stored.meta.lastUpdated) {
+      const wasSeeding = this.seeding;
+      this.seeding = true; // keep our versionId/lastUpdated instead of random UUIDs
+      try {
+        return super.createResourceSync(candidate, options, update);
+      } finally {
+        this.seeding = wasSeeding;
+      }
+    }
+    const { resourceType: type, id } = stored;
+    let byId = this.resources.get(type);
+    if (!byId) this.resources.set(type, (byId = new Map()));
+    if (!update && byId.has(id)) throw new OperationOutcomeError(badRequest('Assigned ID is already in use'));
+    byId.set(id, stored);
+    let historyById = this.history.get(type);
+    if (!historyById) this.history.set(type, (historyById = new Map()));
+    let versions = historyById.get(id);
+    if (!versions) historyById.set(id, (versions = []));
+    versions.push(stored);
+    return JSON.parse(text);
   }
 
   /**
