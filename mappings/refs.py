@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from service.domain.errors import MappingError
 from service.domain.model import Member, Plan
 
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+_NOT_ID = re.compile(r"[^A-Za-z0-9\-.]+")
 
 
 @functools.lru_cache(maxsize=8192)
@@ -240,9 +243,16 @@ class Resolver:
         )
 
     def _member_id(self, rtype: str, reference: str | None, identifier: Any) -> str:
+        """The member's own id when planbridge wrote its identifier, else `<type>-<the reference's last part>` made a
+        FHIR id (a Bundle names its entries `urn:uuid:…`, and `Practitioner?identifier=s|v` is a reference too:
+        their `:`, `?`, `|` would make an id no team event could name, which `plans import` refuses)."""
         if identifier is not None and identifier.system == self.member_system and "/" in identifier.value:
-            return identifier.value.rsplit("/", 1)[1]
-        return self._unused(f"{rtype.lower()}-{(reference or 'anonymous').rsplit('/', 1)[-1].lstrip('#')[:40]}")
+            own = identifier.value.rsplit("/", 1)[1]
+            if _FHIR_ID.fullmatch(own):
+                return own
+        tail = (reference or "anonymous").rsplit("/", 1)[-1].lstrip("#")
+        tail = _NOT_ID.sub("-", tail.removeprefix("urn:uuid:").removeprefix("urn:oid:")).strip("-.")[:40].strip("-.")
+        return self._unused(f"{rtype.lower()}-{tail or 'anonymous'}")
 
     def _unused(self, base: str) -> str:
         candidate, n = base, 1
