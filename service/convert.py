@@ -198,6 +198,13 @@ def _careplan_count(bundle: dict[str, Any]) -> int:
     return sum(1 for r in resources if isinstance(r, dict) and r.get("resourceType") == "CarePlan")
 
 
+def _door(plan: Plan) -> list[Issue]:
+    """What `plans import` refuses beyond convert's checks: the rules team events are held to (plan_door)."""
+    from service.services.plan_door import door_issues
+
+    return door_issues(plan)
+
+
 def validate(document: Any, settings: Settings) -> list[Issue]:
     """Return every problem of a plan JSON document, a FHIR resource or a FHIR Bundle."""
     if not isinstance(document, dict):
@@ -207,13 +214,14 @@ def validate(document: Any, settings: Settings) -> list[Issue]:
             _, warnings = to_fhir(document, settings)
         except ConversionRefused as refused:
             return refused.issues
-        return warnings
+        return [*_door(from_dict(Plan, document)), *warnings]
     if document["resourceType"] != "Bundle":
         return resource_issues(document)
     issues = bundle_issues(document)
     if not errors(issues) and _careplan_count(document) == 1:
         try:
-            for i in check_plan(_plan_of_bundle(document, settings)):
+            plan = _plan_of_bundle(document, settings)
+            for i in [*check_plan(plan), *_door(plan)]:
                 issues.append(Issue(i.path, f"the plan read from the CarePlan: {i.message}", i.severity, i.code))
         except ConversionRefused as refused:
             issues += refused.issues

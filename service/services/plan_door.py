@@ -61,6 +61,9 @@ def _messages(field: Field, value: Any) -> list[str]:
         except ValidationError as refused:
             messages = refused.messages
             found += [str(m) for m in messages] if isinstance(messages, list) else [str(messages)]
+        except (TypeError, ValueError, AttributeError):  # a value of another type (a typed conflict resolution)
+            found.append(f"not a valid value here: {type(value).__name__}")
+            break
     return found
 
 

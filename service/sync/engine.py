@@ -11,7 +11,7 @@ from typing import Any
 from service.domain import codec
 from service.domain.errors import Conflict, NotFound, RuleViolation
 from service.domain.model import Plan
-from service.domain.rules import check_plan, errors
+from service.domain.rules import Issue, check_plan, errors
 from service.fhir.client import FhirClient
 from service.notify.changes import record_change
 from service.services.deliverable import Undeliverable, check_deliverable
@@ -177,6 +177,15 @@ def _on_configured_server(conflict: Any, value: Any, ours: Any, settings: Settin
     return rebased
 
 
+def _door_introduced(before: Plan, after: Plan) -> list[Issue]:
+    """The issues of the plan door (`door_issues`) the resolved plan has and the plan before did not: what the
+    EHR put into a plan (a title longer than events allow) does not make every typed resolution a refusal."""
+    from service.services.plan_door import door_issues
+
+    had = {(issue.path, issue.message) for issue in door_issues(before)}
+    return [issue for issue in door_issues(after) if (issue.path, issue.message) not in had]
+
+
 def resolve_conflict(
     uow: UnitOfWork,
     clock: Callable[[], datetime],
@@ -226,6 +235,11 @@ def resolve_conflict(
                 fhir = refused.errors.get("fhir") or {}
                 where = next(iter(fhir), conflict.path) if isinstance(fhir, dict) else conflict.path
                 raise RuleViolation(f"that value could never be sent to FHIR: {where}") from None
+        if choice == "value":  # a typed value is held to what a team event could give (service.services.plan_door)
+            introduced = _door_introduced(plan, resolved)
+            if introduced:
+                found = introduced[0]
+                raise RuleViolation(f"that value breaks a rule team events are held to: {found.path}: {found.message}")
         resolved.touch(now.isoformat())
         uow.plans.save(resolved)
         # ... created anew by the push: never written by id onto the Goal the EHR deleted

@@ -372,6 +372,35 @@ def test_identifier_systems_and_public_urls_of_every_documented_form_are_read():
 
 
 @pytest.mark.parametrize(
+    ("path", "raw_value", "named"),
+    [
+        ("title", b'"' + b"t" * 201 + b'"', "title"),  # a team event's title is at most 200 characters
+        ("patient.mrn", b'"A|B"', "patient.mrn"),  # Medplum splits the token at `|`: a new Patient per push
+        ("review_every", b'{"value": 121, "unit": "mo"}', "review_every.value"),  # events take 1-120
+    ],
+)
+def test_a_conflict_resolved_to_a_value_no_team_event_could_give_is_refused(client, engine, path, raw_value, named):
+    """Audit finding: a typed resolution took a 201-character title (and an MRN with `|`...), which the team
+    event setting the same field is refused for; a resolution is held to the same rules (the plan door)."""
+    from service.api.container import utcnow
+    from service.store.uow import UnitOfWork
+
+    with UnitOfWork(engine) as uow:
+        conflict = uow.sync.add_conflict("plan-bb-0001", path, "base", "ours", "theirs", utcnow())
+        uow.commit()
+        conflict_id = conflict.id
+    before = client.get("/plans/plan-bb-0001", headers=H).get_json()
+    answer = client.post(
+        f"/conflicts/{conflict_id}/resolve",
+        data=b'{"value": ' + raw_value + b"}",
+        headers={**H, "Content-Type": "application/json"},
+    )
+    assert (answer.status_code, answer.mimetype) == (422, "application/problem+json"), answer.get_data(as_text=True)
+    assert named in answer.get_json()["detail"]
+    assert client.get("/plans/plan-bb-0001", headers=H).get_json() == before
+
+
+@pytest.mark.parametrize(
     ("path", "raw_value"),
     [
         ("title", b'"Walking plan\\u0000"'),  # a NUL: no FHIR string holds one (and PostgreSQL refuses it)
