@@ -18,4 +18,4 @@ echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "==> pytest"
-exec .venv/bin/pytest "$@"
+exec .venv/bin/pytest -n "${PLANBRIDGE_TEST_PROCESSES:-2}" "$@"
