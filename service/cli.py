@@ -390,9 +390,10 @@ def dev(port: int, print_env: bool) -> None:
 
 
 def _add_operations() -> None:
+    from service.cli_fhir import fhir
     from service.cli_notify import notifications
     from service.cli_plans import plans
-    from service.cli_sync import conflicts, demo, fhir, outbox, subscribe, sync
+    from service.cli_sync import conflicts, demo, outbox, subscribe, sync
 
     for group in (sync, conflicts, outbox, fhir, subscribe, demo, notifications, plans):
         main.add_command(group)
