@@ -371,17 +371,9 @@ def test_identifier_systems_and_public_urls_of_every_documented_form_are_read():
     )
 
 
-@pytest.mark.parametrize(
-    ("path", "raw_value", "named"),
-    [
-        ("title", b'"' + b"t" * 201 + b'"', "title"),  # a team event's title is at most 200 characters
-        ("patient.mrn", b'"A|B"', "patient.mrn"),  # Medplum splits the token at `|`: a new Patient per push
-        ("review_every", b'{"value": 121, "unit": "mo"}', "review_every.value"),  # events take 1-120
-    ],
-)
-def test_a_conflict_resolved_to_a_value_no_team_event_could_give_is_refused(client, engine, path, raw_value, named):
-    """Audit finding: a typed resolution took a 201-character title (and an MRN with `|`...), which the team
-    event setting the same field is refused for; a resolution is held to the same rules (the plan door)."""
+def _resolve_a_new_conflict(client, engine, path: str, raw_value: bytes):
+    """Open a conflict on plan-bb-0001's `path` and resolve it to `raw_value` (JSON text) through the API; return
+    the answer, the conflict's id and the plan as it was before."""
     from service.api.container import utcnow
     from service.store.uow import UnitOfWork
 
@@ -395,9 +387,26 @@ def test_a_conflict_resolved_to_a_value_no_team_event_could_give_is_refused(clie
         data=b'{"value": ' + raw_value + b"}",
         headers={**H, "Content-Type": "application/json"},
     )
+    return answer, conflict_id, before
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_value", "named"),
+    [
+        ("title", b'"' + b"t" * 201 + b'"', "title"),  # a team event's title is at most 200 characters
+        ("patient.mrn", b'"A|B"', "patient.mrn"),  # Medplum splits the token at `|`: a new Patient per push
+        ("review_every", b'{"value": 121, "unit": "mo"}', "review_every.value"),  # events take 1-120
+    ],
+)
+def test_a_conflict_resolved_to_a_value_no_team_event_could_give_is_refused(client, engine, path, raw_value, named):
+    """Audit finding: a typed resolution took a 201-character title (and an MRN with `|`...), which the team
+    event setting the same field is refused for; a resolution is held to the same rules (the plan door)."""
+    answer, conflict_id, before = _resolve_a_new_conflict(client, engine, path, raw_value)
     assert (answer.status_code, answer.mimetype) == (422, "application/problem+json"), answer.get_data(as_text=True)
     assert named in answer.get_json()["detail"]
     assert client.get("/plans/plan-bb-0001", headers=H).get_json() == before
+    still = client.get("/conflicts?plan=plan-bb-0001", headers=H).get_json()
+    assert [c["id"] for c in still if c["status"] == "open"] == [conflict_id]
 
 
 @pytest.mark.parametrize(
@@ -413,19 +422,7 @@ def test_bug_a_conflict_resolved_to_a_value_fhir_cannot_carry_is_refused(client,
     /conflicts/{id}/resolve with {"value": ...} checked the plan's rules but not that it still maps to FHIR the
     push can send, so a NUL, Infinity or a blank text was accepted (200), the conflict closed and the plan
     queued for a push the FHIR server can never take; a team event carrying the same value is refused 400."""
-    from service.api.container import utcnow
-    from service.store.uow import UnitOfWork
-
-    with UnitOfWork(engine) as uow:
-        conflict = uow.sync.add_conflict("plan-bb-0001", path, "base", "ours", "theirs", utcnow())
-        uow.commit()
-        conflict_id = conflict.id
-    before = client.get("/plans/plan-bb-0001", headers=H).get_json()
-    answer = client.post(
-        f"/conflicts/{conflict_id}/resolve",
-        data=b'{"value": ' + raw_value + b"}",
-        headers={**H, "Content-Type": "application/json"},
-    )
+    answer, conflict_id, before = _resolve_a_new_conflict(client, engine, path, raw_value)
     assert (answer.status_code, answer.mimetype) == (422, "application/problem+json"), answer.get_data(as_text=True)
     assert answer.get_json()["type"] == "urn:planbridge:problem:rule-violation"
     assert client.get("/plans/plan-bb-0001", headers=H).get_json() == before
