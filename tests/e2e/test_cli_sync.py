@@ -36,13 +36,19 @@ def env(database, fhir_base_url):
     return values
 
 
-def add_plan(url: str) -> Plan:
+def add_plan(url: str, plan_id: str | None = None) -> Plan:
+    """Store the knee plan (under `plan_id` when given) with an MRN of its own."""
     plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
+    plan.id = plan_id or plan.id
     plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
     plan.touch("2026-11-22T10:00:00+00:00")
-    with UnitOfWork(create_engine(url)) as uow:
-        uow.plans.save(plan)
-        uow.commit()
+    engine = create_engine(url)
+    try:
+        with UnitOfWork(engine) as uow:
+            uow.plans.save(plan)
+            uow.commit()
+    finally:
+        engine.dispose()
     return plan
 
 

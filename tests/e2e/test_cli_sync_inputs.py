@@ -13,24 +13,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from service.api.app import create_app
-from service.domain import codec
 from service.domain.model import Plan
-from service.store.db import create_engine
 from service.store.uow import UnitOfWork
+from tests.e2e.test_cli_sync import add_plan as add_knee_plan
 from tests.e2e.test_cli_sync import env, run  # noqa: F401 (env: the fixture)
-from tests.support import FIXTURES, goal_event, settings, signed
+from tests.support import goal_event, settings, signed
 
 
 def add_plan(url: str) -> Plan:
     """The knee plan (as test_cli_sync adds it) under an id and MRN of its own."""
-    plan = codec.from_dict(Plan, json.loads((FIXTURES / "plans" / "knee-rehabilitation.json").read_text()))
-    plan.id = f"plan-{uuid.uuid4().hex[:10]}"
-    plan.patient.mrn = f"MRN-{uuid.uuid4().hex[:8]}"
-    plan.touch("2026-11-22T10:00:00+00:00")
-    with UnitOfWork(create_engine(url)) as uow:
-        uow.plans.save(plan)
-        uow.commit()
-    return plan
+    return add_knee_plan(url, f"plan-{uuid.uuid4().hex[:10]}")
 
 
 def test_repair_of_a_plan_it_does_not_hold_is_not_found_and_the_others_are_repaired(env):  # noqa: F811
