@@ -196,6 +196,8 @@ def sync_pull(plan_ids: tuple[str, ...], mrn: str | None, since: str | None) -> 
     """Pull plans and merge them into the shared plans (incremental when no plan or patient is named)."""
     if plan_ids and mrn:
         raise click.UsageError("give --plan or --patient, not both")
+    if since is not None and (plan_ids or mrn):  # a named pull reads the whole plan: --since would be ignored
+        raise click.UsageError("--since is for the incremental pull only: give it without --plan or --patient")
     engine = _engine()
     if plan_ids:
         result = _run(lambda: engine.pull_plans(list(plan_ids)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Response, json, request, url_for
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from werkzeug.exceptions import UnsupportedMediaType
 
 from service.api.digits import AsciiInteger
 from service.api.schemas.fhirtypes import ID as PLAN_ID
@@ -40,7 +41,14 @@ def error_paths(messages: Any, top: str = "body") -> Any:
 
 
 def load_body(schema: Schema, required: bool = False) -> dict[str, Any]:
-    """Validate the JSON body with `schema`; a missing body is `{}` unless `required`."""
+    """Validate the JSON body with `schema`; a missing body is `{}` unless `required`.
+
+    A body sent as anything but JSON (`application/json`, or a `+json` type such as
+    `application/merge-patch+json`, which Flask always read as JSON) is `415`, as on the webhook: curl's `-d`
+    says form data, and such a body may well be JSON, but it was not said to be, so it is neither read as one
+    nor called "not JSON"."""
+    if request.get_data(cache=True) and not request.is_json:  # 413 past the body limit
+        raise UnsupportedMediaType("send the body as application/json (header Content-Type: application/json)")
     try:
         body = request.get_json(silent=True)  # silent covers what is not JSON, not what nests too deeply
     except RecursionError:

@@ -83,6 +83,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                     "400": _problem("not exactly one of patient_mrn, careplan, url; or a URL off the FHIR server"),
                     "401": _problem("no valid API key"),
                     "404": _problem("no such patient, or no CarePlan found"),
+                    "415": _problem("a body sent without Content-Type: application/json"),
                     "422": _problem("no CarePlan found can be a plan (e.g. a Group subject): `refused` says why"),
                     "502": _problem("the FHIR server failed"),
                 },
@@ -121,15 +122,19 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                 "responses": {"200": _ok("status", {"type": "object"}), **denied},
             },
             "post": {
-                "summary": "Queue a push (202) or pull now (200)",
+                "summary": "Queue a push (202) or pull now (200); no body, or no `direction`, is a push",
+                "description": '`{"direction": "push"}` queues a push (202), `{"direction": "pull"}` pulls the plan '
+                "now (200). The body is optional: a request without one, or without `direction` (`{}`), queues "
+                "a push.",
                 "security": KEYED,
                 "parameters": [plan_id],
-                "requestBody": {"content": {JSON_BODY: {"schema": "SyncRequestSchema"}}},
+                "requestBody": {"required": False, "content": {JSON_BODY: {"schema": "SyncRequestSchema"}}},
                 "responses": {
                     "200": _ok("pulled"),
                     "202": _ok("push queued"),
                     "400": _problem("a body that is not JSON, or a direction other than push or pull"),
                     **denied,
+                    "415": _problem("a body sent without Content-Type: application/json"),
                     "502": _problem("the FHIR server failed"),
                 },
             },
@@ -222,6 +227,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
                     "400": _problem("not exactly one of take (ours or theirs) and value, or a body that is not JSON"),
                     **denied,
                     "409": _problem("already resolved"),
+                    "415": _problem("a body sent without Content-Type: application/json"),
                     "422": _problem("the value breaks a rule"),
                 },
             }
@@ -246,7 +252,7 @@ def _paths(spec: APISpec, event_refs: list[dict[str, str]]) -> None:
         "/outbox/{entry_id}/replay",
         operations={
             "post": {
-                "summary": "Queue a dead entry again",
+                "summary": "Queue a dead entry again; its attempts start again from 0",
                 "security": KEYED,
                 "parameters": [entry_id],
                 "responses": {"200": _ok("queued again"), **denied, "422": _problem("not dead")},

@@ -56,6 +56,7 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
                     "201": _ok("subscribed, with its whsec_ secret", subscription),
                     "400": _problem("invalid body or unknown event type"),
                     "401": denied["401"],
+                    "415": _problem("a body sent without Content-Type: application/json"),
                     "422": _problem("the URL is refused (not http(s), or not a public address)"),
                 },
             },
@@ -83,7 +84,12 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
                         }
                     },
                 },
-                "responses": {"200": _ok("the subscription", subscription), "400": _problem("bad ordering"), **denied},
+                "responses": {
+                    "200": _ok("the subscription", subscription),
+                    "400": _problem("bad ordering"),
+                    **denied,
+                    "415": _problem("a body sent without Content-Type: application/json"),
+                },
             },
             "delete": {
                 "summary": "Delete a subscription and its delivery log",
@@ -118,6 +124,7 @@ def _subscription_paths(spec: APISpec, denied: dict[str, Any]) -> None:
                     "200": _ok("the subscription, with its new whsec_ secret", subscription),
                     "400": _problem("grace_seconds not an integer from 0 to 604800"),
                     **denied,
+                    "415": _problem("a body sent without Content-Type: application/json"),
                 },
             }
         },

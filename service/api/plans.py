@@ -153,7 +153,10 @@ def post_adopt() -> ResponseReturnValue:
     if given == ["patient_mrn"]:
         target = Target(mrn=body["patient_mrn"])
     else:
-        target = careplan_target(body[given[0]], c.settings.fhir_base_url or "")
+        try:
+            target = careplan_target(body[given[0]], c.settings.fhir_base_url or "")
+        except InvalidInput as bad:  # named by the field the caller sent (`url`), whatever the reader called it
+            raise InvalidInput(bad.detail, {given[0]: next(iter(bad.errors.values()), "")}) from None
     result = c.sync_engine().adopt(target)
     try:
         adopted = adoption_answer(result.outcomes, result.refusals)  # an "invalid" one says why
