@@ -11,14 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 from gunicorn import glogging
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http import errors as http_errors
 from gunicorn.workers.gthread import ThreadWorker
 
 from service.api.app import create_app
 from service.api.digits import is_ascii_integer
 from service.domain.errors import ConfigurationError
 from service.logs import EscapingFormatter, escape_controls
+from service.problems import problem_type
 from service.settings import Settings
 
 
@@ -36,14 +40,47 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
         return CloseWhenBodyUnread(create_app())
 
 
-class QuitOnceWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker, quitting once however many quit signals reach it.
+# Requests gunicorn refuses before planbridge sees them (its parser), answered as problem+json instead of its
+# HTML page: (status, reason, problem code, detail). The detail never repeats the request (it may carry ids).
+_UNPARSED = (
+    (http_errors.LimitRequestLine, 414, "URI Too Long", "uri-too-long", "the request line is over 4094 bytes"),
+    (
+        http_errors.LimitRequestHeaders,
+        431,
+        "Request Header Fields Too Large",
+        "header-fields-too-large",
+        "over 100 header fields, or one over 8190 bytes",
+    ),
+    (
+        (
+            http_errors.InvalidRequestLine,
+            http_errors.InvalidRequestMethod,
+            http_errors.InvalidHTTPVersion,
+            http_errors.InvalidHeader,
+            http_errors.InvalidHeaderName,
+            http_errors.ObsoleteFolding,
+        ),
+        400,
+        "Bad Request",
+        "invalid-request",
+        "not a valid HTTP/1.1 request",
+    ),
+)
 
-    Ctrl-C in a terminal sends SIGINT to the whole process group, and gunicorn's master answers its own
-    SIGINT by sending each worker SIGQUIT: two quit signals within milliseconds. gthread's `handle_quit` shuts
-    its thread pool down holding the pool's lock, which is not reentrant; a second signal handled while the
-    first held it ran `handle_quit` again inside the first and waited on that lock for ever, until the master
-    SIGKILLed the worker at the graceful timeout (1 in 6 Ctrl-Cs of `scripts/run.sh`).
+
+class ServiceWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, with two changes.
+
+    It quits once however many quit signals reach it. Ctrl-C in a terminal sends SIGINT to the whole process
+    group, and gunicorn's master answers its own SIGINT by sending each worker SIGQUIT: two quit signals within
+    milliseconds. gthread's `handle_quit` shuts its thread pool down holding the pool's lock, which is not
+    reentrant; a second signal handled while the first held it ran `handle_quit` again inside the first and
+    waited on that lock for ever, until the master SIGKILLed the worker at the graceful timeout (1 in 6
+    Ctrl-Cs of `scripts/run.sh`).
+
+    And a request gunicorn's parser refuses (a request line over 4094 bytes, too many or too large headers, a
+    malformed line) is answered with a problem+json body, as everything else planbridge refuses, not gunicorn's
+    HTML page; its log line names the error's class, never the request line.
     """
 
     quitting = False
@@ -54,6 +91,24 @@ class QuitOnceWorker(ThreadWorker):  # type: ignore[misc]
             return
         self.quitting = True
         super().handle_quit(sig, frame)
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Answer a request the parser refused as problem+json; anything else as gunicorn does."""
+        found = next((row[1:] for row in _UNPARSED if isinstance(exc, row[0])), None)
+        if found is None:
+            super().handle_error(req, client, addr, exc)
+            return
+        status, reason, code, detail = found
+        self.log.warning("refused a request gunicorn could not parse: %s (%d)", type(exc).__name__, status)
+        body = orjson.dumps({"type": problem_type(code), "title": reason, "status": status, "detail": detail})
+        head = (
+            f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        )
+        try:
+            gunicorn_util.write_nonblock(client, head.encode("latin-1") + body)
+        except OSError:
+            self.log.debug("could not send the refusal: the client is gone")
 
 
 class _CountingInput:
@@ -284,7 +339,7 @@ def run(host: str, port: int, workers: int, threads: int = 4) -> None:
         {
             "bind": f"{host}:{port}",
             "workers": workers,
-            "worker_class": QuitOnceWorker,
+            "worker_class": ServiceWorker,
             "threads": threads,
             "post_worker_init": _freeze_loaded_objects,
             "accesslog": "-",

@@ -272,3 +272,36 @@ def test_sign_out_ends_the_session_in_every_process(served):
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     assert browser.post(f"{served.url}/console/sign-out", data={"csrf_token": token}, timeout=10).ok
     assert {with_copy() for _ in range(10)} == {302}
+
+
+UNPARSED = [
+    (b"GET /plans/MRN-IN-A-PATH-" + b"x" * 5000 + b" HTTP/1.1\r\nHost: planbridge\r\n\r\n", 414, "uri-too-long"),
+    (
+        b"GET /healthz HTTP/1.1\r\nHost: planbridge\r\n"
+        + b"".join(b"X-Many-%d: MRN-IN-A-HEADER\r\n" % i for i in range(120))
+        + b"\r\n",
+        431,
+        "header-fields-too-large",
+    ),
+    (b"GET /plans/MRN-IN-A-PATH HTTP/9\r\nHost: planbridge\r\n\r\n", 400, "invalid-request"),
+    (b"G@T /plans/MRN-IN-A-PATH HTTP/1.1\r\nHost: planbridge\r\n\r\n", 400, "invalid-request"),
+]
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "code"), UNPARSED, ids=["414", "431", "version", "method"])
+def test_a_request_gunicorn_cannot_parse_is_answered_as_problem_json(served, request_bytes, status, code):
+    """Audit nit: a request line over 4094 bytes got gunicorn's HTML 414 page (and its log line repeated the
+    request line). Every refusal is problem+json; the log names the error's class, never the request."""
+    with socket.create_connection((served.host, served.port), timeout=10) as sock:
+        sock.sendall(request_bytes)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, body = answer.split(b"\r\n\r\n", 1)
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+    assert status_line.split(" ", 2)[1] == str(status), answer[:300]
+    assert headers["content-type"] == "application/problem+json" and headers["connection"] == "close"
+    problem = json.loads(body)
+    assert problem["type"] == f"urn:planbridge:problem:{code}" and problem["status"] == status
+    assert "MRN-IN-A" not in body.decode() and "MRN-IN-A" not in served.log()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from gunicorn.workers.gthread import ThreadWorker
 
-from service.gunicorn_app import QuitOnceWorker
+from service.gunicorn_app import ServiceWorker
 
 
 class _SignalledQueue(queue.SimpleQueue):  # type: ignore[type-arg]
@@ -52,13 +52,13 @@ def _quit_twice(worker_class: type[ThreadWorker]) -> tuple[bool, list[BaseExcept
 
 
 def test_a_second_quit_signal_inside_the_first_does_not_hang_the_worker() -> None:
-    returned, ended = _quit_twice(QuitOnceWorker)
+    returned, ended = _quit_twice(ServiceWorker)
     assert returned
     assert len(ended) == 1 and isinstance(ended[0], SystemExit) and ended[0].code == 0
 
 
 def test_gunicorns_own_gthread_worker_hangs_there() -> None:
-    """The reason for QuitOnceWorker: if gunicorn fixes this, the subclass can go."""
+    """The reason for ServiceWorker: if gunicorn fixes this, the subclass can go."""
     returned, _ = _quit_twice(ThreadWorker)
     assert not returned
 
@@ -80,4 +80,4 @@ def test_the_service_runs_on_the_quit_once_worker(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(gunicorn_app, "create_app", lambda: None)
     monkeypatch.setattr(gunicorn_app.Settings, "from_env", classmethod(lambda cls: None))
     gunicorn_app.run("127.0.0.1", 0, 2)
-    assert seen["worker_class"] is QuitOnceWorker
+    assert seen["worker_class"] is ServiceWorker
