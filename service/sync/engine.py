@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -182,8 +183,19 @@ def _door_introduced(before: Plan, after: Plan) -> list[Issue]:
     EHR put into a plan (a title longer than events allow) does not make every typed resolution a refusal."""
     from service.services.plan_door import door_issues
 
-    had = {(issue.path, issue.message) for issue in door_issues(before)}
-    return [issue for issue in door_issues(after) if (issue.path, issue.message) not in had]
+    # The door names elements by position (`notes[0].text`): a value that only moves what the EHR put in (a
+    # note before it) is no new issue. Counted per path without positions: a second such value is one.
+    def unplaced(issue: Issue) -> tuple[str, str]:
+        return re.sub(r"\[\d+\]", "[]", issue.path), issue.message
+
+    had = Counter(unplaced(issue) for issue in door_issues(before))
+    introduced = []
+    for issue in door_issues(after):
+        if had[unplaced(issue)] > 0:
+            had[unplaced(issue)] -= 1
+        else:
+            introduced.append(issue)
+    return introduced
 
 
 def resolve_conflict(
