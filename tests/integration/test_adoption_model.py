@@ -14,7 +14,8 @@ server, conflicts resolved, the clock moving on, everything settled). What this 
   (a second CarePlan of the same patient); it edits, completes or revokes a CarePlan, adopted or not;
 - planbridge adopts through every documented entry point: `SyncEngine.adopt` by patient, by CarePlan id and by
   URL (what `planbridge plans adopt` runs), `POST /plans/adopt` (the three bodies), `pull_patient` (`sync pull
-  --patient`); again and again; and documented refusals (unknown MRN or CarePlan: 404, a URL off the server: 400).
+  --patient`); again and again; and documented refusals (unknown MRN or CarePlan: 404, a URL off the server: 400;
+  a CarePlan that cannot be a plan, about a Group or a contained Patient: 422 not-adoptable, nothing stored).
 
 Checked after every step, besides the sync model's rules 1-5 (an EHR value is never overwritten by planbridge
 unless pulled and merged; an open conflict's path is never changed on the server; no action raises or leaves an
@@ -57,7 +58,7 @@ import tests.integration.test_sync_model as sync_model
 from service.domain.errors import InvalidInput, NotFound
 from service.fhir.errors import FhirError
 from service.store.uow import UnitOfWork
-from service.sync.adopt import Target, careplan_target
+from service.sync.adopt import NotAdoptable, Target, adoption_answer, careplan_target
 from tests.adoption_model_support import API_KEY, AdoptionWorld, careplan_id_of
 from tests.integration.test_sync_model import Protected
 from tests.model_support import ModelRun
@@ -75,6 +76,10 @@ ADOPT_WAYS = [
     "sync pull --patient",
 ]
 REFUSALS = ["api unknown mrn", "api unknown careplan", "api url elsewhere", "engine unknown careplan"]
+# a CarePlan on the server that cannot be a plan (about a Group; about a contained Patient, without an MRN or a
+# reference to the server's Patient): a refusal. (A server Patient without an MRN is adoptable: it is named by id.)
+UNADOPTABLE = ["group", "contained patient"]
+UNADOPTABLE_WAYS = ["api careplan", "api url", "engine --careplan", "engine --url"]
 CAREPLAN_STATUSES = ["revoked", "completed", "active", "on-hold"]
 SAVES = ["if-match", "no-if-match", "stale-if-match"]
 UNADOPTED_EDITS = ["title", "add goal", "delete goal"]
@@ -446,6 +451,52 @@ def adoption_machine(engine: Any, fhir_base_url: str, stats: Counter, pulls: Pul
                 code, content_type, kind = outcome.split(" ")
                 if int(code) != status or content_type != "application/problem+json" or not kind.endswith(problem):
                     self.fail(f"POST /plans/adopt ({how}) answered {outcome}, expected {status} problem {problem}")
+            self.done()
+
+        @rule(subject=st.sampled_from(UNADOPTABLE), how=st.sampled_from(UNADOPTABLE_WAYS))
+        def adopt_unadoptable(self, subject: str, how: str) -> None:
+            """A CarePlan that cannot be a plan is a refusal naming it and CarePlan.subject (422 not-adoptable, or
+            NotAdoptable from `adoption_answer`, what the CLI runs), and nothing is stored (rule A)."""
+            self.begin("adopt unadoptable")
+            world = self.world
+            if subject == "group":
+                group = world.ehr.request(
+                    "POST", "Group", json={"resourceType": "Group", "type": "person", "actual": True}
+                )
+                group = group.json()
+                about = f"Group/{group['id']}"
+                careplan = {"subject": {"reference": about}}
+            else:
+                about = "#p"
+                careplan = {"subject": {"reference": about}, "contained": [{"resourceType": "Patient", "id": "p"}]}
+            careplan = {"resourceType": "CarePlan", "status": "active", "intent": "plan", **careplan}
+            # not world.ehr_create: rule B reads the EHR's resources by patient, and this one is about none
+            careplan = world.ehr.request("POST", "CarePlan", json=careplan).json()
+            careplan_id = careplan["id"]
+            self.queue_notification(careplan)
+            named = careplan_id if how.endswith("careplan") else f"{world.base_url}/CarePlan/{careplan_id}"
+
+            def refused() -> str:
+                if how.startswith("engine"):
+                    result = world.sync.adopt(careplan_target(named, world.base_url))
+                    try:
+                        adoption_answer(result.outcomes, result.refusals)
+                    except NotAdoptable as exc:
+                        return f"NotAdoptable {exc.refused}"
+                    return f"adopted {result.outcomes}"
+                body = {"careplan" if how == "api careplan" else "url": named}
+                answer = world.http.post("/plans/adopt", json=body, headers={"X-API-Key": API_KEY})
+                got = answer.get_json()
+                return f"{answer.status_code} {got.get('type', '')} {got.get('refused')}"
+
+            outcome = self.planbridge(f"adopt {how} of a CarePlan about a {about}", refused, "adopt")
+            wanted = "NotAdoptable" if how.startswith("engine") else "422 urn:planbridge:problem:not-adoptable"
+            if (
+                not outcome.startswith(wanted)
+                or f"CarePlan/{careplan_id}" not in outcome
+                or "CarePlan.subject" not in outcome
+            ):
+                self.fail(f"adopting CarePlan/{careplan_id} about {about} ({how}): {outcome}, not {wanted} naming it")
             self.done()
 
         # ------------------------------------------------------------------ after every step (rules A, B)

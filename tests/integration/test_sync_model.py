@@ -14,9 +14,10 @@ identifier base, pushed once and read back. Then the rules run in any order:
 - rest-hook notifications of every write (the EHR's and planbridge's own echoes) delivered through
   `receive_resource` in any order, duplicated, or lost; payload-less pings (`receive_ping`);
 - planbridge: `SyncEngine.push`, `pull_plans`, `pull_changed`, one outbox entry run by the worker, a
-  conflict resolved (ours, theirs, a value), a worker or a push killed right after its transaction
-  reached the server (a fresh engine and worker carry on once the lease has run out), the clock moved on,
-  and now and then everything settled (pushed, pulled and drained until nothing changes).
+  conflict resolved (ours, theirs, a value; a text over 2000 characters is refused, the conflict left open),
+  a worker or a push killed right after its transaction reached the server (a fresh engine and worker carry
+  on once the lease has run out), the clock moved on, and now and then everything settled (pushed, pulled
+  and drained until nothing changes).
 
 The server is read as the puller reads it and mapped back to plan JSON, so every check compares plan paths
 as `service.sync.merge` names them. After every step (`SyncModel.planbridge` checks each planbridge action
@@ -70,6 +71,7 @@ from hypothesis.stateful import (
     rule,
 )
 
+from service.domain.errors import RuleViolation
 from service.fhir.errors import FhirError
 from service.store.uow import UnitOfWork
 from service.sync.notifications import receive_ping
@@ -745,6 +747,8 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
                 resolving=conflict["id"],
                 plans=[plan_id],
             )
+            if outcome != "resolved":  # how often each choice is refused (a soak's counts show it)
+                stats[f"resolve {choice} refused"] += 1
             if outcome == "resolved":
                 stats["resolved"] += 1
                 # Taking ours (or a value) for a goal the EHR deleted brings the goal back, and with it the
@@ -761,6 +765,49 @@ def sync_machine(engine: Any, fhir_base_url: str, stats: Counter) -> type[RuleBa
                         or (person and held.value is None and f'"{person.group(1)}"' in goal_now)
                     ):
                         held.resolved = True
+            self.done()
+
+        @rule(which=pick)
+        def resolve_overlong(self, which: int) -> None:
+            """A conflict on a text resolved to a value no team event could give (over 2000 characters) is
+            refused (the plan door) and changes nothing: the conflict stays open (and rules 1-4, as ever)."""
+            self.begin("resolve overlong")
+            conflicts = [
+                c
+                for found in self.open_conflicts().values()
+                for c in found
+                if re.search(r"(title|description|status_reason|name|text)$", c["path"])
+                and isinstance(c["theirs"], str | dict)
+                and isinstance(c["theirs"] if isinstance(c["theirs"], str) else c["theirs"].get("text"), str)
+            ]
+            if not conflicts:
+                self.note("resolve overlong: no open conflict on a text")
+                self.done()
+                return
+            conflict = conflicts[which % len(conflicts)]
+            more = " and more" * 250
+            theirs = conflict["theirs"]
+            value = theirs + more if isinstance(theirs, str) else {**theirs, "text": theirs["text"] + more}
+
+            def resolve() -> str:
+                try:
+                    self.world.sync.resolve(conflict["id"], "value", value)
+                except RuleViolation as exc:
+                    return f"refused: {exc}"
+                return "resolved"
+
+            outcome = self.planbridge(
+                f"resolve conflict {conflict['id']} on {conflict['path']} taking a value {len(more)} characters longer",
+                resolve,
+                "none",
+                plans=[conflict["plan_id"]],
+            )
+            still_open = conflict["id"] in {c["id"] for c in self.open_conflicts()[conflict["plan_id"]]}
+            if outcome == "resolved" or not still_open:
+                self.fail(
+                    f"a value {len(more)} characters longer for {conflict['path']}: {outcome}, open: {still_open}"
+                )
+            stats["resolve overlong refused"] += 1
             self.done()
 
         @rule()
