@@ -131,7 +131,8 @@ def plan_schema() -> dict[str, Any]:
     return copy.deepcopy(_cached_schema())
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON Schema type name of a value as json.loads gives it ("boolean", "integer", "object"...)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -143,9 +144,9 @@ def _json_type(value: Any) -> str:
     return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
 
 
-def _is(value: Any, json_type: str) -> bool:
-    found = _json_type(value)
-    return found == json_type or (json_type == "number" and found == "integer")
+def _is(value: Any, wanted: str) -> bool:
+    found = json_type(value)
+    return found == wanted or (wanted == "number" and found == "integer")
 
 
 def _at(path: str, key: str | int) -> str:
@@ -172,7 +173,7 @@ def _check(value: Any, schema: dict[str, Any], path: str, out: list[Issue]) -> N
     allowed = schema.get("type")
     allowed = [allowed] if isinstance(allowed, str) else allowed or []
     if allowed and not any(_is(value, t) for t in allowed):
-        out.append(Issue(path, f"expected {' or '.join(allowed)}, got {_json_type(value)}", code="structure"))
+        out.append(Issue(path, f"expected {' or '.join(allowed)}, got {json_type(value)}", code="structure"))
         return
     if "minimum" in schema and isinstance(value, int) and not schema["minimum"] <= value <= schema["maximum"]:
         out.append(Issue(path, f"{value} is not between {schema['minimum']} and {schema['maximum']}", code="value"))

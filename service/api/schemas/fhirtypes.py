@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from marshmallow import ValidationError, fields, validate
 
 from mappings import fhirtext
+from service.planschema import json_type
 
 MAX_ZONE = dt.timedelta(hours=14)  # FHIR's dateTime zones run from -14:00 to +14:00, in whole minutes
 
@@ -99,15 +100,10 @@ class _JsonNumber:
 
 def _json_kind(value: Any) -> str:
     """Name the JSON type of a value that is not a number, as an error message says it ("a boolean")."""
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "an array"
-    return "null" if value is None else "that"
+    return _KINDS.get(json_type(value), "that")
+
+
+_KINDS = {"boolean": "a boolean", "string": "a string", "object": "an object", "array": "an array", "null": "null"}
 
 
 class JsonDecimal(_JsonNumber, fields.Decimal):
