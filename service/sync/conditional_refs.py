@@ -27,12 +27,25 @@ def conditional_search(reference: str | None) -> tuple[str, list[tuple[str, str]
 
 def conditional_references(element: Any) -> list[str]:
     """Return the conditional references (`conditional_search`) an element (a Bundle) holds, each once, in order."""
-    items = element.items() if isinstance(element, dict) else enumerate(element) if isinstance(element, list) else ()
-    found = [
-        [v] if k == "reference" and isinstance(v, str) and conditional_search(v) else conditional_references(v)
-        for k, v in items
-    ]
-    return list(dict.fromkeys(ref for refs in found for ref in refs))
+    found: dict[str, None] = {}
+    _collect(element, found)
+    return list(found)
+
+
+def _collect(node: Any, found: dict[str, None]) -> None:
+    # One walk adding to one dict: every push walks its whole Bundle, so no list is built per element, and only
+    # a `reference` string holding a `?` (which every conditional reference has) is parsed.
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if isinstance(value, str):
+                if key == "reference" and "?" in value and value not in found and conditional_search(value):
+                    found[value] = None
+            elif isinstance(value, (dict, list)):
+                _collect(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, (dict, list)):
+                _collect(value, found)
 
 
 class ReferenceNotOnServer(NotFound):
