@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -79,8 +80,8 @@ def make_plans(count: int, tag: str) -> list[Plan]:
 class Bench:
     """A SQLite store, a sync engine whose client goes through the proxy, and a direct client."""
 
-    def __init__(self, db: sa.Engine, base_url: str, proxy: LatencyProxy) -> None:
-        self.db, self.proxy = db, proxy
+    def __init__(self, db: sa.Engine, base_url: str, proxy: LatencyProxy, server_pid: int | None = None) -> None:
+        self.db, self.proxy, self.server_pid = db, proxy, server_pid
         self.settings = Settings(identifier_base=f"https://planbridge.bench/{uuid.uuid4().hex[:8]}/id", mrn_system=MRN)
         self.client = FhirClient(proxy.url(base_url), timeout=60)
         self.direct = FhirClient(base_url, timeout=120)
@@ -120,6 +121,14 @@ class Bench:
         sent, wire, started = self.client.requests_sent, self.proxy.requests, time.perf_counter()
         result = action()
         return result, self.client.requests_sent - sent, self.proxy.requests - wire, time.perf_counter() - started
+
+
+def process_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds (user + system) a process has used so far: this one's when `pid` is None (Linux /proc)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _resolve(node: Any, ids: dict[str, str]) -> tuple[Any, bool]:
@@ -231,11 +240,14 @@ def worker_rate(bench: Bench, count: int, concurrency: int, tag: str) -> dict[st
         uow.commit()
     settings = replace(bench.settings, push_concurrency=concurrency)
     worker = OutboxWorker(UnitOfWork(bench.db), bench.client, settings, now)
+    cpu = process_cpu_seconds(None), process_cpu_seconds(bench.server_pid)
     taken, sent, wire, seconds = bench.counted(worker.run_until_idle)
+    ours, server = process_cpu_seconds(None) - cpu[0], process_cpu_seconds(bench.server_pid) - cpu[1]
     with UnitOfWork(bench.db) as uow:
         done = [row for row in uow.outbox.list(status="done") if row.plan_id.startswith(f"{tag}-")]
     assert (taken, len(done)) == (count, count), (taken, len(done))  # requests: one transaction each
-    return {"rate": count / seconds, "requests": sent / count, "wire": wire / count}
+    rates = {"rate": count / seconds, "requests": sent / count, "wire": wire / count}
+    return rates | {"cpu_ours": 1000 * ours / count, "cpu_server": 1000 * server / count}
 
 
 def load_synced(bench: Bench, plans: list[Plan], per_bundle: int = 25) -> tuple[str, dict[str, dict[str, str]]]:
@@ -355,7 +367,7 @@ def main() -> None:
         with LatencyProxy.for_url(server.base_url, args.latency_ms / 1000) as proxy:
             db = create_engine(f"sqlite:///{tmp}/bench.db")
             upgrade(db)
-            bench = Bench(db, server.base_url, proxy)
+            bench = Bench(db, server.base_url, proxy, server.process.pid if server.process else None)
             a = round_trips(bench) if "a" in parts else None
             b = push_rate(bench, args.plans) if "b" in parts else None
             d1 = worker_rate(bench, args.plans, 1, "one") if "d" in parts else None
@@ -427,6 +439,13 @@ def main() -> None:
                 f"{d['rate'] / d1['rate']:.1f}x",
             ),
             ("    requests per plan, by FhirClient / on the wire", f"{d['requests']:.2f} / {d['wire']:.2f}", "", ""),
+            (
+                "    CPU ms per plan: this process (worker, proxy)",
+                f"{d['cpu_ours']:.2f}",
+                f"{d1['cpu_ours']:.2f}",
+                "",
+            ),
+            ("    CPU ms per plan: the local FHIR server", f"{d['cpu_server']:.2f}", f"{d1['cpu_server']:.2f}", ""),
         ]
     print(table(rows))
     print()
