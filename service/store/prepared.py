@@ -7,6 +7,10 @@ running it converts the parameters with SQLAlchemy's own type processors (so JSO
 are stored exactly as the ORM stores them) and hands the SQL to the driver. It runs inside the session's
 transaction, so it commits and rolls back with everything else; driver errors come out as SQLAlchemy's
 exceptions (an `IntegrityError` stays an `IntegrityError`).
+
+A unit of work that runs nothing but these statements (a push's read and record, the outbox worker's claim)
+can run them in a `DirectTransaction`: a SQLAlchemy Core connection and its transaction, without the ORM
+Session, whose own bookkeeping cost more than the statements of such a transaction (~0.1 ms each).
 """
 
 from __future__ import annotations
@@ -24,13 +28,72 @@ Processor = Callable[[Any], Any] | None
 _CONNECTION = "planbridge.prepared.connection"  # the session.info key of the transaction's connection
 
 
-def dbapi_connection(session: Session) -> tuple[Dialect, Any]:
+class DirectTransaction:
+    """What a `Prepared` statement needs of a Session, on a Core connection of its own: transactions begun
+    as the engine begins them (its `begin` event: on SQLite, BEGIN IMMEDIATE under the writer lock), and
+    committed, rolled back and given back to the pool as a Session would. Like a Session, it begins another
+    transaction at the next statement after a commit or rollback. Nothing else of a Session is here: an ORM
+    call on it (a repository method that is not a prepared statement) raises at once, naming the method."""
+
+    autoflush = False  # no ORM objects: nothing to flush before a statement
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._connection: sa.Connection | None = None
+        self._open: tuple[Dialect, Any] | None = None  # the dialect and DB-API connection of the open transaction
+
+    def begun(self) -> tuple[Dialect, Any]:
+        """Return the dialect and the DB-API connection of the open transaction, beginning one if none."""
+        if self._open is not None:
+            return self._open
+        connection = self._connection
+        if connection is None:
+            connection = self._connection = self._engine.connect()
+        connection.begin()
+        self._open = (connection.dialect, connection.connection.dbapi_connection)
+        return self._open
+
+    def get_bind(self) -> Engine:
+        """Return the engine (as `Session.get_bind` does), for its dialect."""
+        return self._engine
+
+    def flush(self) -> None:
+        """Nothing to flush."""
+
+    def commit(self) -> None:
+        """Commit the open transaction, if any."""
+        if self._connection is not None and self._open is not None:
+            self._open = None
+            self._connection.commit()
+
+    def rollback(self) -> None:
+        """Roll back the open transaction, if any."""
+        if self._connection is not None and self._open is not None:
+            self._open = None
+            self._connection.rollback()
+
+    def close(self) -> None:
+        """Roll back what was not committed and give the connection back to the pool."""
+        connection, self._connection, self._open = self._connection, None, None
+        if connection is not None:
+            connection.close()
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(f"a direct transaction runs prepared statements only, not Session.{name}")
+
+
+Transactional = Session | DirectTransaction  # what a Prepared statement runs in
+
+
+def dbapi_connection(session: Transactional) -> tuple[Dialect, Any]:
     """Return the dialect and the DB-API connection of the session's transaction (beginning one if none).
 
     `Session.connection()` costs ~5 us of checks each time; the statements of one event ask for it
     eight times. The answer is kept in `session.info` with the transaction it belongs to and reused
     while that transaction is the session's and active; a new, nested or ended one asks again.
     """
+    if type(session) is DirectTransaction:
+        return session.begun()
     transaction = session._transaction
     kept = session.info.get(_CONNECTION)
     if kept is not None and kept[0] is transaction and transaction is not None and transaction.is_active:
@@ -93,7 +156,7 @@ class Prepared:
             compiled.string, names, bool(compiled.positional), bind, result, tuple(zip(names, bind, strict=True))
         )
 
-    def _run(self, session: Session, params: Mapping[str, Any], many: Sequence[Mapping[str, Any]] | None) -> Any:
+    def _run(self, session: Transactional, params: Mapping[str, Any], many: Sequence[Mapping[str, Any]] | None) -> Any:
         if session.autoflush:
             session.flush()  # as the ORM would before a query: rows it still holds become visible
         dialect, connection = dbapi_connection(session)
@@ -117,7 +180,7 @@ class Prepared:
             return tuple([params[name] if p is None else p(params[name]) for name, p in compiled.named_binds])
         return {name: params[name] if p is None else p(params[name]) for name, p in compiled.named_binds}
 
-    def execute(self, session: Session, params: Mapping[str, Any]) -> int:
+    def execute(self, session: Transactional, params: Mapping[str, Any]) -> int:
         """Run a write; return the number of rows it touched."""
         _compiled, cursor = self._run(session, params, None)
         try:
@@ -125,12 +188,12 @@ class Prepared:
         finally:
             cursor.close()
 
-    def executemany(self, session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    def executemany(self, session: Transactional, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run a write once per parameter set."""
         if rows:
             self._run(session, {}, rows)[1].close()
 
-    def all(self, session: Session, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    def all(self, session: Transactional, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """Run a query (or a write with RETURNING); return its rows, converted as the ORM would."""
         compiled, cursor = self._run(session, params, None)
         try:
@@ -144,7 +207,7 @@ class Prepared:
             for row in rows
         ]
 
-    def first(self, session: Session, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    def first(self, session: Transactional, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """Run a query; return its first row, or None."""
         rows = self.all(session, params)
         return rows[0] if rows else None

@@ -9,7 +9,7 @@ from types import TracebackType
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.store.prepared import dbapi_connection
+from service.store.prepared import DirectTransaction, dbapi_connection
 from service.store.repo_common import row_dict
 from service.store.repo_history import HistoryRepository
 from service.store.repo_notify import (
@@ -52,6 +52,8 @@ __all__ = [
 
 
 _FACTORY = "_planbridge_sessionmaker"  # the engine's attribute holding its session factory
+# Where a repository's batch write is one prepared statement (FhirLinkRepository.write), so `direct` may be used.
+_DIRECT_DIALECTS = frozenset({"sqlite", "postgresql"})
 
 
 def _session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -78,6 +80,26 @@ class UnitOfWork:
         self.session = self._factory()
         self._open_repositories()
         return self
+
+    @contextmanager
+    def direct(self) -> Iterator[UnitOfWork]:
+        """`with uow.direct():` is `with uow:` for work that runs only the repositories' prepared statements
+        (service/store/prepared.py): the same transaction, begun, committed (`uow.commit()`) and rolled back
+        alike, on a Core connection without an ORM Session, which saves ~0.1 ms of CPU a transaction. A
+        repository method that needs the Session raises AttributeError in it. Databases other than SQLite
+        and PostgreSQL get a Session as in `with uow:`."""
+        if self.engine.dialect.name not in _DIRECT_DIALECTS:
+            with self:
+                yield self
+            return
+        transaction = DirectTransaction(self.engine)
+        self.session = transaction  # type: ignore[assignment]  # what the repositories' statements run in
+        try:
+            self._open_repositories()
+            yield self
+        finally:
+            self.session = None
+            transaction.close()
 
     def _open_repositories(self) -> None:
         assert self.session is not None

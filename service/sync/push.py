@@ -87,7 +87,7 @@ class Pusher(PushLookups):
         """Read what to send and, when there is something, mark the push in flight, in one transaction (two,
         with a request between them, when the Patient must first be found on the server)."""
         prepared: _Snapshot | PushResult | None = None
-        with self.uow:
+        with self.uow.direct():  # prepared statements only, here and in `_prepare`
             plan = self.uow.plans.get(plan_id)
             if plan is None:
                 raise NotFound(f"plan {plan_id} does not exist", plan_id=plan_id)
@@ -107,7 +107,7 @@ class Pusher(PushLookups):
             # No transaction is open while the server is asked (on SQLite one would hold the write lock).
             named = None if prepared is None else prepared.resolve(lambda r: self._find_one(r, plan, None))
             spent += len(named or ())
-            with self.uow:
+            with self.uow.direct():
                 state, links = self.uow.sync.push_view(plan_id), self._links(plan_id)
                 prepared = self._prepare(plan, state, links, patient_ref, spent, named)
         if isinstance(prepared, _Snapshot) and not prepared.bundle["entry"]:
@@ -207,7 +207,8 @@ class Pusher(PushLookups):
         """Bring the server up to date with the plan; one transaction when it changed, none when not.
 
         `on_recorded(uow)`, if given, runs inside the transaction that records a successful push, just
-        before it commits (at most once; not at all when the push records nothing, e.g. nothing changed).
+        before it commits (at most once; not at all when the push records nothing, e.g. nothing changed). That
+        transaction is a direct one (`UnitOfWork.direct`): `on_recorded` runs repositories' prepared statements only.
 
         A refusal that means "the server is not what we last saw" (a version conflict, a resource
         deleted in the EHR: `decision == "merge"`, also a write refused for naming a resource the server no
@@ -390,7 +391,7 @@ class Pusher(PushLookups):
     def _record(self, snapshot: _Snapshot, answer: dict[str, Any]) -> str:
         """Record what a push wrote, its new merge base and the status it leaves the plan in (returned)."""
         now, plan_id = self.clock(), snapshot.plan.id
-        with self.uow:
+        with self.uow.direct():  # prepared statements only (and `on_recorded`'s, e.g. the outbox's finish)
             # (a split push recorded its links as each transaction landed, and the plan is held by this push)
             rows = self._landed(snapshot.bundle, answer)
             named = parse_reference(snapshot.patient_ref)  # `Patient/<id>`, or None: created by the Bundle

@@ -104,7 +104,7 @@ class OutboxWorker(PollingWorker):
     def _claim(self) -> Claimed | None:
         for _ in range(CLAIM_TRIES):
             try:
-                with self.uow:
+                with self.uow.direct():
                     claimed = self.uow.outbox.claim(self.clock(), self.settings.outbox_lease_seconds)
                     if claimed is None:
                         return None
