@@ -13,6 +13,8 @@ import json
 from collections.abc import Collection
 from typing import Any
 
+import orjson
+
 from mappings import codes
 from mappings.reference_parse import is_foreign, local_reference, parse_reference, relative_to
 from service.domain import codec
@@ -31,8 +33,73 @@ class PatientNotOnServer(NotFound):
 
 
 def bundle_digest(bundle: dict[str, Any]) -> str:
-    """Return a stable digest of a Bundle, to tell whether a plan changed since its last push."""
-    return hashlib.sha256(json.dumps(bundle, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """Return a stable digest of a Bundle, to tell whether a plan changed since its last push.
+
+    The SHA-256 of `json.dumps(bundle, sort_keys=True, separators=(",", ":"))`, as every stored `pushed_hash`
+    was computed: the text comes from orjson (~10x faster) whenever it is certain to be that very text, else
+    from the json module (`_canonical_json`)."""
+    return hashlib.sha256(_canonical_json(bundle)).hexdigest()
+
+
+def _json_module_text(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+# What orjson leaves to `default` (which refuses it, so the json module answers): datetimes, dataclasses and
+# subclasses of str, int, dict and list, which the json module writes differently or refuses.
+_ORJSON_SORTED = (
+    orjson.OPT_SORT_KEYS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
+# orjson writes a float with an exponent as `1e-7` or `1e+16` (the json module: `1e-07`, `1e+16`), and one in
+# [1e-5, 1e-4) as `0.00001` (json: `1e-05`); every other float is the same shortest repr both ways.
+_FLOAT_MARKS = (b"e+", b"e-", b"0.0000")
+_DIGITS = frozenset(b"0123456789")
+_IN_A_NUMBER = frozenset(b"0123456789.-")
+_BEFORE_A_VALUE = frozenset(b":,[")  # orjson writes no spaces: a value in an object or array follows one of these
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(type(value).__name__)
+
+
+def _canonical_json(value: Any) -> bytes:
+    """Return `json.dumps(value, sort_keys=True, separators=(",", ":")).encode()`, byte for byte, for a JSON
+    value (dicts with string keys, lists, strings, numbers, booleans, None; what `plan_to_bundle` builds).
+
+    orjson writes it when its text cannot differ: only printable ASCII (json escapes every other character as
+    `\\uXXXX`, DEL too, which orjson writes as it is; the control characters both escape alike), no `null`
+    (orjson writes NaN and the infinities so, json as NaN and Infinity) and no float json writes otherwise
+    (`_float_may_differ`). A `null`, or a float's look-alike, inside a string only costs the json module's time."""
+    if not isinstance(value, dict | list):
+        return _json_module_text(value)  # a lone scalar: not worth telling apart
+    try:
+        text = orjson.dumps(value, default=_refuse, option=_ORJSON_SORTED)
+    except TypeError:  # orjson.JSONEncodeError: beyond what orjson takes (an int over 64 bits, a non-str key...)
+        return _json_module_text(value)
+    if not text.isascii() or b"\x7f" in text or b"null" in text or _float_may_differ(text):
+        return _json_module_text(value)
+    return text
+
+
+def _float_may_differ(text: bytes) -> bool:
+    """Tell whether orjson's `text` (an object or array) may hold a float the json module writes otherwise: an
+    exponent (`e+`, `e-` after a digit) or `0.0000` inside what may be a number (digits, `.` and `-` back to a
+    `:`, `,` or `[`)."""
+    for mark in _FLOAT_MARKS:
+        at = text.find(mark)
+        while at != -1:
+            # text[0] is `{` or `[`: never part of a number, so neither look back runs off the start
+            if mark == b"0.0000" or text[at - 1] in _DIGITS:
+                start = at
+                while text[start - 1] in _IN_A_NUMBER:
+                    start -= 1
+                if text[start - 1] in _BEFORE_A_VALUE:
+                    return True
+            at = text.find(mark, at + 1)
+    return False
 
 
 PERSON_KEY_LENGTH = 150  # fhir_links.local_key holds 160 characters
