@@ -73,25 +73,36 @@ _KNOWN_MAX = 4096  # good values remembered per kind of string
 
 # Sufficient, never necessary, conditions for a good value, answered by str's own C methods: printable
 # ASCII holds no control character, no surrogate and no whitespace but the space. What they do not vouch
-# for (non-ASCII text, a tab) goes to the regexes, which decide.
-
-
-def _printable_ascii(value: str) -> bool:
-    return value.isascii() and value.isprintable()
+# for (non-ASCII text, a tab) goes to the regexes, which decide. (`value.isascii() and value.isprintable()`
+# is written out in each: a function of its own cost about as much again as the two.)
 
 
 def _plain_string_clean(value: Any) -> bool:
-    if type(value) is str and value and len(value) <= _MAX_STRING and _printable_ascii(value) and not value.isspace():
+    if (
+        type(value) is str
+        and value
+        and len(value) <= _MAX_STRING
+        and value.isascii()
+        and value.isprintable()
+        and not value.isspace()
+    ):
         return True
     return _plain_string(value) is None
 
 
 def _surely_uri(value: str) -> bool:
-    return bool(value) and _printable_ascii(value) and " " not in value
+    return bool(value) and value.isascii() and value.isprintable() and " " not in value
 
 
 def _surely_code(value: str) -> bool:
-    return bool(value) and _printable_ascii(value) and value[0] != " " and value[-1] != " " and "  " not in value
+    return (
+        bool(value)
+        and value.isascii()
+        and value.isprintable()
+        and value[0] != " "
+        and value[-1] != " "
+        and "  " not in value
+    )
 
 
 _SURELY: dict[str, Callable[[str], bool]] = {

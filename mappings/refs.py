@@ -18,6 +18,7 @@ from service.domain.model import Member, Plan
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 _NOT_ID = re.compile(r"[^A-Za-z0-9\-.]+")
+_VARIANT = {digit: "89ab"[int(digit, 16) & 0x3] for digit in "0123456789abcdef"}  # a hex digit's top bits made 10
 
 
 @functools.lru_cache(maxsize=8192)
@@ -28,11 +29,9 @@ def urn_for(system: str, value: str) -> str:
     `uuid.uuid5(uuid.NAMESPACE_URL, ...)` gives, built from the digest directly: building a UUID object and
     its string was most of a plan's references' cost, and a plan's references repeat on every change.
     """
-    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + f"{system}|{value}".encode(), usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
-    digest[8] = (digest[8] & 0x3F) | 0x80  # the RFC 4122 variant
-    h = digest.hex()
-    return f"urn:uuid:{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = hashlib.sha1(_URL_NAMESPACE + f"{system}|{value}".encode(), usedforsecurity=False).hexdigest()
+    # the digest's first 16 bytes, with version 5 in the 13th hex digit and the RFC 4122 variant in the 17th
+    return f"urn:uuid:{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
 @dataclass

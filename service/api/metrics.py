@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -324,9 +323,18 @@ class AuthCollector(Collector):
         yield from (refused, lockouts)
 
 
+def new_request_id() -> str:
+    """Return a new request id: a random (version 4) UUID's 32 hex digits, as `uuid.uuid4().hex` gives them,
+    built from the random bytes directly (the UUID object cost ~4 us of every request that came without one)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return raw.hex()
+
+
 def request_id_for(incoming: str) -> str:
     """Return the request's id: the caller's X-Request-ID when it is 1-64 printable characters, else a new one."""
-    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+    return incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else new_request_id()
 
 
 class RequestRecorder:

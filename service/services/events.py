@@ -237,9 +237,9 @@ def handle_event(
             # Refusals come from the domain, before anything is written, so a refused event leaves
             # only its recorded answer behind.
             if drafted and draft is not None:
-                plan, document = _apply_draft(uow, draft, command.plan_id, now)
+                plan, _document = _apply_draft(uow, draft, command.plan_id, now)
             else:
-                plan, document = _apply(uow, command, now, names)
+                plan, _document = _apply(uow, command, now, names)
             # Subscribed team systems hear of the change; numbered and queued in this transaction.
             record_change(
                 uow,
@@ -255,7 +255,9 @@ def handle_event(
                     },
                 },
                 now,
-                after=document,  # the plan as saved: the change log need not read it back
+                # the plan as saved (the document stored is its JSON): the change log need not read it back,
+                # and with the plan before it a Plan too, its paths compare the two as objects, not as JSON
+                after=plan,
             )
             outcome = Outcome(
                 202,

@@ -215,16 +215,30 @@ def _non_finite(value: Any) -> bool:
 
 
 # orjson reads an integer past 64 bits as a float, where json keeps it exact: a text with 19 digits in a
-# row (in a number, or in a string: no matter) is left to json.
-_LONG_DIGITS, _LONG_DIGITS_BYTES = re.compile(r"[0-9]{19}"), re.compile(rb"[0-9]{19}")
+# row (in a number, or in a string: no matter) is left to json. Found without a regex: `[0-9]{19}` tries a
+# match at every character (~30 us for a 500-byte event body, 7x orjson's parse); the UTF-8 bytes with
+# every ASCII digit made "0" and every other byte " " hold 19 "0"s in a row exactly when the text holds
+# 19 digits in a row (a multi-byte character's bytes are all >= 0x80, never a digit): ~1 us.
+_DIGITS_AS_ZEROS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_NINETEEN_ZEROS = b"0" * 19
+_LONG_DIGITS = re.compile(r"[0-9]{19}")  # for a str that UTF-8 cannot carry (a lone surrogate)
+
+
+def has_long_digits(text: str | bytes) -> bool:
+    """Tell whether the text holds 19 ASCII digits in a row (`re.search(r"[0-9]{19}", text)`)."""
+    if isinstance(text, str):
+        try:
+            text = text.encode("utf-8")
+        except UnicodeEncodeError:
+            return _LONG_DIGITS.search(text) is not None
+    return _NINETEEN_ZEROS in text.translate(_DIGITS_AS_ZEROS)
 
 
 def json_loads(text: str | bytes | memoryview) -> Any:
     """Return the value of a JSON text, exactly as `json.loads` would."""
     if isinstance(text, memoryview):
         text = bytes(text)
-    long_digits = _LONG_DIGITS_BYTES if isinstance(text, bytes) else _LONG_DIGITS
-    if long_digits.search(text) is None:  # type: ignore[arg-type]
+    if not has_long_digits(text):
         try:
             return orjson.loads(text)
         except orjson.JSONDecodeError:

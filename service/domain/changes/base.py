@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Protocol
 
+from service.domain.clone import deep_copy
 from service.domain.errors import NotFound, RuleViolation
 from service.domain.model import CLOSED_GOAL_STATUSES, Goal, Member, Plan, Step
 from service.domain.rules import check_plan, errors
@@ -40,7 +40,7 @@ class Command(Protocol):
 
 def apply_command(command: Command, plan: Plan | None, at: str) -> Plan:
     """Apply the command to a copy of the plan; refuse it if the result breaks a rule the plan kept."""
-    changed = command.apply(copy.deepcopy(plan), at)
+    changed = command.apply(deep_copy(plan), at)  # as copy.deepcopy copies it, 3-5x faster (domain/clone.py)
     broken = errors(check_plan(changed))
     if broken and plan is not None:  # the plan before the change is only checked when the result is not clean
         before = {(i.path, i.message) for i in errors(check_plan(plan))}
