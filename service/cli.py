@@ -216,6 +216,9 @@ def worker(once: bool) -> None:
     if once:
         click.echo(json.dumps({"processed": runner.run_until_idle()}))
         return
+    from service.store.checkpoints import start_background_checkpoints
+
+    start_background_checkpoints(engine)  # SQLite: WAL checkpoints off the commits (none on PostgreSQL)
     from service.fhir.capabilities import startup_check
 
     startup_check(client, settings.create_patients, logging.getLogger("planbridge.worker"))

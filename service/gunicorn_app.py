@@ -24,6 +24,7 @@ from service.domain.errors import ConfigurationError
 from service.logs import EscapingFormatter, escape_controls
 from service.problems import problem_type
 from service.settings import Settings
+from service.store.checkpoints import start_background_checkpoints
 
 
 class _Gunicorn(BaseApplication):  # type: ignore[misc]
@@ -265,6 +266,24 @@ def default_shape(database_url: str) -> tuple[int, int]:
     return (2, 8) if database_url.startswith("sqlite") else (2, 4)
 
 
+def start_checkpoints(worker: Any) -> None:
+    """Start the worker's background WAL checkpointer for the app's SQLite file (none on PostgreSQL).
+
+    gunicorn forks each worker from the master, then the worker loads the app (its engine) and calls
+    post_worker_init: the thread starts there, in the worker, which inherits no half-started one
+    (service/store/checkpoints.py), and before the worker takes its first request.
+    """
+    app = getattr(worker.wsgi, "app", None)  # CloseWhenBodyUnread around the Flask app
+    container = getattr(app, "extensions", {}).get("planbridge")
+    if container is not None:
+        start_background_checkpoints(container.engine)
+
+
+def _worker_ready(worker: Any) -> None:
+    start_checkpoints(worker)
+    _freeze_loaded_objects(worker)
+
+
 def _freeze_loaded_objects(_worker: Any) -> None:
     # The app, its schemas and fhir.resources' models are a few hundred thousand objects that live as
     # long as the worker; left in the collected generations, every full collection walks them all and
@@ -341,7 +360,7 @@ def run(host: str, port: int, workers: int, threads: int = 4) -> None:
             "workers": workers,
             "worker_class": ServiceWorker,
             "threads": threads,
-            "post_worker_init": _freeze_loaded_objects,
+            "post_worker_init": _worker_ready,
             "accesslog": "-",
             "access_log_format": ACCESS_LOG_FORMAT,
             "logger_class": AccessLogger,

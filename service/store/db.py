@@ -9,6 +9,7 @@ import os
 import re
 import sqlite3
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -88,11 +89,39 @@ def writer_lock(database: str) -> WriterLock:
         return _writer_locks[path]
 
 
+DEFAULT_WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's own, for engines without a background checkpointer
+
+
+class SqliteFile:
+    """What the engines of a SQLite file share with its background checkpointer (service/store/checkpoints.py):
+    the file's real path, its writer lock, and the `wal_autocheckpoint` each connection of the engine is to
+    have, set on a connection before its next transaction when it changed."""
+
+    def __init__(self, path: str, writer: WriterLock) -> None:
+        self.path = path
+        self.writer = writer
+        self.wal_autocheckpoint = DEFAULT_WAL_AUTOCHECKPOINT
+
+
+_sqlite_files: weakref.WeakKeyDictionary[Engine, SqliteFile] = weakref.WeakKeyDictionary()
+
+
+def sqlite_file(engine: Engine) -> SqliteFile | None:
+    """Return the SQLite file an engine writes (None for PostgreSQL, in-memory and URI databases)."""
+    return _sqlite_files.get(engine)
+
+
 class _LockingConnection(sqlite3.Connection):
     """A pysqlite connection that lets go of its writer lock once its transaction has ended."""
 
     writer: WriterLock | None = None
     holds_writer = False
+    wal_autocheckpoint = DEFAULT_WAL_AUTOCHECKPOINT  # what this connection's pragma was last set to
+
+    def set_wal_autocheckpoint(self, pages: int) -> None:
+        """Set the WAL size, in pages, past which this connection's commits checkpoint (outside a transaction)."""
+        self.execute(f"PRAGMA wal_autocheckpoint={int(pages)}")
+        self.wal_autocheckpoint = pages
 
     def begin_immediate(self) -> None:
         """Take the writer lock, then SQLite's write lock."""
@@ -264,6 +293,7 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         on_disk = bool(parsed.database) and parsed.database != ":memory:" and not parsed.query.get("uri")
         writer = writer_lock(parsed.database) if on_disk else None
+        on_file = SqliteFile(os.path.realpath(parsed.database), writer) if writer is not None else None
         connect_args = {"timeout": BUSY_TIMEOUT_S, "factory": _LockingConnection, **kwargs.pop("connect_args", {})}
         kwargs = {"json_serializer": json_dumps, "json_deserializer": json_loads, **kwargs}
         engine = sa.create_engine(url, connect_args=connect_args, **kwargs)
@@ -278,12 +308,18 @@ def create_engine(url: str, **kwargs: Any) -> Engine:
             # holds the write lock from the start (https://docs.sqlalchemy.org/en/20/dialects/sqlite.html).
             dbapi_connection = conn.connection.dbapi_connection
             if isinstance(dbapi_connection, _LockingConnection):
+                # Only a commit checkpoints automatically, and every write begins here: a connection gets the
+                # engine's wal_autocheckpoint before its next transaction (an attribute compare otherwise).
+                if on_file is not None and dbapi_connection.wal_autocheckpoint != on_file.wal_autocheckpoint:
+                    dbapi_connection.set_wal_autocheckpoint(on_file.wal_autocheckpoint)
                 dbapi_connection.begin_immediate()
             else:
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         sa.event.listen(engine, "connect", on_connect)
         sa.event.listen(engine, "begin", begin)
+        if on_file is not None:
+            _sqlite_files[engine] = on_file
         return engine
     kwargs = {"json_serializer": json_dumps, "json_deserializer": json_loads, **kwargs}
     return sa.create_engine(url, pool_pre_ping=True, **kwargs)
