@@ -17,20 +17,18 @@ from service.domain import codec
 from service.domain.model import Plan
 from service.fhir.capabilities import Limits
 from service.fhir.client import FhirClient
-from service.store.db import create_engine, upgrade
 from service.store.prepared import DirectTransaction
 from service.store.uow import UnitOfWork
 from service.sync.split import LEARNED
 from service.sync.worker import OutboxWorker
+from tests.db_fixtures import migrated_database
 from tests.support import FIXTURES, settings
 
 
 @pytest.fixture
 def engine(tmp_path):
-    engine = create_engine(f"sqlite:///{tmp_path / 'direct.db'}")
-    upgrade(engine)
-    yield engine
-    engine.dispose()
+    for engine, _url in migrated_database("sqlite", tmp_path):
+        yield engine
 
 
 def _entries(engine: sa.Engine) -> list[str]:
