@@ -203,19 +203,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 # (passed through to `default`, which refuses them), keys that are not strings, integers past 64 bits,
 # lone surrogates, NaN and infinities (which orjson writes as null); and on reading, integers past 64
 # bits (which orjson reads as floats), NaN, Infinity and anything else orjson refuses.
-_ORJSON_AS_JSON_WOULD = (
+ORJSON_AS_JSON_WOULD = (
     orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
 )
 
 
-def _refuse(value: Any) -> Any:
+def refuse_for_orjson(value: Any) -> Any:
+    """orjson's `default`: refuse what it passes through, so the json module answers for it."""
     raise TypeError(type(value).__name__)
 
 
 def json_dumps(value: Any) -> str:
     """Return the JSON text of a value, as `json.dumps` would give it up to spacing and escapes."""
     try:
-        text = orjson.dumps(value, default=_refuse, option=_ORJSON_AS_JSON_WOULD)
+        text = orjson.dumps(value, default=refuse_for_orjson, option=ORJSON_AS_JSON_WOULD)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
         return json.dumps(value)
     if b"null" in text and _non_finite(value):  # orjson wrote a NaN or infinity as null; json writes NaN

@@ -22,6 +22,7 @@ from service.domain.errors import NotFound
 from service.domain.model import Plan
 from service.fhir.client import FhirClient
 from service.settings import Settings
+from service.store.db import ORJSON_AS_JSON_WOULD, refuse_for_orjson
 from service.sync.deletions import on_server, prune_goal_references
 from service.sync.merge import mask, strip_bookkeeping
 
@@ -45,24 +46,14 @@ def _json_module_text(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
 
-# What orjson leaves to `default` (which refuses it, so the json module answers): datetimes, dataclasses and
-# subclasses of str, int, dict and list, which the json module writes differently or refuses.
-_ORJSON_SORTED = (
-    orjson.OPT_SORT_KEYS
-    | orjson.OPT_PASSTHROUGH_DATETIME
-    | orjson.OPT_PASSTHROUGH_DATACLASS
-    | orjson.OPT_PASSTHROUGH_SUBCLASS
-)
+# What orjson leaves to `default` (which refuses it, so the json module answers), as the JSON columns do.
+_ORJSON_SORTED = ORJSON_AS_JSON_WOULD | orjson.OPT_SORT_KEYS
 # orjson writes a float with an exponent as `1e-7` or `1e+16` (the json module: `1e-07`, `1e+16`), and one in
 # [1e-5, 1e-4) as `0.00001` (json: `1e-05`); every other float is the same shortest repr both ways.
 _FLOAT_MARKS = (b"e+", b"e-", b"0.0000")
 _DIGITS = frozenset(b"0123456789")
 _IN_A_NUMBER = frozenset(b"0123456789.-")
 _BEFORE_A_VALUE = frozenset(b":,[")  # orjson writes no spaces: a value in an object or array follows one of these
-
-
-def _refuse(value: Any) -> Any:
-    raise TypeError(type(value).__name__)
 
 
 def _canonical_json(value: Any) -> bytes:
@@ -76,7 +67,7 @@ def _canonical_json(value: Any) -> bytes:
     if not isinstance(value, dict | list):
         return _json_module_text(value)  # a lone scalar: not worth telling apart
     try:
-        text = orjson.dumps(value, default=_refuse, option=_ORJSON_SORTED)
+        text = orjson.dumps(value, default=refuse_for_orjson, option=_ORJSON_SORTED)
     except TypeError:  # orjson.JSONEncodeError: beyond what orjson takes (an int over 64 bits, a non-str key...)
         return _json_module_text(value)
     if not text.isascii() or b"\x7f" in text or b"null" in text or _float_may_differ(text):
