@@ -91,8 +91,12 @@ const app = createApp({
   allowExternalReferences: opts['allow-external-references'],
 });
 log(`profile ${opts.profile}`);
+// PLANBRIDGE_FHIR_RECORD=FILE: every request and answer appended to FILE, for bench/replay.mjs (test traffic only).
+const handle = process.env.PLANBRIDGE_FHIR_RECORD
+  ? (await import('./bench/record.mjs')).recording(app.handle, process.env.PLANBRIDGE_FHIR_RECORD)
+  : app.handle;
 const server = http.createServer((req, res) => {
-  app.handle(req, res).catch((err) => {
+  handle(req, res).catch((err) => {
     log(`error: ${err?.stack ?? err}`);
     res.destroy();
   });
