@@ -15,6 +15,8 @@
 (d) Plans pushed per second by one outbox worker pushing PLANBRIDGE_PUSH_CONCURRENCY plans at once (default
     8) vs the same worker one plan at a time: each a fresh batch of plans, Patients pre-linked as in (b),
     one push queued per plan, drained by `OutboxWorker.run_until_idle` (claim, push, record, all included).
+    The CPU of this process (the worker, and the proxy, which runs in it) is printed with the proxy's own
+    threads' share beneath it (LatencyProxy.cpu_seconds); a real network would cost the worker none of that.
 The local FHIR server runs the hapi profile (no transaction size limit): (c) loads 25 plans per Bundle
 and every plan of (b) and (d) is one transaction.
 Run: `.venv/bin/python bench/sync.py [--plans 200] [--pull-plans 5000] [--changed 10] [--latency-ms 20]
@@ -240,14 +242,16 @@ def worker_rate(bench: Bench, count: int, concurrency: int, tag: str) -> dict[st
         uow.commit()
     settings = replace(bench.settings, push_concurrency=concurrency)
     worker = OutboxWorker(UnitOfWork(bench.db), bench.client, settings, now)
-    cpu = process_cpu_seconds(None), process_cpu_seconds(bench.server_pid)
+    cpu = process_cpu_seconds(None), process_cpu_seconds(bench.server_pid), bench.proxy.cpu_seconds()
     taken, sent, wire, seconds = bench.counted(worker.run_until_idle)
     ours, server = process_cpu_seconds(None) - cpu[0], process_cpu_seconds(bench.server_pid) - cpu[1]
+    proxy = bench.proxy.cpu_seconds() - cpu[2]
     with UnitOfWork(bench.db) as uow:
         done = [row for row in uow.outbox.list(status="done") if row.plan_id.startswith(f"{tag}-")]
     assert (taken, len(done)) == (count, count), (taken, len(done))  # requests: one transaction each
     rates = {"rate": count / seconds, "requests": sent / count, "wire": wire / count}
-    return rates | {"cpu_ours": 1000 * ours / count, "cpu_server": 1000 * server / count}
+    cpus = {"cpu_ours": 1000 * ours / count, "cpu_proxy": 1000 * proxy / count, "cpu_server": 1000 * server / count}
+    return rates | cpus
 
 
 def load_synced(bench: Bench, plans: list[Plan], per_bundle: int = 25) -> tuple[str, dict[str, dict[str, str]]]:
@@ -443,6 +447,12 @@ def main() -> None:
                 "    CPU ms per plan: this process (worker, proxy)",
                 f"{d['cpu_ours']:.2f}",
                 f"{d1['cpu_ours']:.2f}",
+                "",
+            ),
+            (
+                "      of which the latency proxy's threads",
+                f"{d['cpu_proxy']:.2f}",
+                f"{d1['cpu_proxy']:.2f}",
                 "",
             ),
             ("    CPU ms per plan: the local FHIR server", f"{d['cpu_server']:.2f}", f"{d1['cpu_server']:.2f}", ""),

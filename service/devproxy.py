@@ -7,6 +7,8 @@ each request on a keep-alive connection is delayed exactly once, however many ch
 `cut()` drops every open connection and resets new ones until `restore()`, as a server or network
 outage would; `cut_after(n)` lets the n-th next request reach the server and then cuts before its
 response comes back (the nastiest moment for a client: the work was done, the answer is lost).
+`cpu_seconds()` tells how much CPU the proxy's own threads used, so a benchmark running it in its process can
+count it apart from the client's.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
@@ -62,6 +66,7 @@ class _Link:
         _shutdown(self.upstream)
 
     def _to_server(self) -> None:
+        self.proxy._thread_started()
         try:
             while not self.closed.is_set():
                 data = self.client.recv(CHUNK)
@@ -78,8 +83,10 @@ class _Link:
             self.close()
         finally:
             self._leave()
+            self.proxy._thread_ended()
 
     def _to_client(self) -> None:
+        self.proxy._thread_started()
         try:
             while not self.closed.is_set():
                 data = self.upstream.recv(CHUNK)
@@ -95,6 +102,7 @@ class _Link:
         finally:
             self.close()
             self._leave()
+            self.proxy._thread_ended()
 
     def _leave(self) -> None:
         with self._lock:
@@ -125,6 +133,30 @@ class LatencyProxy:
         self._listener: socket.socket | None = None
         self._acceptor: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._live_threads: set[int] = set()  # native ids of the proxy's running threads
+        self._ended_cpu = 0.0  # CPU seconds of its threads that ended
+
+    def _thread_started(self) -> None:
+        with self._lock:
+            self._live_threads.add(threading.get_native_id())
+
+    def _thread_ended(self) -> None:
+        with self._lock:
+            self._live_threads.discard(threading.get_native_id())
+            self._ended_cpu += time.thread_time()
+
+    def cpu_seconds(self) -> float:
+        """Return the CPU seconds (user and system) the proxy's threads have used so far: those that ended, and
+        on Linux those running (/proc/self/task/*/schedstat, in nanoseconds); a thread ending while this reads
+        may be left out of that reading."""
+        with self._lock:
+            total, live = self._ended_cpu, list(self._live_threads)
+        for tid in live:
+            try:
+                total += int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0]) / 1e9
+            except (OSError, ValueError, IndexError):  # ended meanwhile, or no /proc
+                continue
+        return total
 
     @classmethod
     def for_url(cls, url: str, latency_s: float = 0.0) -> LatencyProxy:
@@ -157,9 +189,16 @@ class LatencyProxy:
 
     def _accept_loop(self) -> None:
         assert self._listener is not None
+        self._thread_started()
+        try:
+            self._accept_until_stopped(self._listener)
+        finally:
+            self._thread_ended()
+
+    def _accept_until_stopped(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                client, _ = self._listener.accept()
+                client, _ = listener.accept()
             except TimeoutError:
                 continue
             except OSError:

@@ -164,7 +164,7 @@ class Prepared:
         cursor = connection.cursor()
         try:
             if many is not None:
-                cursor.executemany(compiled.sql, [self._params(compiled, p) for p in many])
+                cursor.executemany(compiled.sql, self._many_params(compiled, many))
             else:
                 cursor.execute(compiled.sql, self._params(compiled, params))
         except dialect.loaded_dbapi.Error as exc:
@@ -179,6 +179,29 @@ class Prepared:
         if compiled.positional:
             return tuple([params[name] if p is None else p(params[name]) for name, p in compiled.named_binds])
         return {name: params[name] if p is None else p(params[name]) for name, p in compiled.named_binds}
+
+    @classmethod
+    def _many_params(cls, compiled: _Compiled, many: Sequence[Mapping[str, Any]]) -> list[Any]:
+        """The parameters of each row, as `_params` converts them, converting a value that is the very object
+        the row before passed for the same bind once (a batch's rows share their timestamp: one conversion of
+        it, not one per row; a converter gives the same text for the same value)."""
+        if len(many) < 2 or not any(p is not None for _name, p in compiled.named_binds):
+            return [cls._params(compiled, params) for params in many]
+        last: dict[str, tuple[Any, Any]] = {}  # bind name -> (the value last converted, what it became)
+
+        def convert(name: str, p: Processor, value: Any) -> Any:
+            if p is None:
+                return value
+            seen = last.get(name)
+            if seen is not None and seen[0] is value:
+                return seen[1]
+            converted = p(value)
+            last[name] = (value, converted)
+            return converted
+
+        if compiled.positional:
+            return [tuple([convert(name, p, row[name]) for name, p in compiled.named_binds]) for row in many]
+        return [{name: convert(name, p, row[name]) for name, p in compiled.named_binds} for row in many]
 
     def execute(self, session: Transactional, params: Mapping[str, Any]) -> int:
         """Run a write; return the number of rows it touched."""

@@ -79,6 +79,23 @@ _INSERT_IN_FLIGHT = Prepared(
         push_sent_document=_bind("push_sent_document"),
     )
 )
+
+
+def _upsert_in_flight(insert: Any) -> Prepared:
+    """`_MARK_IN_FLIGHT`, or `_INSERT_IN_FLIGHT` when the plan has no sync state yet, as one statement (a plan's
+    first push: one statement, its document converted to JSON once, not an UPDATE finding nothing and then an
+    INSERT)."""
+    statement = insert(_STATE).values(
+        plan_id=_bind("plan_id"),
+        status=sa.literal_column("'pending'"),
+        push_started_at=_bind("push_started_at"),
+        push_sent_document=_bind("push_sent_document"),
+    )
+    updated = {name: statement.excluded[name] for name in ("push_started_at", "push_sent_document")}
+    return Prepared(statement.on_conflict_do_update(index_elements=["plan_id"], set_=updated))
+
+
+_IN_FLIGHT_UPSERTS = {"postgresql": _upsert_in_flight(postgresql.insert), "sqlite": _upsert_in_flight(sqlite.insert)}
 _INSERT_PUSHED = Prepared(
     sa.insert(_STATE).values(
         plan_id=_bind("plan_id"),
@@ -269,7 +286,10 @@ class SyncRepository:
     def mark_in_flight(self, plan_id: str, started: datetime | None, sent: dict[str, Any] | None) -> None:
         """Set (or clear, with None) the mark of a push under way and the document it sends."""
         params = {"plan_id": plan_id, "push_started_at": started, "push_sent_document": sent}
-        if not _MARK_IN_FLIGHT.execute(self._session, params):
+        upsert = _IN_FLIGHT_UPSERTS.get(self._session.get_bind().dialect.name)
+        if upsert is not None:
+            upsert.execute(self._session, params)
+        elif not _MARK_IN_FLIGHT.execute(self._session, params):
             _INSERT_IN_FLIGHT.execute(self._session, params)
 
     def record_push(

@@ -40,6 +40,7 @@ from service.sync.push_bundle import (  # noqa: F401  (re-exported)
     _patient_reference,
     _pin_versions,
     bundle_digest,
+    bundle_digest_and_question,
     local_key,
     parse_location,
     sendable,
@@ -141,10 +142,10 @@ class Pusher(PushLookups):
             document = codec.to_dict(sent)
         bundle = plan_to_bundle(sent, self.settings.identifier_base, self.settings.mrn_system, patient_ref)
         # the digest of the plan as it is (a pull computes the same from the plan: pull.py), sent literally
-        digest = bundle_digest(bundle)
+        digest, question = bundle_digest_and_question(bundle)
         if state.pushed_hash == digest and state.status in ("in_sync", "conflicted"):
             return PushResult(plan_id, state.status, spent)
-        if named is None:
+        if named is None and question:  # no `?` in any reference: no conditional one, no walk for one
             patients = {plan.patient.fhir_reference} if patient_ref is not None else set()
             lookup = [ref for ref in conditional_references(bundle) if ref not in patients]
             if lookup:

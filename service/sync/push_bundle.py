@@ -42,6 +42,31 @@ def bundle_digest(bundle: dict[str, Any]) -> str:
     return hashlib.sha256(_canonical_json(bundle)).hexdigest()
 
 
+def bundle_digest_and_question(bundle: dict[str, Any]) -> tuple[str, bool]:
+    """Return `bundle_digest(bundle)` and whether a `reference` of the Bundle may be conditional (`Type?params`,
+    service.sync.conditional_refs), from the one text: False only when no string `reference` holds a `?`."""
+    text = _canonical_json(bundle)
+    return hashlib.sha256(text).hexdigest(), _questioned_reference(text)
+
+
+_REFERENCE_KEY = b'"reference":"'  # as both orjson and the json module write a `reference` string (no spaces)
+
+
+def _questioned_reference(text: bytes) -> bool:
+    """Tell whether a `"reference":"..."` string of a Bundle's JSON text holds a `?` (JSON escapes none), or a
+    backslash (an escape: then the answer is left to a walk of the Bundle itself). Only a key is followed by `":`
+    in JSON text: inside a string a quote is escaped."""
+    at = text.find(_REFERENCE_KEY)
+    while at >= 0:
+        start = at + len(_REFERENCE_KEY)
+        end = text.find(b'"', start)
+        value = text[start:end]
+        if b"?" in value or b"\\" in value:
+            return True
+        at = text.find(_REFERENCE_KEY, end)
+    return False
+
+
 def _json_module_text(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
 
