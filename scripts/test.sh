@@ -18,4 +18,5 @@ echo "==> ruff"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 echo "==> pytest"
-exec .venv/bin/pytest -n "${PLANBRIDGE_TEST_PROCESSES:-2}" "$@"
+# worksteal: a process that runs out of tests takes some of the other's, so both end together
+exec .venv/bin/pytest -n "${PLANBRIDGE_TEST_PROCESSES:-2}" --dist worksteal "$@"

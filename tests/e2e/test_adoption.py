@@ -23,6 +23,7 @@ from service.fhir.client import FhirClient
 from service.store.db import create_engine, upgrade
 from service.store.uow import UnitOfWork
 from service.sync.engine import SyncEngine
+from tests.cli_support import run_planbridge
 from tests.db_fixtures import database  # noqa: F401
 from tests.support import settings, signed
 
@@ -171,7 +172,7 @@ class World:
             PLANBRIDGE_CREATE_PATIENTS="false",
             PLANBRIDGE_IDENTIFIER_BASE=self.settings.identifier_base,
         )
-        return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check)
+        return run_planbridge(args, env=env, timeout=60, check=check)
 
 
 @pytest.fixture

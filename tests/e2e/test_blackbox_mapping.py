@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.cli_support import run_planbridge
 from tests.support import MRN_SYSTEM
 
 BIN = Path(sys.executable).parent / "planbridge"
@@ -60,7 +61,7 @@ def env():
 
 def run(env, *args: str, document: object) -> subprocess.CompletedProcess:
     stdin = json.dumps(document, ensure_ascii=False)
-    return subprocess.run([str(BIN), *args, "-"], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    return run_planbridge([*args, "-"], env=env, input=stdin, timeout=60)
 
 
 def searchset(*resources: dict) -> dict:
@@ -441,7 +442,7 @@ def test_two_new_careplans_of_two_patients_are_two_plans(env, tmp_path):
     assert ids[0] != ids[1]
     assert ids[0] == json.loads(run(env, "convert", "from-fhir", document=first).stdout)["id"]  # the same again
     db = {**env, "DATABASE_URL": f"sqlite:///{tmp_path / 'planbridge.db'}"}
-    assert subprocess.run([str(BIN), "db", "upgrade"], env=db, capture_output=True, timeout=120).returncode == 0
+    assert run_planbridge(["db", "upgrade"], env=db, timeout=120, text=False).returncode == 0
     imported = [run(db, "plans", "import", document=b) for b in (first, second)]
     assert [r.returncode for r in imported] == [0, 0], [r.stderr for r in imported]
     assert [r.stdout.strip() for r in imported] == ids

@@ -15,6 +15,7 @@ import pytest
 from service.api.app import create_app
 from service.settings import Settings
 from service.signing import new_secret
+from tests.cli_support import run_planbridge
 from tests.support import SECRET, goal_event, settings, signed
 
 BIN = Path(sys.executable).parent / "planbridge"
@@ -25,7 +26,7 @@ NO_FHIR = "http://127.0.0.1:9/fhir"  # nothing listens there; the commands below
 def run(
     *args: str, env: dict[str, str], cwd: Path | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=90, cwd=cwd, input=stdin)
+    return run_planbridge(args, env=env, timeout=90, cwd=cwd, input=stdin)
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int = 1) -> str:

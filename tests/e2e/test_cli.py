@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.cli_support import run_planbridge
 from tests.support import FIXTURES, SECRET, wait_until_healthy
 
 BIN = Path(sys.executable).parent / "planbridge"
 
 
 def run(*args: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check)
+    return run_planbridge(args, env=env, timeout=60, check=check)
 
 
 def free_port() -> int:

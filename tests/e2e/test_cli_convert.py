@@ -14,6 +14,7 @@ from mappings.fhir import issues_of
 from service.cli import main
 from service.domain.codec import from_dict, to_dict
 from service.domain.model import Plan
+from tests.cli_support import run_planbridge
 from tests.support import FIXTURES, MRN_SYSTEM
 
 BIN = Path(sys.executable).parent / "planbridge"
@@ -29,7 +30,7 @@ def env():
 
 
 def run(env, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    return run_planbridge(args, env=env, input=stdin, timeout=60)
 
 
 def normal(plan: dict) -> dict:

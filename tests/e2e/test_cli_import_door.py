@@ -18,6 +18,7 @@ import pytest
 
 from service.store.db import create_engine
 from service.store.uow import UnitOfWork
+from tests.cli_support import run_planbridge
 from tests.support import FIXTURES
 
 BIN = Path(sys.executable).parent / "planbridge"
@@ -25,7 +26,7 @@ MINIMAL = FIXTURES / "plans" / "minimal.json"
 
 
 def run(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+    return run_planbridge(args, env=env, input=stdin, timeout=60)
 
 
 @pytest.fixture

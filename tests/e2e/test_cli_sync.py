@@ -14,13 +14,14 @@ from service.domain.model import Plan
 from service.fhir.client import FhirClient
 from service.store.db import create_engine
 from service.store.uow import UnitOfWork
+from tests.cli_support import run_planbridge
 from tests.support import FIXTURES
 
 BIN = Path(sys.executable).parent / "planbridge"
 
 
 def run(*args: str, env: dict[str, str], check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, check=check, cwd=cwd)
+    return run_planbridge(args, env=env, timeout=60, check=check, cwd=cwd)
 
 
 @pytest.fixture

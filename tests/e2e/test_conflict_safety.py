@@ -10,7 +10,6 @@ import copy
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from click.testing import CliRunner
 
 from service.cli import main
 from service.fhir.client import FhirClient
+from tests.cli_support import run_planbridge
 from tests.live import Live
 from tests.support import goal_event
 
@@ -50,9 +50,7 @@ def cli(live: Live, *args: str, process: bool = False) -> dict | list:
     }
     if process:
         outside = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRIDGE_", "FHIR_", "DATABASE_URL"))}
-        done = subprocess.run(
-            [str(BIN), *args], env={**outside, **env}, capture_output=True, text=True, timeout=60, check=True
-        )
+        done = run_planbridge(args, env={**outside, **env}, timeout=60, check=True)
         return json.loads(done.stdout)
     result = CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
     assert result.exit_code == 0, result.output

@@ -23,6 +23,7 @@ from service.fhir.client import FhirClient
 from service.store.tables import InboundEventRow, OutboxRow
 from service.store.uow import UnitOfWork
 from service.sync.worker import OutboxWorker
+from tests.cli_support import run_planbridge
 from tests.live import Live
 from tests.support import goal_event, signed
 
@@ -106,7 +107,7 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(live, database, 
         left = conn.execute(sa.select(sa.func.count()).where(OutboxRow.status == "pending")).scalar_one()
     assert done >= 5 and left > 0, "the worker should have been killed part way"
     time.sleep(1.1)  # the lease of an entry taken at the moment of the kill runs out
-    restarted = subprocess.run([str(BIN), "worker", "--once"], env=env, capture_output=True, text=True, timeout=120)
+    restarted = run_planbridge(["worker", "--once"], env=env, timeout=120)
     assert restarted.returncode == 0, restarted.stderr
     with UnitOfWork(live.engine) as uow:
         assert {e.status for e in uow.outbox.list()} == {"done"}

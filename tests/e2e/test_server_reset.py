@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from service.devfhir import LocalFhirServer
 from service.store.db import create_engine, upgrade
+from tests.cli_support import run_planbridge
 from tests.ehr_world import seed_ehr_world
 from tests.sync_model_support import SyncWorld
 
@@ -94,9 +94,7 @@ def test_the_next_change_puts_a_lost_plan_back_and_repair_puts_back_the_rest(ser
         PLANBRIDGE_CREATE_PATIENTS="true",
         PLANBRIDGE_IDENTIFIER_BASE=world.base,
     )
-    done = subprocess.run(
-        [str(BIN), "sync", "repair", "--all"], env=env, capture_output=True, text=True, timeout=120, check=False
-    )
+    done = run_planbridge(["sync", "repair", "--all"], env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {changed: "present", untouched: "recreated"}
     _live(world, untouched)
@@ -108,9 +106,7 @@ def test_the_next_change_puts_a_lost_plan_back_and_repair_puts_back_the_rest(ser
         len(g.get("check_ins", [])) for g in server_plan.doc["goals"]
     )
     assert world.sync.push(untouched).requests == 0  # in step: nothing more to send
-    again = subprocess.run(
-        [str(BIN), "sync", "repair", "--plan", untouched], env=env, capture_output=True, text=True, timeout=120
-    )
+    again = run_planbridge(["sync", "repair", "--plan", untouched], env=env, timeout=120)
     assert json.loads(again.stdout) == {untouched: "present"}
     engine.dispose()
 

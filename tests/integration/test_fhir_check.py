@@ -15,6 +15,7 @@ import requests
 
 from service.fhir.capabilities import FEATURES, Limits, check_server, probe_limits
 from service.fhir.client import FhirClient
+from tests.cli_support import run_planbridge
 
 BIN = Path(sys.executable).parent / "planbridge"
 EXPECTED = {
@@ -33,7 +34,7 @@ def basics(base: str) -> int:
 def fhir_check(tmp_path: Path, base: str, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PLANBRIDGE_", "FHIR_", "DATABASE_URL", "SMART_"))}
     env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'planbridge.db'}", FHIR_BASE_URL=base)
-    return subprocess.run([str(BIN), "fhir", "check", *args], env=env, capture_output=True, text=True, timeout=120)
+    return run_planbridge(["fhir", "check", *args], env=env, timeout=120)
 
 
 def test_fhir_check_probes_everything_and_tells_the_profiles_apart(tmp_path, fhir_profile, fhir_profile_url):
@@ -133,7 +134,7 @@ def test_fhir_check_keeps_the_measured_limits_where_pushes_look_for_them(tmp_pat
     env.update(DATABASE_URL=database)
     not_upgraded = fhir_check(tmp_path, fhir_profile_url)
     assert not_upgraded.returncode == 0 and json.loads(not_upgraded.stdout)["limits_remembered"] is False
-    subprocess.run([str(BIN), "db", "upgrade"], env=env, check=True, capture_output=True, timeout=120)
+    run_planbridge(["db", "upgrade"], env=env, check=True, timeout=120, text=False)
     with sa.create_engine(database).begin() as db:  # an earlier refusal taught a tighter cap than the server has
         db.execute(
             sa.text("INSERT INTO sync_cursors (name, value) VALUES (:n, '3,7')"), {"n": limits_cursor(fhir_profile_url)}

@@ -4,7 +4,6 @@ generation accepted for its grace period (or until the next rotation), then refu
 
 import json
 import os
-import subprocess
 import sys
 import uuid
 from datetime import timedelta
@@ -17,6 +16,7 @@ from service.api.container import utcnow
 from service.fhir.client import FhirClient
 from service.store.uow import UnitOfWork
 from service.sync import subscriptions
+from tests.cli_support import run_planbridge
 from tests.support import settings
 
 SETTING = "rotation-notify-setting-0123456789"
@@ -119,7 +119,7 @@ def test_subscribe_rotate_from_the_command_line(database, fhir_base_url, fhir, t
     )
 
     def run(*args):
-        result = subprocess.run([str(BIN), *args], env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        result = run_planbridge(args, env=env, timeout=60, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         return result
 

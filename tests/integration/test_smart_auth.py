@@ -3,7 +3,6 @@
 import json
 import os
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ from service.domain.errors import ConfigurationError
 from service.fhir.auth import SmartBackendAuth, SmartConfig, check_signing_key, scopes_for
 from service.fhir.client import FhirClient
 from service.fhir.errors import FhirAuthError
+from tests.cli_support import run_planbridge
 
 
 def keypair(alg: str) -> tuple[str, object]:
@@ -279,8 +279,8 @@ def smart_env(tmp_path, server_url: str, pem: str, algorithm: str) -> dict[str, 
 @pytest.mark.parametrize("command", [("fhir", "check"), ("worker", "--once")])
 def test_the_commands_refuse_a_mismatched_key_at_start_up_in_one_line(tmp_path, server, command):
     env = smart_env(tmp_path, server.url, pem_of(rsa.generate_private_key(65537, 2048)), "ES384")
-    subprocess.run([str(BIN), "db", "upgrade"], env=env, capture_output=True, timeout=60, check=True)
-    done = subprocess.run([str(BIN), *command], env=env, capture_output=True, text=True, timeout=60)
+    run_planbridge(["db", "upgrade"], env=env, timeout=60, check=True, text=False)
+    done = run_planbridge(command, env=env, timeout=60)
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     (line,) = done.stderr.strip().splitlines()
     assert line == (
@@ -296,8 +296,8 @@ def test_fhir_check_fetches_a_token_and_says_which_scope_syntax_the_server_takes
         pem, public = keypair("ES384")
         server.keys["k"] = ("ES384", public)
         env = smart_env(tmp_path, server.url, pem, "ES384")
-        subprocess.run([str(BIN), "db", "upgrade"], env=env, capture_output=True, timeout=60, check=True)
-        done = subprocess.run([str(BIN), "fhir", "check"], env=env, capture_output=True, text=True, timeout=60)
+        run_planbridge(["db", "upgrade"], env=env, timeout=60, check=True, text=False)
+        done = run_planbridge(["fhir", "check"], env=env, timeout=60)
         smart = json.loads(done.stdout)["smart"]
         assert smart["token_endpoint"] == f"{server.url}/token" and smart["scopes"] == "v2"
         assert "system/Goal.cruds" in smart["scope"] and smart["token_lifetime_seconds"] == 60

@@ -26,6 +26,7 @@ from service.services.deliverable import Undeliverable, check_deliverable
 from service.settings import Settings
 from service.store.db import create_engine
 from service.store.uow import UnitOfWork
+from tests.cli_support import run_planbridge
 
 BASE = "https://planbridge.test/placeholders/id"
 MRN = "http://hospital.example.org/mrn"
@@ -222,12 +223,12 @@ def test_plans_import_stores_the_synthea_plan_without_its_placeholders_and_refus
     env.update(
         PLANBRIDGE_IDENTIFIER_BASE=BASE, PLANBRIDGE_MRN_SYSTEM=MRN, DATABASE_URL=f"sqlite:///{tmp_path / 'pb.db'}"
     )
-    upgraded = subprocess.run([str(BIN), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+    upgraded = run_planbridge(["db", "upgrade"], env=env, timeout=120)
     assert upgraded.returncode == 0, upgraded.stderr
 
     def run(*args: str, document: object) -> subprocess.CompletedProcess:
         stdin = json.dumps(document)
-        return subprocess.run([str(BIN), *args, "-"], env=env, input=stdin, capture_output=True, text=True, timeout=60)
+        return run_planbridge([*args, "-"], env=env, input=stdin, timeout=60)
 
     refused = run("plans", "import", document=_synthea({}))
     assert refused.returncode == 1
