@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -120,8 +121,7 @@ class GroupCommitter(Committer):
         return item.result  # type: ignore[return-value]
 
     def _lead(self) -> None:
-        with self._mutex:
-            group, self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+        group: list[_Queued[object]] = []
         try:
             self._commit(group)
         finally:
@@ -135,9 +135,22 @@ class GroupCommitter(Committer):
                 item.done = True
                 item.wake.release()
 
+    def _take(self, group: list[_Queued[object]]) -> None:
+        with self._mutex:
+            group[:], self._queue = self._queue[:MAX_GROUP], self._queue[MAX_GROUP:]
+
     def _commit(self, group: list[_Queued[object]]) -> None:
+        """Begin, then take the group (into `group`), run it and commit. The transaction begins first: BEGIN
+        waits for the writer lock while the other process commits, and the works queued meanwhile join this
+        group rather than wait for the next one (2 gunicorn workers: ~1 commit in 2 held by the other)."""
         try:
-            with UnitOfWork(self.engine) as uow:
+            with ExitStack() as stack:
+                try:
+                    uow = stack.enter_context(UnitOfWork(self.engine))
+                    assert uow.session is not None
+                    uow.session.connection()  # BEGIN IMMEDIATE: the writer lock
+                finally:
+                    self._take(group)  # taken even if BEGIN failed: the group's works get its error
                 for item in group:
                     self._apply(uow, item)
                 uow.commit()

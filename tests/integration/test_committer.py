@@ -201,3 +201,35 @@ def test_a_run_returns_only_once_its_change_is_visible_to_other_connections(engi
     for thread in threads:
         thread.join(timeout=30)
     assert len(seen) == 12 and all(len(found) == 1 for found in seen)
+
+
+def test_works_queued_while_the_leader_waits_for_the_writer_lock_join_its_group(tmp_path):
+    """The leader begins (waits for the writer lock another process or connection holds) before it takes its
+    group, so the works queued during that wait share its commit instead of waiting for one more."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'waiting.db'}")
+    upgrade(engine)
+    committer = committer_for(engine)
+    assert isinstance(committer, GroupCommitter)
+    commits = count_commits(engine)
+    holder = create_engine(f"sqlite:///{tmp_path / 'waiting.db'}")
+    with UnitOfWork(holder) as held:
+        held.outbox.add("held", "push_plan", None, None, NOW)  # BEGIN IMMEDIATE: the writer lock is taken
+        works = [queue_push(f"p{i}") for i in range(3)]
+        threads = [threading.Thread(target=committer.run, args=(work,)) for work in works]
+        threads[0].start()
+        deadline = time.monotonic() + 10
+        while not committer._leading and time.monotonic() < deadline:  # p0 leads, and waits at BEGIN
+            time.sleep(0.005)
+        for thread in threads[1:]:
+            thread.start()
+        while time.monotonic() < deadline and sum(item.work in works[1:] for item in committer._queue) < 2:
+            time.sleep(0.005)  # p1 and p2 queued behind the waiting leader
+        time.sleep(0.05)
+        held.commit()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert queued(engine) == ["held", "p0", "p1", "p2"]
+    assert (committer.commits, committer.works) == (1, 3), "the works queued during the wait waited for a commit more"
+    assert commits[0] == 1
+    holder.dispose()
+    engine.dispose()
