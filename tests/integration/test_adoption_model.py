@@ -55,6 +55,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import tests.integration.test_sync_model as sync_model
+import tests.sync_model_acts as sync_model_acts
 from service.domain.errors import InvalidInput, NotFound
 from service.fhir.errors import FhirError
 from service.store.uow import UnitOfWork
@@ -598,7 +599,7 @@ def adoption_machine(engine: Any, fhir_base_url: str, stats: Counter, pulls: Pul
 def pulls(monkeypatch: pytest.MonkeyPatch) -> Pulls:
     """The sync model's rule 1 reads a pull of an adopted plan as AdoptionWorld.pulls does (this test only)."""
     reader = Pulls()
-    monkeypatch.setattr(sync_model, "plan_pulls", reader)
+    monkeypatch.setattr(sync_model_acts, "plan_pulls", reader)
     return reader
 
 
