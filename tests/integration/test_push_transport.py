@@ -1,4 +1,4 @@
-"""The FHIR client's HTTP session (service.fhir.client._Session) against real sockets: it prepares a request in
+"""The FHIR client's HTTP session (service.fhir.session._Session) against real sockets: it prepares a request in
 fewer steps than requests and reads the environment and ~/.netrc once per host, and still does what requests
 does: proxies from HTTP_PROXY / HTTPS_PROXY, hosts in NO_PROXY reached directly, netrc credentials, cookies
 the server sets sent back, redirects followed, auth, hooks."""
@@ -16,9 +16,10 @@ import pytest
 import requests
 from requests.auth import HTTPBasicAuth
 
-from service.fhir import client as client_module
-from service.fhir.client import FhirClient, _Session
+from service.fhir import session as session_module
+from service.fhir.client import FhirClient
 from service.fhir.errors import FhirTransportError
+from service.fhir.session import _Session
 
 BUNDLE = {"resourceType": "Bundle", "type": "transaction-response", "entry": []}
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -145,7 +146,7 @@ def test_push_transport_reads_netrc_once_per_host_and_sends_its_credentials(monk
 
     # where requests looks it up itself, and where the client's session does
     monkeypatch.setattr(requests.sessions, "get_netrc_auth", counted)
-    monkeypatch.setattr(client_module, "get_netrc_auth", counted, raising=False)
+    monkeypatch.setattr(session_module, "get_netrc_auth", counted, raising=False)
     client = FhirClient(_url(server), timeout=5, max_retries=0)
     for _ in range(3):
         client.transaction({"resourceType": "Bundle", "type": "transaction"}, idempotent=True)
