@@ -104,12 +104,16 @@ class _Session(requests.Session):
         return prepared
 
 
-@functools.lru_cache(maxsize=512)
-def _prepared_url_of(url: str, params: tuple[tuple[str, str], ...] | None) -> tuple[str, bool]:
+def _url_of(url: str, params: Any) -> tuple[str, bool]:
     prepared = requests.PreparedRequest()
-    prepared.prepare_url(url, list(params) if params is not None else None)
+    prepared.prepare_url(url, params)
     assert prepared.url is not None
     return prepared.url, "@" in urlsplit(prepared.url).netloc
+
+
+@functools.lru_cache(maxsize=512)
+def _prepared_url_of(url: str, params: tuple[tuple[str, str], ...] | None) -> tuple[str, bool]:
+    return _url_of(url, list(params) if params is not None else None)
 
 
 def _prepared_url(url: str, params: Any) -> tuple[str, bool]:
@@ -122,7 +126,4 @@ def _prepared_url(url: str, params: Any) -> tuple[str, bool]:
         type(item) is tuple and len(item) == 2 and type(item[0]) is str and type(item[1]) is str for item in items
     ):
         return _prepared_url_of(url, tuple(items))
-    prepared = requests.PreparedRequest()  # anything else, as requests takes it, each time
-    prepared.prepare_url(url, params)
-    assert prepared.url is not None
-    return prepared.url, "@" in urlsplit(prepared.url).netloc
+    return _url_of(url, params)  # anything else, as requests takes it, each time
